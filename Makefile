@@ -1,0 +1,43 @@
+# One obvious way to run things. Every target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-slow test-all lint venv venv-dev clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+venv-dev: $(VENV)/.installed-dev
+
+## make demo: train the tiny character model on built-in text and print a sample
+demo: venv
+	$(PY) scripts/p1_train_char.py
+
+## make test: lint, then the default test suite (slow tests excluded)
+test: venv-dev
+	$(PY) -m ruff check .
+	@$(PY) -m pytest -q -m "not slow"; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## make test-slow: only the slow tests (subprocess training, kill/resume, DDP, benchmarks quick modes)
+test-slow: venv-dev
+	@$(PY) -m pytest -q -m slow; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$rc
+
+test-all: test test-slow
+
+lint: venv-dev
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

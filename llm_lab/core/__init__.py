@@ -1,0 +1,1 @@
+"""Library core: model, tokenization, data, train, decode, package (one concern each)."""

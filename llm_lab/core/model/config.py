@@ -1,0 +1,183 @@
+"""``MiniGPTConfig``: the one validated description of a MiniGPT model.
+
+Every architectural choice is a field here; variants are picked by name through small registries in the
+model modules (see ``llm_lab.core.model``). The JSON form is ``dataclasses.asdict`` verbatim, and loading
+rejects unknown keys by name (``llm_lab.utils.config_loader``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+NormType = Literal["layernorm", "rmsnorm"]
+MLPType = Literal["gelu", "gelu_tanh", "swiglu", "relu2"]
+AttentionType = Literal["mha", "gqa", "mqa"]
+AttnImpl = Literal["sdpa", "reference"]
+
+POS_ENCODINGS: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm")
+MLP_TYPES: tuple[str, ...] = ("gelu", "gelu_tanh", "swiglu", "relu2")
+ATTENTION_TYPES: tuple[str, ...] = ("mha", "gqa", "mqa")
+ATTN_IMPLS: tuple[str, ...] = ("sdpa", "reference")
+
+# Encodings that can run past the training context: they have no learned table of positions.
+EXTRAPOLATING_POS_ENCODINGS: tuple[str, ...] = ("sinusoidal", "rope", "alibi", "none")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
+
+
+@dataclass
+class MiniGPTConfig:
+    """Architecture of a decoder-only Transformer.
+
+    Attributes:
+        vocab_size: number of token ids.
+        context_length: the training context (and the size of the learned position table).
+        n_layer: Transformer blocks.
+        n_head: query heads.
+        n_kv_head: key/value heads; ``None`` means ``n_head`` (MHA). ``1`` is MQA, anything between is GQA.
+        n_embd: model width; must be divisible by ``n_head``.
+        mlp_hidden: MLP inner width; ``None`` means ``4 * n_embd``.
+        dropout: dropout on attention weights, residual branches and embeddings (0 disables it).
+        bias: biases in linear layers and LayerNorm (GPT-2 style) or none (Llama style).
+        pos_encoding: ``learned`` | ``sinusoidal`` | ``rope`` | ``alibi`` | ``none``.
+        rope_theta: RoPE base frequency.
+        norm: ``layernorm`` | ``rmsnorm``.
+        norm_eps: epsilon of the norms.
+        mlp: ``gelu`` (exact erf) | ``gelu_tanh`` (GPT-2's approximation) | ``swiglu`` | ``relu2`` (squared ReLU).
+        qk_norm: normalise queries and keys per head before attention.
+        tie_embeddings: share the token embedding with the output projection.
+        init_std: standard deviation of the normal weight init (see ``init_weights``).
+        attention_type: ``mha`` | ``gqa`` | ``mqa``; ``None`` infers it from ``n_kv_head``. Must agree with it.
+        max_seq_len: the longest sequence the model accepts; ``None`` means ``context_length``. Longer than the
+            context only for encodings without a learned table (length extrapolation).
+        attn_impl: ``sdpa`` (``scaled_dot_product_attention``) or ``reference`` (plain softmax, for tests).
+    """
+
+    json_section: ClassVar[str] = "model"
+
+    vocab_size: int = 65
+    context_length: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int | None = None
+    n_embd: int = 384
+    mlp_hidden: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    pos_encoding: PosEncoding = "learned"
+    rope_theta: float = 10000.0
+    norm: NormType = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: MLPType = "gelu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    attention_type: AttentionType | None = None
+    max_seq_len: int | None = None
+    attn_impl: AttnImpl = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_kv_head", "mlp_hidden", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        _check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
+        _check_choice("norm", self.norm, NORM_TYPES)
+        _check_choice("mlp", self.mlp, MLP_TYPES)
+        _check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
+        if self.attention_type is not None:
+            _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+            )
+
+        # Key/value heads and the attention type must tell the same story.
+        if self.n_kv_head is None:
+            if self.attention_type == "mqa":
+                self.n_kv_head = 1
+            elif self.attention_type == "gqa":
+                raise ValueError("attention_type='gqa' needs n_kv_head (a divisor of n_head between 1 and n_head)")
+            else:
+                self.n_kv_head = self.n_head
+        if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
+                "each key/value head serves a whole group of query heads"
+            )
+        inferred = self._attention_type_for(self.n_kv_head)
+        if self.attention_type is None:
+            self.attention_type = inferred
+        elif self.attention_type != inferred and not (
+            self.n_head == 1 and self.attention_type in ("mha", "mqa")
+        ):
+            raise ValueError(
+                f"attention_type={self.attention_type!r} disagrees with n_kv_head={self.n_kv_head} "
+                f"and n_head={self.n_head} (that is {inferred!r}); mha needs n_kv_head == n_head, mqa needs "
+                "n_kv_head == 1, gqa anything in between"
+            )
+
+        if self.pos_encoding == "rope" and self.head_dim % 2 != 0:
+            raise ValueError(
+                f"RoPE rotates pairs of channels, so the head size must be even; "
+                f"n_embd / n_head = {self.head_dim} (change n_embd or n_head)"
+            )
+        if self.pos_encoding == "sinusoidal" and self.n_embd % 2 != 0:
+            raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        if self.max_seq_len is not None and self.max_seq_len != self.context_length:
+            if self.max_seq_len < self.context_length:
+                raise ValueError(
+                    f"max_seq_len ({self.max_seq_len}) must be at least context_length ({self.context_length})"
+                )
+            if self.pos_encoding not in EXTRAPOLATING_POS_ENCODINGS:
+                raise ValueError(
+                    f"max_seq_len > context_length needs a position encoding that extrapolates "
+                    f"({', '.join(EXTRAPOLATING_POS_ENCODINGS)}); learned positions have only "
+                    f"{self.context_length} entries"
+                )
+
+    def _attention_type_for(self, n_kv_head: int) -> str:
+        if n_kv_head == self.n_head:
+            return "mha"
+        if n_kv_head == 1:
+            return "mqa"
+        return "gqa"
+
+    # Derived values: properties, never stored.
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        """Inner width of the MLP."""
+        return self.mlp_hidden if self.mlp_hidden is not None else 4 * self.n_embd
+
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence (prompt + generated) the model accepts."""
+        return self.max_seq_len if self.max_seq_len is not None else self.context_length
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_head // self.n_kv_head  # type: ignore[operator]

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: deterministic seeds and the optional real corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tiny_shakespeare.txt"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shakespeare_path() -> Path | None:
+    """The tiny Shakespeare corpus beside the repository, or None where it is absent."""
+    return SHAKESPEARE if SHAKESPEARE.is_file() else None
+
+
+@pytest.fixture
+def small_text() -> str:
+    """A small, self-made text for tests that must run anywhere."""
+    lines = [
+        "the quick brown fox jumps over the lazy dog.",
+        "a small model learns the patterns of a small text.",
+        "to be, or not to be: that is the question.",
+        "all that glitters is not gold; all who wander are not lost.",
+    ]
+    return "\n".join(lines * 40) + "\n"

@@ -1,0 +1,38 @@
+import pytest
+
+from llm_lab.core.model.config import MiniGPTConfig
+
+
+def test_defaults_resolve_kv_heads_and_attention_type():
+    cfg = MiniGPTConfig(n_head=8, n_embd=64)
+    assert (cfg.n_kv_head, cfg.attention_type, cfg.head_dim, cfg.hidden_dim) == (8, "mha", 8, 256)
+    assert MiniGPTConfig(n_head=8, n_embd=64, n_kv_head=2).attention_type == "gqa"
+    assert MiniGPTConfig(n_head=8, n_embd=64, attention_type="mqa").n_kv_head == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be divisible by n_head \(4\)"),
+        ({"n_head": 6, "n_kv_head": 4, "n_embd": 48}, r"n_head \(6\) must be divisible by n_kv_head \(4\)"),
+        ({"n_head": 2, "n_embd": 6, "pos_encoding": "rope"}, r"head size must be even; n_embd / n_head = 3"),
+        ({"n_layer": 0}, r"n_layer must be a positive integer, got 0"),
+        ({"vocab_size": -5}, r"vocab_size must be a positive integer"),
+        ({"norm": "batchnorm"}, r"norm='batchnorm' is not supported; choose one of: layernorm, rmsnorm"),
+        ({"mlp": "tanh"}, r"mlp='tanh' is not supported; choose one of: gelu, gelu_tanh, swiglu, relu2"),
+        ({"pos_encoding": "xpos"}, r"choose one of: learned, sinusoidal, rope, alibi, none"),
+        ({"n_head": 4, "n_embd": 32, "attention_type": "mha", "n_kv_head": 2}, r"disagrees with n_kv_head=2"),
+        ({"n_head": 4, "n_embd": 32, "attention_type": "gqa"}, r"attention_type='gqa' needs n_kv_head"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"max_seq_len": 512, "context_length": 256}, r"learned positions have only 256 entries"),
+        ({"max_seq_len": 100, "context_length": 256, "pos_encoding": "rope"}, r"must be at least context_length"),
+    ],
+)
+def test_invalid_configs_say_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MiniGPTConfig(**kwargs)
+
+
+def test_extrapolating_encodings_may_run_past_the_context():
+    cfg = MiniGPTConfig(context_length=64, max_seq_len=128, pos_encoding="rope", n_head=2, n_embd=32)
+    assert cfg.max_positions == 128
