@@ -1,5 +1,7 @@
 """The MiniGPT model: norms, positional encodings, attention, MLP, block, model. Knows nothing of training."""
 
 from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.gpt import MiniGPT, init_weights, lm_loss
+from llm_lab.core.model.kv_cache import KVCache
 
-__all__ = ["MiniGPTConfig"]
+__all__ = ["KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]

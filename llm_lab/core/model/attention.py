@@ -1,0 +1,180 @@
+"""Causal self-attention with multi-head, grouped-query and multi-query key/value heads.
+
+* Scaled dot-product attention (Vaswani et al., 2017, "Attention Is All You Need").
+* Multi-query attention (Shazeer, 2019, "Fast Transformer Decoding: One Write-Head is All You Need") and
+  grouped-query attention (Ainslie et al., 2023, "GQA"): ``n_kv_head`` key/value heads, each shared by
+  ``n_head / n_kv_head`` query heads. ``n_kv_head == n_head`` is ordinary MHA.
+* Optional QK-norm (Dehghani et al., 2023, "Scaling Vision Transformers to 22 Billion Parameters"):
+  queries and keys are normalised per head before the dot product, which keeps the logits bounded.
+
+Two interchangeable implementations of the softmax step, picked by ``config.attn_impl`` from
+``ATTENTION_IMPLS``: ``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels),
+``reference`` spells out ``softmax(q k^T / sqrt(d) + mask) v`` for tests and teaching.
+
+Masks. The model builds one mask per forward pass with :func:`build_attention_mask` and hands it to every
+layer: ``None`` for a plain causal pass (``T == S``, the fast ``is_causal`` path), a boolean ``(B, 1, T, S)``
+"may attend" mask for padding and cached prefixes, or a float ``(B, n_head, T, S)`` additive mask when ALiBi
+adds its biases. A query whose row would be entirely masked (a left-padding position, which can see only
+padding) is allowed to see itself, so its output is finite: a NaN there would leak into real positions
+through ``0 * NaN`` in the next layer's ``probs @ v``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.kv_cache import KVCache
+from llm_lab.core.model.norms import build_norm
+from llm_lab.core.model.positional import apply_rotary
+
+__all__ = [
+    "ATTENTION_IMPLS",
+    "CausalSelfAttention",
+    "build_attention_mask",
+    "reference_attention",
+    "repeat_kv",
+    "sdpa_attention",
+]
+
+
+def build_attention_mask(
+    query_len: int,
+    key_len: int,
+    padding_mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Combine causality, padding and an additive bias into one attention mask.
+
+    Args:
+        query_len: ``T``, the new tokens; they sit at key slots ``[S - T, S)``.
+        key_len: ``S``, cached plus new positions.
+        padding_mask: ``(B, S)`` bool, True for real tokens, or None.
+        bias: ``(B, n_head, T, S)`` float additive bias (ALiBi), or None.
+        device: where to build the mask.
+
+    Returns:
+        None for a plain causal pass with ``T == S``; otherwise a bool ``(B or 1, 1, T, S)`` mask (True = may
+        attend) or, with a bias, a float ``(B, n_head, T, S)`` mask holding the bias and ``-inf``.
+    """
+    if padding_mask is None and bias is None and query_len == key_len:
+        return None
+    past = key_len - query_len
+    query_slot = torch.arange(query_len, device=device) + past  # (T,)
+    key_slot = torch.arange(key_len, device=device)  # (S,)
+    allowed = (key_slot[None, :] <= query_slot[:, None])[None, None]  # (1, 1, T, S)
+    if padding_mask is not None:
+        allowed = allowed & padding_mask[:, None, None, :]  # (B, 1, T, S)
+        # A query that sees nothing (left padding) may see itself, so its softmax is finite.
+        nothing = ~allowed.any(dim=-1, keepdim=True)  # (B, 1, T, 1)
+        own = (key_slot[None, :] == query_slot[:, None])[None, None]  # (1, 1, T, S)
+        allowed = allowed | (nothing & own)
+    if bias is None:
+        return allowed
+    return bias.masked_fill(~allowed, float("-inf"))  # (B, n_head, T, S)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(B, n_kv_head, S, hd) -> (B, n_kv_head * n_rep, S, hd)``: each key/value head serves ``n_rep`` queries.
+
+    Query head ``h`` uses key/value head ``h // n_rep`` (the layout of Hugging Face's ``repeat_kv``).
+    """
+    if n_rep == 1:
+        return x
+    B, n_kv, S, hd = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, S, hd).reshape(B, n_kv * n_rep, S, hd)
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(hd) + mask) v`` through PyTorch's fused ``scaled_dot_product_attention``."""
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """The same computation written out: scores, mask, float32 softmax, dropout, weighted sum."""
+    T, S = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, n_head, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    # A boolean mask says who may attend; a float mask (ALiBi) already holds -inf where nobody may.
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v  # (B, n_head, T, hd)
+
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+ATTENTION_IMPLS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "reference": reference_attention}
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal self-attention with ``n_head`` query heads and ``n_kv_head`` key/value heads.
+
+    Separate ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (Llama's names; GPT-2's fused ``c_attn`` is
+    split on conversion), so the GQA shapes are visible in the weights.
+    """
+
+    def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        if config.attn_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attn_impl={config.attn_impl!r} is not supported; choose one of: {', '.join(ATTENTION_IMPLS)}"
+            )
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.n_rep = config.n_rep
+        self.q_proj = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.v_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = build_norm(config.norm, self.head_dim, config.norm_eps, bias=False)
+            self.k_norm = build_norm(config.norm, self.head_dim, config.norm_eps, bias=False)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+        self.attend = ATTENTION_IMPLS[config.attn_impl]
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Attend over ``x`` ``(B, T, C)`` (and the cached prefix); return ``(B, T, C)``.
+
+        Args:
+            x: normalised hidden states.
+            mask: from :func:`build_attention_mask`.
+            rotary: RoPE ``(cos, sin)``, each ``(B, T, head_dim)``, or None.
+            cache: a :class:`KVCache` to append to and read from, or None.
+        """
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, k, *rotary)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_head, S, hd), S = cached + T
+        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, n_head, S, hd)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = self.attend(q, k, v, mask, dropout_p)  # (B, n_head, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, C)
+        return self.resid_dropout(self.o_proj(y))

@@ -1,0 +1,154 @@
+"""A preallocated (static) key/value cache for incremental decoding.
+
+Autoregressive decoding recomputes nothing: each new token's keys and values are written into fixed
+buffers of shape ``(B, n_kv_head, max_len, head_dim)`` per layer, and attention reads the filled prefix.
+Storing ``n_kv_head`` (not ``n_head``) heads is where GQA/MQA save memory (Ainslie et al., 2023, "GQA").
+
+Contract (the decoding code relies on it):
+
+* ``KVCache(config, batch_size, max_len=None, device=None, dtype=None)``; ``max_len`` defaults to
+  ``config.max_positions``. With ``device``/``dtype`` left ``None`` the buffers are allocated on the first
+  ``update`` with the device and dtype of the keys written there, so the cache follows the model (including
+  autocast). The model allocates one itself when called with ``use_cache=True`` and no cache.
+* ``length``: how many positions are filled. ``update(layer_idx, k, v)`` writes ``k, v`` of shape
+  ``(B, n_kv_head, T, head_dim)`` at ``[length, length + T)`` and returns views of ``[0, length + T)``; the
+  model calls ``advance(T)`` once after all layers. ``reset()`` empties the cache for reuse (no reallocation).
+* The cache also remembers each filled position's position id (``positions``), which ALiBi needs for its
+  distances when earlier tokens are no longer recomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_lab.core.model.config import MiniGPTConfig
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Static per-layer key/value buffers plus the position ids of the filled slots.
+
+    Args:
+        config: the model's config (layers, key/value heads and head size are taken from it).
+        batch_size: rows in the batch the cache serves.
+        max_len: capacity in positions; defaults to ``config.max_positions``.
+        device: buffer device; ``None`` follows the first keys written.
+        dtype: buffer dtype; ``None`` follows the first keys written.
+    """
+
+    def __init__(
+        self,
+        config: MiniGPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        max_len = config.max_positions if max_len is None else max_len
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(max_len, int) or max_len <= 0:
+            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+        if max_len > config.max_positions:
+            raise ValueError(
+                f"max_len ({max_len}) exceeds the model's max_positions ({config.max_positions}); "
+                "the model cannot attend over more positions than that"
+            )
+        self.n_layer = config.n_layer
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.length = 0
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self.positions: torch.Tensor | None = None  # (B, max_len) long, once allocated
+        if device is not None or dtype is not None:
+            self._allocate(torch.device(device) if device is not None else torch.device("cpu"),
+                           dtype if dtype is not None else torch.get_default_dtype())
+
+    def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (self.batch_size, self.n_kv_head, self.max_len, self.head_dim)
+        self._keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layer)]
+        self._values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layer)]
+        if self.positions is None:
+            self.positions = torch.zeros(self.batch_size, self.max_len, device=device, dtype=torch.long)
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device of the buffers (``None`` before the first write when it was not given)."""
+        return self._keys[0].device if self._keys else None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """Dtype of the key/value buffers (``None`` before the first write when it was not given)."""
+        return self._keys[0].dtype if self._keys else None
+
+    def check_compatible(self, config: MiniGPTConfig, batch_size: int) -> None:
+        """Raise ``ValueError`` unless this cache fits a model with ``config`` and a batch of ``batch_size``."""
+        ours = (self.n_layer, self.n_kv_head, self.head_dim)
+        theirs = (config.n_layer, config.n_kv_head, config.head_dim)
+        if ours != theirs:
+            raise ValueError(
+                "past_key_values was built for another model shape: (n_layer, n_kv_head, head_dim) = "
+                f"{ours} in the cache, {theirs} in this model"
+            )
+        if self.batch_size != batch_size:
+            raise ValueError(
+                f"past_key_values was built for batch size {self.batch_size}, but input_ids has batch size "
+                f"{batch_size}"
+            )
+
+    def check_room(self, new_tokens: int) -> None:
+        """Raise ``ValueError`` if ``new_tokens`` more positions do not fit."""
+        if self.length + new_tokens > self.max_len:
+            raise ValueError(
+                f"KV cache is full: {self.length} positions cached + {new_tokens} new > max_len {self.max_len}; "
+                "build a larger KVCache (max_len) or reset() it"
+            )
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k, v`` ``(B, n_kv_head, T, head_dim)`` at ``[length, length+T)``; return ``[0, length+T)``.
+
+        Args:
+            layer_idx: which layer's buffers.
+            k: new keys.
+            v: new values.
+
+        Returns:
+            Views ``(B, n_kv_head, length + T, head_dim)`` of all keys and values so far (``length`` is not
+            moved: call :meth:`advance` once all layers are written).
+        """
+        T = k.shape[2]
+        self.check_room(T)
+        if not self._keys:
+            self._allocate(k.device, k.dtype)
+        start, end = self.length, self.length + T
+        self._keys[layer_idx][:, :, start:end] = k
+        self._values[layer_idx][:, :, start:end] = v
+        return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
+
+    def update_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Record the ``(B, T)`` position ids of the new tokens; return those of ``[0, length+T)``."""
+        T = position_ids.shape[1]
+        self.check_room(T)
+        if self.positions is None:
+            self.positions = torch.zeros(self.batch_size, self.max_len, device=position_ids.device, dtype=torch.long)
+        self.positions[:, self.length : self.length + T] = position_ids
+        return self.positions[:, : self.length + T]
+
+    def advance(self, n: int) -> None:
+        """Mark ``n`` more positions as filled (called once per forward, after every layer's ``update``)."""
+        self.check_room(n)
+        self.length += n
+
+    def reset(self) -> None:
+        """Empty the cache for reuse with the same shapes; the buffers are kept, nothing is zeroed."""
+        self.length = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_kv_head={self.n_kv_head}, "
+            f"head_dim={self.head_dim}, length={self.length}, max_len={self.max_len}, dtype={self.dtype})"
+        )
