@@ -1,0 +1,221 @@
+"""Language-modelling datasets: a 1-D stream of token ids cut into (input, target) windows.
+
+A window of ``context_length + 1`` consecutive ids starting at ``i`` gives the input ``ids[i : i + T]`` and the
+target ``ids[i + 1 : i + T + 1]`` (the input shifted by one). Training draws window starts at random, and only
+from the ``torch.Generator`` it is handed, so a trainer that saves and restores that generator resumes on
+exactly the same batches. Evaluation walks fixed, contiguous, non-overlapping windows, the same on every call.
+
+The ids stay where they are: a ``np.memmap`` of a prepared ``train.bin`` is read window by window from disk,
+never copied whole into memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CharDataset", "LanguageModelingDataset"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _as_id_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Return ``ids`` as a 1-D integer array, without copying arrays (memmaps included)."""
+    if isinstance(ids, np.ndarray):
+        array = ids
+    elif isinstance(ids, torch.Tensor):
+        array = ids.detach().cpu().numpy()
+    else:
+        array = np.asarray(list(ids), dtype=np.int64)
+    if array.ndim != 1:
+        raise ValueError(f"token ids must be a 1-D sequence, got an array of shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
+    # Unsigned dtypes (the .bin files) cannot be negative; signed ones are checked (one pass over the ids).
+    if array.size and np.issubdtype(array.dtype, np.signedinteger) and int(array.min()) < 0:
+        raise ValueError(f"token ids must be non-negative, found {int(array.min())}")
+    return array
+
+
+class LanguageModelingDataset:
+    """Windows of ``context_length`` token ids over one long stream, for next-token prediction.
+
+    Args:
+        ids: the token stream: a list of ints, a 1-D integer ``np.ndarray``, or a ``np.memmap`` (kept on disk).
+        context_length: the number of input positions per window (``T``); each window reads ``T + 1`` ids.
+
+    Raises:
+        ValueError: if the stream is empty or shorter than ``context_length + 1``.
+
+    ``len(ds)`` is the number of distinct windows, ``len(ids) - context_length``; ``ds[i]`` is the window
+    starting at ``i`` as two int64 tensors ``(x, y)`` of length ``context_length``.
+    """
+
+    def __init__(self, ids: Sequence[int] | np.ndarray, context_length: int) -> None:
+        if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+            raise ValueError(f"context_length must be a positive int, got {context_length!r}")
+        array = _as_id_array(ids)
+        if array.size == 0:
+            raise ValueError(
+                f"the token stream is empty; it needs at least context_length + 1 = {context_length + 1} tokens"
+            )
+        if array.size < context_length + 1:
+            raise ValueError(
+                f"the token stream has {array.size} tokens but context_length {context_length} needs at least "
+                f"{context_length + 1}; use more text or a smaller context_length"
+            )
+        self.ids = array
+        self.context_length = context_length
+        # Offsets 0..T of one window, reused by every batch: start[:, None] + offsets gathers (B, T + 1) at once.
+        self._offsets = np.arange(context_length + 1, dtype=np.int64)
+
+    @classmethod
+    def from_bin(
+        cls, path: str | Path, context_length: int, dtype: str | np.dtype = "uint16"
+    ) -> LanguageModelingDataset:
+        """Memory-map a flat binary file of token ids (``train.bin``/``val.bin``) without reading it.
+
+        Args:
+            path: the ``.bin`` file: token ids back to back, native byte order, no header.
+            context_length: as in the constructor.
+            dtype: the ids' dtype, as recorded in the corpus's ``meta.json`` (``"uint16"`` or ``"uint32"``).
+        """
+        path = Path(path)
+        dtype = np.dtype(dtype)
+        if not np.issubdtype(dtype, np.integer):
+            raise ValueError(f"dtype must be an integer dtype such as 'uint16' or 'uint32', got {dtype}")
+        size = path.stat().st_size  # FileNotFoundError names the path
+        if size % dtype.itemsize:
+            raise ValueError(
+                f"{path} holds {size} bytes, not a whole number of {dtype} ids ({dtype.itemsize} bytes each); "
+                "is the dtype right?"
+            )
+        if size == 0:
+            ids: np.ndarray = np.empty(0, dtype=dtype)  # np.memmap refuses empty files
+        else:
+            ids = np.memmap(path, dtype=dtype, mode="r")
+        try:
+            return cls(ids, context_length)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def __len__(self) -> int:
+        return int(self.ids.size) - self.context_length
+
+    @property
+    def num_tokens(self) -> int:
+        """The length of the token stream."""
+        return int(self.ids.size)
+
+    def __getitem__(self, index: int) -> Batch:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"window index {index} out of range for {n} windows")
+        window = torch.from_numpy(np.asarray(self.ids[index : index + self.context_length + 1], dtype=np.int64))
+        return window[:-1], window[1:]
+
+    def _gather(self, starts: np.ndarray, device: torch.device | str | None) -> Batch:
+        # One fancy-index read of all B windows: (B, T + 1). On a memmap it touches only these pages.
+        windows = np.asarray(self.ids[starts[:, None] + self._offsets], dtype=np.int64)
+        batch = torch.from_numpy(windows)
+        x, y = batch[:, :-1], batch[:, 1:]
+        if device is not None and torch.device(device).type != "cpu":
+            # Pinned host memory lets the copy overlap with compute on CUDA.
+            pin = torch.device(device).type == "cuda"
+            x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+            y = (y.pin_memory() if pin else y).to(device, non_blocking=pin)
+        else:
+            x, y = x.contiguous(), y.contiguous()
+        return x, y
+
+    def get_batch(self, batch_size: int, generator: torch.Generator, device: torch.device | str | None = None) -> Batch:
+        """Draw ``batch_size`` windows at uniformly random starts.
+
+        Args:
+            batch_size: number of windows ``B``.
+            generator: the only source of randomness; its state fully determines the batch.
+            device: where to put the tensors (default: CPU).
+
+        Returns:
+            ``(x, y)``, two int64 tensors of shape ``(B, T)`` with ``y[:, t] == x[:, t + 1]`` for ``t < T - 1``.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        starts = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
+        return self._gather(starts.cpu().numpy(), device)
+
+    @property
+    def num_eval_windows(self) -> int:
+        """How many contiguous non-overlapping windows ``eval_batches`` walks: ``(len(ids) - 1) // T``."""
+        return (self.num_tokens - 1) // self.context_length
+
+    def eval_batches(
+        self,
+        batch_size: int,
+        max_batches: int | None = None,
+        device: torch.device | str | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """Yield fixed batches of contiguous, non-overlapping windows, the same ones on every call.
+
+        Window ``k`` starts at ``k * T``, so every token (but the last few) is predicted exactly once. Batches
+        hold ``batch_size`` consecutive windows; the last one may be smaller. With ``world_size > 1`` the
+        batches are dealt round-robin: ``rank`` gets batches ``rank, rank + world_size, ...`` of the first
+        ``max_batches`` (so the ranks together cover the same windows as one process).
+
+        Args:
+            batch_size: windows per batch.
+            max_batches: stop after this many batches in total (default: all windows).
+            device: where to put the tensors (default: CPU).
+            rank: this process's index among ``world_size`` (distributed evaluation).
+            world_size: number of processes sharing the batches.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        n_windows = self.num_eval_windows
+        n_batches = -(-n_windows // batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        for b in range(rank, n_batches, world_size):
+            first = b * batch_size
+            count = min(batch_size, n_windows - first)
+            starts = (np.arange(first, first + count, dtype=np.int64)) * self.context_length
+            yield self._gather(starts, device)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_tokens={self.num_tokens}, context_length={self.context_length}, "
+            f"dtype={self.ids.dtype})"
+        )
+
+
+class CharDataset(LanguageModelingDataset):
+    """A :class:`LanguageModelingDataset` over ``tokenizer.encode(text)``.
+
+    Args:
+        text: the corpus.
+        tokenizer: any tokenizer with ``encode(text) -> list[int]`` (usually a ``CharTokenizer``).
+        context_length: the number of input positions per window.
+    """
+
+    def __init__(self, text: str, tokenizer: Any, context_length: int) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError(f"the text is empty; it needs at least context_length + 1 = {context_length + 1} tokens")
+        self.tokenizer = tokenizer
+        super().__init__(tokenizer.encode(text), context_length)
