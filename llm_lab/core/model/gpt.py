@@ -148,8 +148,13 @@ class MiniGPT(nn.Module):
         return attention_mask.to(torch.bool)
 
     def _position_ids(
-        self, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, batch: int, seq_len: int,
-        past_len: int, device: torch.device,
+        self,
+        position_ids: torch.Tensor | None,
+        padding_mask: torch.Tensor | None,
+        batch: int,
+        seq_len: int,
+        past_len: int,
+        device: torch.device,
     ) -> torch.Tensor:
         if position_ids is None:
             if padding_mask is not None:
@@ -284,4 +289,3 @@ class MiniGPT(nn.Module):
         if not self.config.tie_embeddings:
             n -= self.tok_emb.weight.numel()
         return 6.0 * n + 12.0 * self.config.n_layer * self.config.n_embd * T
-

@@ -65,8 +65,10 @@ class KVCache:
         self._values: list[torch.Tensor] = []
         self.positions: torch.Tensor | None = None  # (B, max_len) long, once allocated
         if device is not None or dtype is not None:
-            self._allocate(torch.device(device) if device is not None else torch.device("cpu"),
-                           dtype if dtype is not None else torch.get_default_dtype())
+            self._allocate(
+                torch.device(device) if device is not None else torch.device("cpu"),
+                dtype if dtype is not None else torch.get_default_dtype(),
+            )
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         shape = (self.batch_size, self.n_kv_head, self.max_len, self.head_dim)
@@ -96,8 +98,7 @@ class KVCache:
             )
         if self.batch_size != batch_size:
             raise ValueError(
-                f"past_key_values was built for batch size {self.batch_size}, but input_ids has batch size "
-                f"{batch_size}"
+                f"past_key_values was built for batch size {self.batch_size}, but input_ids has batch size {batch_size}"
             )
 
     def check_room(self, new_tokens: int) -> None:

@@ -1,0 +1,316 @@
+"""Convert MiniGPT to and from Hugging Face ``transformers`` models (GPT-2 and Llama families).
+
+* GPT-2 family (``GPT2LMHeadModel``): learned positions, LayerNorm with bias, GELU MLP (tanh approximation,
+  ``gelu_new``; exact ``gelu`` and ``relu2`` map too), biases everywhere, MHA, tied or untied head. GPT-2 stores
+  its linear layers as ``Conv1D`` with weights ``(in, out)``: they are transposed, and the fused ``c_attn``
+  is split into our ``q_proj``, ``k_proj``, ``v_proj``.
+* Llama family (``LlamaForCausalLM``): RoPE (default rope type; same "rotate half" layout as ours), RMSNorm,
+  SwiGLU, MHA/GQA/MQA, no bias (or bias on every linear layer), tied or untied head. Names map 1:1.
+
+``config_from_hf`` and ``hf_config_from`` map the configs and raise ``ValueError`` naming the field that has
+no counterpart on the other side (e.g. ``pos_encoding='alibi'``, ``qk_norm=True``, a Llama ``rope_type`` other
+than ``default``). The tests in ``tests/core/package/test_hf.py`` prove the conversions on small random models:
+fp32 logits agree to 1e-4 with and without padding and through the KV cache, and a round trip is lossless.
+
+``transformers`` is a development dependency, imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.gpt import MiniGPT
+
+__all__ = ["config_from_hf", "from_hf_model", "hf_config_from", "to_hf_model"]
+
+# Activations of GPT-2's (ungated) MLP, Hugging Face name -> ours.
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu2": "relu2"}
+_OUR_GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu2": "relu2"}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config mapping
+
+
+def config_from_hf(hf_config: Any) -> MiniGPTConfig:
+    """The :class:`MiniGPTConfig` of a Hugging Face ``GPT2Config`` or ``LlamaConfig``.
+
+    Raises:
+        ValueError: another model type, or a setting MiniGPT cannot express (the message names it).
+    """
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type == "gpt2":
+        return _config_from_gpt2(hf_config)
+    if model_type == "llama":
+        return _config_from_llama(hf_config)
+    raise ValueError(f"unsupported Hugging Face model_type={model_type!r}; supported: gpt2, llama")
+
+
+def _config_from_gpt2(c: Any) -> MiniGPTConfig:
+    _require(
+        c.activation_function in _GPT2_ACTIVATIONS,
+        f"GPT-2 activation_function={c.activation_function!r} has no MiniGPT counterpart; "
+        f"supported: {', '.join(_GPT2_ACTIVATIONS)}",
+    )
+    _require(c.scale_attn_weights, "GPT-2 scale_attn_weights=False is not supported (MiniGPT scales by 1/sqrt(d))")
+    _require(not c.scale_attn_by_inverse_layer_idx, "GPT-2 scale_attn_by_inverse_layer_idx=True is not supported")
+    _require(not getattr(c, "add_cross_attention", False), "GPT-2 add_cross_attention=True is not supported")
+    return MiniGPTConfig(
+        vocab_size=c.vocab_size,
+        context_length=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        mlp_hidden=c.n_inner if c.n_inner is not None else 4 * c.n_embd,
+        dropout=float(c.resid_pdrop),
+        bias=True,
+        pos_encoding="learned",
+        norm="layernorm",
+        norm_eps=c.layer_norm_epsilon,
+        mlp=_GPT2_ACTIVATIONS[c.activation_function],
+        tie_embeddings=bool(c.tie_word_embeddings),
+        init_std=c.initializer_range,
+    )
+
+
+def _config_from_llama(c: Any) -> MiniGPTConfig:
+    rope = c.rope_parameters or {}
+    rope_type = rope.get("rope_type", "default")
+    _require(rope_type == "default", f"Llama rope_type={rope_type!r} is not supported (only 'default' RoPE)")
+    _require(rope.get("partial_rotary_factor", 1.0) == 1.0, "Llama partial_rotary_factor != 1 is not supported")
+    _require(c.hidden_act == "silu", f"Llama hidden_act={c.hidden_act!r} is not supported (only 'silu' = SwiGLU)")
+    _require(
+        c.head_dim == c.hidden_size // c.num_attention_heads,
+        f"Llama head_dim={c.head_dim} != hidden_size / num_attention_heads is not supported",
+    )
+    _require(
+        bool(c.attention_bias) == bool(c.mlp_bias),
+        f"Llama attention_bias={c.attention_bias} with mlp_bias={c.mlp_bias} is not supported "
+        "(MiniGPT has one bias switch)",
+    )
+    return MiniGPTConfig(
+        vocab_size=c.vocab_size,
+        context_length=c.max_position_embeddings,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        n_kv_head=c.num_key_value_heads,
+        n_embd=c.hidden_size,
+        mlp_hidden=c.intermediate_size,
+        dropout=float(c.attention_dropout or 0.0),
+        bias=bool(c.attention_bias),
+        pos_encoding="rope",
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        norm="rmsnorm",
+        norm_eps=c.rms_norm_eps,
+        mlp="swiglu",
+        tie_embeddings=bool(c.tie_word_embeddings),
+        init_std=c.initializer_range,
+    )
+
+
+def hf_config_from(config: MiniGPTConfig) -> Any:
+    """A Hugging Face ``GPT2Config`` (learned positions) or ``LlamaConfig`` (RoPE) for ``config``.
+
+    Raises:
+        ValueError: a setting neither family can express, naming the field (``pos_encoding``, ``norm``, ``mlp``,
+            ``bias``, ``qk_norm``, ``n_kv_head``).
+    """
+    import transformers
+
+    _require(not config.qk_norm, "qk_norm=True has no counterpart in GPT-2 or Llama; set qk_norm=False")
+    common = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "initializer_range": config.init_std}
+    if config.pos_encoding == "learned":
+        _require(config.norm == "layernorm", f"norm={config.norm!r}: the GPT-2 family needs norm='layernorm'")
+        _require(config.bias, "bias=False: the GPT-2 family has biases in every linear layer and LayerNorm")
+        _require(
+            config.mlp in _OUR_GPT2_ACTIVATIONS,
+            f"mlp={config.mlp!r}: the GPT-2 family supports mlp in {', '.join(_OUR_GPT2_ACTIVATIONS)}",
+        )
+        _require(
+            config.n_kv_head == config.n_head,
+            f"n_kv_head={config.n_kv_head}: the GPT-2 family is multi-head only (n_kv_head == n_head)",
+        )
+        return transformers.GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.context_length,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=config.hidden_dim,
+            activation_function=_OUR_GPT2_ACTIVATIONS[config.mlp],
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            layer_norm_epsilon=config.norm_eps,
+            tie_word_embeddings=config.tie_embeddings,
+            **common,
+        )
+    if config.pos_encoding == "rope":
+        _require(config.norm == "rmsnorm", f"norm={config.norm!r}: the Llama family needs norm='rmsnorm'")
+        _require(config.mlp == "swiglu", f"mlp={config.mlp!r}: the Llama family needs mlp='swiglu'")
+        if config.dropout > 0:
+            warnings.warn(
+                f"dropout={config.dropout}: Llama has attention dropout only; residual and embedding dropout "
+                "(training-time behaviour) are lost in the export",
+                stacklevel=2,
+            )
+        return transformers.LlamaConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.n_embd,
+            intermediate_size=config.hidden_dim,
+            num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head,
+            num_key_value_heads=config.n_kv_head,
+            head_dim=config.head_dim,
+            hidden_act="silu",
+            max_position_embeddings=config.max_positions,
+            rms_norm_eps=config.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+            attention_bias=config.bias,
+            mlp_bias=config.bias,
+            attention_dropout=config.dropout,
+            tie_word_embeddings=config.tie_embeddings,
+            **common,
+        )
+    raise ValueError(
+        f"pos_encoding={config.pos_encoding!r} has no Hugging Face counterpart here; use 'learned' (GPT-2) or "
+        "'rope' (Llama)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Weights. Each family is one table from our parameter names to theirs; GPT-2 needs the transposes and splits.
+
+# Per block, ours -> GPT-2's: norms (weight and bias) and the Conv1D layers other than the fused c_attn.
+_GPT2_NORMS = {"attn_norm": "ln_1", "mlp_norm": "ln_2"}
+_GPT2_CONV1D = {"attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
+
+
+def _gpt2_state_from_hf(sd: dict[str, torch.Tensor], config: MiniGPTConfig) -> dict[str, torch.Tensor]:
+    C = config.n_embd
+    out = {
+        "tok_emb.weight": sd["transformer.wte.weight"],
+        "positions.weight": sd["transformer.wpe.weight"],
+        "final_norm.weight": sd["transformer.ln_f.weight"],
+        "final_norm.bias": sd["transformer.ln_f.bias"],
+        "lm_head.weight": sd.get("lm_head.weight", sd["transformer.wte.weight"]),
+    }
+    for i in range(config.n_layer):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        # Conv1D keeps (in, out); nn.Linear keeps (out, in). c_attn's output columns are [q | k | v].
+        qkv_w, qkv_b = sd[h + "attn.c_attn.weight"].t(), sd[h + "attn.c_attn.bias"]
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            out[b + f"attn.{name}.weight"] = qkv_w[j * C : (j + 1) * C]
+            out[b + f"attn.{name}.bias"] = qkv_b[j * C : (j + 1) * C]
+        for ours, theirs in _GPT2_NORMS.items():
+            out[b + f"{ours}.weight"] = sd[h + f"{theirs}.weight"]
+            out[b + f"{ours}.bias"] = sd[h + f"{theirs}.bias"]
+        for ours, theirs in _GPT2_CONV1D.items():
+            out[b + f"{ours}.weight"] = sd[h + f"{theirs}.weight"].t()
+            out[b + f"{ours}.bias"] = sd[h + f"{theirs}.bias"]
+    return out
+
+
+def _gpt2_state_to_hf(sd: dict[str, torch.Tensor], config: MiniGPTConfig) -> dict[str, torch.Tensor]:
+    out = {
+        "transformer.wte.weight": sd["tok_emb.weight"],
+        "transformer.wpe.weight": sd["positions.weight"],
+        "transformer.ln_f.weight": sd["final_norm.weight"],
+        "transformer.ln_f.bias": sd["final_norm.bias"],
+        "lm_head.weight": sd["lm_head.weight"],
+    }
+    for i in range(config.n_layer):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        names = ("q_proj", "k_proj", "v_proj")
+        out[h + "attn.c_attn.weight"] = torch.cat([sd[b + f"attn.{n}.weight"] for n in names]).t().contiguous()
+        out[h + "attn.c_attn.bias"] = torch.cat([sd[b + f"attn.{n}.bias"] for n in names])
+        for ours, theirs in _GPT2_NORMS.items():
+            out[h + f"{theirs}.weight"] = sd[b + f"{ours}.weight"]
+            out[h + f"{theirs}.bias"] = sd[b + f"{ours}.bias"]
+        for ours, theirs in _GPT2_CONV1D.items():
+            out[h + f"{theirs}.weight"] = sd[b + f"{ours}.weight"].t().contiguous()
+            out[h + f"{theirs}.bias"] = sd[b + f"{ours}.bias"]
+    return out
+
+
+def _llama_names(config: MiniGPTConfig) -> dict[str, str]:
+    """Our parameter name -> Llama's (a pure renaming)."""
+    names = {
+        "tok_emb.weight": "model.embed_tokens.weight",
+        "final_norm.weight": "model.norm.weight",
+        "lm_head.weight": "lm_head.weight",
+    }
+    linears = [f"attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears += [f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
+    for i in range(config.n_layer):
+        b, h = f"blocks.{i}.", f"model.layers.{i}."
+        names[b + "attn_norm.weight"] = h + "input_layernorm.weight"
+        names[b + "mlp_norm.weight"] = h + "post_attention_layernorm.weight"
+        for lin in linears:
+            theirs = lin.replace("attn.", "self_attn.")
+            names[b + lin + ".weight"] = h + theirs + ".weight"
+            if config.bias:
+                names[b + lin + ".bias"] = h + theirs + ".bias"
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def from_hf_model(hf_model: Any) -> MiniGPT:
+    """A :class:`MiniGPT` with the weights of a ``GPT2LMHeadModel`` or ``LlamaForCausalLM``.
+
+    The returned model is in eval mode, with the dtype and device of ``hf_model``.
+
+    Raises:
+        ValueError: an unsupported model type or setting (see :func:`config_from_hf`).
+    """
+    config = config_from_hf(hf_model.config)
+    sd = hf_model.state_dict()
+    if config.pos_encoding == "learned":
+        ours = _gpt2_state_from_hf(sd, config)
+    else:
+        names = _llama_names(config)
+        ours = {k: sd[v] if v in sd else sd["model.embed_tokens.weight"] for k, v in names.items()}
+    ref = next(iter(sd.values()))
+    model = MiniGPT(config).to(device=ref.device, dtype=ref.dtype)
+    model.load_state_dict(ours, strict=True)
+    return model.eval()
+
+
+def to_hf_model(model: MiniGPT) -> Any:
+    """A ``GPT2LMHeadModel`` (learned positions) or ``LlamaForCausalLM`` (RoPE) with ``model``'s weights.
+
+    The returned model is in eval mode, with the dtype and device of ``model``, using ``sdpa`` attention.
+
+    Raises:
+        ValueError: a config neither family can express (see :func:`hf_config_from`).
+    """
+    import transformers
+
+    hf_config = hf_config_from(model.config)
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    if model.config.pos_encoding == "learned":
+        hf_model = transformers.GPT2LMHeadModel(hf_config)
+        theirs = _gpt2_state_to_hf(sd, model.config)
+    else:
+        hf_model = transformers.LlamaForCausalLM(hf_config)
+        theirs = {v: sd[k] for k, v in _llama_names(model.config).items()}
+    ref = next(iter(sd.values()))
+    hf_model = hf_model.to(device=ref.device, dtype=ref.dtype)
+    missing, unexpected = hf_model.load_state_dict(theirs, strict=False)
+    # Only non-persistent bookkeeping (e.g. GPT-2's causal "bias" buffer in older versions) may be left over.
+    missing = [k for k in missing if not k.endswith("attn.bias") and not k.endswith("masked_bias")]
+    if missing or unexpected:
+        raise ValueError(f"weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    return hf_model.eval()
