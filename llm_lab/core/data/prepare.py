@@ -236,10 +236,10 @@ def prepare_corpus(
 
         n_val = int(total * val_fraction)
         n_train = total - n_val
-        if n_val == 0:
+        if n_val == 0 and val_fraction > 0:  # val_fraction=0 asks for no validation split: no warning then
             warnings.warn(
-                f"the validation split is empty ({total} tokens x val_fraction {val_fraction}); "
-                "training will need another validation source",
+                f"the validation split is empty ({total} tokens x val_fraction {val_fraction} rounds down to 0); "
+                "raise val_fraction or add text",
                 stacklevel=2,
             )
         elif context_length is not None and n_val < context_length + 1:

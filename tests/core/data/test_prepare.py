@@ -1,0 +1,194 @@
+"""Tests for llm_lab/core/data/prepare.py: .bin layout, the split, documents, chunked streaming, meta.json, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_lab.core.data import LanguageModelingDataset
+from llm_lab.core.data.prepare import dtype_for_vocab, iter_text_chunks, load_prepared, prepare_corpus
+
+
+class ByteTokenizer:
+    """A stand-in tokenizer (ids = UTF-8 bytes + ``offset``, eot = 256 + offset) to test preparation on its own."""
+
+    def __init__(self, offset: int = 0, eot: bool = True) -> None:
+        self.offset = offset
+        self.vocab_size = 257 + offset
+        self.eot_token_id = 256 + offset if eot else None
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def save(self, directory) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "tokenizer_config.json").write_text(json.dumps({"type": "bytes-stub"}))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
+    """a.txt = "hello\\n" (6 bytes), b.txt = "world!\\n" (7): stream = 6 + [eot] + 7 = 14 tokens.
+    val_fraction 0.25 -> int(14 * 0.25) = 3 val tokens: the last three, "!\\n" preceded by "d"."""
+    a = _write(tmp_path / "a.txt", "hello\n")
+    b = _write(tmp_path / "b.txt", "world!\n")
+    out = tmp_path / "corpus"
+    meta = prepare_corpus(ByteTokenizer(), [a, b], out, val_fraction=0.25, progress=False)
+    stream = list(b"hello\n") + [256] + list(b"world!\n")
+    train, val, loaded = load_prepared(out)
+    assert isinstance(train, np.memmap) and train.dtype == np.uint16
+    assert train.tolist() == stream[:11]
+    assert val.tolist() == stream[11:] == list(b"d!\n")
+    assert loaded == meta
+    assert meta["train_tokens"] == 11 and meta["val_tokens"] == 3 and meta["total_tokens"] == 14
+    assert meta["eot_tokens"] == 1 and meta["documents"] == 2
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257
+    assert meta["tokenizer"] == {"type": "bytes-stub", "path": "tokenizer", "vocab_size": 257, "eot_token_id": 256}
+    assert [s["sha256"] for s in meta["sources"]] == [
+        hashlib.sha256(b"hello\n").hexdigest(),
+        hashlib.sha256(b"world!\n").hexdigest(),
+    ]
+    assert [(s["bytes"], s["tokens"]) for s in meta["sources"]] == [(6, 6), (7, 7)]
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert _leftovers(out) == []  # no temporary files
+    # The .bin files feed the dataset directly.
+    ds = LanguageModelingDataset.from_bin(out / "train.bin", 4, meta["dtype"])
+    assert ds[0][0].tolist() == list(b"hell")
+
+
+def test_no_eot_when_the_tokenizer_has_none(tmp_path):
+    a = _write(tmp_path / "a.txt", "ab")
+    b = _write(tmp_path / "b.txt", "cd")
+    meta = prepare_corpus(ByteTokenizer(eot=False), [a, b], tmp_path / "o", val_fraction=0.0, progress=False)
+    train, val, _ = load_prepared(tmp_path / "o")
+    assert train.tolist() == list(b"abcd") and val.size == 0
+    assert meta["eot_tokens"] == 0
+
+
+def test_chunked_streaming_equals_one_piece(tmp_path):
+    """Reading 5 bytes at a time splits multi-byte characters and lines; the ids must not change."""
+    text = "Première ligne, déjà.\nZweite Zeile: 日本語のテキスト\n\nthird line 42\nend" * 20
+    path = _write(tmp_path / "t.txt", text)
+    chunks = list(iter_text_chunks(path, read_bytes=5))
+    assert "".join(t for t, _ in chunks) == text
+    assert b"".join(raw for _, raw in chunks) == text.encode("utf-8")
+    assert sum(1 for t, _ in chunks if t) > 10  # it really streamed in pieces
+    prepare_corpus(ByteTokenizer(), [path], tmp_path / "small", val_fraction=0.1, progress=False, read_bytes=5)
+    prepare_corpus(ByteTokenizer(), [path], tmp_path / "big", val_fraction=0.1, progress=False)
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "small" / split).read_bytes() == (tmp_path / "big" / split).read_bytes()
+
+
+def test_chunks_are_cut_only_after_a_line_and_before_a_letter(tmp_path):
+    text = "one two\n\n  three\nfour.\n5 six\nseven\n" * 5
+    path = _write(tmp_path / "t.txt", text)
+    for chunk, _ in list(iter_text_chunks(path, read_bytes=3))[:-1]:
+        if chunk:
+            assert chunk.endswith("\n") and not chunk[-2].isspace()
+
+
+def test_uint32_when_the_vocab_does_not_fit_uint16(tmp_path):
+    assert dtype_for_vocab(65536) == np.uint16
+    assert dtype_for_vocab(65537) == np.uint32
+    path = _write(tmp_path / "t.txt", "abc")
+    meta = prepare_corpus(ByteTokenizer(offset=70_000), [path], tmp_path / "o", val_fraction=0.0, progress=False)
+    assert meta["dtype"] == "uint32"
+    train, _, _ = load_prepared(tmp_path / "o")
+    assert train.dtype == np.uint32 and train.tolist() == [70_097, 70_098, 70_099]
+    assert (tmp_path / "o" / "train.bin").stat().st_size == 3 * 4
+
+
+def test_empty_corpus_is_an_error_and_leaves_no_corpus(tmp_path):
+    a = _write(tmp_path / "a.txt", "")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="corpus is empty"), pytest.warns(UserWarning, match="a.txt is empty"):
+        prepare_corpus(ByteTokenizer(), [a], out, progress=False)
+    assert not (out / "meta.json").exists() and not (out / "train.bin").exists()
+    assert _leftovers(out) == []
+
+
+def test_empty_file_among_others_is_skipped_with_a_warning(tmp_path):
+    a = _write(tmp_path / "a.txt", "xy")
+    e = _write(tmp_path / "e.txt", "")
+    b = _write(tmp_path / "b.txt", "z")
+    with pytest.warns(UserWarning, match="e.txt is empty"):
+        meta = prepare_corpus(ByteTokenizer(), [a, e, b], tmp_path / "o", val_fraction=0.0, progress=False)
+    train, _, _ = load_prepared(tmp_path / "o")
+    assert train.tolist() == [ord("x"), ord("y"), 256, ord("z")]  # one eot: the empty file is no document
+    assert meta["documents"] == 2
+
+
+def test_warnings_for_a_validation_split_without_a_window(tmp_path):
+    path = _write(tmp_path / "t.txt", "x" * 100)
+    with pytest.warns(UserWarning, match=r"validation split has 10 tokens, fewer than context_length \+ 1 = 17"):
+        prepare_corpus(ByteTokenizer(), [path], tmp_path / "a", val_fraction=0.1, context_length=16, progress=False)
+    with pytest.warns(UserWarning, match=r"validation split is empty \(100 tokens x val_fraction 0.005 rounds down"):
+        prepare_corpus(ByteTokenizer(), [path], tmp_path / "b", val_fraction=0.005, progress=False)
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, "0.1", True])
+def test_bad_val_fraction(tmp_path, fraction):
+    path = _write(tmp_path / "t.txt", "abc")
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
+        prepare_corpus(ByteTokenizer(), [path], tmp_path / "o", val_fraction=fraction, progress=False)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        prepare_corpus(ByteTokenizer(), [tmp_path / "missing.txt"], tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="no input files"):
+        prepare_corpus(ByteTokenizer(), [], tmp_path / "o", progress=False)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text \(bad byte near offset 3\)"):
+        prepare_corpus(ByteTokenizer(), [bad], tmp_path / "o", progress=False)
+
+    class Overflowing(ByteTokenizer):
+        def encode(self, text):
+            return [300]
+
+    ok = _write(tmp_path / "ok.txt", "a")
+    with pytest.raises(ValueError, match="id 300 outside its vocabulary of 257"):
+        prepare_corpus(Overflowing(), [ok], tmp_path / "o2", progress=False)
+    assert _leftovers(tmp_path / "o2") == []
+
+
+def test_refuses_to_replace_a_corpus_unless_overwrite(tmp_path):
+    a = _write(tmp_path / "a.txt", "first corpus")
+    b = _write(tmp_path / "b.txt", "second")
+    out = tmp_path / "o"
+    prepare_corpus(ByteTokenizer(), [a], out, val_fraction=0.0, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a prepared corpus.*--overwrite"):
+        prepare_corpus(ByteTokenizer(), [b], out, val_fraction=0.0, progress=False)
+    assert load_prepared(out)[0].tolist() == list(b"first corpus")  # untouched
+    prepare_corpus(ByteTokenizer(), [b], out, val_fraction=0.0, progress=False, overwrite=True)
+    assert load_prepared(out)[0].tolist() == list(b"second")
+
+
+def test_load_prepared_checks_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a prepared corpus.*llm-lab data prepare"):
+        load_prepared(tmp_path)
+    path = _write(tmp_path / "t.txt", "abcdefghij")
+    out = tmp_path / "o"
+    prepare_corpus(ByteTokenizer(), [path], out, val_fraction=0.2, progress=False)
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(6)  # 3 of 8 tokens: a damaged file
+    with pytest.raises(ValueError, match=r"train.bin holds 6 bytes but meta.json promises 8 uint16 tokens"):
+        load_prepared(out)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["format_version"] = 99
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format_version 99"):
+        load_prepared(out)
