@@ -1,1 +1,27 @@
-"""core/decode."""
+"""Decoding: logits processors and KV-cached generation (``generate``, ``stream``, ``generate_text``)."""
+
+from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
+from llm_lab.core.decode.processors import (
+    apply_repetition_penalty,
+    apply_temperature,
+    min_p_filter,
+    process_logits,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+__all__ = [
+    "GenerationOutput",
+    "StreamChunk",
+    "apply_repetition_penalty",
+    "apply_temperature",
+    "generate",
+    "generate_text",
+    "min_p_filter",
+    "process_logits",
+    "sample_next_token",
+    "stream",
+    "top_k_filter",
+    "top_p_filter",
+]

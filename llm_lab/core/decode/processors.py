@@ -1,0 +1,305 @@
+"""Logits processors: small functions that reshape next-token scores before sampling.
+
+Each function takes ``logits`` of shape ``(B, V)`` (one row per sequence, one column per token id) and
+returns a tensor of the same shape; tokens that may no longer be drawn get ``-inf``. They compose in the
+order :func:`process_logits` applies them, which is also Hugging Face's order:
+
+    repetition penalty -> temperature -> top-k -> top-p -> min-p -> sample (or argmax when temperature == 0)
+
+The filters read the *current* scores, so the order matters: top-p after top-k renormalises over the
+``k`` kept tokens, min-p after top-p compares with the most likely token (which every filter keeps).
+
+Every filter keeps at least one token per row (the most likely one), so sampling never sees a row of only
+``-inf``. Rows that are already all ``-inf`` are returned unchanged.
+
+References: nucleus sampling (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration");
+min-p sampling (Nguyen et al., 2024, "Turning Up the Heat: Min-p Sampling for Creative and Coherent LLM
+Outputs"); repetition penalty (Keskar et al., 2019, "CTRL").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "apply_repetition_penalty",
+    "apply_temperature",
+    "check_sampling_args",
+    "min_p_filter",
+    "occurrence_flags",
+    "penalize_seen",
+    "process_logits",
+    "sample_next_token",
+    "top_k_filter",
+    "top_p_filter",
+]
+
+
+def check_sampling_args(
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+) -> None:
+    """Raise ``ValueError`` for sampling settings outside their documented ranges.
+
+    Args:
+        temperature: ``>= 0`` (0 means greedy).
+        top_k: ``None`` or an integer ``>= 1``.
+        top_p: ``None`` or a float in ``(0, 1]``.
+        min_p: ``None`` or a float in ``[0, 1]``.
+        repetition_penalty: ``> 0`` (1 disables it).
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None to disable it), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] (or None to disable it), got {top_p!r}")
+    if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, int | float) or not 0.0 <= min_p <= 1.0):
+        raise ValueError(f"min_p must be in [0, 1] (or None to disable it), got {min_p!r}")
+    if (
+        isinstance(repetition_penalty, bool)
+        or not isinstance(repetition_penalty, int | float)
+        or not math.isfinite(repetition_penalty)
+        or repetition_penalty <= 0
+    ):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 disables it), got {repetition_penalty!r}")
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide the logits by ``temperature`` (``> 0``).
+
+    Below 1 the distribution sharpens, above 1 it flattens. ``temperature == 0`` (greedy) is not a division:
+    :func:`sample_next_token` handles it with an argmax, so it is rejected here.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        temperature: a positive number.
+
+    Returns:
+        ``logits / temperature`` (the input itself when ``temperature == 1``).
+    """
+    if not temperature > 0:
+        raise ValueError(f"apply_temperature needs temperature > 0, got {temperature}; 0 means greedy (argmax)")
+    if temperature == 1.0:
+        return logits
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` highest-scoring tokens of each row; the rest get ``-inf``.
+
+    Ties are kept together: every token whose score equals the ``k``-th highest score survives, so a row can
+    keep more than ``k`` tokens when scores tie at the boundary (Hugging Face does the same). ``k`` at least
+    the vocabulary size keeps everything.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        k: how many tokens to keep, ``>= 1``.
+
+    Returns:
+        A new ``(B, V)`` tensor.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {k!r}")
+    if k >= logits.shape[-1]:
+        return logits
+    kth_best = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth_best, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches ``p``.
+
+    Tokens are ranked by probability (``softmax(logits)``), highest first; a token is kept when the total
+    probability of the tokens ranked *before* it is still below ``p``. So the most likely token is always kept
+    (at least one token, even for a tiny ``p``), and the kept set is the shortest prefix of the ranking whose
+    total reaches ``p``. Example: probabilities ``[0.5, 0.3, 0.2]`` and ``p = 0.8`` keep the first two (0.5 < 0.8,
+    then 0.5 + 0.3 = 0.8 reaches it); ``p = 0.81`` keeps all three. Tokens tied in probability are ranked by id.
+    ``p == 1`` keeps everything.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        p: probability mass to cover, in ``(0, 1]``.
+
+    Returns:
+        A new ``(B, V)`` tensor.
+    """
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    if p >= 1.0:
+        return logits
+    # A stable sort ranks tied tokens by id, so the kept set does not depend on the sort implementation.
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    sorted_probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # exclusive cumulative sum
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the most likely token always stays
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least ``min_p`` times that of the most likely token.
+
+    With ``probs = softmax(logits)``, token ``i`` survives when ``probs[i] >= min_p * max(probs)``. The most
+    likely token always survives (``min_p <= 1``); ``min_p == 0`` keeps everything. Example: probabilities
+    ``[0.6, 0.25, 0.1, 0.05]`` and ``min_p = 0.2`` give the threshold ``0.12`` and keep the first two.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        min_p: relative threshold in ``[0, 1]``.
+
+    Returns:
+        A new ``(B, V)`` tensor.
+    """
+    if isinstance(min_p, bool) or not isinstance(min_p, int | float) or not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
+    if min_p == 0.0:
+        return logits
+    probs = torch.softmax(logits.float(), dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def penalize_seen(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Apply the repetition penalty to the tokens flagged in ``seen``.
+
+    For each flagged token, a positive score is divided by ``penalty`` and a negative score multiplied by it
+    (Hugging Face's convention), so ``penalty > 1`` always makes a seen token less likely and ``penalty < 1``
+    more likely. A score of exactly 0 stays 0. Unflagged tokens are untouched.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        seen: ``(B, V)`` boolean tensor, ``True`` where the token occurred in the row's context.
+        penalty: ``> 0``; 1 changes nothing.
+
+    Returns:
+        A new ``(B, V)`` tensor (the input itself when ``penalty == 1``).
+    """
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor,
+    previous_ids: torch.Tensor,
+    penalty: float,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Repetition penalty (CTRL) on every token id that occurs in ``previous_ids``.
+
+    ``score -> score / penalty`` if ``score > 0`` else ``score * penalty``, once per distinct token id, however
+    often it occurred. Positions where ``attention_mask`` is 0 (padding) do not count as occurrences.
+
+    Args:
+        logits: ``(B, V)`` scores.
+        previous_ids: ``(B, T)`` token ids of the context so far (prompt and generated tokens).
+        penalty: ``> 0``; 1 changes nothing.
+        attention_mask: optional ``(B, T)`` mask, 1 for real tokens and 0 for padding.
+
+    Returns:
+        A new ``(B, V)`` tensor.
+    """
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {penalty!r}")
+    if previous_ids.dim() != 2 or previous_ids.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"previous_ids must be (B, T) with B = {logits.shape[0]} rows like logits, got {tuple(previous_ids.shape)}"
+        )
+    seen = occurrence_flags(previous_ids, logits.shape[-1], attention_mask)
+    return penalize_seen(logits, seen, float(penalty))
+
+
+def occurrence_flags(
+    token_ids: torch.Tensor, vocab_size: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, vocab_size)`` booleans: ``True`` where the id occurs in the row (padding excluded).
+
+    Args:
+        token_ids: ``(B, T)`` ids in ``[0, vocab_size)``.
+        vocab_size: number of columns.
+        attention_mask: optional ``(B, T)``; positions where it is 0 are ignored.
+
+    Returns:
+        A new boolean tensor.
+    """
+    if attention_mask is not None:
+        # Padding goes to a scratch column past the vocabulary that is cut off afterwards.
+        token_ids = token_ids.masked_fill(attention_mask == 0, vocab_size)
+    seen = torch.zeros(token_ids.shape[0], vocab_size + 1, dtype=torch.bool, device=token_ids.device)
+    seen.scatter_(-1, token_ids, True)
+    return seen[:, :vocab_size]
+
+
+def process_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Chain the processors in the documented order: penalty, temperature, top-k, top-p, min-p.
+
+    With ``temperature == 0`` (greedy) only the repetition penalty is applied: the filters never remove the
+    most likely token, so they cannot change an argmax.
+
+    Args:
+        logits: ``(B, V)`` next-token scores.
+        temperature: ``>= 0``.
+        top_k: ``None`` or ``>= 1``.
+        top_p: ``None`` or in ``(0, 1]``.
+        min_p: ``None`` or in ``[0, 1]``.
+        repetition_penalty: ``> 0``; needs ``seen`` when it is not 1.
+        seen: ``(B, V)`` boolean occurrence flags for the repetition penalty.
+
+    Returns:
+        The processed ``(B, V)`` scores.
+    """
+    if repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("repetition_penalty != 1 needs `seen`, the (B, V) flags of tokens already in context")
+        logits = penalize_seen(logits, seen, repetition_penalty)
+    if temperature == 0:
+        return logits
+    logits = apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    if min_p is not None:
+        logits = min_p_filter(logits, min_p)
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick one token per row from processed scores: argmax when ``temperature == 0``, else a draw.
+
+    The draw is ``torch.multinomial(softmax(logits), 1, generator=generator)``, so the same generator state
+    gives the same tokens. Greedy ties go to the lowest token id (``torch.argmax``).
+
+    Args:
+        logits: ``(B, V)`` scores (already processed).
+        temperature: only its being 0 matters here.
+        generator: random source for sampling; ``None`` uses torch's global generator.
+
+    Returns:
+        ``(B,)`` int64 token ids.
+    """
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
