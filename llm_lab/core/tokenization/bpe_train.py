@@ -1,0 +1,260 @@
+"""Byte-level BPE training: count distinct pre-tokens once, then merge with incremental pair counts.
+
+The algorithm (cost grows with the number of *distinct* pre-tokens, not with the corpus size):
+
+1. Split every text with the pre-tokenisation regex (special tokens are cut out first and never learned) and count
+   each distinct pre-token once: ``{"Ġthe": 27000, ...}``. Files are streamed in blocks.
+2. Turn each distinct pre-token into a list of byte ids, weighted by its count. Keep
+   ``pair_counts[(a, b)]`` (weighted occurrences) and ``where[(a, b)]`` (indices of the words that contain it).
+3. Repeatedly pop the most frequent pair from a max-heap, merge it inside the words listed in ``where`` only, and
+   update the counts of the pairs those words lose and gain. Counts only ever drop for existing pairs, so the heap
+   is updated lazily: a popped entry whose count is out of date is pushed back with the current count.
+
+Ties: among pairs with the same count the heap pops the smallest ``(left bytes, right bytes)`` in lexicographic
+byte order, so training is deterministic and independent of dict or file order. (HF ``tokenizers`` breaks ties by
+its internal pair ids; tiktoken's educational trainer and minbpe take the first pair seen; all are "some fixed
+order", ours is the one that depends only on the bytes.)
+
+A merge whose result has the same bytes as an existing token (possible when different merge paths meet) reuses
+that token's id, as HF ``tokenizers`` does, so the vocabulary never holds two tokens with the same bytes. A merge
+whose bytes would spell a special token is skipped, so ``vocab.json`` never has two entries with one name.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from llm_lab.core.tokenization.byte_level import PATTERNS, compile_pattern, text_to_bytes
+
+__all__ = ["count_pretokens", "iter_text_blocks", "learn_merges"]
+
+logger = logging.getLogger(__name__)
+
+TextSource = str | os.PathLike | Iterable[str | os.PathLike]
+_BLOCK_CHARS = 1 << 20  # characters read from a file at a time when streaming
+
+
+def _safe_cut(block: str) -> int:
+    """Index of the last ``letter|space letter`` boundary in ``block`` (0 if none).
+
+    For the built-in GPT-2/GPT-4 patterns no match spans such a boundary and no match before it looks past it
+    (a letter run stops at the space, and the space starts the next word), so the text on each side pre-tokenises
+    exactly as it would inside the whole file.
+    """
+    i = block.rfind(" ", 0, len(block) - 1)
+    while i > 0:
+        if block[i - 1].isalpha() and block[i + 1].isalpha():
+            return i
+        i = block.rfind(" ", 0, i)
+    return 0
+
+
+def _iter_file(path: Path, streamable: bool) -> Iterator[str]:
+    try:
+        # newline="" keeps CRLF as it is in the file; the tokenizer must see the real bytes.
+        with open(path, encoding="utf-8", newline="") as f:
+            if not streamable:
+                yield f.read()
+                return
+            carry = ""
+            while block := f.read(_BLOCK_CHARS):
+                block = carry + block
+                cut = _safe_cut(block)
+                if cut == 0:  # no safe boundary yet: keep reading
+                    carry = block
+                    continue
+                yield block[:cut]
+                carry = block[cut:]
+            if carry:
+                yield carry
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from exc
+
+
+def iter_text_blocks(texts: TextSource, pattern_regex: str) -> Iterator[str]:
+    """Yield blocks of text that can be pre-tokenised independently.
+
+    ``texts`` is a string (one document), a path (a file, streamed in blocks), or an iterable of strings and paths
+    (each one a document). A plain ``str`` is always text, never a file name: pass ``pathlib.Path`` for files.
+    Files are streamed only for the built-in patterns, where a safe cut point is known; a custom pattern reads each
+    file whole.
+    """
+    streamable = pattern_regex in PATTERNS.values()
+    items: Iterable[str | os.PathLike] = [texts] if isinstance(texts, str | os.PathLike) else texts
+    if isinstance(items, bytes | bytearray):
+        raise ValueError("texts must be str, a pathlib.Path, or an iterable of them; got bytes (decode them first)")
+    for item in items:
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, os.PathLike):
+            path = Path(item)
+            if not path.is_file():
+                raise FileNotFoundError(f"training file not found: {path}")
+            yield from _iter_file(path, streamable)
+        else:
+            raise ValueError(f"texts must hold str or pathlib.Path items, got {type(item).__name__}")
+
+
+def count_pretokens(texts: TextSource, pattern_regex: str, special_tokens: Iterable[str] = ()) -> Counter[str]:
+    """Count each distinct pre-token of ``texts``; special-token text is cut out first and not counted."""
+    split = compile_pattern(pattern_regex).findall
+    specials = sorted(set(special_tokens), key=len, reverse=True)
+    special_split = compile_pattern("|".join(map(_escape, specials))).split if specials else None
+    counts: Counter[str] = Counter()
+    for block in iter_text_blocks(texts, pattern_regex):
+        if special_split is None:
+            counts.update(split(block))
+        else:
+            for segment in special_split(block):
+                counts.update(split(segment))
+    return counts
+
+
+def _escape(s: str) -> str:
+    import regex
+
+    return regex.escape(s)
+
+
+def learn_merges(
+    word_counts: dict[bytes, int],
+    n_merges: int,
+    *,
+    min_frequency: int = 2,
+    forbidden: frozenset[bytes] = frozenset(),
+    show_progress: bool | None = None,
+) -> list[tuple[int, int, int]]:
+    """Learn up to ``n_merges`` new tokens from weighted byte strings.
+
+    Args:
+        word_counts: distinct pre-tokens as UTF-8 bytes, mapped to how often each occurs.
+        n_merges: the number of new token ids wanted (training stops earlier when no pair reaches
+            ``min_frequency``).
+        min_frequency: the smallest pair count worth merging.
+        forbidden: byte strings a merge may not produce (the special tokens' spellings).
+        show_progress: a tqdm bar; None shows it only on a terminal (and only after a second).
+
+    Returns:
+        ``(left_id, right_id, new_id)`` per merge, in merge order. Ids 0..255 are the bytes; new tokens get
+        256, 257, ... (a merge that rebuilds an existing token's bytes reuses that id instead).
+    """
+    token_bytes: list[bytes] = [bytes([b]) for b in range(256)]
+    id_of: dict[bytes, int] = {t: i for i, t in enumerate(token_bytes)}
+
+    words: list[list[int]] = []
+    counts: list[int] = []
+    for data, count in word_counts.items():
+        if len(data) > 1:  # a single byte has no pair to merge
+            words.append(list(data))
+            counts.append(count)
+
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for w, word in enumerate(words):
+        count = counts[w]
+        for pair in zip(word, word[1:], strict=False):
+            pair_counts[pair] = pair_counts.get(pair, 0) + count
+            if pair in where:
+                where[pair].add(w)
+            else:
+                where[pair] = {w}
+
+    # Max-heap via negated counts; ties pop the smallest (left bytes, right bytes).
+    heap = [(-c, token_bytes[a], token_bytes[b], (a, b)) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    bar = tqdm(total=n_merges, desc="BPE merges", unit="merge", disable=not show_progress, delay=1.0)
+    merges: list[tuple[int, int, int]] = []
+    min_frequency = max(1, min_frequency)
+    heappop, heappush = heapq.heappop, heapq.heappush
+    try:
+        while len(merges) < n_merges and heap:
+            neg_count, left, right, pair = heappop(heap)
+            count = pair_counts.get(pair, 0)
+            if count != -neg_count:  # stale entry: counts only fall, so re-queue with the current one
+                if count > 0:
+                    heappush(heap, (-count, left, right, pair))
+                continue
+            if count < min_frequency:
+                break
+            merged = left + right
+            if merged in forbidden:
+                continue
+            new_id = id_of.get(merged)
+            if new_id is None:
+                new_id = len(token_bytes)
+                token_bytes.append(merged)
+                id_of[merged] = new_id
+            merges.append((pair[0], pair[1], new_id))
+            bar.update(1)
+            for p, c in _apply_merge(pair, new_id, words, counts, pair_counts, where).items():
+                heappush(heap, (-c, token_bytes[p[0]], token_bytes[p[1]], p))
+    finally:
+        bar.close()
+    if len(merges) < n_merges:
+        logger.info("BPE training stopped after %d of %d merges: no pair occurs %d+ times", len(merges), n_merges,
+                    min_frequency)
+    return merges
+
+
+def _apply_merge(
+    pair: tuple[int, int],
+    new_id: int,
+    words: list[list[int]],
+    counts: list[int],
+    pair_counts: dict[tuple[int, int], int],
+    where: dict[tuple[int, int], set[int]],
+) -> dict[tuple[int, int], int]:
+    """Merge ``pair`` into ``new_id`` in every word that holds it; return the pairs that gained counts.
+
+    Each touched word gives back all its old pairs and takes all its new ones: words are short (a few symbols),
+    so this is cheaper in Python than patching the neighbours of each occurrence, and obviously correct.
+    """
+    a, b = pair
+    gained: dict[tuple[int, int], int] = {}
+    for w in where.pop(pair):
+        word = words[w]
+        n = len(word)
+        new: list[int] = []
+        append = new.append
+        i = 0
+        while i < n:
+            if word[i] == a and i + 1 < n and word[i + 1] == b:
+                append(new_id)
+                i += 2
+            else:
+                append(word[i])
+                i += 1
+        if len(new) == n:  # stale index entry: an earlier merge already removed the pair from this word
+            continue
+        count = counts[w]
+        for p in zip(word, word[1:], strict=False):
+            pair_counts[p] -= count
+        for p in zip(new, new[1:], strict=False):
+            pair_counts[p] = pair_counts.get(p, 0) + count
+            if new_id in p:
+                gained[p] = pair_counts[p]
+                if p in where:
+                    where[p].add(w)
+                else:
+                    where[p] = {w}
+        words[w] = new
+    pair_counts.pop(pair, None)
+    for p in gained:
+        gained[p] = pair_counts[p]
+    return gained
+
+
+def bytes_counts(pretoken_counts: Counter[str]) -> dict[bytes, int]:
+    """Pre-token strings to their byte strings (distinct strings give distinct bytes)."""
+    return {text_to_bytes(s): c for s, c in pretoken_counts.items()}
