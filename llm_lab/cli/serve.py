@@ -1,0 +1,90 @@
+"""``llm-lab serve PACKAGE``: the completions API and the playground page over HTTP (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("llm_lab.serve")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text) if text != "0" else 0
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a package: OpenAI-style /v1/completions and a playground page",
+        description="Serve a model package (or a training run directory) over HTTP: POST /v1/completions in the "
+        "OpenAI completions shape (streaming with server-sent events), GET /v1/models, GET /health, and a playground "
+        "page at /. Requests run one model call at a time, in arrival order.",
+    )
+    parser.add_argument("package", metavar="PACKAGE", help="a package directory (or a run directory)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)"
+    )
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--model-name", default=None, help="model id shown to clients (default: the folder name)")
+    parser.add_argument(
+        "--max-tokens-cap", type=_positive_int, default=None, help="most new tokens per choice (default: the context)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=_positive_int, default=1_000_000, help="larger request bodies get 413 (default 1 MB)"
+    )
+    parser.add_argument(
+        "--max-pending", type=_positive_int, default=64, help="queued requests before new ones get 503 (default 64)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from llm_lab.serve import create_app
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"serving needs FastAPI and uvicorn ({error.name} is missing): pip install -r requirements-dev.txt"
+        ) from None
+    package = Path(args.package)
+    if not package.exists():
+        raise FileNotFoundError(f"no package or run directory at {package}")
+    if not _is_loopback(args.host):
+        logger.warning("binding %s: the server is reachable from other machines and has no authentication", args.host)
+    app = create_app(
+        package,
+        model_name=args.model_name,
+        max_tokens_cap=args.max_tokens_cap,
+        max_body_bytes=args.max_body_bytes,
+        max_pending=args.max_pending,
+        device=args.device,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,405 @@
+"""The HTTP server: an OpenAI-style completions API and a playground page, over one loaded model package.
+
+Routes:
+
+- ``POST /v1/completions``: the OpenAI completions shape (``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
+  ``stop``, ``n``, ``seed``, ``stream``, ...), plus ``top_k``, ``min_p`` and ``repetition_penalty``. With
+  ``stream: true`` the answer is server-sent events, ``data: {...}`` chunks ending with ``data: [DONE]``.
+- ``GET /v1/models`` (and ``/v1/models/{id}``): the one served model, with its context window.
+- ``GET /health``: liveness plus the queue depth.
+- ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON or
+does not fit the model's context, 422 for a value out of range or of the wrong type (``param`` names the field),
+404 for an unknown model, 413 for a body over the size limit, 503 when the queue is full.
+
+Every model call goes through one :class:`~llm_lab.serve.runner.ModelRunner` worker, so concurrent clients are
+answered one generation at a time and each gets exactly what it would get alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_lab.serve.engine import CompletionEngine, SamplingSettings
+from llm_lab.serve.runner import ModelRunner, RunnerBusyError
+from llm_lab.serve.schemas import CompletionRequest, describe_validation_error
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape.
+
+    Args:
+        status_code: the HTTP status.
+        message: what went wrong and what to change.
+        param: the request field at fault, if one is.
+        error_type: OpenAI's error ``type`` (``invalid_request_error`` for client mistakes).
+        code: a short machine-readable code, if any.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        param: str | None = None,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.param = param
+        self.error_type = error_type
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status_code)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, before they are read into memory.
+
+    A declared ``Content-Length`` over the limit is refused before any of the body is read; a chunked body is
+    counted as it arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        return APIError(
+            413,
+            f"request body is larger than the server's limit of {self.max_bytes} bytes; send a shorter prompt",
+            code="request_too_large",
+        ).response()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not response_started:
+                await self._too_large()(scope, receive, send)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def create_app(
+    package: str | os.PathLike[str] | tuple[Any, Any, Any] | CompletionEngine,
+    *,
+    model_name: str | None = None,
+    max_tokens_cap: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_pending: int = 64,
+    device: str | None = None,
+) -> FastAPI:
+    """Build the FastAPI app that serves one model.
+
+    Args:
+        package: a model package directory (loaded with ``load_model_package``), an already loaded
+            ``(config, tokenizer, model)`` triple, or a ready :class:`CompletionEngine`.
+        model_name: the id clients see in ``/v1/models`` and send as ``model``; default: the package's folder name
+            (``"llm-lab"`` for an in-memory model).
+        max_tokens_cap: the most tokens one choice may generate; default and upper bound: the model's context.
+        max_body_bytes: request bodies above this get 413.
+        max_pending: requests queued or running at once before new ones get 503.
+        device: where to run the model (``"cpu"``, ``"cuda"``); default: where the model already is.
+
+    Returns:
+        The app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)`` or ``llm-lab serve PACKAGE``.
+    """
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+    if isinstance(package, CompletionEngine):
+        engine = package
+    elif isinstance(package, tuple):
+        config, tokenizer, model = package
+        engine = CompletionEngine(
+            config, tokenizer, model, model_name=model_name or "llm-lab", max_tokens_cap=max_tokens_cap, device=device
+        )
+    else:
+        engine = CompletionEngine.from_package(
+            package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
+        )
+    runner = ModelRunner(max_pending=max_pending)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        runner.shutdown()
+
+    app = FastAPI(
+        title="llm-lab serve",
+        summary="OpenAI-style completions and a playground for one llm-lab model package.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.runner = runner
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return APIError(error.status_code, str(error.detail), code=f"http_{error.status_code}").response()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "playground.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.model_name, "pending": runner.pending}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [engine.describe()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        _check_model(engine, model_id)
+        return engine.describe()
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Response:
+        body = await request.body()
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
+        try:
+            completion = CompletionRequest.model_validate(payload)
+        except ValidationError as error:
+            message, param = describe_validation_error(error)
+            raise APIError(422, message, param=param, code="invalid_value") from None
+        if completion.model is not None:
+            _check_model(engine, completion.model)
+        job = _plan(engine, completion)
+        try:
+            if completion.stream:
+                # Queued here, so a full queue is a plain 503 and not an error inside a started stream.
+                events = runner.stream(job.stream_job)
+                return StreamingResponse(
+                    _sse(job, events),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            choices = await runner.run(job.run)
+        except RunnerBusyError as error:
+            raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
+        return JSONResponse(job.response(choices))
+
+    return app
+
+
+def _check_model(engine: CompletionEngine, model_id: str) -> None:
+    if model_id != engine.model_name:
+        raise APIError(
+            404,
+            f"model {model_id!r} is not served here; this server serves {engine.model_name!r} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class _CompletionJob:
+    """One validated request, turned into token ids and sampling settings, ready to run on the worker."""
+
+    def __init__(
+        self,
+        engine: CompletionEngine,
+        request: CompletionRequest,
+        prompts: list[str],
+        prompt_ids: list[list[int]],
+        settings: SamplingSettings,
+        seed: int,
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.prompts = prompts
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        self.seed = seed
+        self.n = request.n or 1
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.completion_tokens = 0
+
+    def _choices(self, emit: Callable[[Any], None] | None, cancelled: threading.Event | None) -> list[dict[str, Any]]:
+        # All choices run as one batch: row i is choice i (prompt i // n). One generator per request, so the same
+        # request with the same seed gives the same choices, streamed or not.
+        rows = [ids for ids in self.prompt_ids for _ in range(self.n)]
+        prefixes = [prompt if self.request.echo else "" for prompt in self.prompts for _ in range(self.n)]
+        on_text = None
+        if emit is not None:
+            for index, prefix in enumerate(prefixes):
+                if prefix:
+                    emit(("text", index, prefix))
+
+            def on_text(index: int, text: str) -> None:
+                emit(("text", index, text))
+
+        generator = self.engine.new_generator(self.seed)
+        results = self.engine.complete(rows, self.settings, generator, on_text=on_text, cancelled=cancelled)
+        self.completion_tokens = sum(result.completion_tokens for result in results)
+        choices = []
+        for index, (prefix, result) in enumerate(zip(prefixes, results, strict=True)):
+            if emit is not None:
+                emit(("finish", index, result.finish_reason))
+            text = prefix + result.text
+            choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": result.finish_reason})
+        return choices
+
+    def run(self) -> list[dict[str, Any]]:
+        return self._choices(None, None)
+
+    def stream_job(self, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
+        self._choices(emit, cancelled)
+
+    def usage(self) -> dict[str, int]:
+        prompt_tokens = sum(len(ids) for ids in self.prompt_ids)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt_tokens + self.completion_tokens,
+        }
+
+    def response(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.engine.model_name,
+            "choices": choices,
+            "usage": self.usage(),
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.engine.model_name,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+
+def _plan(engine: CompletionEngine, request: CompletionRequest) -> _CompletionJob:
+    """Check the request against the model's limits and encode its prompts (on the event loop: no model call)."""
+    max_tokens = request.max_tokens if request.max_tokens is not None else 16
+    if max_tokens > engine.max_tokens_cap:
+        raise APIError(
+            422,
+            f"max_tokens: {max_tokens} is more than this server allows ({engine.max_tokens_cap}); ask for fewer",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    prompts = request.prompts
+    prompt_ids = []
+    for index, prompt in enumerate(prompts):
+        param = "prompt" if isinstance(request.prompt, str) else f"prompt.{index}"
+        try:
+            ids = engine.encode(prompt)
+        except ValueError as error:
+            raise APIError(400, f"{param}: {error}", param=param, code="invalid_prompt") from None
+        fits = engine.max_new_tokens_after(len(ids))
+        if max_tokens > fits:
+            window = engine.context_window
+            if fits < 1:
+                message = (
+                    f"{param} is {len(ids)} tokens long, more than this model's context of {window} tokens; "
+                    "shorten the prompt"
+                )
+                raise APIError(400, message, param=param, code="context_length_exceeded")
+            message = (
+                f"max_tokens: this model's context is {window} tokens and {param} takes {len(ids)}, so at most "
+                f"{fits} new tokens fit (asked for {max_tokens}); lower max_tokens or shorten the prompt"
+            )
+            raise APIError(400, message, param="max_tokens", code="context_length_exceeded")
+        prompt_ids.append(ids)
+    top_k = request.top_k or None  # 0 and null both mean "no top-k", as in most OpenAI-compatible servers
+    settings = SamplingSettings(
+        max_new_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_k=top_k,
+        top_p=None if request.top_p in (None, 1.0) else request.top_p,
+        min_p=request.min_p or None,
+        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+        stop=request.stop_strings,
+    )
+    seed = request.seed if request.seed is not None else secrets.randbits(63)
+    return _CompletionJob(engine, request, prompts, prompt_ids, settings, seed)
+
+
+async def _sse(job: _CompletionJob, events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """Turn the worker's ``("text" | "finish", index, value)`` items into OpenAI completion chunks."""
+    try:
+        async for item in events:
+            if item[0] == "text":
+                _, index, text = item
+                yield job.chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}])
+            elif item[0] == "finish":
+                _, index, reason = item
+                yield job.chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}])
+        options = job.request.stream_options
+        if options is not None and options.include_usage:
+            yield job.chunk([], usage=job.usage())
+    except Exception as error:  # the stream has started: report in-band, then close it properly
+        yield f"data: {json.dumps(APIError(500, f'generation failed: {error}', error_type='server_error').body())}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,159 @@
+"""Request validation for the completions API (the OpenAI completions shape, plus a few extensions).
+
+Parsing is strict on purpose: unknown fields, wrong types and out-of-range values are refused with a message that
+names the field, so a typo such as ``max_token`` fails loudly instead of being silently ignored. A few OpenAI fields
+that this server does not implement (``logprobs``, ``best_of``, ``suffix``, penalties, ``logit_bias``) are accepted
+only at their neutral value, so clients that always send them still work.
+
+Extensions beyond the OpenAI shape: ``top_k``, ``min_p`` and ``repetition_penalty``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+# OpenAI allows at most four stop sequences; the limit also bounds the work of the stop-string scan.
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+MAX_PROMPTS = 32
+MAX_CHOICES = 16
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the token counts (and no choices)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool = False
+
+
+class CompletionRequest(BaseModel):
+    """The body of ``POST /v1/completions``.
+
+    Attributes:
+        model: the served model id; optional, and when given it must match (see ``GET /v1/models``).
+        prompt: one prompt or a list of prompts; each list entry gets ``n`` choices.
+        max_tokens: the most new tokens per choice (OpenAI's default: 16).
+        temperature: 0 is greedy decoding; higher flattens the distribution.
+        top_p: nucleus sampling mass, in (0, 1].
+        top_k: keep only the ``top_k`` most likely tokens (extension; 0 or null disables it).
+        min_p: drop tokens below ``min_p`` times the top probability (extension).
+        repetition_penalty: CTRL-style penalty on tokens already present (extension; 1 disables it).
+        stop: up to four strings; generation ends before the first occurrence of any of them.
+        n: choices per prompt.
+        seed: makes sampling reproducible: the same request with the same seed gives the same text.
+        stream: send server-sent events as tokens are generated.
+        stream_options: ``{"include_usage": true}`` adds a usage chunk before ``[DONE]``.
+        echo: prepend the prompt to each choice's text.
+        user: accepted and ignored (OpenAI clients may send it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = 1.0
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = 1.0
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = 1
+    seed: StrictInt | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    echo: StrictBool | None = False
+    user: str | None = None
+    # OpenAI fields without an implementation here: only their neutral values are accepted.
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_is_text(cls, value: Any) -> Any:
+        # Token-id prompts are part of the OpenAI shape but tie clients to one tokenizer; say so plainly.
+        if isinstance(value, list) and value and not all(isinstance(item, str) for item in value):
+            raise ValueError("must be a string or a list of strings (token-id prompts are not supported)")
+        return value
+
+    @field_validator("stop", mode="after")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        for stop in stops:
+            if not stop:
+                raise ValueError("stop strings must not be empty")
+            if len(stop) > MAX_STOP_LENGTH:
+                raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters long")
+        return value
+
+    @field_validator("logprobs", "best_of", "suffix", "logit_bias", mode="after")
+    @classmethod
+    def _unsupported(cls, value: Any, info: Any) -> Any:
+        neutral = {"logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None,)}
+        if value not in neutral[info.field_name] and value != {}:
+            raise ValueError(f"is not supported by this server; leave {info.field_name} out")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty", mode="after")
+    @classmethod
+    def _unsupported_penalty(cls, value: float | None, info: Any) -> float | None:
+        if value not in (None, 0, 0.0):
+            raise ValueError(f"is not supported by this server; use repetition_penalty instead of {info.field_name}")
+        return value
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts as a list (a single string becomes a list of one)."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """The stop strings as a list (possibly empty)."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
+    """Turn a pydantic error into one readable message and the name of the offending field.
+
+    Returns:
+        ``(message, param)``, e.g. ``("temperature: Input should be less than or equal to 2 (got 5)",
+        "temperature")``. ``param`` is ``None`` when the whole body is wrong (not a JSON object).
+    """
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    # A value that fails a union (``str | list[str]``) gets one error per member; for a list the list member's
+    # error says what is wrong ("at most 4 items"), not the string member's ("should be a valid string").
+    if isinstance(first.get("input"), list):
+        same_field = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
+        first = next((e for e in same_field if any(str(p).startswith("list[") for p in e["loc"])), first)
+    loc = list(first["loc"])
+    # The first step is the top-level field the client wrote; later string steps are either nested fields
+    # (``stream_options.include_usage``) or the names pydantic gives union members ("str", "list[str]"), which
+    # would only confuse a reader. List indices stay: ``prompt.2`` says which prompt is wrong.
+    path: list[str | int] = loc[:1]
+    nested = loc[0] == "stream_options" if loc else False
+    keep_names = nested and (first["type"] == "extra_forbidden" or len(loc) == 2)
+    path += [part for part in loc[1:] if isinstance(part, int) or (keep_names and isinstance(part, str))]
+    loc = path
+    param = ".".join(str(part) for part in loc) or None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {param!r}; see the OpenAI completions API for the accepted fields"
+        return message, param
+    if first["type"] == "missing":
+        return f"{param} is required", param
+    if param is None:
+        return f"request body: {message}", None
+    given = first.get("input")
+    shown = repr(given) if given is not None and len(repr(given)) <= 80 else None
+    return f"{param}: {message}" + (f" (got {shown})" if shown else ""), param
