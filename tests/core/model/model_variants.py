@@ -1,0 +1,57 @@
+"""The variant matrix shared by the model tests: tiny configs and an all-pairs subset of the full product."""
+
+from __future__ import annotations
+
+import itertools
+
+from llm_lab.core.model.config import MiniGPTConfig
+
+POS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORM = ("layernorm", "rmsnorm")
+MLP = ("gelu", "gelu_tanh", "swiglu", "relu2")
+# attention type -> n_kv_head for n_head = 4
+ATTN = {"mha": 4, "gqa": 2, "mqa": 1}
+
+FULL_PRODUCT = list(itertools.product(POS, NORM, MLP, ATTN))
+
+
+def _all_pairs(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Greedy all-pairs cover: every value of every factor meets every value of every other factor at least once."""
+
+    def pairs(row: tuple[str, ...]) -> set[tuple[int, str, int, str]]:
+        return {(i, row[i], j, row[j]) for i, j in itertools.combinations(range(len(row)), 2)}
+
+    uncovered = set().union(*(pairs(r) for r in rows))
+    chosen = []
+    while uncovered:
+        best = max(rows, key=lambda r: len(pairs(r) & uncovered))  # first best in product order: deterministic
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+PAIRWISE = _all_pairs(FULL_PRODUCT)
+
+
+def variant_id(variant: tuple[str, ...]) -> str:
+    return "-".join(variant)
+
+
+def tiny_config(pos: str, norm: str, mlp: str, attn: str, **overrides) -> MiniGPTConfig:
+    """A 2-layer, 32-wide model over 37 ids (an odd vocab catches reshapes that assume powers of two)."""
+    kwargs = dict(
+        vocab_size=37,
+        context_length=24,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=ATTN[attn],
+        n_embd=32,
+        mlp_hidden=48,
+        pos_encoding=pos,
+        norm=norm,
+        mlp=mlp,
+        bias=norm == "layernorm",
+        tie_embeddings=mlp != "swiglu",
+    )
+    kwargs.update(overrides)
+    return MiniGPTConfig(**kwargs)

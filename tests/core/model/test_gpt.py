@@ -1,0 +1,260 @@
+"""MiniGPT: the forward contract, the KV-cache and mask semantics, bad input, init, counts, loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import llm_lab.core.model.gpt as gpt_module
+from llm_lab.core.model import KVCache, MiniGPT, MiniGPTConfig, lm_loss
+
+
+def small(**overrides) -> MiniGPTConfig:
+    kwargs = dict(vocab_size=40, context_length=16, n_layer=2, n_head=4, n_embd=32)
+    kwargs.update(overrides)
+    return MiniGPTConfig(**kwargs)
+
+
+def test_public_names_are_re_exported_from_gpt_module():
+    for name in ("MiniGPT", "MiniGPTConfig", "KVCache", "lm_loss"):
+        assert getattr(gpt_module, name) is getattr(__import__("llm_lab.core.model", fromlist=[name]), name)
+
+
+def test_model_keeps_its_config_and_returns_no_cache_by_default():
+    config = small()
+    model = MiniGPT(config)
+    assert model.config is config
+    logits, past = model(torch.zeros(2, 5, dtype=torch.long))
+    assert logits.shape == (2, 5, 40) and past is None
+
+
+# --- KV cache semantics ----------------------------------------------------------------------------------------
+
+
+def test_use_cache_allocates_a_cache_of_max_positions_and_returns_the_same_object():
+    model = MiniGPT(small(pos_encoding="rope", max_seq_len=24)).eval()
+    x = torch.randint(0, 40, (2, 6))
+    _, cache = model(x, use_cache=True)
+    assert isinstance(cache, KVCache)
+    assert (cache.batch_size, cache.max_len, cache.length) == (2, 24, 6)
+    _, again = model(x[:, :1], past_key_values=cache)  # a passed cache comes back even without use_cache
+    assert again is cache and cache.length == 7
+
+
+def test_prefill_through_the_cache_is_bitwise_equal_to_the_uncached_forward():
+    model = MiniGPT(small(n_kv_head=2, pos_encoding="rope")).eval()
+    x = torch.randint(0, 40, (3, 9))
+    with torch.no_grad():
+        assert torch.equal(model(x, use_cache=True)[0], model(x)[0])
+
+
+def test_cache_follows_model_dtype_and_can_be_reset_and_reused():
+    model = MiniGPT(small()).eval().to(torch.float64)
+    x = torch.randint(0, 40, (1, 8))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache(model.config, batch_size=1)
+        assert cache.dtype is None  # not allocated until the first write
+        model(x[:, :4], past_key_values=cache)
+        assert cache.dtype == torch.float64
+        cache.reset()
+        assert cache.length == 0
+        first, _ = model(x[:, :3], past_key_values=cache)
+        rest, _ = model(x[:, 3:], past_key_values=cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-12, rtol=1e-12)
+
+
+def test_left_padded_batch_decodes_like_each_row_alone():
+    """Prompts of different lengths, left-padded, then three decoding steps with the growing mask."""
+    model = MiniGPT(small(pos_encoding="alibi", n_kv_head=1)).eval()
+    long, short = torch.randint(0, 40, (1, 7)), torch.randint(0, 40, (1, 4))
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)])
+    mask = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])
+    new = torch.randint(0, 40, (2, 3))
+    with torch.no_grad():
+        logits, cache = model(batch, attention_mask=mask, use_cache=True)
+        steps = [logits[:, -1]]
+        for t in range(3):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+            logits, cache = model(new[:, t : t + 1], attention_mask=mask, past_key_values=cache)
+            steps.append(logits[:, -1])
+        got = torch.stack(steps, 1)  # (2, 4, vocab)
+        for row, prompt in enumerate((long, short)):
+            alone, _ = model(torch.cat([prompt, new[row : row + 1]], 1))
+            torch.testing.assert_close(got[row], alone[0, prompt.shape[1] - 1 :], atol=1e-5, rtol=1e-5)
+
+
+def test_default_positions_count_real_tokens_only():
+    """With a mask, positions are clamp(cumsum(mask) - 1, 0): a learned table makes this visible."""
+    model = MiniGPT(small()).eval()
+    x = torch.randint(0, 40, (1, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        implicit, _ = model(x, attention_mask=mask)
+        explicit, _ = model(x, attention_mask=mask, position_ids=torch.tensor([[0, 0, 0, 1, 2]]))
+    assert torch.equal(implicit, explicit)
+
+
+# --- Bad input --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda: torch.zeros(2, 4), r"input_ids must be an integer tensor .* got dtype torch.float32"),
+        (
+            lambda: torch.zeros(4, dtype=torch.long),
+            r"must be 2-D \(batch, seq_len\), got shape \(4,\).*input_ids\[None\]",
+        ),
+        (lambda: torch.zeros(1, 2, 3, dtype=torch.long), r"must be 2-D \(batch, seq_len\), got shape \(1, 2, 3\)"),
+        (lambda: torch.zeros(1, 0, dtype=torch.long), r"at least one token"),
+        (lambda: torch.tensor([[1, 40]]), r"input_ids must lie in \[0, vocab_size=40\); got values in \[1, 40\]"),
+        (lambda: torch.tensor([[-1, 3]]), r"got values in \[-1, 3\]"),
+        (
+            lambda: torch.zeros(1, 17, dtype=torch.long),
+            r"sequence too long: 0 cached \+ 17 new = 17 positions > max_positions=16",
+        ),
+        ([1, 2, 3], r"input_ids must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_ids_raise_clear_errors(make_input, message):
+    model = MiniGPT(small())
+    with pytest.raises(ValueError, match=message):
+        model(make_input() if callable(make_input) else make_input)
+
+
+def test_wrong_mask_shape_is_rejected_with_the_expected_shape():
+    model = MiniGPT(small())
+    x = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(
+        ValueError, match=r"attention_mask must have shape \(batch, past_len \+ seq_len\) = \(2, 4\), got \(2, 3\)"
+    ):
+        model(x, attention_mask=torch.ones(2, 3))
+    _, cache = model(x, use_cache=True)
+    with pytest.raises(ValueError, match=r"= \(2, 5\), got \(2, 1\)"):  # with a cache the mask covers the prefix too
+        model(x[:, :1], attention_mask=torch.ones(2, 1), past_key_values=cache)
+
+
+def test_cache_from_another_model_or_batch_is_rejected():
+    model = MiniGPT(small())
+    x = torch.zeros(2, 3, dtype=torch.long)
+    other = KVCache(small(n_kv_head=2), batch_size=2)
+    with pytest.raises(
+        ValueError,
+        match=r"another model shape: \(n_layer, n_kv_head, head_dim\) = \(2, 2, 8\) in the cache, \(2, 4, 8\)",
+    ):
+        model(x, past_key_values=other)
+    with pytest.raises(ValueError, match=r"built for batch size 3, but input_ids has batch size 2"):
+        model(x, past_key_values=KVCache(model.config, batch_size=3))
+    with pytest.raises(ValueError, match=r"past_key_values must be a KVCache"):
+        model(x, past_key_values=((torch.zeros(1), torch.zeros(1)),))
+
+
+def test_running_past_the_cache_or_the_context_is_an_error():
+    model = MiniGPT(small()).eval()
+    x = torch.zeros(1, 6, dtype=torch.long)
+    _, cache = model(x, past_key_values=KVCache(model.config, batch_size=1, max_len=8))
+    with pytest.raises(ValueError, match=r"KV cache is full: 6 positions cached \+ 3 new > max_len 8"):
+        model(x[:, :3], past_key_values=cache)
+    _, cache = model(torch.zeros(1, 16, dtype=torch.long), use_cache=True)
+    with pytest.raises(ValueError, match=r"16 cached \+ 1 new = 17 positions > max_positions=16"):
+        model(x[:, :1], past_key_values=cache)
+
+
+def test_extrapolating_encodings_accept_max_seq_len_beyond_the_context():
+    model = MiniGPT(small(pos_encoding="rope", max_seq_len=32))
+    assert model(torch.zeros(1, 32, dtype=torch.long))[0].shape == (1, 32, 40)
+    with pytest.raises(ValueError, match=r"max_positions=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_explicit_position_ids_are_checked():
+    model = MiniGPT(small())
+    x = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"position_ids must have shape \(1, 3\)"):
+        model(x, position_ids=torch.arange(4))
+    with pytest.raises(ValueError, match=r"position_ids must lie in \[0, max_positions=16\)"):
+        model(x, position_ids=torch.tensor([[14, 15, 16]]))
+
+
+# --- Dropout ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "reference"])
+def test_dropout_is_random_in_training_and_off_in_eval(attn_impl):
+    model = MiniGPT(small(dropout=0.3, attn_impl=attn_impl))
+    x = torch.randint(0, 40, (2, 8))
+    model.train()
+    a, b = model(x)[0], model(x)[0]
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], model(x)[0])
+        no_dropout = MiniGPT(small(dropout=0.0, attn_impl=attn_impl)).eval()
+        no_dropout.load_state_dict(model.state_dict())
+        assert torch.equal(model(x)[0], no_dropout(x)[0])
+
+
+# --- Init, counts, FLOPs ----------------------------------------------------------------------------------------
+
+
+def test_init_follows_the_documented_table():
+    config = small(n_layer=8, n_embd=256, n_head=4, vocab_size=512, bias=True, tie_embeddings=False)
+    model = MiniGPT(config)
+    block = model.blocks[3]
+    std = config.init_std
+    assert block.attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert block.mlp.up_proj.weight.std().item() == pytest.approx(std, rel=0.05)
+    residual = std / math.sqrt(2 * config.n_layer)
+    assert block.attn.o_proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert block.mlp.down_proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert model.tok_emb.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert model.lm_head.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert torch.count_nonzero(block.attn.q_proj.bias) == 0
+    assert torch.equal(block.attn_norm.weight, torch.ones(256)) and torch.count_nonzero(block.attn_norm.bias) == 0
+
+
+def test_tied_embedding_is_one_tensor():
+    model = MiniGPT(small())
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert MiniGPT(small(tie_embeddings=False)).lm_head.weight is not MiniGPT(small()).tok_emb.weight
+
+
+def test_parameter_count_by_hand():
+    """GPT-2 style, V=40, T=16, L=2, C=32, H=4*C=128, biases, tied head:
+
+    embeddings 40*32 + 16*32 = 1792; per block: 2 LayerNorms 2*64, attention 4*(32*32+32) = 4224,
+    MLP 32*128+128 + 128*32+32 = 8352 -> 12704; two blocks 25408; final norm 64. Total 27264.
+    Non-embedding: 27264 - 1280 - 512 = 25472.
+    """
+    model = MiniGPT(small())
+    assert model.num_parameters() == 27264
+    assert model.num_parameters(non_embedding=True) == 25472
+
+
+def test_flops_per_token_formula():
+    """6N + 12 L C T with N = matmul parameters = 27264 - 512 (position table) = 26752 (tied head counted)."""
+    model = MiniGPT(small())
+    assert model.flops_per_token() == 6 * 26752 + 12 * 2 * 32 * 16
+    assert model.flops_per_token(seq_len=4) == 6 * 26752 + 12 * 2 * 32 * 4
+    untied = MiniGPT(small(tie_embeddings=False, pos_encoding="rope"))  # untied: the input table is a lookup
+    assert untied.flops_per_token(seq_len=1) == 6 * (untied.num_parameters() - 40 * 32) + 12 * 2 * 32
+
+
+# --- Loss ---------------------------------------------------------------------------------------------------------
+
+
+def test_lm_loss_ignores_padded_targets():
+    logits = torch.randn(2, 3, 5)
+    targets = torch.tensor([[1, 2, -100], [4, -100, -100]])
+    kept = torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100])
+    torch.testing.assert_close(lm_loss(logits, targets), kept)
+    assert lm_loss(logits, torch.full((2, 3), -100)).item() == 0.0  # nothing to count: 0, not NaN
+    torch.testing.assert_close(lm_loss(logits, torch.where(targets < 0, 7, targets), ignore_index=7), kept)
+
+
+def test_lm_loss_checks_shapes():
+    with pytest.raises(ValueError, match=r"logits \(B, T, vocab\) and targets \(B, T\); got \(2, 3, 5\) and \(2, 4\)"):
+        lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
