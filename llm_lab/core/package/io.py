@@ -58,6 +58,7 @@ from llm_lab.utils.io import _fsync_dir, atomic_torch_save, atomic_write_bytes, 
 __all__ = [
     "PackageError",
     "TrainingSummary",
+    "describe_package",
     "load_model_package",
     "load_package_or_run",
     "load_run",
@@ -358,9 +359,7 @@ def _write_package(
             atomic_torch_save(payload, tmp / rel)
         atomic_write_bytes(tmp / WEIGHTS_FILE, safetensors_bytes(weights, metadata={"format": "pt"}))
 
-        files = {
-            p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": PACKAGE_FORMAT,
             "format_version": PACKAGE_FORMAT_VERSION,
@@ -453,7 +452,9 @@ def save_model_package(
         weights, weights_from = _safetensors_state(model), "best"
     else:
         checkpoints = {LAST_CHECKPOINT: _checkpoint_payload(config, state, info)}
-        keep_best = existing is not None and existing.get("weights_from") == "best" and BEST_CHECKPOINT in existing_files
+        keep_best = (
+            existing is not None and existing.get("weights_from") == "best" and BEST_CHECKPOINT in existing_files
+        )
         if keep_best:
             # model.safetensors keeps the best weights; read them back (already checked) to rewrite the file.
             carry = [BEST_CHECKPOINT]
@@ -531,9 +532,7 @@ def load_model_package(
     source = next((c for c in candidates if c.is_file()), None)
     if source is None:
         available = [p for p in (WEIGHTS_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / p).is_file()]
-        raise PackageError(
-            f"{candidates[0]}: missing; weights files in {path}: {', '.join(available) or 'none'}"
-        )
+        raise PackageError(f"{candidates[0]}: missing; weights files in {path}: {', '.join(available) or 'none'}")
     state = load_state_dict_file(source)
     return config, tokenizer, _finish_model(config, state, source, device)
 
@@ -678,3 +677,38 @@ def package_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
         source=source,
         overwrite=overwrite,
     )
+
+
+def describe_package(path: str | Path) -> dict[str, Any]:
+    """Load a package (checking it fully) and summarise it: config, parameters, tokenizer, training.
+
+    Returns:
+        A JSON-ready dict with ``path``, ``format_version``, ``library_version``, ``created``, ``config``,
+        ``num_parameters``, ``num_non_embedding_parameters``, ``tokenizer`` (type, vocab size, special tokens),
+        ``weights_from``, ``checkpoints``, ``training`` and ``source`` (its kind only).
+    """
+    path = Path(path)
+    config, tokenizer, model = load_model_package(path)
+    manifest = read_manifest(path, check_files=False)
+    num_non_embedding = None
+    with contextlib.suppress(TypeError):
+        num_non_embedding = int(model.num_parameters(non_embedding=True))
+    return {
+        "path": str(path),
+        "format_version": manifest["format_version"],
+        "library_version": manifest.get("library_version"),
+        "created": manifest.get("created"),
+        "config": config_to_dict(config),
+        "num_parameters": _num_parameters(model),
+        "num_non_embedding_parameters": num_non_embedding,
+        "tokenizer": {
+            "type": manifest.get("tokenizer_type"),
+            "vocab_size": tokenizer.vocab_size,
+            "eot_token_id": getattr(tokenizer, "eot_token_id", None),
+            "special_tokens": dict(getattr(tokenizer, "special_tokens", {}) or {}),
+        },
+        "weights_from": manifest.get("weights_from"),
+        "checkpoints": manifest.get("checkpoints", []),
+        "training": manifest.get("training", {}),
+        "source": (manifest.get("source") or {}).get("kind"),
+    }
