@@ -19,6 +19,7 @@ __all__ = ["read_metrics", "plot_runs"]
 
 _X_LABELS = {"step": "step", "tokens": "tokens seen", "elapsed_s": "time (s)"}
 _LINESTYLES = ("-", "--", ":", "-.")
+_METRIC_LABELS = {"train_loss": "train", "val_loss": "val"}
 
 
 def _metrics_csv(run: str | Path) -> Path:
@@ -95,6 +96,7 @@ def plot_runs(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if isinstance(runs, Mapping):
         labelled = [(str(label), Path(run)) for label, run in runs.items()]
@@ -129,7 +131,8 @@ def plot_runs(
                 if not xs:
                     continue
                 few = len(xs) <= 60  # markers help on sparse curves (validation), clutter dense ones
-                label = metric if len(data) == 1 else f"{name} {metric}"
+                short = _METRIC_LABELS.get(metric, metric)
+                label = short if len(data) == 1 else f"{name} {short}"
                 ax.plot(
                     xs,
                     ys,
@@ -137,10 +140,12 @@ def plot_runs(
                     linestyle=_LINESTYLES[k % len(_LINESTYLES)],
                     marker="o" if few and k > 0 else None,
                     markersize=3,
-                    alpha=0.9,
+                    linewidth=1.5,
                     label=label,
                 )
         ax.set_xlabel(_X_LABELS.get(x_name, x_name))
+        if x_name in ("step", "tokens"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss" if all(m.endswith("loss") for m in metrics) else ", ".join(metrics))
         if log_y:
             ax.set_yscale("log")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llm_lab.core.data import CharDataset, LanguageModelingDataset
+from llm_lab.core.tokenization import CharTokenizer
 
 
 class _OrdTokenizer:
@@ -127,10 +128,7 @@ def test_char_dataset_is_a_dataset_over_encode():
 
 
 def test_char_dataset_with_the_project_char_tokenizer(small_text):
-    tok_mod = pytest.importorskip("llm_lab.core.tokenization")
-    if not hasattr(tok_mod, "CharTokenizer"):
-        pytest.skip("CharTokenizer not written yet")
-    tok = tok_mod.CharTokenizer.from_text(small_text)
+    tok = CharTokenizer.from_text(small_text)
     ds = CharDataset(small_text, tok, context_length=16)
     x, y = ds[5]
     assert tok.decode(x.tolist()) == small_text[5:21]

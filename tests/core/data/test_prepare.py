@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from llm_lab.core.data import LanguageModelingDataset
-from llm_lab.core.data.prepare import dtype_for_vocab, iter_text_chunks, load_prepared, prepare_corpus
+from llm_lab.core.data.prepare import (
+    build_char_tokenizer,
+    dtype_for_vocab,
+    iter_text_chunks,
+    load_prepared,
+    prepare_corpus,
+)
+from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
 
 
 class ByteTokenizer:
@@ -192,3 +199,57 @@ def test_load_prepared_checks_the_files(tmp_path):
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format_version 99"):
         load_prepared(out)
+
+
+# --- with the project's tokenizers -------------------------------------------------------------------------------
+
+TRICKY = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n\nAll:\n   Speak, speak.\n"
+    "Numbers 12345 and 6789!\nÉtienne said: «déjà vu» — 日本語.\n\t\ttabs\n  spaces before\nend.\n"
+)
+
+
+def test_char_corpus_round_trips(tmp_path, small_text):
+    a = _write(tmp_path / "a.txt", small_text)
+    b = _write(tmp_path / "b.txt", TRICKY)
+    tok = build_char_tokenizer([a, b])
+    assert tok.vocab == CharTokenizer.from_text(small_text + TRICKY).vocab
+    meta = prepare_corpus(tok, [a, b], tmp_path / "o", val_fraction=0.1, progress=False, read_bytes=64)
+    train, val, _ = load_prepared(tmp_path / "o")
+    assert tok.eot_token_id is None and meta["eot_tokens"] == 0
+    assert tok.decode(np.concatenate([train, val]).tolist()) == small_text + TRICKY
+    assert meta["tokenizer"]["type"] == "char"
+    assert load_tokenizer(tmp_path / "o" / "tokenizer").vocab == tok.vocab
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_bpe_corpus_equals_whole_text_encoding(tmp_path, small_text, pattern):
+    """Streaming in 7-byte reads must give exactly encode(document) for each document, joined by <|endoftext|>."""
+    doc_a = small_text[:2000] + TRICKY
+    doc_b = TRICKY * 3
+    tok = SubwordTokenizer.train(doc_a + doc_b, vocab_size=300, pattern=pattern, show_progress=False)
+    a = _write(tmp_path / "a.txt", doc_a)
+    b = _write(tmp_path / "b.txt", doc_b)
+    meta = prepare_corpus(tok, [a, b], tmp_path / "o", val_fraction=0.1, progress=False, read_bytes=7)
+    train, val, _ = load_prepared(tmp_path / "o")
+    expected = tok.encode(doc_a) + [tok.eot_token_id] + tok.encode(doc_b)
+    assert np.concatenate([train, val]).tolist() == expected
+    assert meta["tokenizer"]["type"] == "bpe" and meta["eot_tokens"] == 1
+    assert meta["tokenizer"]["eot_token_id"] == tok.eot_token_id
+    reloaded = load_tokenizer(tmp_path / "o" / "tokenizer")
+    assert reloaded.encode(doc_b) == tok.encode(doc_b)
+
+
+def test_tiny_shakespeare_char_corpus(tmp_path, shakespeare_path):
+    if shakespeare_path is None:
+        pytest.skip("tiny Shakespeare is not beside the repository (../shared/data)")
+    tok = build_char_tokenizer([shakespeare_path])
+    meta = prepare_corpus(tok, [shakespeare_path], tmp_path / "o", progress=False)
+    assert meta["vocab_size"] == 65
+    assert meta["total_tokens"] == 1_115_394  # ASCII: one token per byte
+    assert meta["val_tokens"] == 111_539  # int(1_115_394 * 0.1)
+    assert meta["sources"][0]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    train, val, _ = load_prepared(tmp_path / "o")
+    text = shakespeare_path.read_text(encoding="utf-8")
+    assert tok.decode(val.tolist()) == text[-111_539:]
+    assert tok.decode(train[:100].tolist()) == text[:100]
