@@ -1,0 +1,137 @@
+"""``llm-lab train``: argument parsing over :mod:`llm_lab.core.train.run`.
+
+    llm-lab train --config FILE.json --data PATH --out RUN_DIR [--set section.key=value ...]
+                  [--resume | --overwrite] [--init-from RUN_DIR|PACKAGE]
+
+Under ``torchrun --nproc_per_node=N -m llm_lab train ...`` the processes join one group and train with DDP
+(or FSDP, ``--set train.distributed=fsdp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_lab.core.train import NonFiniteLossError
+from llm_lab.core.train.distributed import init_distributed
+from llm_lab.core.train.run import InitSource, prepare_run, resolve_run_config
+
+__all__ = ["load_init_source", "make_sample_callback", "register"]
+
+
+def make_sample_callback(
+    tokenizer: Any,
+    prompt: str | None = None,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+):
+    """A sample callback for the Trainer: ``callback(model, step) -> text`` through ``generate_text``.
+
+    The default prompt is a newline (or, where the tokenizer cannot encode one, its token 0); the same seed
+    gives the same text for the same weights.
+    """
+    from llm_lab.core.decode import generate_text
+
+    if prompt is None:
+        prompt = "\n"
+        try:
+            if not tokenizer.encode(prompt):
+                raise ValueError
+        except (ValueError, KeyError):
+            prompt = tokenizer.decode([0])
+
+    def sample(model: torch.nn.Module, step: int) -> str:
+        text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        return prompt + text
+
+    return sample
+
+
+def load_init_source(path: str | Path) -> InitSource:
+    """Weights, model config and tokenizer of a run directory (best checkpoint) or a model package."""
+    from llm_lab.core.package.io import load_package_or_run
+
+    config, tokenizer, model = load_package_or_run(path)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return InitSource(model_config=config, tokenizer=tokenizer, state_dict=state, path=str(path))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from llm_lab.cli import CLIError
+
+    config = resolve_run_config(args.config, args.out, args.overrides, resume=args.resume)
+    dist_info = init_distributed(config.train.device)
+    try:
+        init_from = load_init_source(args.init_from) if args.init_from else None
+        prepared = prepare_run(
+            config, args.data, args.out, resume=args.resume, overwrite=args.overwrite, init_from=init_from
+        )
+        callbacks = []
+        if prepared.config.train.sample_interval:
+            callbacks.append(
+                make_sample_callback(
+                    prepared.tokenizer,
+                    args.sample_prompt,
+                    args.sample_tokens,
+                    seed=prepared.config.train.seed,
+                )
+            )
+        trainer = prepared.start(callbacks, progress=False if args.quiet else None)
+        if dist_info.is_main:
+            n_params = sum(p.numel() for p in prepared.model.parameters())
+            what = f"resuming at step {trainer.step}" if args.resume else "training"
+            print(
+                f"{what}: {n_params:,} parameters, {trainer.precision} on {trainer.device}"
+                f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, "
+                f"{prepared.data_source['train_tokens']:,} train / {prepared.data_source['val_tokens']:,} val tokens"
+            )
+        try:
+            result = trainer.train()
+        except NonFiniteLossError as e:
+            last = Path(args.out) / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+            raise CLIError(f"{e}; training stopped, {kept}. Lower train.lr or raise train.warmup_steps") from None
+        if dist_info.is_main:
+            best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
+            print(f"done: step {result.step}, {result.tokens_seen:,} tokens, best val loss {best}; run in {args.out}")
+    finally:
+        if dist_info.enabled:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a run config",
+        description="Train a MiniGPT from a run config (model/train/tokenizer sections). --data is a UTF-8 text "
+        "file (tokenised with the config's tokenizer; the last 10%% is validation) or a directory made by "
+        "`llm-lab data prepare`. The run stops at train.max_steps and writes run.json, tokenizer/, metrics.csv and "
+        "checkpoints/ under --out.",
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE.json", help="run config (optional with --resume)")
+    parser.add_argument("--data", type=Path, required=True, metavar="PATH", help="text file or prepared directory")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR")
+    parser.add_argument(
+        "--init-from", metavar="PATH", help="fine-tune: start from the weights (and tokenizer) of a run or package"
+    )
+    parser.add_argument("--sample-prompt", default=None, help="prompt of the periodic samples (default: newline)")
+    parser.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default 200)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-row log lines")
+    parser.set_defaults(func=_train)

@@ -1,0 +1,131 @@
+"""``TrainerConfig``: every knob of a training run, validated when it is built.
+
+The JSON form (the ``train`` section of a run config) is ``dataclasses.asdict`` verbatim; loading goes through
+``llm_lab.utils.config_loader``, which rejects unknown keys by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DistributedStrategy = Literal["ddp", "fsdp"]
+
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, evaluation, logging and hardware settings of a run.
+
+    Attributes:
+        batch_size: sequences per micro-batch (per process under DDP/FSDP).
+        grad_accum_steps: micro-batches summed into one optimizer step. The tokens of one step are
+            ``batch_size * grad_accum_steps * context_length * world_size``.
+        max_steps: optimizer steps of the whole run; training stops there.
+        lr: peak learning rate, reached at the end of warmup.
+        min_lr: the floor the cosine decay ends at.
+        warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr``.
+        lr_decay_steps: step where the cosine reaches ``min_lr``; ``None`` means ``max_steps``.
+        weight_decay: AdamW decoupled weight decay, applied to matrices and embeddings only (never to biases
+            or norm gains).
+        beta1: AdamW first-moment decay.
+        beta2: AdamW second-moment decay (0.99 suits small models and batches; 0.95 large ones).
+        eps: AdamW epsilon.
+        grad_clip: clip the global gradient norm to this value; 0 disables clipping (the norm is still logged).
+        eval_interval: evaluate (and write ``last.pt``) every this many steps, and at the last step.
+        eval_batches: validation batches per evaluation (the same fixed batches every time).
+        log_interval: write a CSV row every this many steps (rows are also written at every evaluation).
+        sample_interval: call the sample callbacks every this many steps and at the last step; 0 never.
+        checkpoint_interval: also write ``last.pt`` every this many steps between evaluations; ``None`` writes it
+            at evaluations only.
+        precision: ``fp32`` | ``bf16`` (autocast, CPU and CUDA) | ``fp16`` (autocast + grad scaler, CUDA only) |
+            ``auto`` (see :func:`llm_lab.core.train.device.resolve_precision`).
+        compile: ``torch.compile`` the model; falls back to eager with a warning where it is unsupported.
+        device: ``auto`` (cuda, then mps, then cpu) or a device type.
+        seed: seeds model init, dropout and data sampling; the same seed gives the same run.
+        peak_flops: the hardware's peak FLOP/s for MFU; ``None`` measures a matmul peak once per process.
+        distributed: under ``torchrun``: ``ddp`` (replicate the model) or ``fsdp`` (shard it with
+            ``torch.distributed.fsdp.fully_shard``).
+    """
+
+    json_section: ClassVar[str] = "train"
+
+    batch_size: int = 12
+    grad_accum_steps: int = 1
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    lr_decay_steps: int | None = None
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    log_interval: int = 10
+    sample_interval: int = 0
+    checkpoint_interval: int | None = None
+    precision: Precision = "auto"
+    compile: bool = False
+    device: DeviceName = "auto"
+    seed: int = 1337
+    peak_flops: float | None = None
+    distributed: DistributedStrategy = "ddp"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval"):
+            _positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "sample_interval"):
+            _positive_int(name, getattr(self, name), allow_zero=True)
+        for name in ("lr_decay_steps", "checkpoint_interval"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < self.warmup_steps:
+            raise ValueError(
+                f"lr_decay_steps ({self.lr_decay_steps}) must be at least warmup_steps ({self.warmup_steps})"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be non-negative (0 disables clipping), got {self.grad_clip}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ValueError(f"peak_flops must be positive or null (null measures it), got {self.peak_flops}")
+        for name, value, choices in (
+            ("precision", self.precision, PRECISIONS),
+            ("device", self.device, DEVICES),
+            ("distributed", self.distributed, DISTRIBUTED_STRATEGIES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+
+    @property
+    def decay_steps(self) -> int:
+        """The step at which the learning rate reaches ``min_lr``."""
+        return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
