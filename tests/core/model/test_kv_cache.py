@@ -1,0 +1,62 @@
+"""KVCache: the contract the decoding code relies on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_lab.core.model import KVCache, MiniGPTConfig
+
+CONFIG = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16)
+
+
+def test_update_writes_in_place_and_returns_the_filled_prefix():
+    cache = KVCache(CONFIG, batch_size=3)
+    assert (cache.batch_size, cache.max_len, cache.length) == (3, 8, 0)
+    k1, v1 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    for layer in range(2):
+        k_all, v_all = cache.update(layer, k1, v1)
+        assert k_all.shape == (3, 2, 5, 4) and torch.equal(k_all, k1) and torch.equal(v_all, v1)
+    cache.advance(5)
+    k2 = torch.randn(3, 2, 1, 4)
+    k_all, _ = cache.update(0, k2, k2)
+    assert k_all.shape == (3, 2, 6, 4)
+    assert torch.equal(k_all[:, :, :5], k1) and torch.equal(k_all[:, :, 5:], k2)
+    assert cache.length == 5  # only advance() moves it
+
+
+def test_explicit_device_and_dtype_allocate_up_front():
+    cache = KVCache(CONFIG, batch_size=1, max_len=4, device="cpu", dtype=torch.float16)
+    assert cache.dtype == torch.float16 and cache.device == torch.device("cpu")
+    k_all, _ = cache.update(1, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    assert k_all.dtype == torch.float16
+
+
+def test_full_cache_and_bad_sizes_are_errors():
+    cache = KVCache(CONFIG, batch_size=1, max_len=4)
+    cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    cache.advance(3)
+    with pytest.raises(ValueError, match=r"KV cache is full: 3 positions cached \+ 2 new > max_len 4"):
+        cache.update(0, torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    with pytest.raises(ValueError, match=r"max_len \(9\) exceeds the model's max_positions \(8\)"):
+        KVCache(CONFIG, batch_size=1, max_len=9)
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
+        KVCache(CONFIG, batch_size=0)
+
+
+def test_reset_keeps_the_buffers():
+    cache = KVCache(CONFIG, batch_size=1)
+    buffer, _ = cache.update(0, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    cache.advance(2)
+    cache.reset()
+    assert cache.length == 0
+    again, _ = cache.update(0, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
+    assert again.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
+
+def test_compatibility_check_names_the_mismatch():
+    cache = KVCache(CONFIG, batch_size=2)
+    cache.check_compatible(CONFIG, 2)
+    other = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=3, n_head=4, n_kv_head=2, n_embd=16)
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\) in the cache, \(3, 2, 4\) in this model"):
+        cache.check_compatible(other, 2)
