@@ -135,6 +135,13 @@ def _saved_tokenizer_type(tokenizer_dir: Path, tokenizer: Any) -> str:
     return type(tokenizer).__name__
 
 
+def _default_mode(path: Path, directory: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (private: 0600/0700) the permissions a plain open() would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def _copy_ids(src: np.ndarray, f: Any, step: int = 1 << 22) -> None:
     for start in range(0, src.size, step):
         f.write(np.ascontiguousarray(src[start : start + step]).tobytes())
@@ -257,12 +264,14 @@ def prepare_corpus(
         with open(tmp_path, "r+b") as f:
             f.truncate(n_train * dtype.itemsize)
             os.fsync(f.fileno())
+        _default_mode(tmp_path)
         os.replace(tmp_path, out_dir / "train.bin")
 
         tokenizer_dir = out_dir / "tokenizer"
         staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out_dir))
         try:
             tokenizer.save(staging)
+            _default_mode(staging, directory=True)
             if tokenizer_dir.exists():
                 shutil.rmtree(tokenizer_dir)
             os.replace(staging, tokenizer_dir)
