@@ -1,0 +1,136 @@
+"""``llm-lab bench env|attention|step``: the machine check and the benchmarks (parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_BENCH_DIR = Path("experiments") / "bench"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="machine check and benchmarks (env, attention, step)")
+    commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    env = commands.add_parser("env", help="devices, working dtypes, bf16 matrix units, torch.compile, matmul peak")
+    env.add_argument("--device", default=None, help="device to probe (default: cuda > mps > cpu)")
+    env.add_argument("--no-compile", action="store_true", help="skip the torch.compile check (slow on CPUs)")
+    env.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peaks")
+    env.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    env.set_defaults(func=_run_env)
+
+    attention = commands.add_parser(
+        "attention", help="reference attention vs scaled_dot_product_attention: time and peak memory"
+    )
+    attention.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "attention", help="output directory")
+    attention.add_argument("--seq-lens", type=int, nargs="+", default=None, help="default: 128 256 512 1024")
+    attention.add_argument("--head-dims", type=int, nargs="+", default=None, help="default: 32 64")
+    attention.add_argument("--dtypes", nargs="+", default=None, help="float32 bfloat16 float16 (default: fp32 bf16)")
+    attention.add_argument("--modes", nargs="+", default=None, help="fwd fwd_bwd (default: both)")
+    attention.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
+    attention.add_argument("--batch-size", type=int, default=None, help="default: 4")
+    attention.add_argument("--n-head", type=int, default=None, help="default: 6")
+    attention.add_argument("--device", default="cpu")
+    attention.add_argument("--repeats", type=int, default=None, help="timed trials per case (median reported)")
+    attention.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    attention.add_argument("--quick", action="store_true", help="a tiny setting that runs in seconds")
+    attention.set_defaults(func=_run_attention)
+
+    step = commands.add_parser(
+        "step", help="one training step: ms/step, tokens/s, MFU; fp32/bf16, eager/compile, vs a plain baseline"
+    )
+    step.add_argument("--config", type=Path, default=None, help="run config JSON (default: the 10M char model)")
+    step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override a config value, e.g. --set model.n_layer=4 (repeatable)")
+    step.add_argument("--batch-size", type=int, default=None, help="default: the config's, else 16")
+    step.add_argument("--device", default="cpu")
+    step.add_argument("--precisions", nargs="+", default=None, help="fp32 bf16 (default: both where they work)")
+    step.add_argument("--no-compile", action="store_true", help="eager only")
+    step.add_argument("--no-baseline", action="store_true", help="skip the plain fp32 eager baseline")
+    step.add_argument("--steps", type=int, default=None, help="timed steps per setting (median reported)")
+    step.add_argument("--warmup", type=int, default=None, help="untimed steps first (compile happens here)")
+    step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help="output directory")
+    step.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
+    step.set_defaults(func=_run_step)
+
+
+def _run_env(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.env import collect_environment, format_env_report
+    from llm_lab.utils.io import atomic_write_json
+
+    report = collect_environment(
+        args.device, measure_peak=not args.no_peak, check_compile_works=not args.no_compile
+    )
+    print(format_env_report(report), end="")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.json, report.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.attention_bench import (
+        AttentionBenchConfig,
+        attention_summary_table,
+        quick_attention_config,
+        run_attention_benchmark,
+        write_attention_results,
+    )
+
+    base = quick_attention_config(args.device) if args.quick else AttentionBenchConfig(device=args.device)
+    chosen = {
+        "seq_lens": args.seq_lens,
+        "head_dims": args.head_dims,
+        "dtypes": args.dtypes,
+        "modes": args.modes,
+        "backends": args.backends,
+        "batch_size": args.batch_size,
+        "n_head": args.n_head,
+        "repeats": args.repeats,
+    }
+    fields = {name: getattr(base, name) for name in base.__dataclass_fields__}
+    fields.update({name: value for name, value in chosen.items() if value is not None})
+    fields["measure_memory"] = not args.no_memory
+    config = AttentionBenchConfig(**fields)
+    rows = run_attention_benchmark(config)
+    paths = write_attention_results(rows, args.out, title=f"B={config.batch_size}, H={config.n_head}, {args.device}")
+    print(attention_summary_table(rows), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_step(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.step_bench import (
+        StepBenchConfig,
+        load_step_model_config,
+        quick_step_config,
+        run_step_benchmark,
+        step_summary_table,
+        write_step_results,
+    )
+
+    if args.quick:
+        config = quick_step_config(args.device)
+    else:
+        model_config, batch_size = load_step_model_config(args.config, args.overrides)
+        config = StepBenchConfig(model=model_config, batch_size=batch_size, device=args.device)
+    if args.batch_size is not None:
+        config.batch_size = args.batch_size
+    if args.precisions is not None:
+        config.precisions = tuple(args.precisions)
+    if args.no_compile:
+        config.compile_modes = (False,)
+    if args.no_baseline:
+        config.baseline = False
+    if args.steps is not None:
+        config.steps = args.steps
+    if args.warmup is not None:
+        config.warmup = args.warmup
+    config.validate()
+    result = run_step_benchmark(config)
+    paths = write_step_results(result, args.out)
+    print(step_summary_table(result), end="")
+    print(json.dumps({"wrote": [str(p) for p in paths.values()]}))
+    return 0

@@ -1,0 +1,400 @@
+"""Training-step benchmark: how fast one optimizer step of a model config runs here, and how close to the peak.
+
+Settings measured, on the same random batch of the same shape:
+
+- ``ours``: the Trainer's own step (its optimizer factory, autocast region, gradient clipping and, when asked,
+  its ``torch.compile`` wrapper) for each precision (``fp32``, ``bf16``) and eager / compiled;
+- ``baseline``: a plain GPT of the same shape run the way the well-known minimal GPT trainers run on a CPU:
+  fp32, eager, and AdamW's per-parameter loop (``foreach=False, fused=False``). It is written out here (GPT-2
+  architecture: learned positions, LayerNorm, GELU MLP, tied embedding, SDPA attention), not built from
+  ``MiniGPT``, so that speed work on our model never moves the yardstick.
+
+For each setting: median ms/step, tokens/s, and MFU, the model FLOPs per second (``tokens/s x
+model.flops_per_token()``) over the matmul peak measured in the same run, against both the fp32 and the bf16
+peak. The settings are timed in interleaved rounds (A B C, A B C, ...), so a noisy neighbour on a shared
+machine slows all of them alike instead of one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from llm_lab.core.model import lm_loss
+from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.core.train.device import autocast_context, compile_unsupported_reason, maybe_compile
+from llm_lab.core.train.flops import measure_matmul_peak
+from llm_lab.core.train.optim import build_optimizer
+from llm_lab.experiments.measure import synchronize
+from llm_lab.experiments.tables import markdown_table, write_csv
+from llm_lab.utils.config_loader import apply_overrides, config_from_dict
+from llm_lab.utils.io import atomic_write_text
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+CSV_COLUMNS: tuple[str, ...] = (
+    "setting",
+    "precision",
+    "compile",
+    "optimizer",
+    "ms_per_step",
+    "tokens_per_second",
+    "mfu_fp32_peak",
+    "mfu_bf16_peak",
+    "vs_baseline",
+    "loss_first",
+    "loss_last",
+)
+
+
+def default_10m_config() -> MiniGPTConfig:
+    """The 10M-parameter character model: 6 layers, 6 heads, 384 wide, context 256, vocabulary 65."""
+    return MiniGPTConfig(vocab_size=65, context_length=256, n_layer=6, n_head=6, n_embd=384)
+
+
+@dataclass
+class StepBenchConfig:
+    """What to measure.
+
+    Attributes:
+        model: the model shape.
+        batch_size: sequences per step (each ``model.context_length`` tokens).
+        device: ``cpu`` or ``cuda``.
+        precisions: ``fp32`` and/or ``bf16`` for our step.
+        compile_modes: ``False`` (eager) and/or ``True`` (``torch.compile``) for our step.
+        baseline: also run the plain fp32 eager baseline.
+        warmup: untimed steps per setting first (compilation happens here).
+        steps: timed steps per setting in all (split over ``rounds``).
+        rounds: interleaved timing rounds.
+        peak_repeats: trials of each matmul-peak measurement.
+        seed: model init and the random batch.
+    """
+
+    model: MiniGPTConfig = field(default_factory=default_10m_config)
+    batch_size: int = 16
+    device: str = "cpu"
+    precisions: Sequence[str] = PRECISIONS
+    compile_modes: Sequence[bool] = (False, True)
+    baseline: bool = True
+    warmup: int = 2
+    steps: int = 6
+    rounds: int = 3
+    peak_repeats: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the settings (call again after changing fields)."""
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise ValueError(f"unknown precision(s) {unknown or list(self.precisions)}; choose from: fp32, bf16")
+        if not self.compile_modes:
+            raise ValueError("compile_modes must hold False (eager), True (compiled) or both")
+        for name in ("batch_size", "steps", "rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be non-negative, got {self.warmup}")
+
+
+def quick_step_config(device: str = "cpu") -> StepBenchConfig:
+    """A tiny model and a few steps, eager only (for tests and ``--quick``)."""
+    model = MiniGPTConfig(vocab_size=65, context_length=32, n_layer=2, n_head=2, n_embd=32)
+    return StepBenchConfig(
+        model=model, batch_size=4, device=device, compile_modes=(False,), warmup=1, steps=2, rounds=1,
+        peak_repeats=2,
+    )
+
+
+def load_step_model_config(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple[MiniGPTConfig, int]:
+    """The model config and batch size to benchmark: from a run config JSON, else the 10M default.
+
+    The file may be a run config (``model`` and ``train`` sections; the batch size is ``train.batch_size``) or
+    a flat model config. ``overrides`` are ``section.key=value`` strings (sections ``model`` and ``bench``;
+    ``bench.batch_size`` sets the batch size).
+    """
+    import json
+
+    batch_size = 16
+    if path is None:
+        model = default_10m_config()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            model = config_from_dict(MiniGPTConfig, data["model"], where=f"{path}: model")
+            batch_size = int(data.get("train", {}).get("batch_size", batch_size))
+        else:
+            model = config_from_dict(MiniGPTConfig, data, where=str(path))
+    if overrides:
+        bench = _BenchSection(batch_size=batch_size)
+        sections = apply_overrides({"model": model, "bench": bench}, list(overrides))
+        model, batch_size = sections["model"], sections["bench"].batch_size
+    return model, batch_size
+
+
+@dataclass
+class _BenchSection:
+    batch_size: int = 16
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plain baseline: a GPT-2-shaped model and the textbook training step.
+
+
+class _PlainBlock(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, hidden: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.fc = nn.Linear(n_embd, hidden)
+        self.fc_out = nn.Linear(hidden, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.proj(y)
+        return x + self.fc_out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class PlainGPT(nn.Module):
+    """A GPT-2-shaped model with the width, depth, heads, context and vocabulary of ``config`` (the baseline)."""
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.context_length, config.n_embd)
+        self.blocks = nn.ModuleList(
+            _PlainBlock(config.n_embd, config.n_head, config.hidden_dim) for _ in range(config.n_layer)
+        )
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # tied, as in GPT-2
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))  # (B, T, vocab)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Setting:
+    name: str
+    precision: str
+    compiled: bool
+    optimizer_kind: str
+    step: Callable[[], float]  # runs one optimizer step, returns the loss
+    times: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def _ours_setting(
+    config: StepBenchConfig, precision: str, compiled: bool, batch: tuple[torch.Tensor, torch.Tensor]
+) -> _Setting:
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = MiniGPT(config.model).to(device)
+    model.train()
+    optimizer = build_optimizer(
+        model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8, device=device
+    )
+    runner = maybe_compile(model, device) if compiled else model
+    x, y = batch
+
+    def step() -> float:
+        with autocast_context(precision, device):
+            logits, _ = runner(x)
+            loss = lm_loss(logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    kind = "AdamW fused" if optimizer.defaults.get("fused") else "AdamW foreach"
+    return _Setting("ours", precision, compiled, kind, step)
+
+
+def _baseline_setting(config: StepBenchConfig, batch: tuple[torch.Tensor, torch.Tensor]) -> _Setting:
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = PlainGPT(config.model).to(device)
+    model.train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3, betas=(0.9, 0.99), foreach=False, fused=False,
+    )
+    x, y = batch
+
+    def step() -> float:
+        logits = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return _Setting("baseline", "fp32", False, "AdamW for-loop", step)
+
+
+@dataclass
+class StepBenchResult:
+    """Rows (one per setting, ``CSV_COLUMNS``) and what they were measured against."""
+
+    rows: list[dict[str, Any]]
+    model: dict[str, Any]
+    batch_size: int
+    tokens_per_step: int
+    num_parameters: int
+    flops_per_token: float
+    peak_gflops: dict[str, float]
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+
+def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBenchResult:
+    """Build every setting, time them in interleaved rounds and compute tokens/s and MFU."""
+    config.validate()
+    device = torch.device(config.device)
+    notes: list[str] = []
+    peaks = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[precision] = measure_matmul_peak(device, dtype, repeats=config.peak_repeats)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = (config.batch_size, config.model.context_length)
+    x = torch.randint(0, config.model.vocab_size, shape, generator=generator).to(device)
+    y = torch.randint(0, config.model.vocab_size, shape, generator=generator).to(device)
+
+    compile_modes = list(config.compile_modes)
+    if True in compile_modes and (reason := compile_unsupported_reason(device)) is not None:
+        notes.append(f"compiled settings skipped: {reason}")
+        compile_modes = [mode for mode in compile_modes if not mode] or [False]
+    settings = []
+    if config.baseline:
+        settings.append(_baseline_setting(config, (x, y)))
+    for precision in config.precisions:
+        for compiled in compile_modes:
+            settings.append(_ours_setting(config, precision, compiled, (x, y)))
+
+    per_round = max(1, math.ceil(config.steps / config.rounds))
+    total = len(settings) * (config.warmup + per_round * config.rounds)
+    with tqdm(total=total, desc="train step", disable=not progress, leave=False) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # compile and autocast chatter
+        for setting in settings:
+            bar.set_postfix_str(f"warm-up {setting.name} {setting.precision} compile={setting.compiled}")
+            for _ in range(config.warmup):
+                setting.losses.append(setting.step())
+                bar.update()
+        for _ in range(config.rounds):
+            for setting in settings:
+                bar.set_postfix_str(f"{setting.name} {setting.precision} compile={setting.compiled}")
+                for _ in range(per_round):
+                    synchronize(device)
+                    start = time.perf_counter()
+                    setting.losses.append(setting.step())  # .item() inside waits for the step to finish
+                    setting.times.append(time.perf_counter() - start)
+                    bar.update()
+
+    flops_per_token = MiniGPT(config.model).flops_per_token()
+    num_parameters = MiniGPT(config.model).num_parameters()
+    tokens_per_step = config.batch_size * config.model.context_length
+    rows = []
+    baseline_tps = None
+    for setting in settings:
+        seconds = statistics.median(setting.times)
+        tokens_per_second = tokens_per_step / seconds
+        if setting.name == "baseline":
+            baseline_tps = tokens_per_second
+        achieved = tokens_per_second * flops_per_token
+        rows.append(
+            {
+                "setting": setting.name,
+                "precision": setting.precision,
+                "compile": setting.compiled,
+                "optimizer": setting.optimizer_kind,
+                "ms_per_step": seconds * 1e3,
+                "tokens_per_second": tokens_per_second,
+                "mfu_fp32_peak": achieved / peaks["fp32"],
+                "mfu_bf16_peak": achieved / peaks["bf16"],
+                "vs_baseline": None,
+                "loss_first": setting.losses[0],
+                "loss_last": setting.losses[-1],
+            }
+        )
+    if baseline_tps is not None:
+        for row in rows:
+            row["vs_baseline"] = row["tokens_per_second"] / baseline_tps
+    return StepBenchResult(
+        rows=rows,
+        model={k: getattr(config.model, k) for k in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")},
+        batch_size=config.batch_size,
+        tokens_per_step=tokens_per_step,
+        num_parameters=num_parameters,
+        flops_per_token=flops_per_token,
+        peak_gflops={k: v / 1e9 for k, v in peaks.items()},
+        device=str(device),
+        notes=notes,
+    )
+
+
+def step_summary_table(result: StepBenchResult) -> str:
+    """The result as text: a header with the shape and peaks, then the markdown table."""
+    m = result.model
+    header = (
+        f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, context {m['context_length']}, "
+        f"vocab {m['vocab_size']}, {result.num_parameters / 1e6:.2f}M parameters; batch {result.batch_size} "
+        f"({result.tokens_per_step} tokens/step), {result.flops_per_token / 1e6:.1f} MFLOP/token; {result.device}\n"
+        f"matmul peak measured in this run: fp32 {result.peak_gflops['fp32']:.1f} GFLOP/s, "
+        f"bf16 {result.peak_gflops['bf16']:.1f} GFLOP/s\n"
+    )
+    notes = "".join(f"note: {note}\n" for note in result.notes)
+    headers = {
+        "ms_per_step": "ms/step",
+        "tokens_per_second": "tokens/s",
+        "mfu_fp32_peak": "MFU (fp32 peak)",
+        "mfu_bf16_peak": "MFU (bf16 peak)",
+        "vs_baseline": "x baseline",
+    }
+    table = markdown_table(result.rows, CSV_COLUMNS, headers=headers, digits=3)
+    return header + notes + "\n" + table
+
+
+def write_step_results(result: StepBenchResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``step.csv`` and ``step.md`` under ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": write_csv(out_dir / "step.csv", result.rows, CSV_COLUMNS), "md": out_dir / "step.md"}
+    atomic_write_text(paths["md"], "# Training-step benchmark\n\n" + step_summary_table(result))
+    return paths

@@ -1,0 +1,11 @@
+"""Attention micro-benchmark: reference attention vs scaled_dot_product_attention (time, peak memory; CSV + PNG).
+
+A thin wrapper over ``llm-lab bench attention``; ``python scripts/p1_bench_attention.py --help`` lists the options.
+"""
+
+import sys
+
+from llm_lab.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "attention", *sys.argv[1:]]))

@@ -1,0 +1,78 @@
+"""The training-step benchmark (llm_lab/experiments/step_bench.py) on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.experiments.step_bench import (
+    CSV_COLUMNS,
+    PlainGPT,
+    StepBenchConfig,
+    default_10m_config,
+    load_step_model_config,
+    quick_step_config,
+    run_step_benchmark,
+    write_step_results,
+)
+from llm_lab.experiments.tables import read_csv
+
+from .conftest import as_float
+
+
+def test_baseline_has_the_same_shape_as_our_model():
+    config = MiniGPTConfig(vocab_size=65, context_length=16, n_layer=2, n_head=2, n_embd=32)
+    assert sum(p.numel() for p in PlainGPT(config).parameters()) == MiniGPT(config).num_parameters()
+    assert default_10m_config().n_embd == 384 and MiniGPT(default_10m_config()).num_parameters() > 10e6
+
+
+def test_quick_step_benchmark_rows_are_consistent(tmp_path):
+    config = quick_step_config()
+    result = run_step_benchmark(config, progress=False)
+    settings = [(r["setting"], r["precision"], r["compile"]) for r in result.rows]
+    assert settings == [("baseline", "fp32", False), ("ours", "fp32", False), ("ours", "bf16", False)]
+    assert result.tokens_per_step == 4 * 32
+    peak_ratio = result.peak_gflops["bf16"] / result.peak_gflops["fp32"]
+    for row in result.rows:
+        assert row["tokens_per_second"] == pytest.approx(result.tokens_per_step / (row["ms_per_step"] / 1e3))
+        assert row["mfu_fp32_peak"] > 0
+        assert row["mfu_fp32_peak"] / row["mfu_bf16_peak"] == pytest.approx(peak_ratio)
+        # A random init predicts about uniformly over 65 characters, and training steps do not blow it up.
+        assert abs(row["loss_first"] - math.log(65)) < 0.3
+        assert math.isfinite(row["loss_last"])
+    assert result.rows[0]["vs_baseline"] == 1.0
+
+    paths = write_step_results(result, tmp_path)
+    csv_rows = read_csv(paths["csv"])
+    assert list(csv_rows[0]) == list(CSV_COLUMNS)
+    assert all(as_float(r["ms_per_step"]) > 0 and as_float(r["vs_baseline"]) > 0 for r in csv_rows)
+    md = paths["md"].read_text()
+    assert "matmul peak measured in this run" in md and "| x baseline |" in md
+
+
+def test_config_loading_and_overrides(tmp_path):
+    model, batch = load_step_model_config(None)
+    assert (model.n_layer, model.n_head, model.n_embd, model.context_length, batch) == (6, 6, 384, 256, 16)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "train": {"batch_size": 8}}))
+    model, batch = load_step_model_config(path, ["model.n_layer=3", "bench.batch_size=4"])
+    assert (model.n_layer, model.n_embd, batch) == (3, 64, 4)
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_step_model_config(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precisions": ("fp8",)}, "unknown precision"),
+        ({"compile_modes": ()}, "compile_modes must hold"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"warmup": -1}, "warmup must be non-negative"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StepBenchConfig(**kwargs)
