@@ -133,6 +133,13 @@ def _short_list(names: Iterable[str], limit: int = 6) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """The useful line of torch's weights-only refusal (its first line suggests the unsafe retry; skip it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.startswith(("Unsupported", "WeightsUnpickler error: U"))), None)
+    return f"weights_only unpickler: {detail}" if detail else "rejected by torch.load(weights_only=True)"
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a ``.safetensors`` file or a checkpoint, never executing code.
 
@@ -159,10 +166,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PackageError(
             f"refusing to load {path}: it holds pickled Python objects beyond tensors and plain containers, and "
-            f"unpickling them could run code (torch.load with weights_only=True rejected it: {first})"
+            f"unpickling them could run code ({_unpickler_reason(e)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise PackageError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
@@ -555,8 +561,7 @@ def _read_run_checkpoint(path: Path) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise PackageError(
-            f"refusing to load {path}: it holds pickled Python objects that could run code "
-            f"({str(e).strip().splitlines()[0] if str(e).strip() else 'weights_only load failed'})"
+            f"refusing to load {path}: it holds pickled Python objects that could run code ({_unpickler_reason(e)})"
         ) from None
     except (RuntimeError, EOFError) as e:
         raise PackageError(f"{path}: not a readable checkpoint ({e})") from None
