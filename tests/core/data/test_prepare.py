@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,10 @@ def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
     assert json.loads((out / "meta.json").read_text()) == meta
     assert _leftovers(out) == []  # no temporary files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "train.bin").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert (out / "tokenizer").stat().st_mode & 0o777 == 0o777 & ~umask
     # The .bin files feed the dataset directly.
     ds = LanguageModelingDataset.from_bin(out / "train.bin", 4, meta["dtype"])
     assert ds[0][0].tolist() == list(b"hell")
