@@ -70,7 +70,7 @@ def _config_from_gpt2(c: Any) -> MiniGPTConfig:
         n_layer=c.n_layer,
         n_head=c.n_head,
         n_embd=c.n_embd,
-        mlp_hidden=c.n_inner if c.n_inner is not None else 4 * c.n_embd,
+        mlp_hidden=c.n_inner,  # both sides read None as 4 * n_embd
         dropout=float(c.resid_pdrop),
         bias=True,
         pos_encoding="learned",
@@ -145,7 +145,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             n_embd=config.n_embd,
             n_layer=config.n_layer,
             n_head=config.n_head,
-            n_inner=config.hidden_dim,
+            n_inner=config.mlp_hidden,
             activation_function=_OUR_GPT2_ACTIVATIONS[config.mlp],
             resid_pdrop=config.dropout,
             embd_pdrop=config.dropout,
