@@ -1,0 +1,128 @@
+"""``llm-lab serve PACKAGE`` as a user runs it: a subprocess on a loopback port, called with httpx and openai."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_lab.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def cli_server(package_dir: Path) -> Iterator[str]:
+    """``python -m llm_lab serve PACKAGE --port 0``; yields its base URL, read from uvicorn's start-up line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llm_lab", "serve", str(package_dir), "--port", "0", "--model-name", "cli-model"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    found: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                found.append(match.group(1))
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not started.wait(60):
+            raise RuntimeError("llm-lab serve did not start:\n" + "".join(lines))
+        yield found[0]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # A graceful shutdown on SIGTERM (uvicorn then re-raises the signal, so the exit status may say SIGTERM).
+    assert process.returncode in (0, -signal.SIGTERM), "".join(lines)
+    assert "Application shutdown complete" in "".join(lines)
+
+
+def test_cli_serves_the_package_on_loopback(cli_server: str, reference: Any) -> None:
+    from llm_lab.core.decode import generate
+
+    assert cli_server.startswith("http://127.0.0.1:")  # the default host
+    assert httpx.get(f"{cli_server}/health").json()["model"] == "cli-model"
+    body = httpx.post(
+        f"{cli_server}/v1/completions",
+        json={"model": "cli-model", "prompt": "to be", "max_tokens": 12, "temperature": 0},
+        timeout=30,
+    ).json()
+    ids = reference.tokenizer.encode("to be")
+    want = generate(reference.model, ids, 12, temperature=0, tokenizer=reference.tokenizer).texts[0]
+    assert body["choices"][0]["text"] == want
+
+
+def test_openai_client_against_the_local_server(cli_server: str, reference: Any) -> None:
+    openai = pytest.importorskip("openai", reason="the openai client is pinned in requirements-dev.txt")
+    from llm_lab.core.decode import generate
+
+    client = openai.OpenAI(base_url=f"{cli_server}/v1", api_key="not-needed-locally", max_retries=0)
+    assert [model.id for model in client.models.list()] == ["cli-model"]
+
+    completion = client.completions.create(model="cli-model", prompt="the quick", max_tokens=10, temperature=0)
+    want = generate(
+        reference.model, reference.tokenizer.encode("the quick"), 10, temperature=0, tokenizer=reference.tokenizer
+    ).texts[0]
+    assert completion.choices[0].text == want
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 10
+
+    pieces = [
+        chunk.choices[0].text
+        for chunk in client.completions.create(
+            model="cli-model", prompt="the quick", max_tokens=10, temperature=0, stream=True
+        )
+    ]
+    assert "".join(pieces) == want and len(pieces) > 1
+
+    sampled = client.completions.create(
+        model="cli-model", prompt="a", max_tokens=8, n=2, seed=3, temperature=1.0, extra_body={"top_k": 5}
+    )
+    assert len(sampled.choices) == 2
+
+    with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
+        client.completions.create(model="cli-model", prompt="the", temperature=3.5)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="the")
+
+
+def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", str(tmp_path / "nope")]) == 2
+    assert "no package or run directory at" in capsys.readouterr().err
+
+
+def test_cli_help_names_the_loopback_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "127.0.0.1" in out and "--max-tokens-cap" in out and "--max-body-bytes" in out
+
+
+def test_cli_rejects_bad_numbers(package_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["serve", str(package_dir), "--port", "70000"])
+    assert "a port is at most 65535" in capsys.readouterr().err
+    started = time.monotonic()
+    assert cli_main(["serve", str(package_dir), "--max-tokens-cap", "65"]) == 2
+    assert "max_tokens_cap must be between 1 and the model's context (64)" in capsys.readouterr().err
+    assert time.monotonic() - started < 30
