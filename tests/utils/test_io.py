@@ -19,3 +19,13 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
         raise RuntimeError("boom")
     assert target.read_text() == '{\n  "ok": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "perm.txt"
+    atomic_write_text(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
