@@ -111,7 +111,12 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refusing to load, it holds pickled Python objects (which could run code); an llm-lab "
+            "checkpoint holds only tensors, numbers, strings, lists and dicts"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: cannot read the checkpoint (truncated, corrupted or not a PyTorch file): {first_line}"

@@ -1,0 +1,46 @@
+import dataclasses
+
+import pytest
+
+from llm_lab.core.train import TrainerConfig
+from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
+
+
+def test_defaults_round_trip_through_json():
+    cfg = TrainerConfig()
+    assert TrainerConfig.json_section == "train"
+    assert config_from_dict(TrainerConfig, config_to_dict(cfg)) == cfg
+    assert cfg.decay_steps == cfg.max_steps
+    assert dataclasses.replace(cfg, lr_decay_steps=500).decay_steps == 500
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+        ({"grad_accum_steps": -1}, r"grad_accum_steps must be a positive integer"),
+        ({"warmup_steps": -1}, r"warmup_steps must be a non-negative integer"),
+        ({"lr": 0.0}, r"lr must be positive"),
+        ({"min_lr": 0.01, "lr": 0.001}, r"min_lr must be between 0 and lr \(0.001\)"),
+        ({"beta2": 1.0}, r"beta2 must be in \[0, 1\)"),
+        ({"grad_clip": -1.0}, r"grad_clip must be non-negative \(0 disables clipping\)"),
+        ({"precision": "fp8"}, r"precision='fp8' is not supported; choose one of: auto, fp32, bf16, fp16"),
+        ({"device": "tpu"}, r"device='tpu' is not supported; choose one of: auto, cpu, cuda, mps"),
+        ({"peak_flops": 0.0}, r"peak_flops must be positive or null"),
+        ({"lr_decay_steps": 10, "warmup_steps": 20}, r"lr_decay_steps \(10\) must be at least warmup_steps \(20\)"),
+        ({"distributed": "zero3"}, r"distributed='zero3' is not supported; choose one of: ddp, fsdp"),
+    ],
+)
+def test_bad_values_say_what_to_change(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainerConfig(**changes)
+
+
+def test_overrides_are_type_checked_and_unknown_keys_listed():
+    sections = {"train": TrainerConfig()}
+    out = apply_overrides(sections, ["train.max_steps=7", "train.precision=bf16"])
+    assert (out["train"].max_steps, out["train"].precision) == (7, "bf16")
+    with pytest.raises(ValueError, match=r"train.max_step: unknown key 'max_step'; valid keys for train: batch_size"):
+        apply_overrides(sections, ["train.max_step=7"])
+    with pytest.raises(ValueError, match=r"max_steps: expected an integer, got 'many'"):
+        apply_overrides(sections, ["train.max_steps=many"])
