@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all lint venv venv-dev clean
+.PHONY: demo test test-slow test-all lint venv venv-dev clean browser browser-test
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test-all: test test-slow
 
 lint: venv-dev
 	$(PY) -m ruff check .
+
+# --- browser (serving): Debian's chromium for the playground's browser test; Playwright drives it, never downloads one.
+## make browser: install Debian's chromium if it is missing (needs root and apt-get)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+## make browser-test: only the playground's browser test; screenshots go to test-artifacts/ (git-ignored)
+browser-test: venv-dev browser
+	LLM_LAB_TEST_ARTIFACTS=test-artifacts $(PY) -m pytest -q tests/serve/test_playground_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
