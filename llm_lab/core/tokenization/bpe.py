@@ -31,6 +31,7 @@ from llm_lab.core.tokenization.bpe_train import TextSource, bytes_counts, count_
 from llm_lab.core.tokenization.byte_level import (
     bytes_to_text,
     bytes_to_unicode,
+    check_coverage,
     compile_pattern,
     resolve_pattern,
     text_to_bytes,
@@ -291,6 +292,8 @@ class SubwordTokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         pieces = self._split(text)
+        if self.pattern_name == "custom":
+            check_coverage(self.pattern, text, pieces)
         cache = self._cache
         try:  # fast path: every piece already cached
             return list(itertools.chain.from_iterable(map(cache.__getitem__, pieces)))

@@ -23,6 +23,7 @@ __all__ = [
     "DecodeErrors",
     "bytes_to_text",
     "bytes_to_unicode",
+    "check_coverage",
     "compile_pattern",
     "resolve_pattern",
     "text_to_bytes",
@@ -74,6 +75,8 @@ def resolve_pattern(pattern: str) -> tuple[str, str]:
             return name, builtin
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"pattern must be one of {sorted(PATTERNS)} or a non-empty regex string, got {pattern!r}")
+    if regex.fullmatch(r"[A-Za-z0-9_-]+", pattern):  # a bare word is a mistyped name, not a useful regex
+        raise ValueError(f"unknown pattern name {pattern!r}; use one of {sorted(PATTERNS)} or a regex")
     compile_pattern(pattern)  # fail early with a clear message
     return "custom", pattern
 
@@ -87,6 +90,25 @@ def compile_pattern(pattern_regex: str) -> regex.Pattern[str]:
     if compiled.match(""):
         raise ValueError(f"pattern {pattern_regex!r} matches the empty string; every match must consume text")
     return compiled
+
+
+def check_coverage(pattern_regex: str, text: str, pieces: list[str]) -> None:
+    """Raise ``ValueError`` when ``pieces`` (the pattern's matches) skip characters of ``text``.
+
+    ``findall`` silently drops what no alternative matches; the built-in patterns match every character, a custom
+    one might not, and dropped text would break ``decode(encode(s)) == s``.
+    """
+    if sum(map(len, pieces)) == len(text):
+        return
+    pos = 0
+    for match in compile_pattern(pattern_regex).finditer(text):
+        if match.start() != pos:
+            break
+        pos = match.end()
+    raise ValueError(
+        f"pattern {pattern_regex!r} does not match the character {text[pos]!r} at position {pos}; a split pattern "
+        "must match every character of the text (end it with a catch-all alternative such as `|\\s+|\\S`)"
+    )
 
 
 def text_to_bytes(text: str) -> bytes:

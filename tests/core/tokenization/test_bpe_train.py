@@ -1,0 +1,130 @@
+"""Training: hand-derived golden merges, determinism, streaming, and the tie-break rule."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llm_lab.core.tokenization import SubwordTokenizer, bpe_train
+from llm_lab.core.tokenization.bpe_train import count_pretokens, learn_merges
+from llm_lab.core.tokenization.byte_level import GPT2_PATTERN, GPT4_PATTERN
+
+
+def test_golden_hug_pug_pun_bun():
+    """Five words with counts (each document one word, so each is one pre-token):
+
+        hug x10, pug x5, pun x12, bun x4, hugs x5
+
+    Pair counts over bytes: u g = 10+5+5 = 20, p u = 5+12 = 17, u n = 12+4 = 16, h u = 10+5 = 15, g s = 5, b u = 4.
+
+    1. (u, g) 20  -> 256 "ug".   Words: h ug, p ug, p u n, b u n, h ug s.
+       Now h ug = 15, u n = 16, p u = 12, p ug = 5, ug s = 5, b u = 4.
+    2. (u, n) 16  -> 257 "un".   Now h ug = 15, p un = 12, p ug = 5, ug s = 5, b un = 4.
+    3. (h, ug) 15 -> 258 "hug".  Now p un = 12, p ug = 5, hug s = 5, b un = 4.
+    4. (p, un) 12 -> 259 "pun".  Now p ug = 5, hug s = 5, b un = 4.
+    5. Tie at 5: (b"hug", b"s") < (b"p", b"ug") in byte order -> 260 "hugs".
+    6. (p, ug) 5  -> 261 "pug".
+    7. (b, un) 4  -> 262 "bun".   Then <|endoftext|> = 263, vocab_size 264.
+    """
+    docs = ["hug"] * 10 + ["pug"] * 5 + ["pun"] * 12 + ["bun"] * 4 + ["hugs"] * 5
+    tok = SubwordTokenizer.train(docs, 264, show_progress=False)
+    assert tok.merges == [(b"u", b"g"), (b"u", b"n"), (b"h", b"ug"), (b"p", b"un"), (b"hug", b"s"), (b"p", b"ug"),
+                          (b"b", b"un")]
+    assert tok.special_tokens == {"<|endoftext|>": 263}
+    assert tok.eot_token_id == 263 and tok.vocab_size == 264
+    assert tok.encode("hugs") == [260]
+    assert tok.encode("bug") == [ord("b"), 256]  # b + ug: "bu" was never merged
+    assert tok.encode("thug") == [ord("t"), 258]  # ug first (rank 0), then h+ug (rank 2)
+    # " bun" is one piece: space b u n -> space b un -> space bun; no merge involves the space.
+    assert tok.encode("pun bun") == [259, ord(" "), 262]
+
+
+def test_golden_aaabdaaabac_overlaps_and_ties():
+    """The classic "aaabdaaabac" (one pre-token: all letters), min_frequency=2.
+
+    Byte pairs: a a = 4 (two in each "aaa"), a b = 2, b d = d a = b a = a c = 1.
+    1. (a, a) 4 -> 256 "aa", left to right: "aaab" becomes aa a b, so the word is aa a b d aa a b a c.
+       Now (aa, a) = 2 and (a, b) = 2: a tie. (b"a", b"b") < (b"aa", b"a") because b"a" < b"aa".
+    2. (a, b) 2 -> 257 "ab". Word: aa ab d aa ab a c.
+    3. (aa, ab) 2 -> 258 "aaab". Word: aaab d aaab a c; every pair now occurs once < min_frequency: stop.
+    So only 3 merges although 256 + 5 + 1 ids were asked for; the special token takes the next id, 259.
+    """
+    tok = SubwordTokenizer.train("aaabdaaabac", 262, show_progress=False)
+    assert tok.merges == [(b"a", b"a"), (b"a", b"b"), (b"aa", b"ab")]
+    assert tok.vocab_size == 260 and tok.eot_token_id == 259
+    assert tok.encode("aaabdaaabac") == [258, ord("d"), 258, ord("a"), ord("c")]
+    assert tok.encode("aaaa") == [256, 256]
+
+    # With min_frequency=1 the single pairs merge too, ties again by bytes: (a, c) has the smallest left side.
+    tok1 = SubwordTokenizer.train("aaabdaaabac", 260, special_tokens=(), min_frequency=1, show_progress=False)
+    assert tok1.merges[3] == (b"a", b"c")
+
+
+def test_training_is_deterministic_and_independent_of_document_order(small_text, stress_text):
+    docs = small_text.splitlines(keepends=True) + [stress_text]
+    first = SubwordTokenizer.train(docs, 500, min_frequency=1, show_progress=False)
+    again = SubwordTokenizer.train(docs, 500, min_frequency=1, show_progress=False)
+    shuffled = docs[:]
+    random.Random(0).shuffle(shuffled)
+    other_order = SubwordTokenizer.train(shuffled, 500, min_frequency=1, show_progress=False)
+    assert first.merges == again.merges == other_order.merges
+    assert len(first.merges) == 500 - 256 - 1  # many of them ties at count 1, decided by the byte order
+
+
+@pytest.mark.parametrize("pattern", [GPT2_PATTERN, GPT4_PATTERN])
+def test_streamed_file_counts_equal_whole_text_counts(pattern, tmp_path, monkeypatch, stress_text, small_text):
+    """Files are read in blocks cut at "letter|space letter"; the pre-token counts must equal the whole-text ones."""
+    text = (small_text + stress_text) * 3
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text.encode("utf-8"))  # keeps the CRLFs of the stress text
+    monkeypatch.setattr(bpe_train, "_BLOCK_CHARS", 97)  # many cuts, at odd places
+    streamed = count_pretokens(path, pattern)
+    assert streamed == count_pretokens(text, pattern)
+    assert sum(len(p) * c for p, c in streamed.items()) == len(text)
+
+
+def test_training_from_path_equals_training_from_text(tmp_path, small_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text, encoding="utf-8")
+    from_path = SubwordTokenizer.train(path, 320, show_progress=False)
+    from_text = SubwordTokenizer.train(small_text, 320, show_progress=False)
+    from_mixed = SubwordTokenizer.train([path], 320, show_progress=False)
+    assert from_path.merges == from_text.merges == from_mixed.merges
+
+
+def test_special_tokens_in_training_text_are_not_learned():
+    """"<|endoftext|>" between documents is cut out: no merge may be learned from its characters."""
+    text = "<|endoftext|>".join(["ab ab ab"] * 50)
+    tok = SubwordTokenizer.train(text, 300, show_progress=False)
+    learned = b"".join(left + right for left, right in tok.merges)
+    assert b"<" not in learned and b"|" not in learned and b"endoftext" not in learned
+    assert tok.encode(text, allowed_special="all").count(tok.eot_token_id) == 49
+
+
+def test_a_merge_that_would_spell_a_special_token_is_skipped():
+    """Special token "Ġa" is how vocab.json spells the merge (" ", "a"); that merge must never be learned, or the
+    file would hold the name "Ġa" twice. (The text " a" is not the special token's text, so it stays in training.)
+
+    Pre-tokens: "a" x1, " a" x2, " xy" x2. Pairs at count 2: (" ", a), (" ", x), (x, y). In byte order (" ", a) is
+    first, but it is forbidden, so the one merge learned is (" ", x).
+    """
+    tok = SubwordTokenizer.train("a a a xy xy", 258, special_tokens=("Ġa",), show_progress=False)
+    assert tok.merges == [(b" ", b"x")]
+    assert tok.special_tokens == {"Ġa": 257}
+    assert tok.encode(" a") == [ord(" "), ord("a")]
+    assert tok.encode("Ġa", allowed_special="all") == [257]
+    # Without the special token, the tie goes to (" ", a).
+    assert SubwordTokenizer.train("a a a xy xy", 257, special_tokens=(), show_progress=False).merges == [(b" ", b"a")]
+
+
+def test_learn_merges_gives_sequential_ids(small_text):
+    counts = {piece.encode(): c for piece, c in count_pretokens(small_text, GPT2_PATTERN).items()}
+    merges = learn_merges(counts, 40, show_progress=False)
+    assert [new_id for _, _, new_id in merges] == list(range(256, 296))
+    assert all(left < new_id and right < new_id for left, right, new_id in merges)
+
+
+def test_min_frequency_stops_training_early():
+    tok = SubwordTokenizer.train("abcdefgh", 1000, min_frequency=2, show_progress=False)
+    assert tok.merges == [] and tok.vocab_size == 257
