@@ -6,6 +6,7 @@ The JSON form (the ``train`` section of a run config) is ``dataclasses.asdict`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -94,6 +95,10 @@ class TrainerConfig:
         for name in ("lr_decay_steps", "checkpoint_interval"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "peak_flops"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not self.lr > 0:

@@ -21,6 +21,7 @@ def test_defaults_round_trip_through_json():
         ({"grad_accum_steps": -1}, r"grad_accum_steps must be a positive integer"),
         ({"warmup_steps": -1}, r"warmup_steps must be a non-negative integer"),
         ({"lr": 0.0}, r"lr must be positive"),
+        ({"lr": float("inf")}, r"lr must be a finite number, got inf"),
         ({"min_lr": 0.01, "lr": 0.001}, r"min_lr must be between 0 and lr \(0.001\)"),
         ({"beta2": 1.0}, r"beta2 must be in \[0, 1\)"),
         ({"grad_clip": -1.0}, r"grad_clip must be non-negative \(0 disables clipping\)"),

@@ -1,0 +1,265 @@
+"""`llm-lab train`: the run directory, resume, overwrite, fine-tuning and every bad-input path (in-process through
+llm_lab.cli.main), plus real subprocesses for the console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llm_lab.cli
+from llm_lab.cli import main
+from llm_lab.core.data.prepare import prepare_corpus
+from llm_lab.core.tokenization import CharTokenizer, load_tokenizer
+from llm_lab.core.train import load_checkpoint
+from llm_lab.core.train.metrics import METRICS_COLUMNS, read_metrics
+
+TINY = {
+    "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+    "train": {
+        "batch_size": 4,
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "eval_interval": 3,
+        "eval_batches": 2,
+        "log_interval": 1,
+        "device": "cpu",
+        "precision": "fp32",
+        "peak_flops": 1e12,
+    },
+    "tokenizer": {"type": "char"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _only_train(monkeypatch):
+    """The real `llm-lab` parser with the `train` group alone, so other groups' imports cannot interfere."""
+    monkeypatch.setattr(llm_lab.cli, "_COMMAND_MODULES", ("train",))
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path, small_text) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text)
+    return path
+
+
+def _train(*args) -> int:
+    return main(["train", *map(str, args), "--quiet"])
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_train_writes_the_run_directory(config, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    assert "done: step 6" in capsys.readouterr().out
+    run_json = json.loads((run / "run.json").read_text())
+    assert {"model", "train", "tokenizer", "data"} <= set(run_json)
+    tokenizer = load_tokenizer(run / "tokenizer")
+    assert run_json["model"]["vocab_size"] == tokenizer.vocab_size == len(set(corpus.read_text()))
+    assert run_json["data_source"]["format"] == "text"
+    n_tokens = len(corpus.read_text())
+    assert run_json["data_source"]["val_tokens"] == n_tokens // 10  # the last 10% is validation
+    rows = read_metrics(run / "metrics.csv")
+    assert tuple(rows[0]) == METRICS_COLUMNS and [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt", training_state=True)
+    assert last["step"] == 6 and last["model_config"] == run_json["model"]
+    assert (run / "checkpoints" / "best_val.pt").is_file()
+
+
+def test_set_overrides_and_a_prepared_directory(config, corpus, tmp_path):
+    prepared = tmp_path / "prepared"
+    prepare_corpus(CharTokenizer.from_text(corpus.read_text()), [corpus], prepared, progress=False)
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", prepared, "--out", run, "--set", "train.max_steps=4") == 0
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["train"]["max_steps"] == 4 and run_json["data_source"]["format"] == "prepared"
+    assert load_checkpoint(run)["step"] == 4
+
+
+def test_bpe_tokenizer_section(config, corpus, tmp_path):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run, "--set", "tokenizer.type=bpe",
+                  "--set", "tokenizer.vocab_size=300", "--set", "train.max_steps=3") == 0  # fmt: skip
+    tokenizer = load_tokenizer(run / "tokenizer")
+    assert json.loads((run / "run.json").read_text())["model"]["vocab_size"] == tokenizer.vocab_size <= 300
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "message"),
+    [
+        ("", [], r"corpus.txt is empty; give a text file with at least context_length \+ 1 = 17 tokens"),
+        ("abcdefghij", [], r"the training split has 9 tokens, fewer than one window of context_length \+ 1 = 17"),
+        (
+            "abcdefghij" * 10,
+            [],
+            r"the validation split has 10 tokens, fewer than one window .* raise data.val_fraction",
+        ),
+        ("abc" * 100, ["--set", "train.max_step=3"], r"unknown key 'max_step'; valid keys for train: batch_size"),
+        ("abc" * 100, ["--set", "model.n_layer=two"], r"n_layer: expected an integer, got 'two'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(config, tmp_path, capsys, text, extra, message):
+    data = tmp_path / "corpus.txt"
+    data.write_text(text)
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", data, "--out", run, *extra) == 2
+    err = _error(capsys)
+    assert err.startswith("llm-lab: error: ")
+    assert re.search(message, err), err
+    assert not run.exists()  # nothing written for a run that could not start
+
+
+def test_config_from_another_version_and_missing_data(tmp_path, corpus, capsys):
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps(TINY | {"format_version": 2}))
+    assert _train("--config", future, "--data", corpus, "--out", tmp_path / "run") == 2
+    assert "format_version 2 is from another version of llm-lab; this one reads format_version 1" in _error(capsys)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps(TINY | {"optimiser": {}}))
+    assert _train("--config", unknown, "--data", corpus, "--out", tmp_path / "run") == 2
+    assert "unknown section 'optimiser'; valid sections are: model, train, tokenizer, data" in _error(capsys)
+    assert _train("--config", future, "--data", tmp_path / "nope.txt", "--out", tmp_path / "run") == 2
+    _error(capsys)
+
+
+def test_an_out_dir_holding_a_run_is_refused_and_left_untouched(config, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert _train("--config", config, "--data", corpus, "--out", run, "--set", "train.lr=0.01") == 2
+    assert "already holds a run (run.json); pass --resume to continue it or --overwrite to replace it" in _error(capsys)
+    assert _snapshot(run) == before
+    # --overwrite replaces it
+    assert _train("--config", config, "--data", corpus, "--out", run, "--overwrite", "--set", "train.max_steps=3") == 0
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == ["1", "2", "3"]
+    # a directory with other content is never a run to overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert _train("--config", config, "--data", corpus, "--out", other, "--overwrite") == 2
+    assert "is not empty and holds no llm-lab run" in _error(capsys)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_resume_continues_and_extends(config, corpus, tmp_path):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    assert _train("--config", config, "--data", corpus, "--out", run, "--resume", "--set", "train.max_steps=9") == 0
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == list(range(1, 10))
+    assert load_checkpoint(run)["step"] == 9
+    assert json.loads((run / "run.json").read_text())["train"]["max_steps"] == 9
+    # without --config the run's own run.json is used
+    assert _train("--data", corpus, "--out", run, "--resume", "--set", "train.max_steps=12") == 0
+    assert load_checkpoint(run)["step"] == 12
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", r"last.pt: cannot read the checkpoint \(truncated, corrupted or not a PyTorch file\)"),
+        ("foreign", r"last.pt: not an llm-lab training checkpoint \(no format_version\)"),
+        ("future", r"last.pt: checkpoint format_version 7 is not supported; this llm-lab reads version 1"),
+        ("missing", r"cannot resume: .*last.pt does not exist"),
+    ],
+)
+def test_bad_checkpoint_on_resume(config, corpus, tmp_path, capsys, damage, message):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    last = run / "checkpoints" / "last.pt"
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[:1000])
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(2)}, last)
+    elif damage == "future":
+        torch.save(load_checkpoint(last) | {"format_version": 7}, last)
+    else:
+        last.unlink()
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert _train("--config", config, "--data", corpus, "--out", run, "--resume") == 2
+    assert re.search(message, _error(capsys))
+    assert _snapshot(run) == before
+
+
+def test_resume_with_another_config_or_nothing_to_resume(config, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", tmp_path / "empty", "--resume") == 2
+    err = _error(capsys)
+    assert "cannot resume" in err and "holds no run (no run.json)" in err
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(TINY | {"model": TINY["model"] | {"n_layer": 2}}))
+    capsys.readouterr()
+    assert _train("--config", other, "--data", corpus, "--out", run, "--resume") == 2
+    assert "differs from the run in" in _error(capsys)
+
+
+def test_init_from_a_run_fine_tunes_its_weights(config, corpus, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert _train("--config", config, "--data", corpus, "--out", source) == 0
+    tuned = tmp_path / "tuned"
+    # A vanishing learning rate leaves the weights where they started: the source's best checkpoint.
+    args = ["--set", "train.lr=1e-12", "--set", "train.min_lr=0", "--set", "train.max_steps=3"]
+    assert _train("--config", config, "--data", corpus, "--out", tuned, "--init-from", source, *args) == 0
+    start = load_checkpoint(source / "checkpoints" / "best_val.pt")["model"]
+    end = load_checkpoint(tuned)["model"]
+    for key, value in start.items():
+        torch.testing.assert_close(end[key], value, rtol=0, atol=1e-8, msg=key)
+    assert json.loads((tuned / "run.json").read_text())["init_from"] == str(source)
+    assert load_tokenizer(tuned / "tokenizer").vocab_size == load_tokenizer(source / "tokenizer").vocab_size
+    capsys.readouterr()
+    assert _train("--config", config, "--data", corpus, "--out", source, "--resume", "--init-from", source) == 2
+    assert "cannot be combined with --resume" in _error(capsys)
+
+
+def test_non_finite_loss_stops_with_the_step(config, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--set", "train.lr=10000", "--set", "train.min_lr=10000", "--set", "train.warmup_steps=0"]
+    assert _train("--config", config, "--data", corpus, "--out", run, *args) == 2
+    assert "became nan at step 2; training stopped" in _error(capsys)
+
+
+def _subprocess(*args, cwd):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "llm_lab", "train", *map(str, args), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_console_entry_point_in_a_subprocess(config, corpus, tmp_path):
+    run = tmp_path / "run"
+    ok = _subprocess("--config", config, "--data", corpus, "--out", run, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "done: step 6" in ok.stdout and load_checkpoint(run)["step"] == 6
+    bad = _subprocess("--config", config, "--data", corpus, "--out", run, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("llm-lab: error: ") and "Traceback" not in bad.stderr
