@@ -130,6 +130,9 @@ class MiniGPT(nn.Module):
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must hold at least one token, got shape {tuple(input_ids.shape)}")
         # One reduction; on a GPU it syncs, but an out-of-range id would otherwise be a device-side assert.
+        # Skipped while torch.compile traces (a data-dependent branch would break the graph).
+        if torch.compiler.is_compiling():
+            return
         if ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             raise ValueError(

@@ -97,6 +97,26 @@ def test_default_positions_count_real_tokens_only():
     assert torch.equal(implicit, explicit)
 
 
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope", "alibi"])
+def test_bfloat16_model_and_autocast_keep_the_cache_in_step(pos_encoding):
+    """The cache takes the dtype of the keys (bf16 under autocast or for a bf16 model); padded runs stay finite."""
+    config = small(pos_encoding=pos_encoding, n_kv_head=2)
+    x = torch.randint(0, 40, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :3] = 0
+    model = MiniGPT(config).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = model(x, attention_mask=mask)
+        first, cache = model(x[:, :6], attention_mask=mask[:, :6], use_cache=True)
+        rest, _ = model(x[:, 6:], attention_mask=mask, past_key_values=cache)
+    assert cache.dtype == torch.bfloat16 and torch.isfinite(full).all()
+    torch.testing.assert_close(torch.cat([first, rest], 1)[mask.bool()], full[mask.bool()], atol=0.05, rtol=0.05)
+    half = MiniGPT(config).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        logits, cache = half(x, attention_mask=mask, use_cache=True)
+    assert logits.dtype == cache.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
 # --- Bad input --------------------------------------------------------------------------------------------------
 
 
