@@ -127,9 +127,7 @@ class MiniGPTConfig:
         inferred = self._attention_type_for(self.n_kv_head)
         if self.attention_type is None:
             self.attention_type = inferred
-        elif self.attention_type != inferred and not (
-            self.n_head == 1 and self.attention_type in ("mha", "mqa")
-        ):
+        elif self.attention_type != inferred and not (self.n_head == 1 and self.attention_type in ("mha", "mqa")):
             raise ValueError(
                 f"attention_type={self.attention_type!r} disagrees with n_kv_head={self.n_kv_head} "
                 f"and n_head={self.n_head} (that is {inferred!r}); mha needs n_kv_head == n_head, mqa needs "

@@ -225,11 +225,12 @@ class MiniGPT(nn.Module):
             cache = KVCache(self.config, B)  # device and dtype follow the first keys written
         past_len = cache.length if cache is not None else 0
         if past_len + T > self.config.max_positions:
+            room = self.config.max_positions - past_len
+            hint = f"crop the input to its last {room} tokens" if past_len == 0 else f"at most {room} more fit"
             raise ValueError(
                 f"sequence too long: {past_len} cached + {T} new = {past_len + T} positions > "
                 f"max_positions={self.config.max_positions} (context_length={self.config.context_length}, "
-                f"max_seq_len={self.config.max_seq_len}); crop the input to the last "
-                f"{self.config.max_positions - past_len} tokens"
+                f"max_seq_len={self.config.max_seq_len}); {hint}"
             )
         if cache is not None:
             cache.check_compatible(self.config, B)

@@ -33,6 +33,7 @@ __all__ = [
     "ALiBiPositions",
     "LearnedPositions",
     "NoPositions",
+    "PositionalEncoding",
     "RotaryPositions",
     "SinusoidalPositions",
     "alibi_slopes",
@@ -42,8 +43,8 @@ __all__ = [
 ]
 
 
-class NoPositions(nn.Module):
-    """No positional information; also the base class whose hooks all return ``None``."""
+class PositionalEncoding(nn.Module):
+    """The base class: every hook returns ``None`` (the encoding does not act there)."""
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
@@ -59,7 +60,11 @@ class NoPositions(nn.Module):
         return None
 
 
-class LearnedPositions(NoPositions):
+class NoPositions(PositionalEncoding):
+    """``none``: no positional information at all."""
+
+
+class LearnedPositions(PositionalEncoding):
     """A trained ``(context_length, n_embd)`` table; ``weight`` is GPT-2's ``wpe``."""
 
     def __init__(self, config: MiniGPTConfig) -> None:
@@ -70,7 +75,7 @@ class LearnedPositions(NoPositions):
         return nn.functional.embedding(position_ids, self.weight)  # (B, T, n_embd)
 
 
-class SinusoidalPositions(NoPositions):
+class SinusoidalPositions(PositionalEncoding):
     """``pe[p, 2i] = sin(p / 10000^(2i/C))``, ``pe[p, 2i+1] = cos(p / 10000^(2i/C))``, computed per call."""
 
     base: float = 10000.0
@@ -101,7 +106,7 @@ def apply_rotary(
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-class RotaryPositions(NoPositions):
+class RotaryPositions(PositionalEncoding):
     """RoPE with base ``config.rope_theta``: ``inv_freq[i] = theta^(-2i / head_dim)``."""
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +139,7 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-class ALiBiPositions(NoPositions):
+class ALiBiPositions(PositionalEncoding):
     """ALiBi: head ``h`` adds ``-slope_h * (query_position - key_position)`` to its attention scores."""
 
     def __init__(self, config: MiniGPTConfig) -> None:
@@ -149,7 +154,7 @@ class ALiBiPositions(NoPositions):
         return -slopes[None, :, None, None] * distance[:, None].float()  # (B, n_head, T, S)
 
 
-POSITIONAL_ENCODINGS: dict[str, type[NoPositions]] = {
+POSITIONAL_ENCODINGS: dict[str, type[PositionalEncoding]] = {
     "learned": LearnedPositions,
     "sinusoidal": SinusoidalPositions,
     "rope": RotaryPositions,
@@ -158,7 +163,7 @@ POSITIONAL_ENCODINGS: dict[str, type[NoPositions]] = {
 }
 
 
-def build_positional_encoding(config: MiniGPTConfig) -> NoPositions:
+def build_positional_encoding(config: MiniGPTConfig) -> PositionalEncoding:
     """The positional encoding named by ``config.pos_encoding``."""
     if config.pos_encoding not in POSITIONAL_ENCODINGS:
         raise ValueError(
