@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -17,9 +18,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("sample", help="generate text from a package or a run directory")
-    parser.add_argument("path", metavar="PACKAGE_OR_RUN", help="a package directory or a Trainer run directory")
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling flags shared by ``llm-lab sample`` and the sampling scripts."""
     parser.add_argument(
         "--prompt", default="", help="text to continue (default: start from the end-of-text token, if any)"
     )
@@ -33,9 +33,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("sample", help="generate text from a package or a run directory")
+    parser.add_argument("path", metavar="PACKAGE_OR_RUN", help="a package directory or a Trainer run directory")
+    add_sampling_arguments(parser)
+    parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.set_defaults(func=_run)
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for out-of-range sampling flags (before any slow model loading)."""
+    from llm_lab.core.decode.processors import check_sampling_args
+
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
 
 
 def _header(i: int, n: int) -> str:
@@ -43,15 +56,21 @@ def _header(i: int, n: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from llm_lab.core.decode.processors import check_sampling_args
-
-    # Bad flag values fail before the (slow) model load.
-    check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
-
-    from llm_lab.core.decode import generate, stream
+    check_sampling_arguments(args)
     from llm_lab.core.package.io import load_package_or_run
 
     _, tokenizer, model = load_package_or_run(args.path, checkpoint=args.checkpoint, device=args.device)
+    return sample_and_print(args, tokenizer, model)
+
+
+def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> int:
+    """Generate with the sampling flags in ``args`` (see :func:`add_sampling_arguments`) and print the texts.
+
+    Each sample is printed as prompt + new text; with ``--num-samples`` above 1 each gets a header line.
+    """
+    check_sampling_arguments(args)
+    from llm_lab.core.decode import generate, stream
+
     eot = tokenizer.eot_token_id
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else []
     if not prompt_ids:

@@ -571,7 +571,7 @@ def _read_run_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _run_pieces(
-    run_dir: Path, checkpoint: Checkpoint
+    run_dir: Path, checkpoint: Checkpoint, tokenizer: Any = None
 ) -> tuple[MiniGPTConfig, Any, dict[str, Any], Path, dict[str, Any]]:
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
@@ -594,13 +594,19 @@ def _run_pieces(
     if not isinstance(model_dict, dict):
         raise PackageError(f"{ckpt_path}: no model_config, and {run_json} has no 'model' section")
     config = config_from_dict(MiniGPTConfig, model_dict, where=f"{ckpt_path}: model_config")
-    tokenizer = _load_tokenizer(run_dir / TOKENIZER_DIR)
-    _check_vocab(config, tokenizer, str(run_dir / TOKENIZER_DIR), str(ckpt_path))
+    where = "the tokenizer passed in"
+    if tokenizer is None:
+        tokenizer, where = _load_tokenizer(run_dir / TOKENIZER_DIR), str(run_dir / TOKENIZER_DIR)
+    _check_vocab(config, tokenizer, where, str(ckpt_path))
     return config, tokenizer, ckpt, ckpt_path, run_config
 
 
 def load_run(
-    run_dir: str | Path, *, checkpoint: Checkpoint = "best", device: str | torch.device | None = None
+    run_dir: str | Path,
+    *,
+    checkpoint: Checkpoint = "best",
+    device: str | torch.device | None = None,
+    tokenizer: Any = None,
 ) -> tuple[MiniGPTConfig, Any, nn.Module]:
     """Load ``(config, tokenizer, model)`` from a Trainer run directory.
 
@@ -608,9 +614,10 @@ def load_run(
         run_dir: a directory with ``run.json``, ``tokenizer/`` and ``checkpoints/``.
         checkpoint: ``"best"`` (``best_val.pt``, falling back to ``last.pt``) or ``"last"`` (the reverse).
         device: where to put the model.
+        tokenizer: use this tokenizer instead of ``run_dir/tokenizer`` (its vocabulary is still checked).
     """
     run_dir = Path(run_dir)
-    config, tokenizer, ckpt, ckpt_path, _ = _run_pieces(run_dir, checkpoint)
+    config, tokenizer, ckpt, ckpt_path, _ = _run_pieces(run_dir, checkpoint, tokenizer)
     state = {k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
     return config, tokenizer, _finish_model(config, state, ckpt_path, device)
 

@@ -1,0 +1,36 @@
+"""Sample from a saved model package (e.g. the one ``scripts/p2_train_bpe.py`` writes).
+
+    python scripts/p2_sample_bpe.py artifacts/p2_bpe --prompt "ROMEO:" --max-new-tokens 100 --seed 0
+
+A thin wrapper over ``load_model_package`` and ``llm_lab.core.decode``; ``llm-lab sample PACKAGE`` does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llm_lab.cli import CLIError
+from llm_lab.cli.sample import add_sampling_arguments, check_sampling_arguments, sample_and_print
+from llm_lab.core.package.io import load_model_package
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "package", nargs="?", default="artifacts/p2_bpe", help="package directory (default: %(default)s)"
+    )
+    parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
+    add_sampling_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        check_sampling_arguments(args)
+        _, tokenizer, model = load_model_package(args.package, checkpoint=args.checkpoint, device=args.device)
+        return sample_and_print(args, tokenizer, model)
+    except (CLIError, ValueError, FileNotFoundError) as e:
+        print(f"p2_sample_bpe: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

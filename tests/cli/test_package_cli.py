@@ -1,0 +1,138 @@
+"""`llm-lab package inspect` and `llm-lab package create`, with a real Trainer run, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from package_helpers import TEXT, char_tokenizer, make_package
+
+from llm_lab.cli import main
+from llm_lab.core.model.gpt import MiniGPTConfig
+from llm_lab.core.package.io import load_model_package
+from llm_lab.core.train import TrainerConfig
+from llm_lab.core.train.run import RunConfig, TokenizerSpec, prepare_run
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("llm-lab: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def package(tmp_path):
+    return make_package(tmp_path / "pkg", char_tokenizer())
+
+
+def test_inspect(capsys, package):
+    path, model = package
+    code, out, _ = run_cli(capsys, "package", "inspect", str(path))
+    assert code == 0
+    assert f"{model.num_parameters():,} parameters" in out
+    assert "n_layer=2" in out and "n_embd=32" in out
+    assert f"tokenizer char, {model.config.vocab_size} tokens" in out
+    assert "steps=3, tokens=300, best val loss=3.0000 (perplexity 20.09)" in out
+
+    code, out, _ = run_cli(capsys, "package", "inspect", str(path), "--json")
+    info = json.loads(out)
+    assert info["num_parameters"] == model.num_parameters()
+    assert info["config"]["n_head"] == 4
+    assert info["training"] == {"steps": 3, "tokens": 300, "best_val_loss": 3.0}
+
+
+def trainer_run(tmp_path, steps: int = 4):
+    """A real (tiny) Trainer run directory."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    config = RunConfig(
+        model=MiniGPTConfig(context_length=16, n_layer=1, n_head=2, n_embd=16),
+        train=TrainerConfig(
+            batch_size=4,
+            max_steps=steps,
+            eval_interval=2,
+            eval_batches=2,
+            warmup_steps=1,
+            device="cpu",
+            peak_flops=1e12,
+        ),
+        tokenizer=TokenizerSpec(type="char"),
+    )
+    prepared = prepare_run(config, data, tmp_path / "run")
+    result = prepared.start(progress=False).train()
+    return tmp_path / "run", prepared, result
+
+
+def test_create_from_a_trainer_run(capsys, tmp_path):
+    run, prepared, result = trainer_run(tmp_path)
+    code, out, _ = run_cli(capsys, "package", "create", str(run), str(tmp_path / "pkg"))
+    assert code == 0 and "wrote package" in out
+    manifest = json.loads((tmp_path / "pkg" / "package.json").read_text())
+    assert manifest["training"]["steps"] == result.step == 4
+    assert manifest["training"]["tokens"] == result.tokens_seen
+    assert manifest["training"]["best_val_loss"] == pytest.approx(result.best_val_loss)
+    cfg, tok, model = load_model_package(tmp_path / "pkg")
+    assert cfg == prepared.model.config
+    best = torch.load(run / "checkpoints" / "best_val.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert tok.encode("to be") == prepared.tokenizer.encode("to be")
+
+    # An existing package is replaced only with --force.
+    code, _, err = run_cli(capsys, "package", "create", str(run), str(tmp_path / "pkg"))
+    assert code == 2
+    assert_one_line_error(err, "already holds a package", "--force")
+    assert run_cli(capsys, "package", "create", str(run), str(tmp_path / "pkg"), "--force")[0] == 0
+
+
+def test_misuse_is_one_line_exit_2(capsys, tmp_path, package):
+    path, _ = package
+    code, _, err = run_cli(capsys, "package", "inspect", str(tmp_path / "missing"))
+    assert code == 2
+    assert_one_line_error(err, "package not found", "missing")
+
+    manifest = json.loads((path / "package.json").read_text())
+    manifest["complete"] = False
+    (path / "package.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "package", "inspect", str(path))
+    assert code == 2
+    assert_one_line_error(err, "package.json", "not marked complete")
+
+    code, _, err = run_cli(capsys, "package", "create", str(tmp_path / "norun"), str(tmp_path / "out"))
+    assert code == 2
+    assert_one_line_error(err, "run directory not found")
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("x")
+    run, _, _ = trainer_run(tmp_path / "r", steps=2)
+    code, _, err = run_cli(capsys, "package", "create", str(run), str(tmp_path / "notes"), "--force")
+    assert code == 2
+    assert_one_line_error(err, "is not an llm-lab package; refusing to replace it")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "x"
+
+    with pytest.raises(SystemExit) as exc:
+        main(["package"])  # no action: argparse's usage error
+    assert exc.value.code == 2
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_lab", "package", "inspect", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"llm-lab: error: package not found: {tmp_path / 'nope'}"

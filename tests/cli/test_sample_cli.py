@@ -1,0 +1,172 @@
+"""`llm-lab sample` and the sampling scripts: the text is exactly what `llm_lab.core.decode` generates."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from package_helpers import bpe_tokenizer, char_tokenizer, make_package
+
+from llm_lab.cli import main
+from llm_lab.core.decode import generate, generate_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bpe_package(tmp_path_factory):
+    tok = bpe_tokenizer()
+    path, model = make_package(tmp_path_factory.mktemp("bpe") / "pkg", tok)
+    return path, tok, model
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_greedy_sample_matches_the_library(capsys, bpe_package):
+    path, tok, model = bpe_package
+    code, out, _ = run_cli(
+        capsys, "sample", str(path), "--prompt", "to be", "--temperature", "0", "--max-new-tokens", "12"
+    )
+    assert code == 0
+    expected = generate_text(model, tok, "to be", 12, temperature=0)
+    assert out == "to be" + expected + "\n"
+
+
+def test_seeded_sampling_is_reproducible_and_matches_generate(capsys, bpe_package):
+    path, tok, model = bpe_package
+    args = ["sample", str(path), "--prompt", "the", "--max-new-tokens", "10", "--top-k", "20", "--top-p", "0.9"]
+    _, first, _ = run_cli(capsys, *args, "--seed", "1", "--num-samples", "2")
+    _, again, _ = run_cli(capsys, *args, "--seed", "1", "--num-samples", "2")
+    _, other, _ = run_cli(capsys, *args, "--seed", "2", "--num-samples", "2")
+    assert first == again
+    assert first != other
+    out = generate(
+        model, [tok.encode("the")] * 2, 10, top_k=20, top_p=0.9, seed=1, tokenizer=tok, eos_token_id=tok.eot_token_id
+    )
+    assert first == f"--- sample 1/2 ---\nthe{out.texts[0]}\n--- sample 2/2 ---\nthe{out.texts[1]}\n"
+
+
+def test_stream_prints_the_same_text(capsys, bpe_package):
+    path, _, _ = bpe_package
+    args = ["sample", str(path), "--prompt", "to", "--max-new-tokens", "15", "--seed", "3", "--num-samples", "3"]
+    _, batched, _ = run_cli(capsys, *args, "--min-p", "0.05", "--repetition-penalty", "1.2")
+    _, streamed, _ = run_cli(capsys, *args, "--min-p", "0.05", "--repetition-penalty", "1.2", "--stream")
+    assert streamed == batched
+    assert batched.count("--- sample") == 3
+
+
+def test_empty_prompt_starts_from_end_of_text(capsys, bpe_package):
+    path, tok, model = bpe_package
+    code, out, _ = run_cli(capsys, "sample", str(path), "--seed", "5", "--max-new-tokens", "8")
+    assert code == 0
+    eot = tok.eot_token_id
+    expected = generate(model, [eot], 8, seed=5, tokenizer=tok, eos_token_id=eot).texts[0]
+    assert expected and out == expected + "\n"
+
+
+def test_stop_string(capsys, tmp_path):
+    tok = char_tokenizer()  # no end-of-text token: the greedy text always has all 20 characters
+    path, model = make_package(tmp_path / "char", tok)
+    full = generate_text(model, tok, "to", 20, temperature=0)
+    assert len(full) == 20
+    stop = full[6:8]
+    args = ["sample", str(path), "--prompt", "to", "--temperature", "0", "--max-new-tokens", "20", "--stop", stop]
+    _, out, _ = run_cli(capsys, *args)
+    assert out == "to" + full[: full.index(stop)] + "\n"
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--temperature", "-1"], "temperature must be"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--min-p", "2"], "min_p must be in [0, 1]"),
+        (["--repetition-penalty", "0"], "repetition_penalty must be"),
+    ],
+)
+def test_bad_flag_values(capsys, bpe_package, flags, fragment):
+    path, _, _ = bpe_package
+    code, out, err = run_cli(capsys, "sample", str(path), "--prompt", "x", *flags)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("llm-lab: error: ") and fragment in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags", [["--max-new-tokens", "0"], ["--top-k", "zero"], ["--num-samples", "-2"]])
+def test_bad_flag_types_are_usage_errors(capsys, bpe_package, flags):
+    path, _, _ = bpe_package
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", str(path), *flags])
+    assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_missing_package_and_char_model_without_prompt(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "sample", str(tmp_path / "none"), "--prompt", "x")
+    assert code == 2 and err.strip() == f"llm-lab: error: no package or run directory at {tmp_path / 'none'}"
+    path, _ = make_package(tmp_path / "char", char_tokenizer())
+    code, _, err = run_cli(capsys, "sample", str(path))
+    assert code == 2 and "--prompt is empty and this tokenizer has no end-of-text token" in err
+    code, _, err = run_cli(capsys, "sample", str(path), "--prompt", "Zebra€")
+    assert code == 2 and "character 'Z' at position 0 is not in the vocabulary" in err
+
+
+def script_main(name: str):
+    return runpy.run_path(str(REPO / "scripts" / name), run_name="script_under_test")["main"]
+
+
+def test_p2_sample_bpe_script(capsys, bpe_package):
+    path, tok, model = bpe_package
+    code = script_main("p2_sample_bpe.py")(
+        [str(path), "--prompt", "to be", "--temperature", "0", "--max-new-tokens", "8"]
+    )
+    assert code == 0
+    assert capsys.readouterr().out == "to be" + generate_text(model, tok, "to be", 8, temperature=0) + "\n"
+    assert script_main("p2_sample_bpe.py")([str(path / "missing")]) == 2
+    assert "package not found" in capsys.readouterr().err
+
+
+def make_char_run(root: Path):
+    """A run directory in the Trainer's layout with one checkpoint."""
+    import json
+
+    tok = char_tokenizer()
+    package, model = make_package(root / "pkg", tok)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"model": model.config.__dict__}))
+    tok.save(run / "tokenizer")
+    torch.save(
+        {"format_version": 1, "model_config": model.config.__dict__, "model": model.state_dict(), "step": 1},
+        run / "checkpoints" / "best_val.pt",
+    )
+    return run, tok, model
+
+
+def test_p1_sample_char_script_with_run_dir_and_vocab(capsys, tmp_path):
+    run, tok, model = make_char_run(tmp_path)
+    expected = "to" + generate_text(model, tok, "to", 10, temperature=0) + "\n"
+    main_fn = script_main("p1_sample_char.py")
+    assert main_fn([str(run), "--prompt", "to", "--temperature", "0", "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out == expected
+    # A vocabulary given separately: a tokenizer directory or a bare vocab.json.
+    tok.save(tmp_path / "vocab_dir")
+    bare = tmp_path / "bare_vocab.json"
+    bare.write_text((tmp_path / "vocab_dir" / "vocab.json").read_text())
+    for vocab in (tmp_path / "vocab_dir", bare):
+        assert (
+            main_fn([str(run), "--vocab", str(vocab), "--prompt", "to", "--temperature", "0", "--max-new-tokens", "10"])
+            == 0
+        )
+        assert capsys.readouterr().out == expected
+    # `llm-lab sample` takes the run directory too.
+    assert main(["sample", str(run), "--prompt", "to", "--temperature", "0", "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main_fn([str(run), "--vocab", str(tmp_path / "nope.json")]) == 2
+    assert "--vocab: no such file or directory" in capsys.readouterr().err
