@@ -19,6 +19,7 @@ answered one generation at a time and each gets exactly what it would get alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -227,7 +228,8 @@ def create_app(
             raise APIError(422, message, param=param, code="invalid_value") from None
         if completion.model is not None:
             _check_model(engine, completion.model)
-        job = _plan(engine, completion)
+        # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
+        job = await asyncio.to_thread(_plan, engine, completion)
         try:
             if completion.stream:
                 # Queued here, so a full queue is a plain 503 and not an error inside a started stream.
