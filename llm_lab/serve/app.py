@@ -197,6 +197,13 @@ def create_app(
     async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         return APIError(error.status_code, str(error.detail), code=f"http_{error.status_code}").response()
 
+    @app.exception_handler(Exception)
+    async def _server_error(_request: Request, error: Exception) -> JSONResponse:
+        # Still logged with its traceback by the server; the client gets the OpenAI shape, not a bare text page.
+        return APIError(
+            500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error", code="internal_error"
+        ).response()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse((STATIC_DIR / "playground.html").read_text(encoding="utf-8"))
@@ -403,5 +410,6 @@ async def _sse(job: _CompletionJob, events: AsyncIterator[Any]) -> AsyncIterator
         if options is not None and options.include_usage:
             yield job.chunk([], usage=job.usage())
     except Exception as error:  # the stream has started: report in-band, then close it properly
-        yield f"data: {json.dumps(APIError(500, f'generation failed: {error}', error_type='server_error').body())}\n\n"
+        failure = APIError(500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error")
+        yield f"data: {json.dumps(failure.body())}\n\n"
     yield "data: [DONE]\n\n"

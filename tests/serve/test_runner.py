@@ -151,3 +151,28 @@ def test_full_queue_is_503_over_http(slow_model: Any) -> None:
     assert first.status_code == 200
     assert second.status_code == 503
     assert second.json()["error"]["code"] == "server_busy"
+
+
+def test_a_failing_model_call_is_reported_and_the_worker_survives(package_dir: Path) -> None:
+    config, tokenizer, model = load_model_package(package_dir)
+    fail = {"on": True}
+
+    def broken(_module: Any, _args: Any) -> None:
+        if fail["on"]:
+            raise RuntimeError("simulated device failure")
+
+    model.register_forward_pre_hook(broken)
+    with serve_in_thread(create_app((config, tokenizer, model), model_name="broken")) as server:
+        url = f"{server.base_url}/v1/completions"
+        plain = httpx.post(url, json={"prompt": "the", "max_tokens": 3}, timeout=30)
+        assert plain.status_code == 500
+        assert plain.json()["error"]["message"] == "generation failed: RuntimeError: simulated device failure"
+        assert plain.json()["error"]["type"] == "server_error"
+
+        streamed = httpx.post(url, json={"prompt": "the", "max_tokens": 3, "stream": True}, timeout=30)
+        payloads = [line[6:] for line in streamed.text.split("\n") if line.startswith("data: ")]
+        assert json.loads(payloads[0])["error"]["message"].endswith("simulated device failure")
+        assert payloads[-1] == "[DONE]"
+
+        fail["on"] = False
+        assert httpx.post(url, json={"prompt": "the", "max_tokens": 3}, timeout=30).status_code == 200
