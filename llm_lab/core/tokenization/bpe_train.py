@@ -220,38 +220,62 @@ def _apply_merge(
 ) -> dict[tuple[int, int], int]:
     """Merge ``pair`` into ``new_id`` in every word that holds it; return the pairs that gained counts.
 
-    Each touched word gives back all its old pairs and takes all its new ones: words are short (a few symbols),
-    so this is cheaper in Python than patching the neighbours of each occurrence, and obviously correct.
+    Only the neighbours of each occurrence change: in ``x a b y`` the pairs (x, a) and (b, y) lose the word's count
+    and (x, new) and (new, y) gain it. In ``a b a b`` the middle (b, a) is lost once and (new, new) gained once.
     """
     a, b = pair
+    c = new_id
+    get = pair_counts.get
     gained: dict[tuple[int, int], int] = {}
+
     for w in where.pop(pair):
         word = words[w]
+        try:
+            i = word.index(a)
+        except ValueError:  # stale index entry: an earlier merge already consumed this word's `a`s
+            continue
         n = len(word)
-        new: list[int] = []
-        append = new.append
-        i = 0
-        while i < n:
-            if word[i] == a and i + 1 < n and word[i + 1] == b:
-                append(new_id)
+        count = counts[w]
+        new = word[:i]
+        merged_until = -1  # old index of the `b` of the last merge in this word
+        while True:
+            if i + 1 < n and word[i + 1] == b:
+                if i > 0:
+                    if merged_until != i - 1:  # else (b, a) was already taken off as the previous merge's right pair
+                        pair_counts[(word[i - 1], a)] -= count
+                    p = (new[-1], c)
+                    pair_counts[p] = get(p, 0) + count
+                    gained[p] = 0
+                    if p in where:
+                        where[p].add(w)
+                    else:
+                        where[p] = {w}
+                if i + 2 < n:
+                    right = word[i + 2]
+                    pair_counts[(b, right)] -= count
+                    if not (right == a and i + 3 < n and word[i + 3] == b):  # else the next merge adds (c, c)
+                        p = (c, right)
+                        pair_counts[p] = get(p, 0) + count
+                        gained[p] = 0
+                        if p in where:
+                            where[p].add(w)
+                        else:
+                            where[p] = {w}
+                new.append(c)
+                merged_until = i + 1
                 i += 2
             else:
-                append(word[i])
+                new.append(a)
                 i += 1
-        if len(new) == n:  # stale index entry: an earlier merge already removed the pair from this word
-            continue
-        count = counts[w]
-        for p in zip(word, word[1:], strict=False):
-            pair_counts[p] -= count
-        for p in zip(new, new[1:], strict=False):
-            pair_counts[p] = pair_counts.get(p, 0) + count
-            if new_id in p:
-                gained[p] = pair_counts[p]
-                if p in where:
-                    where[p].add(w)
-                else:
-                    where[p] = {w}
-        words[w] = new
+            try:
+                j = word.index(a, i)
+            except ValueError:
+                new.extend(word[i:])
+                break
+            new.extend(word[i:j])
+            i = j
+        if merged_until >= 0:
+            words[w] = new
     pair_counts.pop(pair, None)
     for p in gained:
         gained[p] = pair_counts[p]
