@@ -1,4 +1,7 @@
-"""Figures of the benchmarks (matplotlib, drawn off-screen with the Agg backend, saved as PNG)."""
+"""Figures of the benchmarks, drawn on matplotlib's Agg canvas (no pyplot, no display needed) and saved as PNG.
+
+Loss curves of runs are drawn by ``llm_lab.utils.plotting.plot_runs``.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +12,22 @@ from typing import Any
 from llm_lab.utils.io import atomic_write
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` on an Agg canvas: no global backend switch, no window, safe in tests and servers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    plt = _pyplot()
+    """Save a figure as PNG, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(f, format="png", dpi=dpi)
     return path
 
 
@@ -34,7 +36,6 @@ def plot_attention_benchmark(rows: Sequence[dict[str, Any]], path: str | Path, t
 
     One column per dtype; one colour per backend, one line style per head size; log-log axes.
     """
-    plt = _pyplot()
     dtypes = list(dict.fromkeys(row["dtype"] for row in rows))
     modes = list(dict.fromkeys(row["mode"] for row in rows))
     backends = list(dict.fromkeys(row["backend"] for row in rows))
@@ -44,10 +45,9 @@ def plot_attention_benchmark(rows: Sequence[dict[str, Any]], path: str | Path, t
     if has_memory:
         memory_mode = "fwd_bwd" if "fwd_bwd" in modes else modes[0]
         panels.append((memory_mode, "peak_mem_mib", f"{memory_mode} peak memory (MiB)"))
-    fig, axes = plt.subplots(
-        len(panels), len(dtypes), figsize=(5.5 * len(dtypes), 3.6 * len(panels)), squeeze=False
-    )
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = new_figure((5.5 * len(dtypes), 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), len(dtypes), squeeze=False)
+    colors = [f"C{i}" for i in range(10)]
     styles = ["-", "--", ":", "-."]
     for col, dtype in enumerate(dtypes):
         for row_idx, (mode, key, label) in enumerate(panels):
@@ -76,42 +76,4 @@ def plot_attention_benchmark(rows: Sequence[dict[str, Any]], path: str | Path, t
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_loss_curves(
-    curves: dict[str, dict[str, Sequence[tuple[float, float]]]],
-    path: str | Path,
-    title: str = "",
-    x_label: str = "step",
-) -> Path:
-    """Train (solid) and validation (dashed, dots) loss of several runs in one figure, one colour per run.
-
-    Args:
-        curves: run label -> {"train": [(x, loss), ...], "val": [(x, loss), ...]} (either may be empty).
-        path: where the PNG goes.
-        title: figure title.
-        x_label: what x is (``step`` or ``tokens``).
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for idx, (label, curve) in enumerate(curves.items()):
-        color = colors[idx % len(colors)]
-        train = list(curve.get("train", ()))
-        val = list(curve.get("val", ()))
-        if train:
-            xs, ys = zip(*train, strict=True)
-            ax.plot(xs, ys, color=color, alpha=0.6, linewidth=1, label=f"{label} train")
-        if val:
-            xs, ys = zip(*val, strict=True)
-            ax.plot(xs, ys, color=color, linestyle="--", marker="o", markersize=3, label=f"{label} val")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -2,8 +2,9 @@
 
 Settings measured, on the same random batch of the same shape:
 
-- ``ours``: the Trainer's own step (its optimizer factory, autocast region, gradient clipping and, when asked,
-  its ``torch.compile`` wrapper) for each precision (``fp32``, ``bf16``) and eager / compiled;
+- ``ours``: the Trainer's own loop (``Trainer.train()`` with one logged row per step and nothing written: its
+  batch sampling, optimizer, autocast, gradient clipping and ``torch.compile`` wrapper), for each precision
+  (``fp32``, ``bf16``) and eager / compiled; the time per step is the one the Trainer logs as tokens/s;
 - ``baseline``: a plain GPT of the same shape run the way the well-known minimal GPT trainers run on a CPU:
   fp32, eager, and AdamW's per-parameter loop (``foreach=False, fused=False``). It is written out here (GPT-2
   architecture: learned positions, LayerNorm, GELU MLP, tied embedding, SDPA attention), not built from
@@ -31,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_lab.core.model import lm_loss
+from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
-from llm_lab.core.train.device import autocast_context, compile_unsupported_reason, maybe_compile
+from llm_lab.core.train import Trainer, TrainerConfig
+from llm_lab.core.train.device import compile_unsupported_reason
 from llm_lab.core.train.flops import measure_matmul_peak
-from llm_lab.core.train.optim import build_optimizer
 from llm_lab.experiments.measure import synchronize
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict
@@ -211,39 +212,35 @@ class _Setting:
     precision: str
     compiled: bool
     optimizer_kind: str
-    step: Callable[[], float]  # runs one optimizer step, returns the loss
+    run: Callable[[int], list[tuple[float, float]]]  # runs n optimizer steps -> [(seconds, loss)] per step
     times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
 
 def _ours_setting(
-    config: StepBenchConfig, precision: str, compiled: bool, batch: tuple[torch.Tensor, torch.Tensor]
+    config: StepBenchConfig, precision: str, compiled: bool, data: LanguageModelingDataset, peak: float
 ) -> _Setting:
-    device = torch.device(config.device)
+    """Our step is the Trainer's: ``Trainer.train()`` itself, one CSV-style row per step, nothing written."""
     torch.manual_seed(config.seed)
-    model = MiniGPT(config.model).to(device)
-    model.train()
-    optimizer = build_optimizer(
-        model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8, device=device
+    model = MiniGPT(config.model)
+    train_config = TrainerConfig(
+        batch_size=config.batch_size, max_steps=1, warmup_steps=0, log_interval=1, eval_interval=10**9,
+        precision=precision, compile=compiled, device=config.device, seed=config.seed, peak_flops=peak,
     )
-    runner = maybe_compile(model, device) if compiled else model
-    x, y = batch
+    trainer = Trainer(model, train_config, data, None, out_dir=None, progress=False)
 
-    def step() -> float:
-        with autocast_context(precision, device):
-            logits, _ = runner(x)
-            loss = lm_loss(logits, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+    def run(n_steps: int) -> list[tuple[float, float]]:
+        # Continue the same run for n more steps; every step logs its own tokens/s (log_interval=1).
+        trainer.config.max_steps = trainer.step + n_steps
+        rows = trainer.train().history[-n_steps:]
+        return [(trainer.tokens_per_step / row["tokens_per_second"], row["train_loss"]) for row in rows]
 
-    kind = "AdamW fused" if optimizer.defaults.get("fused") else "AdamW foreach"
-    return _Setting("ours", precision, compiled, kind, step)
+    kind = "AdamW fused" if trainer.optimizer.defaults.get("fused") else "AdamW foreach"
+    return _Setting("ours", precision, compiled, kind, run)
 
 
-def _baseline_setting(config: StepBenchConfig, batch: tuple[torch.Tensor, torch.Tensor]) -> _Setting:
+def _baseline_setting(config: StepBenchConfig, data: LanguageModelingDataset) -> _Setting:
+    """The textbook loop: batch, forward, cross-entropy, backward, clip, AdamW step (per-parameter loop)."""
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = PlainGPT(config.model).to(device)
@@ -254,18 +251,25 @@ def _baseline_setting(config: StepBenchConfig, batch: tuple[torch.Tensor, torch.
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.99), foreach=False, fused=False,
     )
-    x, y = batch
+    generator = torch.Generator().manual_seed(config.seed)
 
-    def step() -> float:
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+    def run(n_steps: int) -> list[tuple[float, float]]:
+        out = []
+        for _ in range(n_steps):
+            synchronize(device)
+            start = time.perf_counter()
+            x, y = data.get_batch(config.batch_size, generator, device=device)
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()  # waits for the step to finish
+            out.append((time.perf_counter() - start, value))
+        return out
 
-    return _Setting("baseline", "fp32", False, "AdamW for-loop", step)
+    return _Setting("baseline", "fp32", False, "AdamW for-loop", run)
 
 
 @dataclass
@@ -292,10 +296,11 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         peaks[precision] = measure_matmul_peak(device, dtype, repeats=config.peak_repeats)
 
+    # Random token ids: the speed of a step does not depend on what the tokens are.
     generator = torch.Generator().manual_seed(config.seed)
-    shape = (config.batch_size, config.model.context_length)
-    x = torch.randint(0, config.model.vocab_size, shape, generator=generator).to(device)
-    y = torch.randint(0, config.model.vocab_size, shape, generator=generator).to(device)
+    n_tokens = max(100_000, 4 * config.batch_size * (config.model.context_length + 1))
+    ids = torch.randint(0, config.model.vocab_size, (n_tokens,), generator=generator).numpy()
+    data = LanguageModelingDataset(ids, config.model.context_length)
 
     compile_modes = list(config.compile_modes)
     if True in compile_modes and (reason := compile_unsupported_reason(device)) is not None:
@@ -303,10 +308,10 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
         compile_modes = [mode for mode in compile_modes if not mode] or [False]
     settings = []
     if config.baseline:
-        settings.append(_baseline_setting(config, (x, y)))
+        settings.append(_baseline_setting(config, data))
     for precision in config.precisions:
         for compiled in compile_modes:
-            settings.append(_ours_setting(config, precision, compiled, (x, y)))
+            settings.append(_ours_setting(config, precision, compiled, data, peaks[precision]))
 
     per_round = max(1, math.ceil(config.steps / config.rounds))
     total = len(settings) * (config.warmup + per_round * config.rounds)
@@ -314,18 +319,16 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
         warnings.simplefilter("ignore")  # compile and autocast chatter
         for setting in settings:
             bar.set_postfix_str(f"warm-up {setting.name} {setting.precision} compile={setting.compiled}")
-            for _ in range(config.warmup):
-                setting.losses.append(setting.step())
-                bar.update()
+            if config.warmup:
+                setting.losses += [loss for _, loss in setting.run(config.warmup)]
+            bar.update(config.warmup)
         for _ in range(config.rounds):
             for setting in settings:
                 bar.set_postfix_str(f"{setting.name} {setting.precision} compile={setting.compiled}")
-                for _ in range(per_round):
-                    synchronize(device)
-                    start = time.perf_counter()
-                    setting.losses.append(setting.step())  # .item() inside waits for the step to finish
-                    setting.times.append(time.perf_counter() - start)
-                    bar.update()
+                for seconds, loss in setting.run(per_round):
+                    setting.times.append(seconds)
+                    setting.losses.append(loss)
+                bar.update(per_round)
 
     flops_per_token = MiniGPT(config.model).flops_per_token()
     num_parameters = MiniGPT(config.model).num_parameters()

@@ -1,0 +1,78 @@
+"""``llm-lab experiment posenc|collect``: the positional-encoding study and the run report (parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import llm_lab
+
+# The shared corpus beside the repository (../shared/data relative to the repo root), when it is there.
+REPO_ROOT = Path(llm_lab.__file__).resolve().parents[1]
+DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "tiny_shakespeare.txt"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    experiment = subparsers.add_parser("experiment", help="experiments: positional-encoding study, run report")
+    commands = experiment.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
+
+    posenc = commands.add_parser(
+        "posenc", help="train learned/sinusoidal/rope/alibi/none on one corpus and budget; compare; test at 2x context"
+    )
+    posenc.add_argument("--data", type=Path, default=None,
+                        help=f"text file or prepared directory (default: {DEFAULT_CORPUS})")
+    posenc.add_argument("--out", type=Path, default=Path("experiments") / "posenc", help="output directory")
+    posenc.add_argument("--config", type=Path, default=None,
+                        help="run config JSON shared by every encoding (default: a 0.8M-parameter char model)")
+    posenc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set train.max_steps=300 (repeatable)")
+    posenc.add_argument("--encodings", nargs="+", default=None,
+                        help="subset and order (default: learned sinusoidal rope alibi none)")
+    posenc.add_argument("--factor", type=int, default=2, help="evaluate at this multiple of the context (default 2)")
+    posenc.add_argument("--quick", action="store_true", help="tiny model and budget: about a minute in all")
+    posenc.set_defaults(func=_run_posenc)
+
+    collect = commands.add_parser(
+        "collect", help="every run directory under ROOT -> report.md, report.csv and curves.png"
+    )
+    collect.add_argument("root", type=Path, nargs="?", default=Path("experiments"),
+                         help="folder holding run directories (default: experiments)")
+    collect.add_argument("--out", type=Path, default=None, help="output directory (default: ROOT/report)")
+    collect.add_argument("--title", default="Runs", help="report title")
+    collect.set_defaults(func=_run_collect)
+
+
+def _run_posenc(args: argparse.Namespace) -> int:
+    from llm_lab.core.model.config import POS_ENCODINGS
+    from llm_lab.experiments.posenc import PosEncStudy, load_study_config, run_study, study_table
+
+    data = args.data
+    if data is None:
+        if not DEFAULT_CORPUS.is_file():
+            raise FileNotFoundError(
+                f"the default corpus {DEFAULT_CORPUS} is not here; pass --data FILE (e.g. after "
+                "`llm-lab data download tiny_shakespeare`)"
+            )
+        data = DEFAULT_CORPUS
+    config = load_study_config(args.config, args.overrides, quick=args.quick)
+    study = PosEncStudy(
+        base=config,
+        data=data,
+        out_dir=args.out,
+        encodings=tuple(args.encodings) if args.encodings else POS_ENCODINGS,
+        extrapolation_factor=args.factor,
+    )
+    paths = run_study(study)
+    print(study_table(study), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.report import write_report
+
+    out = args.out if args.out is not None else args.root / "report"
+    paths = write_report(args.root, out, title=args.title)
+    print(paths["md"].read_text(encoding="utf-8"), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
