@@ -186,6 +186,7 @@ def test_twenty_concurrent_requests_all_answered_correctly(server: Any, referenc
         ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop", r"stop: .*at most 4"),
         ({"prompt": "the", "stop": ""}, 422, "stop", r"stop strings must not be empty"),
         ({"prompt": "the", "stream": "yes"}, 422, "stream", r"stream: .*boolean"),
+        ({"prompt": "the", "seed": 2**70}, 422, "seed", r"seed: .*less than or equal to 18446744073709551615"),
         ({"prompt": "the", "max_token": 5}, 422, "max_token", r"unknown field 'max_token'"),
         ({"prompt": "the", "logprobs": 5}, 422, "logprobs", r"not supported"),
         ({"prompt": ["the", 7]}, 422, "prompt", r"string or a list of strings"),
