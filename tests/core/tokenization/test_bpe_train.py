@@ -128,3 +128,48 @@ def test_learn_merges_gives_sequential_ids(small_text):
 def test_min_frequency_stops_training_early():
     tok = SubwordTokenizer.train("abcdefgh", 1000, min_frequency=2, show_progress=False)
     assert tok.merges == [] and tok.vocab_size == 257
+
+
+def naive_merges(word_counts: dict[bytes, int], n_merges: int, min_frequency: int) -> list[tuple[int, int, int]]:
+    """Reference trainer: recount every pair from scratch before each merge (slow, obviously right)."""
+    token_bytes = [bytes([b]) for b in range(256)]
+    words = {tuple(w): c for w, c in word_counts.items()}
+    merges = []
+    while len(merges) < n_merges:
+        pairs: dict[tuple[int, int], int] = {}
+        for word, count in words.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], token_bytes[p[0]], token_bytes[p[1]]))
+        if pairs[best] < min_frequency:
+            break
+        new_id = len(token_bytes)
+        token_bytes.append(token_bytes[best[0]] + token_bytes[best[1]])
+        merges.append((*best, new_id))
+        merged_words: dict[tuple[int, ...], int] = {}
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged_words[tuple(out)] = merged_words.get(tuple(out), 0) + count
+        words = merged_words
+    return merges
+
+
+@pytest.mark.parametrize("min_frequency", [1, 2])
+def test_incremental_counts_equal_a_full_recount(min_frequency, stress_text, small_text):
+    """Overlap-heavy words (runs of one letter, abab, aab...) plus real text: same merges as the naive trainer."""
+    rng = random.Random(1)
+    overlap_words = ["".join(rng.choice("ab") for _ in range(rng.randint(2, 12))) for _ in range(300)]
+    text = " ".join(overlap_words) + " aaaaaaaaaaaaaaa abababababa " + small_text + stress_text
+    counts = {piece.encode(): c for piece, c in count_pretokens(text, GPT2_PATTERN).items()}
+    fast = learn_merges(counts, 400, min_frequency=min_frequency, show_progress=False)
+    assert len(fast) > 150
+    assert fast == naive_merges(counts, 400, min_frequency)
