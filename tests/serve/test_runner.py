@@ -142,8 +142,11 @@ def test_full_queue_is_503_over_http(slow_model: Any) -> None:
 
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
-                first = asyncio.ensure_future(client.post(url, json={"prompt": "the", "max_tokens": 20}))
-                await asyncio.sleep(0.2)  # the first request now holds the only slot
+                first = asyncio.ensure_future(client.post(url, json={"prompt": "the", "max_tokens": 40}))
+                for _ in range(500):  # wait until the first request holds the only slot (at most ~10 s)
+                    if (await client.get(f"{server.base_url}/health")).json()["pending"] == 1:
+                        break
+                    await asyncio.sleep(0.02)
                 second = await client.post(url, json={"prompt": "the", "max_tokens": 1, "stream": True})
                 return [await first, second]
 
