@@ -20,9 +20,11 @@ Both write into a temporary directory and rename it into place. ``transformers``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ def _import_transformers() -> Any:
             "Hugging Face interop needs the `transformers` package: pip install -r requirements-dev.txt"
         ) from None
     return transformers
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers: Any) -> Iterator[None]:
+    """No progress bars from transformers while saving or loading tiny directories (restored afterwards)."""
+    hf_logging = transformers.utils.logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -158,7 +173,8 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
+        with _quiet_transformers(transformers):
+            hf_model.save_pretrained(tmp, safe_serialization=True)
         generation.save_pretrained(tmp)
         _write_hf_tokenizer(tokenizer, tmp, config.max_positions)
         _commit_directory(tmp, out)
@@ -322,9 +338,10 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
     _check_bin_files(hf_dir)
     tokenizer = _tokenizer_from_hf_dir(hf_dir)
     try:
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-            hf_dir, local_files_only=True, trust_remote_code=False, weights_only=True
-        )
+        with _quiet_transformers(transformers):
+            hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+                hf_dir, local_files_only=True, trust_remote_code=False, weights_only=True
+            )
         model = from_hf_model(hf_model)
     except ValueError as e:
         raise PackageError(f"cannot import {hf_dir}: {e}") from None

@@ -136,7 +136,7 @@ def _short_list(names: Iterable[str], limit: int = 6) -> str:
 def _unpickler_reason(error: Exception) -> str:
     """The useful line of torch's weights-only refusal (its first line suggests the unsafe retry; skip it)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next((line for line in lines if line.startswith(("Unsupported", "WeightsUnpickler error: U"))), None)
+    detail = next((line for line in lines if "nsupported" in line and "file an issue" not in line), None)
     return f"weights_only unpickler: {detail}" if detail else "rejected by torch.load(weights_only=True)"
 
 
