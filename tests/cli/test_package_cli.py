@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -136,3 +137,43 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"llm-lab: error: package not found: {tmp_path / 'nope'}"
+
+
+def p2_train_bpe(tmp_path, data, *extra: str) -> int:
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "p2_train_bpe.py"
+    main_fn = runpy.run_path(str(script), run_name="script_under_test")["main"]
+    args = ["--data", str(data), "--out", str(tmp_path / "pkg"), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    return main_fn([*args, *extra])
+
+
+def test_p2_train_bpe_script(capsys, tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT * 3)
+    tiny = ["--vocab-size", "300", "--context-length", "16", "--n-layer", "1", "--n-embd", "16", "--max-steps", "4"]
+    tiny += ["--eval-interval", "2", "--eval-batches", "2", "--batch-size", "4", "--sample-tokens", "5"]
+    assert p2_train_bpe(tmp_path, data, *tiny) == 0
+    out = capsys.readouterr().out
+    assert "trained 4 steps" in out and "sample:" in out
+    cfg, tok, model = load_model_package(tmp_path / "pkg")
+    assert type(tok).__name__ == "SubwordTokenizer" and tok.vocab_size == cfg.vocab_size <= 300
+    assert (cfg.n_layer, cfg.n_embd, cfg.context_length) == (1, 16, 16)
+    assert json.loads((tmp_path / "pkg" / "package.json").read_text())["training"]["steps"] == 4
+    # A second run refuses to clobber the first without --overwrite, before training anything.
+    assert p2_train_bpe(tmp_path, data, *tiny) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert p2_train_bpe(tmp_path, data, *tiny, "--overwrite") == 0
+    assert p2_train_bpe(tmp_path / "x", tmp_path / "missing.txt") == 2
+    assert "llm-lab data download tiny_shakespeare" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_p2_train_bpe_on_shakespeare(capsys, tmp_path, shakespeare_path):
+    """The default pipeline on the real corpus (shortened): the loss falls well below a uniform guess."""
+    if shakespeare_path is None:
+        pytest.skip("tiny_shakespeare.txt is not available here")
+    assert p2_train_bpe(tmp_path, shakespeare_path, "--max-steps", "60", "--eval-interval", "30") == 0
+    manifest = json.loads((tmp_path / "pkg" / "package.json").read_text())
+    assert manifest["training"]["best_val_loss"] < 0.85 * math.log(512)
