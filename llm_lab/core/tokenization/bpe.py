@@ -286,7 +286,7 @@ class SubwordTokenizer:
         if len(self._cache) >= _CACHE_MAX_ENTRIES:
             # Bounded memory on endless streams of new pieces: drop the oldest half (dicts keep insertion order).
             for key in list(itertools.islice(self._cache, _CACHE_MAX_ENTRIES // 2)):
-                del self._cache[key]
+                self._cache.pop(key, None)  # pop: another thread may have evicted it already
         self._cache[piece] = ids
         return ids
 
