@@ -44,19 +44,20 @@ TextSource = str | os.PathLike | Iterable[str | os.PathLike]
 _BLOCK_CHARS = 1 << 20  # characters read from a file at a time when streaming
 
 
-def _safe_cut(block: str) -> int:
-    """Index of the last ``letter|space letter`` boundary in ``block`` (0 if none).
+# Safe places to cut a file into blocks for the built-in patterns, searched from the end ((?r)): a space between two
+# letters (cut before the space), or a lone newline (no whitespace before it) followed by a letter (cut after the
+# newline). There no GPT-2/GPT-4 match spans the cut and none before it depends on what follows: a letter run ends,
+# " word" starts; the newline is a piece alone or glued to the punctuation before it, as in the whole text.
+_SAFE_CUT = regex.compile(r"(?r)(?<=\p{L}) (?=\p{L})|(?<=\S)\n(?=\p{L})")
 
-    For the built-in GPT-2/GPT-4 patterns no match spans such a boundary and no match before it looks past it
-    (a letter run stops at the space, and the space starts the next word), so the text on each side pre-tokenises
-    exactly as it would inside the whole file.
-    """
-    i = block.rfind(" ", 0, len(block) - 1)
-    while i > 0:
-        if block[i - 1].isalpha() and block[i + 1].isalpha():
-            return i
-        i = block.rfind(" ", 0, i)
-    return 0
+
+def _safe_cut(block: str) -> int:
+    """Index of the last safe cut point in ``block`` (0 if none): the text before it and the text from it on
+    pre-tokenise exactly as they would inside the whole file."""
+    match = _SAFE_CUT.search(block)
+    if match is None:
+        return 0
+    return match.end() if match.group() == "\n" else match.start()  # the newline ends its block, the space starts one
 
 
 def _iter_file(path: Path, streamable: bool) -> Iterator[str]:

@@ -84,6 +84,20 @@ def test_streamed_file_counts_equal_whole_text_counts(pattern, tmp_path, monkeyp
     assert sum(len(p) * c for p, c in streamed.items()) == len(text)
 
 
+@pytest.mark.parametrize("pattern", [GPT2_PATTERN, GPT4_PATTERN])
+@pytest.mark.parametrize("block_chars", [5, 13, 64])
+def test_streaming_is_exact_on_random_text(pattern, block_chars, tmp_path, monkeypatch):
+    """Random text over the characters that decide where pieces end (letters, digits, spaces, newlines, CR, tabs,
+    punctuation, apostrophes, CJK): every cut the streamer makes must leave the pre-token counts unchanged."""
+    rng = random.Random(block_chars)
+    alphabet = ["a", "b", "Q", "é", "日", "1", "23", " ", " ", "  ", "\n", "\n\n", "\r\n", "\t", ".", "!?", "'s", "'"]
+    text = "".join(rng.choice(alphabet) for _ in range(4000))
+    path = tmp_path / "random.txt"
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(bpe_train, "_BLOCK_CHARS", block_chars)
+    assert count_pretokens(path, pattern) == count_pretokens(text, pattern)
+
+
 def test_training_from_path_equals_training_from_text(tmp_path, small_text):
     path = tmp_path / "corpus.txt"
     path.write_text(small_text, encoding="utf-8")
