@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import llm_lab
+from llm_lab.cli.bench import THREADS_HELP, set_threads
 
 # The shared corpus beside the repository (../shared/data relative to the repo root), when it is there.
 REPO_ROOT = Path(llm_lab.__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     posenc.add_argument("--encodings", nargs="+", default=None,
                         help="subset and order (default: learned sinusoidal rope alibi none)")
     posenc.add_argument("--factor", type=int, default=2, help="evaluate at this multiple of the context (default 2)")
+    posenc.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     posenc.add_argument("--quick", action="store_true", help="tiny model and budget: about a minute in all")
     posenc.set_defaults(func=_run_posenc)
 
@@ -43,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_posenc(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     from llm_lab.core.model.config import POS_ENCODINGS
     from llm_lab.experiments.posenc import PosEncStudy, load_study_config, run_study, study_table
 

@@ -49,6 +49,7 @@ def test_bench_step_quick(tmp_path, capsys):
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
         (["bench", "step", "--config", "missing.json"], "config file not found"),
+        (["bench", "env", "--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
