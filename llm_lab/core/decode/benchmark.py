@@ -1,0 +1,234 @@
+"""Decoding speed: :func:`~llm_lab.core.decode.generate` against Hugging Face ``generate`` on the same weights.
+
+A random GPT-2-style model (``GPT2LMHeadModel``) is converted with ``from_hf_model``, so both sides run the
+very same fp32 weights. Measured, each as the median of ``repeats`` runs, ours and theirs interleaved so that
+load from other processes hits both alike:
+
+* greedy tokens per second (``batch * new_tokens / wall time``, prefill included) per batch size, HF with
+  ``do_sample=False, use_cache=True`` and its default cache;
+* per-token decode time after a prompt of each context length: the median gap between consecutive new tokens
+  (so the prefill is excluded), ours through :func:`~llm_lab.core.decode.stream`, HF through a streamer.
+
+``transformers`` is a development dependency, imported only here. ``scripts/bench_generate.py`` is the
+command-line wrapper.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm_lab.core.decode.generate import generate, stream
+
+__all__ = ["BenchSettings", "format_report", "run_benchmark"]
+
+
+@dataclass
+class BenchSettings:
+    """What to measure (defaults: the 6-layer, 384-wide model of the decoding issue)."""
+
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    vocab_size: int = 50257
+    n_positions: int = 1280
+    prompt_len: int = 16
+    new_tokens: int = 256
+    batch_sizes: Sequence[int] = (1, 8)
+    contexts: Sequence[int] = (64, 1024)
+    context_new_tokens: int = 33
+    repeats: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> BenchSettings:
+        """Tiny settings for a smoke test (seconds, not minutes)."""
+        return cls(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            vocab_size=128,
+            n_positions=96,
+            prompt_len=4,
+            new_tokens=8,
+            batch_sizes=(1, 2),
+            contexts=(8, 64),
+            context_new_tokens=6,
+            repeats=2,
+        )
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def _build_models(s: BenchSettings) -> tuple[Any, torch.nn.Module]:
+    import transformers
+
+    from llm_lab.core.package.hf import from_hf_model
+
+    if max(s.contexts) + s.context_new_tokens > s.n_positions:
+        raise ValueError(
+            f"n_positions={s.n_positions} is too small for a context of {max(s.contexts)} plus "
+            f"{s.context_new_tokens} new tokens"
+        )
+    torch.manual_seed(s.seed)
+    hf_config = transformers.GPT2Config(
+        vocab_size=s.vocab_size,
+        n_positions=s.n_positions,
+        n_embd=s.n_embd,
+        n_layer=s.n_layer,
+        n_head=s.n_head,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    hf = transformers.GPT2LMHeadModel(hf_config).to(s.device).eval()
+    # No end token: both sides must produce exactly new_tokens tokens.
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf, from_hf_model(hf)
+
+
+def _gap_times(stamps: list[float]) -> float:
+    """Median time between consecutive tokens (the first token, which pays for the prefill, is excluded)."""
+    return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
+
+
+def run_benchmark(s: BenchSettings) -> dict[str, Any]:
+    """Run every measurement; return a JSON-able dict (see :func:`format_report`)."""
+    import transformers
+
+    device = torch.device(s.device)
+    hf, ours = _build_models(s)
+    gen = torch.Generator().manual_seed(s.seed)
+    results: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(s).items() if k != "extra"},
+        "throughput": [],
+        "per_token": [],
+    }
+    results["settings"]["threads"] = torch.get_num_threads()
+    results["settings"]["parameters"] = ours.num_parameters()
+
+    for batch in s.batch_sizes:
+        ids = torch.randint(0, s.vocab_size, (batch, s.prompt_len), generator=gen).to(device)
+        mask = torch.ones_like(ids)
+
+        def run_ours(ids: torch.Tensor = ids) -> torch.Tensor:
+            return generate(ours, ids, s.new_tokens, temperature=0).sequences
+
+        def run_hf(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
+            with torch.inference_mode():
+                return hf.generate(
+                    ids, attention_mask=mask, max_new_tokens=s.new_tokens, do_sample=False, use_cache=True
+                )
+
+        run_ours(), run_hf()  # warm-up
+        ours_times, hf_times = [], []
+        same = True
+        for _ in range(s.repeats):
+            t, a = _timed(run_ours, device)
+            ours_times.append(t)
+            t, b = _timed(run_hf, device)
+            hf_times.append(t)
+            same = same and torch.equal(a, b)
+        tokens = batch * s.new_tokens
+        ours_tps, hf_tps = tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
+        results["throughput"].append(
+            {
+                "batch": batch,
+                "ours_tokens_per_second": ours_tps,
+                "hf_tokens_per_second": hf_tps,
+                "ratio": ours_tps / hf_tps,
+                "same_tokens": same,
+            }
+        )
+
+    class _Stamps(transformers.generation.streamers.BaseStreamer):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def put(self, value: torch.Tensor) -> None:
+            self.stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    for context in s.contexts:
+        ids = torch.randint(0, s.vocab_size, (1, context), generator=gen).to(device)
+        n = s.context_new_tokens
+
+        def ours_gap(ids: torch.Tensor = ids, n: int = n) -> float:
+            stamps = []
+            for chunk in stream(ours, ids, n, temperature=0):
+                if chunk.token_id is not None:
+                    stamps.append(time.perf_counter())
+            return _gap_times(stamps)
+
+        def hf_gap(ids: torch.Tensor = ids, n: int = n) -> float:
+            streamer = _Stamps()
+            with torch.inference_mode():
+                hf.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, streamer=streamer
+                )
+            return _gap_times(streamer.stamps[1:])  # HF's first put() is the prompt
+
+        ours_gap(), hf_gap()
+        ours_gaps, hf_gaps = [], []
+        for _ in range(s.repeats):
+            ours_gaps.append(ours_gap())
+            hf_gaps.append(hf_gap())
+        results["per_token"].append(
+            {
+                "context": context,
+                "ours_ms": 1e3 * statistics.median(ours_gaps),
+                "hf_ms": 1e3 * statistics.median(hf_gaps),
+            }
+        )
+    base = results["per_token"][0]
+    for row in results["per_token"]:
+        row["ours_vs_shortest"] = row["ours_ms"] / base["ours_ms"]
+        row["hf_vs_shortest"] = row["hf_ms"] / base["hf_ms"]
+    return results
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The measurements as two plain-text tables."""
+    s = results["settings"]
+    lines = [
+        f"model: GPT-2 style, {s['n_layer']} layers, {s['n_embd']} wide, vocab {s['vocab_size']}, "
+        f"{s['parameters'] / 1e6:.1f}M parameters, fp32, device {s['device']}, {s['threads']} threads; "
+        f"median of {s['repeats']} runs",
+        "",
+        f"greedy throughput ({s['prompt_len']}-token prompt, {s['new_tokens']} new tokens, prefill included)",
+        f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  same tokens",
+    ]
+    for row in results["throughput"]:
+        lines.append(
+            f"{row['batch']:>5}  {row['ours_tokens_per_second']:>11.1f}  {row['hf_tokens_per_second']:>10.1f}  "
+            f"{row['ratio']:>6.2f}x  {'yes' if row['same_tokens'] else 'NO'}"
+        )
+    lines += [
+        "",
+        f"per-token decode time (batch 1, median gap over {s['context_new_tokens'] - 1} tokens)",
+        f"{'context':>7}  {'ours ms':>8}  {'vs first':>8}  {'HF ms':>8}  {'vs first':>8}",
+    ]
+    for row in results["per_token"]:
+        lines.append(
+            f"{row['context']:>7}  {row['ours_ms']:>8.2f}  {row['ours_vs_shortest']:>7.2f}x  {row['hf_ms']:>8.2f}  "
+            f"{row['hf_vs_shortest']:>7.2f}x"
+        )
+    return "\n".join(lines)
