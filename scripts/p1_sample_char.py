@@ -1,6 +1,7 @@
 """Sample from a character-level training run: a run directory plus its vocabulary.
 
-    python scripts/p1_sample_char.py experiments/p1_char --prompt "ROMEO:" --max-new-tokens 200 --seed 0
+    python scripts/p1_train_char.py --out runs/hello
+    python scripts/p1_sample_char.py runs/hello --prompt "The " --max-new-tokens 200 --seed 0
     python scripts/p1_sample_char.py RUN_DIR --vocab path/to/tokenizer   # a vocabulary saved elsewhere
 
 ``--vocab`` is a tokenizer directory (``tokenizer.save(DIR)``) or a character ``vocab.json`` (character -> id);
@@ -39,9 +40,7 @@ def load_vocab(path: Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "run_dir", nargs="?", default="experiments/p1_char", help="run directory (default: %(default)s)"
-    )
+    parser.add_argument("run_dir", help="run directory, e.g. from `python scripts/p1_train_char.py --out runs/hello`")
     parser.add_argument(
         "--vocab", type=Path, default=None, help="tokenizer directory or vocab.json (default: the run's)"
     )
