@@ -42,10 +42,9 @@ from torch import nn
 
 from llm_lab.core.decode.processors import (
     check_sampling_args,
-    min_p_filter,
-    penalize_seen,
-    top_k_filter,
-    top_p_filter,
+    occurrence_flags,
+    process_logits,
+    sample_next_token,
 )
 
 __all__ = [
@@ -349,8 +348,6 @@ class _Decoder:
         self.rows_can_finish = bool(eos_ids) or can_stop
         self.seen: torch.Tensor | None = None
         if self.penalty != 1.0:
-            from llm_lab.core.decode.processors import occurrence_flags
-
             self.seen = occurrence_flags(ids, config.vocab_size, mask)
 
     def _next_logits(self) -> torch.Tensor:
@@ -370,20 +367,18 @@ class _Decoder:
         return logits[:, -1, :]
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.seen is not None:
-            logits = penalize_seen(logits, self.seen, self.penalty)
-        if self.temperature == 0:
-            return torch.argmax(logits, dim=-1)
-        logits = logits.float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        if self.top_k is not None:
-            logits = top_k_filter(logits, self.top_k)
-        if self.top_p is not None:
-            logits = top_p_filter(logits, self.top_p)
-        if self.min_p is not None:
-            logits = min_p_filter(logits, self.min_p)
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator).squeeze(-1)
+        if self.temperature != 0:
+            logits = logits.float()  # sampling maths in fp32 whatever the model's dtype
+        logits = process_logits(
+            logits,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.penalty,
+            seen=self.seen,
+        )
+        return sample_next_token(logits, self.temperature, self.generator)
 
     def step(self) -> torch.Tensor:
         """Run one forward pass and append one token per row; return the ``(B,)`` new tokens."""
