@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.package.io import _commit_directory, load_model_package, load_state_dict_file
+from llm_lab.core.package.io import (
+    _commit_directory,
+    _temp_directory_beside,
+    load_model_package,
+    load_state_dict_file,
+)
 from llm_lab.core.package.io import save_model_package as _save_model_package
 from llm_lab.core.package.layout import PackageError
 from llm_lab.utils.io import atomic_write_json
@@ -170,8 +175,7 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
     hf_model.generation_config = generation
 
     _prepare_hf_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_directory_beside(out)
     try:
         with _quiet_transformers(transformers):
             hf_model.save_pretrained(tmp, safe_serialization=True)

@@ -313,6 +313,19 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{path} already holds a package; pass overwrite (--force) to replace it")
 
 
+def _temp_directory_beside(path: Path) -> Path:
+    """A hidden empty directory next to ``path`` (same filesystem, so renaming it into place is atomic).
+
+    ``mkdtemp`` makes it private (0700); it gets the mode a plain ``mkdir`` would, since it becomes the package.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def _commit_directory(tmp: Path, path: Path) -> None:
     """Move the finished package ``tmp`` to ``path``, replacing an old package there."""
     if path.exists():
@@ -351,8 +364,7 @@ def _write_package(
     path = Path(path)
     _prepare_target(path, overwrite)
     _check_vocab(config, tokenizer, "the tokenizer passed in", "the config passed in")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _temp_directory_beside(path)
     try:
         from safetensors.torch import save as safetensors_bytes
 

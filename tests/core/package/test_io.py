@@ -102,8 +102,12 @@ def test_layout_and_manifest(package, char_tok):
     assert "tok_emb.weight" in stored and "lm_head.weight" not in stored
     ckpt = torch.load(path / "checkpoints/best_val.pt", weights_only=True)
     assert ckpt["step"] == 7 and ckpt["tokens_seen"] == 700 and ckpt["model_config"]["n_embd"] == 16
-    # No temporary directories are left beside the package.
+    # No temporary directories are left beside the package, and it has the permissions of a plain mkdir/open.
     assert [p.name for p in path.parent.iterdir()] == ["pkg"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~umask for p in path.rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize(
