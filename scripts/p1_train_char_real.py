@@ -1,0 +1,60 @@
+"""Train the standard character-level model on tiny Shakespeare (configs/shakespeare_char.json), then sample.
+
+    python scripts/p1_train_char_real.py                          # 2000 steps, ~0.8M parameters, CPU minutes
+    python scripts/p1_train_char_real.py --set train.max_steps=200 --out runs/quick
+    python scripts/p1_train_char_real.py --resume                 # continue an interrupted run
+
+This is ``llm-lab train --config configs/shakespeare_char.json --data ... --out ...`` with defaults filled in:
+the corpus is ``../shared/data/tiny_shakespeare.txt`` beside the repository when present, else
+``data/tiny_shakespeare.txt`` (``llm-lab data download tiny_shakespeare`` fetches it). Samples are printed every
+``train.sample_interval`` steps through ``llm_lab.core.decode.generate_text``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llm_lab.cli import main as llm_lab_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data() -> Path:
+    shared = REPO.parent / "shared" / "data" / "tiny_shakespeare.txt"
+    return shared if shared.is_file() else REPO / "data" / "tiny_shakespeare.txt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="text file or prepared directory (default: see above)")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "shakespeare_char.json")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/shakespeare_char"), help="run directory (default: %(default)s)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = args.data or default_data()
+    if not data.exists():
+        print(
+            f"p1_train_char_real: error: {data} not found; fetch it with "
+            "`llm-lab data download tiny_shakespeare --out data/` or pass --data FILE",
+            file=sys.stderr,
+        )
+        return 2
+    command = ["train", "--config", str(args.config), "--data", str(data), "--out", str(args.out)]
+    command += [f"--set={o}" for o in args.overrides]
+    command += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
+    return llm_lab_main(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
