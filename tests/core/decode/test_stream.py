@@ -164,3 +164,12 @@ def test_real_bpe_tokenizer_pieces_match_decode(small_text):
     chunks = list(stream(model, tok.encode("the "), 30, tokenizer=tok, seed=0))
     ids = [c.token_id for c in chunks if c.token_id is not None]
     assert "".join(c.text for c in chunks) == tok.decode(ids)
+
+
+def test_generate_text_takes_one_prompt_or_a_list():
+    tok = ByteTokenizer()
+    model = ScriptedModel([b"one", b"two!"], prompt_len=1)
+    assert generate_text(model, tok, ["a", "b"], 10, temperature=0) == ["one", "two!"]
+    assert generate_text(model, tok, ["a", "b"], 10, temperature=0, stop="!") == ["one", "two"]
+    with pytest.raises(ValueError, match="empty prompt: prompt 1 encodes to no tokens"):
+        generate_text(model, tok, ["a", ""], 10)
