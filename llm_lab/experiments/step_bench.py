@@ -330,8 +330,10 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
                     setting.losses.append(loss)
                 bar.update(per_round)
 
-    flops_per_token = MiniGPT(config.model).flops_per_token()
-    num_parameters = MiniGPT(config.model).num_parameters()
+    with torch.device("meta"):  # shapes only: counting needs no memory and no init
+        shape_only = MiniGPT(config.model)
+    flops_per_token = shape_only.flops_per_token()
+    num_parameters = shape_only.num_parameters()
     tokens_per_step = config.batch_size * config.model.context_length
     rows = []
     baseline_tps = None
