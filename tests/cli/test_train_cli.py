@@ -216,6 +216,12 @@ def test_resume_with_another_config_or_nothing_to_resume(config, corpus, tmp_pat
     capsys.readouterr()
     assert _train("--config", other, "--data", corpus, "--out", run, "--resume") == 2
     assert "differs from the run in" in _error(capsys)
+    shorter = tmp_path / "shorter.txt"
+    shorter.write_text(corpus.read_text()[:2000])
+    assert _train("--config", config, "--data", shorter, "--out", run, "--resume") == 2
+    assert re.search(
+        r"cannot resume: --data .*shorter.txt gives train_tokens=\d+ but the run was trained on", _error(capsys)
+    )
 
 
 def test_init_from_a_run_fine_tunes_its_weights(config, corpus, tmp_path, capsys):

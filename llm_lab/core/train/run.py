@@ -319,6 +319,14 @@ class PreparedRun:
         return trainer
 
 
+def _saved_data_source(out: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads((out / "run.json").read_text(encoding="utf-8")).get("data_source")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pick one")
@@ -424,6 +432,13 @@ def prepare_run(
         if not last.is_file():
             raise ValueError(f"cannot resume: {last} does not exist (the run never reached its first evaluation)")
         checkpoint = load_checkpoint(last, training_state=True)
+        saved_source = _saved_data_source(out)
+        for key in ("format", "train_tokens", "val_tokens"):
+            if key in saved_source and saved_source[key] != source[key]:
+                raise ValueError(
+                    f"cannot resume: --data {data} gives {key}={source[key]!r} but the run was trained on "
+                    f"{saved_source.get('path')} with {key}={saved_source[key]!r}; pass the same data"
+                )
         if checkpoint["model_config"] != config_to_dict(model_config):
             diff = _differences(checkpoint["model_config"], config_to_dict(model_config))
             raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / 'run.json'}")

@@ -212,13 +212,16 @@ class Trainer:
         model.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
+        # DDP splits the batches between processes. FSDP's forward is collective, so there every process must run
+        # the same number of batches: each evaluates all of them (and the sums need no combining).
+        split = self.dist.enabled and not self._fsdp
         with _preserved_rng():
             batches = self.val_data.eval_batches(
                 self.config.batch_size,
                 max_batches=self.config.eval_batches,
                 device=self.device,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
+                rank=self.dist.rank if split else 0,
+                world_size=self.dist.world_size if split else 1,
             )
             for x, y in batches:
                 with autocast_context(self.precision, self.device):
@@ -226,7 +229,7 @@ class Trainer:
                 total += lm_loss(logits, y).double() * y.numel()
                 count += y.numel()
         model.train(was_training)
-        if self.dist.enabled:
+        if split:
             dist.all_reduce(total)
             dist.all_reduce(count)
         loss = (total / count).item()

@@ -1,9 +1,9 @@
 """Multi-process training on CPU: `torchrun --nproc_per_node=2 -m llm_lab train` with gloo, DDP and FSDP.
 
-Tolerances: two processes with batch 4 each see different (disjoint) windows than one process with batch 8, so
-their losses agree statistically, not bitwise; on the self-made text the validation losses of 60 steps agree
-within 0.1 nats (they fall by about 1.5). DDP and FSDP see the same data and differ only in the order of float
-reductions, so their losses agree within 1e-3.
+Tolerances: two processes with batch 2 x 2 accumulation micro-steps each see different (disjoint) windows
+than one process with batch 8, so their losses agree statistically, not bitwise; on the self-made text the
+validation losses of 60 steps agree within 0.1 nats (they fall by about 1.5). DDP and FSDP see the same data and
+differ only in the order of float reductions, so their losses agree within 1e-3.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TRAIN = {
     "lr": 3e-3,
     "min_lr": 3e-4,
     "eval_interval": 20,
-    "eval_batches": 4,
+    "eval_batches": 3,  # odd: DDP splits them 2 + 1, FSDP runs all 3 on each process
     "log_interval": 5,
     "device": "cpu",
     "precision": "fp32",
@@ -33,10 +33,16 @@ TRAIN = {
 MODEL = {"context_length": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}
 
 
-def _run(tmp_path, name, corpus, nproc, batch_size, *extra):
+def _run(tmp_path, name, corpus, nproc, batch_size, accum, *extra):
     config = tmp_path / f"{name}.json"
     config.write_text(
-        json.dumps({"model": MODEL, "train": TRAIN | {"batch_size": batch_size}, "tokenizer": {"type": "char"}})
+        json.dumps(
+            {
+                "model": MODEL,
+                "train": TRAIN | {"batch_size": batch_size, "grad_accum_steps": accum},
+                "tokenizer": {"type": "char"},
+            }
+        )
     )
     out = tmp_path / name
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -56,13 +62,13 @@ def _val_losses(run):
 def test_ddp_on_two_cpu_processes_matches_one_process_at_the_same_global_batch(tmp_path, small_text):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(small_text)
-    single, _ = _run(tmp_path, "single", corpus, 1, 8)
-    ddp, proc = _run(tmp_path, "ddp", corpus, 2, 4)
+    single, _ = _run(tmp_path, "single", corpus, 1, 8, 1)
+    ddp, proc = _run(tmp_path, "ddp", corpus, 2, 2, 2)  # no_sync on the first micro-step of each step
 
     rows = read_metrics(ddp / "metrics.csv")
     # Rank 0 alone logs: one row per logged step, and tokens count both processes.
     assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))
-    assert int(rows[-1]["tokens"]) == 60 * 2 * 4 * 16
+    assert int(rows[-1]["tokens"]) == 60 * 2 * 2 * 2 * 16
     assert proc.stdout.count("done: step 60") == 1
     assert "x 2 processes" in proc.stdout
     ckpt = load_checkpoint(ddp / "checkpoints" / "last.pt", training_state=True)
@@ -76,7 +82,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_at_the_same_global_batch(t
     for step in one:
         assert abs(one[step] - two[step]) < 0.1, (step, one[step], two[step])
 
-    fsdp, _ = _run(tmp_path, "fsdp", corpus, 2, 4, "--set", "train.distributed=fsdp")
+    fsdp, _ = _run(tmp_path, "fsdp", corpus, 2, 2, 2, "--set", "train.distributed=fsdp")
     three = _val_losses(fsdp)
     for step in two:
         assert abs(two[step] - three[step]) < 1e-3, (step, two[step], three[step])
