@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec, resolve_run_config
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_example_config_is_a_complete_run_config(path):
+    config = RunConfig.load(path)
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert config.train.max_steps >= config.train.warmup_steps
+
+
+def test_standard_cpu_recipe():
+    c = RunConfig.load(CONFIGS / "shakespeare_char.json")
+    assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.context_length, c.model.dropout) == (
+        4,
+        4,
+        128,
+        64,
+        0,
+    )
+    t = c.train
+    assert (t.batch_size, t.lr, t.min_lr, t.warmup_steps, t.max_steps, t.beta2) == (12, 1e-3, 1e-4, 100, 2000, 0.99)
+    assert (t.precision, t.eval_interval, t.eval_batches, c.tokenizer.type) == ("fp32", 250, 20, "char")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"type": "bpe"}, r"tokenizer type 'bpe' needs vocab_size above 256"),
+        ({"type": "char", "vocab_size": 100}, r"'char' takes its vocabulary from the corpus; remove vocab_size"),
+        ({"type": "word"}, r"tokenizer.type='word': choose 'char' or 'bpe', or give tokenizer.path"),
+        ({"path": "tok", "vocab_size": 300}, r"give either path \(a saved tokenizer\) or vocab_size"),
+    ],
+)
+def test_tokenizer_spec_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TokenizerSpec(**kwargs)
+    assert TokenizerSpec(path="tok").type is None
+
+
+def test_data_config_and_sections():
+    with pytest.raises(ValueError, match=r"data.val_fraction must be between 0 and 1"):
+        DataConfig(val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"unknown section 'optim'; valid sections are: model, train, tokenizer, data"):
+        RunConfig.from_dict({"optim": {}})
+    with pytest.raises(ValueError, match=r"\[train\]: unknown key 'learning_rate'; valid keys are: batch_size"):
+        RunConfig.from_dict({"train": {"learning_rate": 1.0}})
+
+
+def test_a_new_run_needs_a_config(tmp_path):
+    with pytest.raises(ValueError, match=r"a new run needs --config FILE.json"):
+        resolve_run_config(None, tmp_path)
