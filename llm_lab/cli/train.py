@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a run config",
         description="Train a MiniGPT from a run config (model/train/tokenizer sections). --data is a UTF-8 text "
-        "file (tokenised with the config's tokenizer; the last 10%% is validation) or a directory made by "
+        "file (tokenised with the config's tokenizer; the last 10% is validation) or a directory made by "
         "`llm-lab data prepare`. The run stops at train.max_steps and writes run.json, tokenizer/, metrics.csv and "
         "checkpoints/ under --out.",
     )
