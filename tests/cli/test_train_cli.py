@@ -240,6 +240,13 @@ def test_init_from_a_run_fine_tunes_its_weights(config, corpus, tmp_path, capsys
     capsys.readouterr()
     assert _train("--config", config, "--data", corpus, "--out", source, "--resume", "--init-from", source) == 2
     assert "cannot be combined with --resume" in _error(capsys)
+    # ids prepared with another tokenizer would mean other characters to the fine-tuned model
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\n" * 100)
+    prepared = tmp_path / "prepared"
+    prepare_corpus(CharTokenizer.from_text(other_text.read_text()), [other_text], prepared, progress=False)
+    assert _train("--config", config, "--data", prepared, "--out", tmp_path / "t2", "--init-from", source) == 2
+    assert "was prepared with another tokenizer than --init-from" in _error(capsys)
 
 
 def test_non_finite_loss_stops_with_the_step(config, corpus, tmp_path, capsys):

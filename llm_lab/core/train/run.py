@@ -262,6 +262,13 @@ def _build_tokenizer(spec: TokenizerSpec, text: str) -> Any:
     return SubwordTokenizer.train(text, spec.vocab_size)
 
 
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers map every id to the same bytes (so prepared ids mean the same text)."""
+    if a.vocab_size != b.vocab_size:
+        return False
+    return all(a.decode_bytes([i]) == b.decode_bytes([i]) for i in range(a.vocab_size))
+
+
 def _check_split(name: str, n_tokens: int, context_length: int, hint: str) -> None:
     if n_tokens < context_length + 1:
         raise ValueError(
@@ -389,10 +396,15 @@ def prepare_run(
         tokenizer = None
     if data.is_dir():
         train_ids, val_ids, meta = load_prepared(data)
+        data_tokenizer = load_tokenizer(data / "tokenizer")
         if tokenizer is None:
-            tokenizer = load_tokenizer(data / "tokenizer")
-        elif tokenizer.vocab_size < int(meta.get("vocab_size", 0)):
-            raise ValueError(f"{data} was prepared with a larger vocabulary than this run's tokenizer")
+            tokenizer = data_tokenizer
+        elif not _same_tokenizer(tokenizer, data_tokenizer):
+            origin = "the run being resumed" if resume else f"--init-from {init_from.path}"  # type: ignore[union-attr]
+            raise ValueError(
+                f"{data} was prepared with another tokenizer than {origin}; prepare it with that tokenizer "
+                "(llm-lab data prepare --tokenizer DIR) or pass a text file"
+            )
         source = {"path": str(data), "format": "prepared"}
         hint = f"prepare {data} from more text or lower model.context_length ({T})"
     elif data.is_file():
