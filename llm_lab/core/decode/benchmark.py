@@ -5,7 +5,8 @@ very same fp32 weights. Measured, each as the median of ``repeats`` runs, ours a
 load from other processes hits both alike:
 
 * greedy tokens per second (``batch * new_tokens / wall time``, prefill included) per batch size, HF with
-  ``do_sample=False, use_cache=True`` and its default cache;
+  ``do_sample=False, use_cache=True`` and its default cache, next to "matmul-only" tokens/s: the model's
+  linear layers alone, which bounds what any implementation can reach with these weights here;
 * per-token decode time after a prompt of each context length: the median gap between consecutive new tokens
   (so the prefill is excluded), ours through :func:`~llm_lab.core.decode.stream`, HF through a streamer.
 
@@ -108,6 +109,24 @@ def _gap_times(stamps: list[float]) -> float:
     return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
 
 
+def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
+    """Seconds per decoding step spent in the model's linear layers alone (the unavoidable matmuls).
+
+    Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input:
+    a lower bound on any implementation's time per token step with these fp32 weights on this machine.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(batch, m.in_features, device=device) for m in layers}
+
+    def run() -> None:
+        with torch.inference_mode():
+            for m in layers:
+                torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
+
+    run()
+    return statistics.median(_timed(run, device)[0] for _ in range(max(repeats, 5)))
+
+
 def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     """Run every measurement; return a JSON-able dict (see :func:`format_report`)."""
     import transformers
@@ -147,9 +166,11 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             same = same and torch.equal(a, b)
         tokens = batch * s.new_tokens
         ours_tps, hf_tps = tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
+        floor_tps = batch / _weights_floor(ours, batch, s.repeats, device)
         results["throughput"].append(
             {
                 "batch": batch,
+                "matmul_only_tokens_per_second": floor_tps,
                 "ours_tokens_per_second": ours_tps,
                 "hf_tokens_per_second": hf_tps,
                 "ratio": ours_tps / hf_tps,
@@ -214,13 +235,20 @@ def format_report(results: dict[str, Any]) -> str:
         f"median of {s['repeats']} runs",
         "",
         f"greedy throughput ({s['prompt_len']}-token prompt, {s['new_tokens']} new tokens, prefill included)",
-        f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  same tokens",
+        f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  same tokens  "
+        f"{'matmul-only tok/s':>17}  {'ours/matmul-only':>16}",
     ]
     for row in results["throughput"]:
+        floor = row["matmul_only_tokens_per_second"]
         lines.append(
             f"{row['batch']:>5}  {row['ours_tokens_per_second']:>11.1f}  {row['hf_tokens_per_second']:>10.1f}  "
-            f"{row['ratio']:>6.2f}x  {'yes' if row['same_tokens'] else 'NO'}"
+            f"{row['ratio']:>6.2f}x  {'yes' if row['same_tokens'] else 'NO':>11}  {floor:>17.1f}  "
+            f"{row['ours_tokens_per_second'] / floor:>15.2f}x"
         )
+    lines.append(
+        "(matmul-only: every linear layer once per step and nothing else, a practical upper bound on tokens/s for "
+        "these fp32 weights on this machine)"
+    )
     lines += [
         "",
         f"per-token decode time (batch 1, median gap over {s['context_new_tokens'] - 1} tokens)",
