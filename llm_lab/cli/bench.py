@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     step.add_argument("--config", type=Path, default=None, help="run config JSON (default: the 10M char model)")
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                      help="override a config value, e.g. --set model.n_layer=4 (repeatable)")
+                      help="override model.* or train.batch_size, e.g. --set model.n_layer=4 (repeatable)")
     step.add_argument("--batch-size", type=int, default=None, help="default: the config's, else 16")
     step.add_argument("--device", default="cpu")
     step.add_argument("--threads", type=int, default=None, help=THREADS_HELP)

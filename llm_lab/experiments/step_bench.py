@@ -124,8 +124,9 @@ def load_step_model_config(path: str | Path | None, overrides: Sequence[str] = (
     """The model config and batch size to benchmark: from a run config JSON, else the 10M default.
 
     The file may be a run config (``model`` and ``train`` sections; the batch size is ``train.batch_size``) or
-    a flat model config. ``overrides`` are ``section.key=value`` strings (sections ``model`` and ``bench``;
-    ``bench.batch_size`` sets the batch size).
+    a flat model config. ``overrides`` are ``section.key=value`` strings: any ``model.*`` key, and
+    ``train.batch_size`` (the only training setting a single step depends on; precision and compilation are
+    chosen with ``precisions`` and ``compile_modes``).
     """
     import json
 
@@ -143,14 +144,13 @@ def load_step_model_config(path: str | Path | None, overrides: Sequence[str] = (
         else:
             model = config_from_dict(MiniGPTConfig, data, where=str(path))
     if overrides:
-        bench = _BenchSection(batch_size=batch_size)
-        sections = apply_overrides({"model": model, "bench": bench}, list(overrides))
-        model, batch_size = sections["model"], sections["bench"].batch_size
+        sections = apply_overrides({"model": model, "train": _StepTrainSection(batch_size)}, list(overrides))
+        model, batch_size = sections["model"], sections["train"].batch_size
     return model, batch_size
 
 
 @dataclass
-class _BenchSection:
+class _StepTrainSection:
     batch_size: int = 16
 
 

@@ -58,8 +58,10 @@ def test_config_loading_and_overrides(tmp_path):
     assert (model.n_layer, model.n_head, model.n_embd, model.context_length, batch) == (6, 6, 384, 256, 16)
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"model": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "train": {"batch_size": 8}}))
-    model, batch = load_step_model_config(path, ["model.n_layer=3", "bench.batch_size=4"])
+    model, batch = load_step_model_config(path, ["model.n_layer=3", "train.batch_size=4"])
     assert (model.n_layer, model.n_embd, batch) == (3, 64, 4)
+    with pytest.raises(ValueError, match="lr"):
+        load_step_model_config(None, ["train.lr=0.1"])  # a step's speed does not depend on it: not accepted
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_step_model_config(tmp_path / "nope.json")
 
