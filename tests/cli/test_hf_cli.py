@@ -244,3 +244,17 @@ def test_import_misuse(capsys, tmp_path, hf_tokenizer_files):
     code, _, err = run_cli(capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "pkg"))
     assert code == 2 and "no weights found" in one_line_error(err)
     assert not (tmp_path / "pkg").exists()
+
+
+def test_char_tokenizer_with_unknown_id_exports(capsys, tmp_path):
+    """unknown="unk": HF maps an unseen character to the same id, which decodes to U+FFFD as ours does."""
+    from llm_lab.core.tokenization import CharTokenizer
+
+    tok = CharTokenizer.from_text(TEXT, unknown="unk")
+    path, _ = make_package(tmp_path / "pkg", tok)
+    assert run_cli(capsys, "export-hf", str(path), str(tmp_path / "hf"))[0] == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tok.encode("to be€")
+    assert ids[-1] == tok.unk_token_id
+    assert hf_tok("to be€", add_special_tokens=False)["input_ids"] == ids
+    assert hf_tok.decode(ids) == tok.decode(ids) == "to be\ufffd"
