@@ -24,9 +24,9 @@ demo: venv
 	$(PY) scripts/p1_train_char.py
 
 ## make test: lint, then the default test suite (slow tests excluded)
-test: venv-dev
+test: venv-dev browser
 	$(PY) -m ruff check .
-	@$(PY) -m pytest -q -m "not slow"; rc=$$?; \
+	@LLM_LAB_TEST_ARTIFACTS=test-artifacts $(PY) -m pytest -q -m "not slow"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 ## make test-slow: only the slow tests (subprocess training, kill/resume, DDP, benchmarks quick modes)
@@ -40,10 +40,13 @@ lint: venv-dev
 	$(PY) -m ruff check .
 
 # --- browser (serving): Debian's chromium for the playground's browser test; Playwright drives it, never downloads one.
-## make browser: install Debian's chromium if it is missing (needs root and apt-get)
+## make browser: install Debian's chromium if it is missing (needs root and apt-get; elsewhere the browser
+## test is skipped with a loud reason)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "make browser: chromium missing and cannot be installed here (not root or no apt-get)"; fi; }
 
 ## make browser-test: only the playground's browser test; screenshots go to test-artifacts/ (git-ignored)
 browser-test: venv-dev browser
