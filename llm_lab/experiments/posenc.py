@@ -69,8 +69,8 @@ HEADERS = {
 def default_study_config() -> RunConfig:
     """The study's default run: a 0.8M-parameter character model (4 layers, 4 heads, 128 wide, context 64).
 
-    The budget (800 steps of 12 x 64 tokens, 0.6M tokens) takes under two minutes per encoding on one busy CPU
-    core (about 7k tokens/s), so the five runs finish in about ten minutes.
+    The budget (800 steps of 12 x 64 tokens, 0.6M tokens) takes two to three minutes per encoding on one core
+    of a busy shared machine (4-6k tokens/s): the five runs took 13 minutes there.
     """
     return RunConfig(
         model=MiniGPTConfig(context_length=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
