@@ -199,8 +199,9 @@ class Trainer:
     def evaluate(self) -> EvalResult:
         """Mean loss over the fixed validation batches (the first ``eval_batches`` of ``val_data``).
 
-        Under DDP/FSDP the batches are split between processes and the sums combined, so the result is that of
-        one process evaluating them all.
+        ``eval_batches`` counts batches per process, like ``batch_size``: N processes score the first
+        ``N * eval_batches`` batches between them (the sums combined), which are the windows one process with an
+        N times larger batch scores, so runs at the same global batch are scored on the same text.
 
         Raises:
             ValueError: there is no validation data.
@@ -218,7 +219,7 @@ class Trainer:
         with _preserved_rng():
             batches = self.val_data.eval_batches(
                 self.config.batch_size,
-                max_batches=self.config.eval_batches,
+                max_batches=self.config.eval_batches * self.dist.world_size,
                 device=self.device,
                 rank=self.dist.rank if split else 0,
                 world_size=self.dist.world_size if split else 1,
