@@ -164,6 +164,7 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
 
     package, out = Path(package), Path(out)
     config, tokenizer, model = load_model_package(package)
+    _prepare_hf_target(out, overwrite)  # refuse a bad target before converting anything
     try:
         hf_model = to_hf_model(model)
     except ValueError as e:
@@ -174,7 +175,6 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
     generation = transformers.GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     hf_model.generation_config = generation
 
-    _prepare_hf_target(out, overwrite)
     tmp = _temp_directory_beside(out)
     try:
         with _quiet_transformers(transformers):
