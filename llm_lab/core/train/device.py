@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from llm_lab.core.train.precision import choose_cpu_precision, model_width
+
 __all__ = ["autocast_context", "maybe_compile", "precision_dtype", "resolve_precision", "select_device"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,11 +52,12 @@ def select_device(name: str = "auto", local_rank: int | None = None) -> torch.de
     raise ValueError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module | None = None) -> str:
     """The concrete precision (``fp32`` | ``bf16`` | ``fp16``) a run uses on ``device``.
 
-    ``auto`` is fp32 on CPU and MPS (bf16 autocast on CPU is only faster on CPUs with bf16 matrix units),
-    bf16 on CUDA GPUs that support it and fp16 (with a grad scaler) on older ones.
+    ``auto`` is fp32 on MPS, bf16 on CUDA GPUs that support it and fp16 (with a grad scaler) on older ones.
+    On CPU it is bf16 only on CPUs with bf16 matrix units and for models wide enough to gain from it
+    (:func:`llm_lab.core.train.precision.choose_cpu_precision`, given ``model``), else fp32.
 
     Raises:
         ValueError: fp16 off CUDA (it needs a grad scaler; use bf16 there), or bf16 on a GPU without it.
@@ -62,6 +65,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu":
+            return choose_cpu_precision(model_width(model))
         return "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision 'fp16' needs CUDA (a grad scaler); on {device.type} use 'bf16' or 'fp32'")

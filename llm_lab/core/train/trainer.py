@@ -133,7 +133,7 @@ class Trainer:
         self.config = config
         self.dist = current_info()
         self.device = select_device(config.device, self.dist.local_rank)
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = resolve_precision(config.precision, self.device, model)
         self.train_data = train_data
         self.val_data = val_data
         self.out_dir = Path(out_dir) if out_dir is not None else None

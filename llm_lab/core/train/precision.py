@@ -1,0 +1,139 @@
+"""What ``precision="auto"`` means on a CPU: bf16 autocast only where it is known to be faster than fp32.
+
+bf16 autocast on a CPU runs the matrix products in bf16 and everything else (norms, softmax, loss, the
+optimizer) in fp32, casting between the two around every product. Whether that pays off depends on two things:
+
+1. **The hardware.** Only CPUs with bf16 matrix instructions multiply bf16 faster than fp32: x86 CPUs listing
+   ``amx_bf16`` (Intel AMX tiles, Sapphire Rapids and later) or ``avx512_bf16`` (Intel Cooper Lake and later,
+   AMD Zen 4 and later) in ``/proc/cpuinfo``. Elsewhere bf16 is emulated and slower than fp32. A small matrix
+   product timed in both dtypes (:func:`probe_bf16_speedup`) confirms that this PyTorch build actually uses
+   those units.
+2. **The model's size.** The casts cost memory traffic proportional to the activations, the saving is
+   proportional to the matrix products, which grow with the width. Measured on a 2-core AMD EPYC (Zen 4,
+   ``avx512_bf16``) with torch 2.13, one training step, bf16 autocast over fp32:
+
+   ==========================================  ====================
+   model                                       bf16 speed / fp32
+   ==========================================  ====================
+   4 layers, 128 wide (0.8M parameters)        0.9 - 1.05 (no gain)
+   4 layers, 192 wide (1.8M)                   about 1.3
+   4 layers, 256 wide (3.2M)                   about 1.5
+   6 layers, 384 wide (10.8M)                  about 2.5
+   ==========================================  ====================
+
+   so bf16 is chosen from :data:`MIN_BF16_WIDTH` = 256 upwards, where it was clearly faster.
+
+:func:`choose_cpu_precision` is the single place this decision is made; the Trainer reaches it through
+``llm_lab.core.train.device.resolve_precision`` for ``precision="auto"`` on CPU. An explicit ``"bf16"`` or
+``"fp32"`` in the config is always obeyed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "BF16_CPU_FLAGS",
+    "MIN_BF16_SPEEDUP",
+    "MIN_BF16_WIDTH",
+    "choose_cpu_precision",
+    "cpu_bf16_flags",
+    "model_width",
+    "probe_bf16_speedup",
+]
+
+# /proc/cpuinfo flags meaning "bf16 matrix arithmetic in hardware" (x86 names).
+BF16_CPU_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
+# Narrower models spend more on autocast's casts than they save on bf16 products (see the module table).
+MIN_BF16_WIDTH = 256
+# The probe must show at least this gain of bf16 products over fp32 ones; below it the casts eat the gain.
+MIN_BF16_SPEEDUP = 1.5
+
+
+def cpu_bf16_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The bf16 matrix-unit flags (of :data:`BF16_CPU_FLAGS`) this CPU reports; empty where unknown.
+
+    Reads the first ``flags`` line of ``/proc/cpuinfo`` (Linux on x86); on other systems the file does not
+    exist and the answer is empty, so ``auto`` stays fp32 there.
+    """
+    try:
+        text = Path(cpuinfo_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split()) & frozenset(BF16_CPU_FLAGS)
+    return frozenset()
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def probe_bf16_speedup(width: int, rows: int = 256, repeats: int = 3) -> float:
+    """How many times faster a ``(rows, width) @ (width, 4 * width)`` product runs in bf16 than in fp32 here.
+
+    That is the shape of a Transformer MLP's first product on ``rows`` tokens. Each dtype is timed ``repeats``
+    times and the best time kept (on a shared machine the slow trials measure the neighbours). Takes tens of
+    milliseconds and is cached per process and shape.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, width, generator=generator)
+    b = torch.randn(width, 4 * width, generator=generator)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a_, b_ = a.to(dtype), b.to(dtype)
+        a_ @ b_  # first call: kernel selection and lazy initialisation, not timed
+        times[dtype] = _best_time(lambda a_=a_, b_=b_: a_ @ b_, repeats)
+    return times[torch.float32] / max(times[torch.bfloat16], 1e-12)
+
+
+def model_width(model: torch.nn.Module | None) -> int | None:
+    """The width (``config.n_embd``) of a MiniGPT-like model; ``None`` when it has no such config."""
+    width = getattr(getattr(model, "config", None), "n_embd", None)
+    return int(width) if isinstance(width, int) else None
+
+
+def choose_cpu_precision(
+    width: int | None,
+    *,
+    flags: Iterable[str] | None = None,
+    speedup: float | None = None,
+) -> str:
+    """``"bf16"`` or ``"fp32"``: the precision ``auto`` trains a model of this width in on this CPU.
+
+    bf16 is chosen only when all three hold:
+
+    1. the CPU reports a bf16 matrix unit (``amx_bf16`` or ``avx512_bf16``);
+    2. the model is at least :data:`MIN_BF16_WIDTH` wide (unknown width: fp32);
+    3. a bf16 product at that width measured at least :data:`MIN_BF16_SPEEDUP` times faster than fp32.
+
+    Args:
+        width: the model width (``n_embd``), or ``None`` when unknown.
+        flags: the CPU's bf16 flags; ``None`` reads them (:func:`cpu_bf16_flags`).
+        speedup: the measured bf16/fp32 speed ratio; ``None`` measures it (:func:`probe_bf16_speedup`), only
+            when the first two conditions already hold.
+
+    Returns:
+        ``"bf16"`` where it is faster, else ``"fp32"``.
+    """
+    flags = cpu_bf16_flags() if flags is None else frozenset(flags)
+    if not set(flags) & set(BF16_CPU_FLAGS):
+        return "fp32"
+    if width is None or width < MIN_BF16_WIDTH:
+        return "fp32"
+    if speedup is None:
+        speedup = probe_bf16_speedup(width)
+    return "bf16" if speedup >= MIN_BF16_SPEEDUP else "fp32"
