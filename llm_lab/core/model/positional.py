@@ -76,7 +76,13 @@ class LearnedPositions(PositionalEncoding):
 
 
 class SinusoidalPositions(PositionalEncoding):
-    """``pe[p, 2i] = sin(p / 10000^(2i/C))``, ``pe[p, 2i+1] = cos(p / 10000^(2i/C))``, computed per call."""
+    """``pe[p, 2i] = sin(p / 10000^(2i/C)) / sqrt(C)``, ``pe[p, 2i+1] = cos(p / 10000^(2i/C)) / sqrt(C)``.
+
+    The paper adds the unit-amplitude table to token embeddings multiplied by ``sqrt(C)``. Our embeddings
+    start at std ``init_std`` (0.02) and are not multiplied, so we divide the table by ``sqrt(C)`` instead: the
+    ratio of position to token signal is the paper's. Unscaled, the table (norm ~ ``sqrt(C/2)``) drowns the
+    token embeddings (norm ~ ``0.02 sqrt(C)``) and training stalls for hundreds of steps.
+    """
 
     base: float = 10000.0
 
@@ -86,7 +92,7 @@ class SinusoidalPositions(PositionalEncoding):
         angles = position_ids.float()[..., None] * inv_freq  # (B, T, n_embd / 2)
         # Interleave so that even channels hold sines and odd channels cosines, as in the paper.
         pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (B, T, n_embd)
-        return pe.to(dtype)
+        return (pe * n_embd**-0.5).to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -39,12 +39,13 @@ def test_alibi_bias_is_minus_slope_times_distance():
 
 
 def test_sinusoidal_table_by_hand():
-    """Position 0 is [sin 0, cos 0, ...] = [0, 1, 0, 1]; position 1 with C=4 is [sin 1, cos 1, sin .01, cos .01]."""
+    """With C=4 the table is scaled by 1/sqrt(4) = 1/2: position 0 is [sin 0, cos 0, ...] / 2 = [0, .5, 0, .5];
+    position 1 is [sin 1, cos 1, sin .01, cos .01] / 2 (frequencies 1 and 10000^(-2/4) = 0.01)."""
     pe = SinusoidalPositions(MiniGPTConfig(n_embd=4, n_head=1, pos_encoding="sinusoidal"))
     table = pe.embedding(torch.tensor([[0, 1]]), torch.float64)[0]
     expected = torch.tensor(
         [[0, 1, 0, 1], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]], dtype=torch.float64
-    )
+    ) / 2
     torch.testing.assert_close(table, expected, atol=1e-6, rtol=0)
 
 
