@@ -7,6 +7,8 @@ rejects unknown keys by name (``llm_lab.utils.config_loader``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -91,6 +93,15 @@ class MiniGPTConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        # Python callers bypass the JSON loader's type checks: bias="false" would be truthy, a string eps a TypeError.
+        for name in ("bias", "qk_norm", "tie_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        for name in ("dropout", "rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         _check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         _check_choice("norm", self.norm, NORM_TYPES)
         _check_choice("mlp", self.mlp, MLP_TYPES)
