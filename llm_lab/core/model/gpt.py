@@ -148,6 +148,14 @@ class MiniGPT(nn.Module):
                 f"got {tuple(attention_mask.shape)}; pass the mask of the whole sequence so far, 1 for real "
                 "tokens and 0 for padding"
             )
+        # An additive mask (0 / -inf, another common convention) would turn into the inverse of what was meant.
+        if attention_mask.dtype != torch.bool and not torch.compiler.is_compiling():
+            other = (attention_mask != 0) & (attention_mask != 1)
+            if other.any():
+                raise ValueError(
+                    f"attention_mask must hold only 1 (real token) and 0 (padding), got the value "
+                    f"{attention_mask[other][0].item()}; an additive mask (0 / -inf) is not accepted"
+                )
         return attention_mask.to(torch.bool)
 
     def _position_ids(
@@ -214,6 +222,8 @@ class MiniGPT(nn.Module):
                 than ``config.max_positions`` or the cache's ``max_len``, or a cache built for another model.
         """
         self._check_input_ids(input_ids)
+        if input_ids.dtype not in (torch.long, torch.int32):
+            input_ids = input_ids.long()  # the embedding lookup takes only these two (uint8, int16 ids are fine too)
         B, T = input_ids.shape
         cache = past_key_values
         if cache is not None and not isinstance(cache, KVCache):

@@ -157,6 +157,32 @@ def test_wrong_mask_shape_is_rejected_with_the_expected_shape():
         model(x[:, :1], attention_mask=torch.ones(2, 1), past_key_values=cache)
 
 
+def test_mask_values_other_than_zero_and_one_are_rejected():
+    """An additive mask (0 for real, -inf for padding) must not be read as 1/0: it would invert the padding."""
+    model = MiniGPT(small())
+    x = torch.zeros(1, 4, dtype=torch.long)
+    additive = torch.tensor([[float("-inf"), 0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 1 \(real token\) and 0 \(padding\), got the "
+                                         r"value -inf; an additive mask"):
+        model(x, attention_mask=additive)
+    with pytest.raises(ValueError, match=r"got the value 2"):
+        model(x, attention_mask=torch.tensor([[0, 1, 2, 1]]))
+    # 0/1 in any dtype, and bools, are the same mask.
+    with torch.no_grad():
+        expected, _ = model(x, attention_mask=torch.tensor([[0, 1, 1, 1]]))
+        for mask in (torch.tensor([[0.0, 1.0, 1.0, 1.0]]), torch.tensor([[False, True, True, True]])):
+            assert torch.equal(model(x, attention_mask=mask)[0], expected)
+
+
+def test_small_integer_ids_are_accepted():
+    model = MiniGPT(small()).eval()
+    x = torch.randint(0, 40, (2, 5))
+    with torch.no_grad():
+        expected, _ = model(x)
+        for dtype in (torch.uint8, torch.int16, torch.int32):
+            assert torch.equal(model(x.to(dtype))[0], expected)
+
+
 def test_cache_from_another_model_or_batch_is_rejected():
     model = MiniGPT(small())
     x = torch.zeros(2, 3, dtype=torch.long)
