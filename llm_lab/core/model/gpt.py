@@ -245,6 +245,8 @@ class MiniGPT(nn.Module):
         if cache is not None:
             cache.check_compatible(self.config, B)
             cache.check_room(T)
+            if not torch.compiler.is_compiling():  # bookkeeping on a Python object: keep it out of traced graphs
+                cache.check_owner(self)
         padding_mask = None
         if attention_mask is not None:
             padding_mask = self._check_attention_mask(attention_mask, B, past_len + T).to(input_ids.device)

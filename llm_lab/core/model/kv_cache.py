@@ -15,9 +15,14 @@ Contract (the decoding code relies on it):
   model calls ``advance(T)`` once after all layers. ``reset()`` empties the cache for reuse (no reallocation).
 * The cache also remembers each filled position's position id (``positions``), which ALiBi needs for its
   distances when earlier tokens are no longer recomputed.
+* A filled cache belongs to the model that filled it (:meth:`check_owner`): keys computed by another model of the
+  same shape would give wrong logits without any error, so the model refuses them. An empty (new or reset) cache
+  may be filled by any model.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -64,6 +69,7 @@ class KVCache:
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self.positions: torch.Tensor | None = None  # (B, max_len) long, once allocated
+        self._owner: weakref.ref | None = None  # the model whose keys fill the cache (weak: never keeps it alive)
         if device is not None or dtype is not None:
             self._allocate(
                 torch.device(device) if device is not None else torch.device("cpu"),
@@ -101,6 +107,16 @@ class KVCache:
                 f"past_key_values was built for batch size {self.batch_size}, but input_ids has batch size {batch_size}"
             )
 
+    def check_owner(self, model: torch.nn.Module) -> None:
+        """Raise ``ValueError`` if another model filled this cache; an empty cache becomes ``model``'s."""
+        if self.length == 0:
+            self._owner = weakref.ref(model)
+        elif self._owner is not None and self._owner() is not model:
+            raise ValueError(
+                "past_key_values was filled by another model (its keys and values would give wrong logits here); "
+                "use a new KVCache or reset() this one"
+            )
+
     def check_room(self, new_tokens: int) -> None:
         """Raise ``ValueError`` if ``new_tokens`` more positions do not fit."""
         if self.length + new_tokens > self.max_len:
@@ -125,6 +141,12 @@ class KVCache:
         self.check_room(T)
         if not self._keys:
             self._allocate(k.device, k.dtype)
+        elif (k.dtype, k.device) != (self.dtype, self.device):
+            raise ValueError(
+                f"past_key_values holds {self.dtype} keys on {self.device}, but the model computed {k.dtype} on "
+                f"{k.device}; give the KVCache the model's dtype and device (or leave them None), and keep autocast "
+                "as it was when the cache was filled"
+            )
         start, end = self.length, self.length + T
         self._keys[layer_idx][:, :, start:end] = k
         self._values[layer_idx][:, :, start:end] = v

@@ -198,6 +198,29 @@ def test_cache_from_another_model_or_batch_is_rejected():
         model(x, past_key_values=((torch.zeros(1), torch.zeros(1)),))
 
 
+def test_cache_filled_by_another_model_of_the_same_shape_is_rejected():
+    """Same config, other weights: the shapes fit, so only the owner check stops a silently wrong answer."""
+    model, other = MiniGPT(small()).eval(), MiniGPT(small()).eval()
+    x = torch.randint(0, 40, (1, 6))
+    with torch.no_grad():
+        _, cache = model(x[:, :4], use_cache=True)
+        with pytest.raises(ValueError, match=r"past_key_values was filled by another model .*reset\(\) this one"):
+            other(x[:, 4:5], past_key_values=cache)
+        model(x[:, 4:5], past_key_values=cache)  # its own model may go on
+        cache.reset()  # an emptied cache may be filled by any model
+        full, _ = other(x)
+        first, _ = other(x[:, :4], past_key_values=cache)
+        rest, _ = other(x[:, 4:], past_key_values=cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_of_another_dtype_is_rejected():
+    model = MiniGPT(small()).eval()
+    cache = KVCache(model.config, batch_size=1, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"holds torch.float16 keys on cpu, but the model computed torch.float32 "):
+        model(torch.zeros(1, 3, dtype=torch.long), past_key_values=cache)
+
+
 def test_running_past_the_cache_or_the_context_is_an_error():
     model = MiniGPT(small()).eval()
     x = torch.zeros(1, 6, dtype=torch.long)

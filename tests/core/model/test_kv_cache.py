@@ -28,8 +28,12 @@ def test_update_writes_in_place_and_returns_the_filled_prefix():
 def test_explicit_device_and_dtype_allocate_up_front():
     cache = KVCache(CONFIG, batch_size=1, max_len=4, device="cpu", dtype=torch.float16)
     assert cache.dtype == torch.float16 and cache.device == torch.device("cpu")
-    k_all, _ = cache.update(1, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    half = torch.ones(1, 2, 2, 4, dtype=torch.float16)
+    k_all, _ = cache.update(1, half, half)
     assert k_all.dtype == torch.float16
+    # Keys of another dtype would be cast silently into the buffers (and then clash with fp32 queries).
+    with pytest.raises(ValueError, match=r"holds torch.float16 keys on cpu, but the model computed torch.float32"):
+        cache.update(0, torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
 
 
 def test_full_cache_and_bad_sizes_are_errors():
