@@ -232,11 +232,25 @@ def test_running_past_the_cache_or_the_context_is_an_error():
         model(x[:, :1], past_key_values=cache)
 
 
-def test_extrapolating_encodings_accept_max_seq_len_beyond_the_context():
-    model = MiniGPT(small(pos_encoding="rope", max_seq_len=32))
-    assert model(torch.zeros(1, 32, dtype=torch.long))[0].shape == (1, 32, 40)
-    with pytest.raises(ValueError, match=r"max_positions=32"):
-        model(torch.zeros(1, 33, dtype=torch.long))
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "rope", "alibi", "none"])
+def test_running_past_the_context_needs_max_seq_len(pos_encoding):
+    """Encodings without a learned table may run past context_length, but only when the config says so
+    (max_seq_len); then the cache decodes past the context like the full forward. Learned positions cannot:
+    the config rejects max_seq_len for them (tests/core/model/test_config.py)."""
+    x = torch.randint(0, 40, (1, 24))
+    with pytest.raises(
+        ValueError, match=r"17 positions > max_positions=16 \(context_length=16, max_seq_len=None\); crop the input"
+    ):
+        MiniGPT(small(pos_encoding=pos_encoding))(x[:, :17])
+    model = MiniGPT(small(pos_encoding=pos_encoding, max_seq_len=24)).eval()
+    with torch.no_grad():
+        full, _ = model(x)
+        first, cache = model(x[:, :10], use_cache=True)
+        pieces = [first] + [model(x[:, t : t + 1], past_key_values=cache)[0] for t in range(10, 24)]
+    assert full.shape == (1, 24, 40) and cache.max_len == 24
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"25 positions > max_positions=24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
 
 
 def test_explicit_position_ids_are_checked():
