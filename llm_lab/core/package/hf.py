@@ -281,7 +281,9 @@ def from_hf_model(hf_model: Any) -> MiniGPT:
         ours = _gpt2_state_from_hf(sd, config)
     else:
         names = _llama_names(config)
-        ours = {k: sd[v] if v in sd else sd["model.embed_tokens.weight"] for k, v in names.items()}
+        if "lm_head.weight" not in sd:  # a tied checkpoint may store the shared matrix once, as the embedding
+            sd = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"]}
+        ours = {k: sd[v] for k, v in names.items()}
     ref = next(iter(sd.values()))
     model = MiniGPT(config).to(device=ref.device, dtype=ref.dtype)
     model.load_state_dict(ours, strict=True)
@@ -310,7 +312,7 @@ def to_hf_model(model: MiniGPT) -> Any:
     hf_model = hf_model.to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = hf_model.load_state_dict(theirs, strict=False)
     # Only non-persistent bookkeeping (e.g. GPT-2's causal "bias" buffer in older versions) may be left over.
-    missing = [k for k in missing if not k.endswith("attn.bias") and not k.endswith("masked_bias")]
+    missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
         raise ValueError(f"weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
     return hf_model.eval()
