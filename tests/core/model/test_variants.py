@@ -22,8 +22,8 @@ def _batch(vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (B, T + 1), generator=g)
 
 
-def _check_variant(variant: tuple[str, ...]) -> None:
-    config = tiny_config(*variant)
+def _check_variant(variant: tuple[str, ...], **overrides) -> None:
+    config = tiny_config(*variant, **overrides)
     model = MiniGPT(config)
     data = _batch(config.vocab_size)
     x, y = data[:, :-1], data[:, 1:]
@@ -97,7 +97,23 @@ def test_sdpa_matches_reference_with_padding(variant):
 @pytest.mark.parametrize("variant", PAIRWISE, ids=variant_id)
 def test_padding_invariance(variant):
     """Left- and right-padded rows give, at real positions, the logits of the sequence run alone."""
-    model = MiniGPT(tiny_config(*variant)).eval()
+    _check_padding(variant)
+
+
+# QK-norm is a switch on top of any variant: one row per norm and positional family is enough.
+QK_NORM_VARIANTS = [("rope", "rmsnorm", "swiglu", "gqa"), ("learned", "layernorm", "gelu", "mha"),
+                    ("alibi", "layernorm", "relu2", "mqa")]
+
+
+@pytest.mark.parametrize("variant", QK_NORM_VARIANTS, ids=variant_id)
+def test_qk_norm_variants(variant):
+    """With qk_norm: shapes, loss, KV cache == full forward, overfitting, and padding invariance."""
+    _check_variant(variant, qk_norm=True)
+    _check_padding(variant, qk_norm=True)
+
+
+def _check_padding(variant: tuple[str, ...], **overrides) -> None:
+    model = MiniGPT(tiny_config(*variant, **overrides)).eval()
     x = _batch(model.config.vocab_size)[:, :-1]
     mask = torch.ones(B, T, dtype=torch.long)
     mask[0, :5] = 0
