@@ -24,6 +24,7 @@ __all__ = [
     "bytes_to_text",
     "bytes_to_unicode",
     "check_coverage",
+    "check_errors",
     "compile_pattern",
     "resolve_pattern",
     "text_to_bytes",
@@ -116,7 +117,8 @@ def text_to_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _check_errors(errors: str) -> None:
+def check_errors(errors: str) -> None:
+    """Raise ``ValueError`` unless ``errors`` is a decode-error policy the tokenizers support."""
     if errors not in _DECODE_ERRORS:
         raise ValueError(f"errors must be one of {list(_DECODE_ERRORS)}, got {errors!r}")
 
@@ -154,7 +156,7 @@ def bytes_to_text(data: bytes, errors: str = "replace") -> str:
     so round trips are exact; ``errors`` decides what happens to genuinely broken sequences such as a multi-byte
     character cut in two: "strict" raises ``UnicodeDecodeError``, "replace" inserts U+FFFD, "ignore" drops them.
     """
-    _check_errors(errors)
+    check_errors(errors)
     try:
         return data.decode("utf-8", "surrogatepass")
     except UnicodeDecodeError:

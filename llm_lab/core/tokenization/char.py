@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_lab.core.tokenization.base import CONFIG_FILE, read_json
-from llm_lab.core.tokenization.byte_level import text_to_bytes
+from llm_lab.core.tokenization.byte_level import check_errors, text_to_bytes
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["UNKNOWN_POLICIES", "CharTokenizer"]
@@ -110,7 +110,9 @@ class CharTokenizer:
         return [itos[i] for i in ids]
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
-        """Text of ``ids`` (``errors`` is accepted for interface compatibility: whole characters never break)."""
+        """Text of ``ids``. ``errors`` is checked like ``SubwordTokenizer``'s but has nothing to act on: one id is
+        one whole character, so no id sequence cuts a character."""
+        check_errors(errors)
         return "".join(self._chars(ids))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

@@ -70,6 +70,8 @@ def test_bad_input(tmp_path):
         tok.decode([0, 3])
     with pytest.raises(ValueError, match=r"token id -1 is out of range"):
         tok.decode([-1])
+    with pytest.raises(ValueError, match=r"errors must be one of \['strict', 'replace', 'ignore', "):
+        tok.decode([0], errors="surrogateescape")
     directory = tok.save(tmp_path)
     (directory / "vocab.json").write_text('{"a": 0, "b": 0}')
     with pytest.raises(ValueError, match=r"vocab ids must be 0..1, each used once"):
