@@ -187,3 +187,25 @@ def test_incremental_counts_equal_a_full_recount(min_frequency, stress_text, sma
     fast = learn_merges(counts, 400, min_frequency=min_frequency, show_progress=False)
     assert len(fast) > 150
     assert fast == naive_merges(counts, 400, min_frequency)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(monkeypatch, capsys):
+    """tqdm over the merges: shown for show_progress=True, for None only on a terminal, and (real tqdm, its delay
+    set to 0 here) it writes to stderr; pytest's captured stderr is no terminal, so tests stay silent."""
+    real_tqdm = bpe_train.tqdm
+    calls = []
+
+    def recording_tqdm(*args, **kwargs):
+        calls.append(kwargs)
+        return real_tqdm(*args, **{**kwargs, "delay": 0})
+
+    monkeypatch.setattr(bpe_train, "tqdm", recording_tqdm)
+    SubwordTokenizer.train("ab ab ab", 258, special_tokens=(), show_progress=None)
+    assert calls[-1]["disable"] is True and calls[-1]["delay"] > 0  # a moment's grace even when enabled
+    assert capsys.readouterr().err == ""
+    SubwordTokenizer.train("ab ab ab", 258, special_tokens=(), show_progress=True)
+    assert calls[-1]["disable"] is False
+    assert "BPE merges" in capsys.readouterr().err
+    monkeypatch.setattr(bpe_train.sys.stderr, "isatty", lambda: True)
+    SubwordTokenizer.train("ab ab ab", 258, special_tokens=(), show_progress=None)
+    assert calls[-1]["disable"] is False
