@@ -27,6 +27,7 @@ import heapq
 import logging
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -96,6 +97,14 @@ def iter_text_blocks(texts: TextSource, pattern_regex: str) -> Iterator[str]:
         raise ValueError("texts must be str, a pathlib.Path, or an iterable of them; got bytes (decode them first)")
     for item in items:
         if isinstance(item, str):
+            # A short one-line string naming a file is almost surely meant as that file: say so rather than
+            # silently learning a vocabulary from the file name.
+            if len(item) < 4096 and "\n" not in item and os.path.isfile(item):
+                warnings.warn(
+                    f"training on the text {item!r}, which is also the name of a file; pass pathlib.Path({item!r}) "
+                    "to train on the file's contents",
+                    stacklevel=4,  # the caller of SubwordTokenizer.train
+                )
             yield item
         elif isinstance(item, os.PathLike):
             path = Path(item)

@@ -107,6 +107,16 @@ def test_training_from_path_equals_training_from_text(tmp_path, small_text):
     assert from_path.merges == from_text.merges == from_mixed.merges
 
 
+def test_a_str_naming_a_file_is_text_but_warns(tmp_path, small_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text, encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"training on the text '.*corpus.txt', which is also the name of a file; "
+                                         r"pass pathlib.Path\("):
+        tok = SubwordTokenizer.train(str(path), 300, special_tokens=(), min_frequency=1, show_progress=False)
+    assert tok.decode(tok.encode(str(path))) == str(path)
+    assert b"".join(tok.merges[0]) in str(path).encode()  # learned from the name, as documented
+
+
 def test_special_tokens_in_training_text_are_not_learned():
     """"<|endoftext|>" between documents is cut out: no merge may be learned from its characters."""
     text = "<|endoftext|>".join(["ab ab ab"] * 50)
