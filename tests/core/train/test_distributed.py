@@ -5,7 +5,8 @@ than one process with batch 8, so their losses agree statistically, not bitwise.
 (same seed) and are scored on the whole validation split; their validation losses after 20/40/60 steps differed
 by 0.000/0.033/0.026 nats here, against a fall of about 1.5 nats (single-process runs with other seeds spread
 0.17 at step 60), so the test allows 0.1. DDP and FSDP see the same data and differ only in the order of float
-reductions: they agree within 1e-3 (measured: 1e-7).
+reductions: they agree within 1e-3 (measured: 1e-7). A 2-process FSDP run stopped at step 40 and resumed to 60
+logs bitwise the same losses as the straight 60-step run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llm_lab.core.train.metrics import read_metrics
 
 TRAIN = {
     "max_steps": 60,
+    "lr_decay_steps": 60,  # the schedule stays the same when a shorter run is resumed up to 60 steps
     "warmup_steps": 5,
     "lr": 3e-3,
     "min_lr": 3e-4,
@@ -94,3 +96,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process_at_the_same_global_batch(t
     full = load_checkpoint(fsdp / "checkpoints" / "last.pt")["model"]
     assert full.keys() == load_checkpoint(ddp / "checkpoints" / "last.pt")["model"].keys()
     assert all(full[k].shape == v.shape for k, v in ckpt["model"].items())
+
+    # Exact resume with several processes (each one's RNG and batch-generator states are in the checkpoint), on the
+    # FSDP path, whose checkpoints are gathered to full tensors and resharded on load.
+    half, _ = _run(tmp_path, "fsdp_resumed", corpus, 2, 2, 2, "--set", "train.distributed=fsdp",
+                   "--set", "train.max_steps=40")  # fmt: skip
+    _, resumed = _run(tmp_path, "fsdp_resumed", corpus, 2, 2, 2, "--set", "train.distributed=fsdp",
+                      "--set", "train.max_steps=60", "--resume")  # fmt: skip
+    assert "resuming at step 40" in resumed.stdout
+    columns = ("step", "tokens", "lr", "train_loss", "val_loss", "grad_norm")
+    rows_straight = [[r[c] for c in columns] for r in read_metrics(fsdp / "metrics.csv")]
+    assert [[r[c] for c in columns] for r in read_metrics(half / "metrics.csv")] == rows_straight
