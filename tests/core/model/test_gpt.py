@@ -302,7 +302,9 @@ def test_init_follows_the_documented_table():
 def test_tied_embedding_is_one_tensor():
     model = MiniGPT(small())
     assert model.lm_head.weight is model.tok_emb.weight
-    assert MiniGPT(small(tie_embeddings=False)).lm_head.weight is not MiniGPT(small()).tok_emb.weight
+    untied = MiniGPT(small(tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    assert untied.num_parameters() - model.num_parameters() == 40 * 32  # one more (vocab, n_embd) matrix
 
 
 def test_parameter_count_by_hand():
