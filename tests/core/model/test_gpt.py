@@ -343,3 +343,5 @@ def test_lm_loss_ignores_padded_targets():
 def test_lm_loss_checks_shapes():
     with pytest.raises(ValueError, match=r"logits \(B, T, vocab\) and targets \(B, T\); got \(2, 3, 5\) and \(2, 4\)"):
         lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"targets must be integer token ids, got dtype torch.float32"):
+        lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 3))
