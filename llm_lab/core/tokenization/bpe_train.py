@@ -237,6 +237,8 @@ def _apply_merge(
     c = new_id
     get = pair_counts.get
     gained: dict[tuple[int, int], int] = {}
+    # The "count the new pair p in word w" lines below appear twice (left and right neighbour) on purpose: this is
+    # training's innermost loop, and a helper call per occurrence costs more than the repetition.
 
     for w in where.pop(pair):
         word = words[w]
