@@ -238,7 +238,7 @@ def _apply_merge(
     get = pair_counts.get
     gained: dict[tuple[int, int], int] = {}
     # The "count the new pair p in word w" lines below appear twice (left and right neighbour) on purpose: this is
-    # training's innermost loop, and a helper call per occurrence costs more than the repetition.
+    # training's innermost loop, where a Python function call per occurrence would add its own overhead.
 
     for w in where.pop(pair):
         word = words[w]
