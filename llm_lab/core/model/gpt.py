@@ -218,8 +218,9 @@ class MiniGPT(nn.Module):
             ``use_cache`` is set or a cache was passed, else ``None``.
 
         Raises:
-            ValueError: wrong dtype/shape/range of ``input_ids``, a mask of the wrong shape, a sequence longer
-                than ``config.max_positions`` or the cache's ``max_len``, or a cache built for another model.
+            ValueError: wrong dtype/shape/range of ``input_ids``, a mask of the wrong shape or with values other
+                than 0/1, a sequence longer than ``config.max_positions`` or the cache's ``max_len``, or a cache
+                built for another model shape or batch size, filled by another model, or of another dtype/device.
         """
         self._check_input_ids(input_ids)
         if input_ids.dtype not in (torch.long, torch.int32):
