@@ -43,11 +43,15 @@ def test_use_cache_allocates_a_cache_of_max_positions_and_returns_the_same_objec
     assert again is cache and cache.length == 7
 
 
-def test_prefill_through_the_cache_is_bitwise_equal_to_the_uncached_forward():
-    model = MiniGPT(small(n_kv_head=2, pos_encoding="rope")).eval()
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope", "alibi", "none"])
+def test_prefill_through_the_cache_is_bitwise_equal_to_the_uncached_forward(pos_encoding):
+    model = MiniGPT(small(n_kv_head=2, pos_encoding=pos_encoding)).eval()
     x = torch.randint(0, 40, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :3] = 0
     with torch.no_grad():
         assert torch.equal(model(x, use_cache=True)[0], model(x)[0])
+        assert torch.equal(model(x, attention_mask=mask, use_cache=True)[0], model(x, attention_mask=mask)[0])
 
 
 def test_cache_follows_model_dtype_and_can_be_reset_and_reused():
