@@ -12,15 +12,16 @@ optimizer) in fp32, casting between the two around every product. Whether that p
    proportional to the matrix products, which grow with the width. Measured on a 2-core AMD EPYC (Zen 4,
    ``avx512_bf16``) with torch 2.13, one training step, bf16 autocast over fp32:
 
-   ==========================================  ====================
-   model                                       bf16 speed / fp32
-   ==========================================  ====================
-   4 layers, 128 wide (0.8M parameters)        0.9 - 1.05 (no gain)
-   4 layers, 192 wide (1.8M)                   about 1.3
-   4 layers, 256 wide (3.2M)                   about 1.5
-   6 layers, 384 wide (10.8M)                  about 2.5
-   ==========================================  ====================
+   ==============================================  =================================
+   model (batch x context)                         bf16 autocast speed / fp32
+   ==============================================  =================================
+   4 layers, 128 wide, 0.8M parameters (16 x 64)   0.95 - 1.3 (no reliable gain)
+   4 layers, 192 wide, 1.8M (32 x 64)              about 1.3
+   4 layers, 256 wide, 3.2M (32 x 64)              about 1.5
+   6 layers, 384 wide, 10.8M (16 x 256)            1.3 - 2.5
+   ==============================================  =================================
 
+   (medians of interleaved repeats on a machine shared with other jobs, so only roughly repeatable),
    so bf16 is chosen from :data:`MIN_BF16_WIDTH` = 256 upwards, where it was clearly faster.
 
 :func:`choose_cpu_precision` is the single place this decision is made; the Trainer reaches it through
@@ -128,6 +129,9 @@ def choose_cpu_precision(
 
     Returns:
         ``"bf16"`` where it is faster, else ``"fp32"``.
+
+    Under DDP every process decides for itself; on identical machines they agree unless the probe lands right
+    at the threshold, and even then only the speed differs (weights, gradients and optimizer state are fp32).
     """
     flags = cpu_bf16_flags() if flags is None else frozenset(flags)
     if not set(flags) & set(BF16_CPU_FLAGS):
