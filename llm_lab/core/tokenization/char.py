@@ -40,7 +40,9 @@ class CharTokenizer:
         bad = next((ch for ch in vocab if not isinstance(ch, str) or len(ch) != 1), None)
         if bad is not None:
             raise ValueError(f"CharTokenizer vocab keys must be single characters, got {bad!r}")
-        if sorted(vocab.values()) != list(range(len(vocab))):
+        ids = list(vocab.values())
+        all_ints = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        if not all_ints or sorted(ids) != list(range(len(ids))):
             raise ValueError(f"CharTokenizer vocab ids must be 0..{len(vocab) - 1}, each used once")
         self.unknown: UnknownPolicy = unknown
         self._stoi: dict[str, int] = dict(vocab)

@@ -65,6 +65,8 @@ def test_bad_input(tmp_path):
         CharTokenizer({"ab": 0})
     with pytest.raises(ValueError, match=r"vocab ids must be 0..1, each used once"):
         CharTokenizer({"a": 0, "b": 2})
+    with pytest.raises(ValueError, match=r"vocab ids must be 0..1, each used once"):
+        CharTokenizer({"a": 0, "b": "1"})  # a hand-edited vocab.json: not a TypeError from sorting
     tok = CharTokenizer.from_text("abc")
     with pytest.raises(ValueError, match=r"token id 3 is out of range for a vocabulary of 3 ids"):
         tok.decode([0, 3])
