@@ -249,6 +249,21 @@ def test_init_from_a_run_fine_tunes_its_weights(config, corpus, tmp_path, capsys
     assert "was prepared with another tokenizer than --init-from" in _error(capsys)
 
 
+def test_init_from_a_package(config, corpus, tmp_path):
+    from llm_lab.core.package.io import package_run
+
+    source = tmp_path / "source"
+    assert _train("--config", config, "--data", corpus, "--out", source) == 0
+    package = package_run(source, tmp_path / "package")
+    tuned = tmp_path / "tuned"
+    args = ["--set", "train.lr=1e-12", "--set", "train.min_lr=0", "--set", "train.max_steps=3"]
+    assert _train("--config", config, "--data", corpus, "--out", tuned, "--init-from", package, *args) == 0
+    start = load_checkpoint(source / "checkpoints" / "best_val.pt")["model"]
+    end = load_checkpoint(tuned)["model"]
+    for key, value in start.items():
+        torch.testing.assert_close(end[key], value, rtol=0, atol=1e-8, msg=key)
+
+
 def test_non_finite_loss_stops_with_the_step(config, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--set", "train.lr=10000", "--set", "train.min_lr=10000", "--set", "train.warmup_steps=0"]
