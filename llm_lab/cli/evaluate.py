@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     data = Path(args.data)
+    if data.is_dir():
+        raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
     if not data.is_file():
         raise FileNotFoundError(f"--data: no such file: {data}")
     try:

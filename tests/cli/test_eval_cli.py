@@ -116,6 +116,8 @@ def test_eval_cli_misuse(capsys, tmp_path):
     cases.append(
         (["eval", str(path), "--data", str(tmp_path / "one.txt"), "--context-length", "999"], "longer than the model")
     )
+    cases.append((["eval", str(path), "--data", str(tmp_path / "one.txt"), "--device", "gpu0"], "not a device name"))
+    cases.append((["eval", str(path), "--data", str(tmp_path)], "--data: not a file"))
     for argv, fragment in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -107,6 +107,22 @@ def test_bad_flag_types_are_usage_errors(capsys, bpe_package, flags):
     assert "expected a positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("device", "fragment"),
+    [
+        ("foo", "device 'foo' is not a device name; use cpu, cuda, cuda:N or mps"),
+        # No CUDA: "not available"; with CUDA, no machine has 100 GPUs: the valid range is named.
+        ("cuda:99", "device 'cuda:99': " + ("this machine has" if torch.cuda.is_available() else "CUDA is not")),
+        ("meta", "device 'meta': llm-lab runs models on cpu, cuda or mps"),
+    ],
+)
+def test_bad_device_is_a_one_line_error(capsys, bpe_package, device, fragment):
+    path, _, _ = bpe_package
+    code, out, err = run_cli(capsys, "sample", str(path), "--prompt", "x", "--device", device)
+    assert code == 2 and out == ""
+    assert err.startswith(f"llm-lab: error: {fragment}") and err.count("\n") == 1, err
+
+
 def test_missing_package_and_char_model_without_prompt(capsys, tmp_path):
     code, _, err = run_cli(capsys, "sample", str(tmp_path / "none"), "--prompt", "x")
     assert code == 2 and err.strip() == f"llm-lab: error: no package or run directory at {tmp_path / 'none'}"

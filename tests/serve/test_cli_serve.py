@@ -111,6 +111,13 @@ def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no package or run directory at" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_bad_device(package_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", str(package_dir), "--device", "cuda0"]) == 2
+    assert capsys.readouterr().err == (
+        "llm-lab: error: device 'cuda0' is not a device name; use cpu, cuda, cuda:N or mps\n"
+    )
+
+
 def test_cli_help_names_the_loopback_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["serve", "--help"])

@@ -65,6 +65,7 @@ __all__ = [
     "load_state_dict_file",
     "load_weights_into",
     "package_run",
+    "resolve_device",
     "save_model_package",
 ]
 
@@ -499,6 +500,40 @@ def save_model_package(
 # --------------------------------------------------------------------------------------------- loading
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """Check a device name before any loading: a typo or an absent backend is a ``ValueError`` saying what to use.
+
+    Args:
+        device: ``None`` (leave the model on the CPU), or a name such as ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+
+    Returns:
+        The ``torch.device``, or ``None``.
+
+    Raises:
+        ValueError: not a device name, or a CUDA/MPS device this machine does not have.
+    """
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif resolved.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device {device!r}: llm-lab runs models on cpu, cuda or mps")
+    return resolved
+
+
 def _finish_model(config: MiniGPTConfig, state: dict[str, torch.Tensor], source: Path, device: Any) -> nn.Module:
     model = _build_model(config)
     load_weights_into(model, state, source)
@@ -533,6 +568,7 @@ def load_model_package(
             unexpected or of the wrong shape. The message names the file.
     """
     path = Path(path)
+    device = resolve_device(device)
     manifest = read_manifest(path)
     config = _read_config(path / CONFIG_FILE)
     tokenizer = _load_tokenizer(path / TOKENIZER_DIR)
@@ -629,6 +665,7 @@ def load_run(
         tokenizer: use this tokenizer instead of ``run_dir/tokenizer`` (its vocabulary is still checked).
     """
     run_dir = Path(run_dir)
+    device = resolve_device(device)
     config, tokenizer, ckpt, ckpt_path, _ = _run_pieces(run_dir, checkpoint, tokenizer)
     state = {k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
     return config, tokenizer, _finish_model(config, state, ckpt_path, device)
