@@ -1,7 +1,7 @@
 """``llm-lab train``: argument parsing over :mod:`llm_lab.core.train.run`.
 
     llm-lab train --config FILE.json --data PATH --out RUN_DIR [--set section.key=value ...]
-                  [--resume | --overwrite] [--init-from RUN_DIR|PACKAGE]
+                  [--resume | --overwrite] [--init-from RUN_DIR|PACKAGE] [--package OUT]
 
 Under ``torchrun --nproc_per_node=N -m llm_lab train ...`` the processes join one group and train with DDP
 (or FSDP, ``--set train.distributed=fsdp``).
@@ -64,6 +64,9 @@ def load_init_source(path: str | Path) -> InitSource:
 def _train(args: argparse.Namespace) -> int:
     from llm_lab.cli import CLIError
 
+    if args.package is not None and args.package.exists() and not args.overwrite:
+        # Checked before training, so a finished run never ends on a refusal.
+        raise CLIError(f"--package {args.package} already exists; choose another path or pass --overwrite")
     config = resolve_run_config(args.config, args.out, args.overrides, resume=args.resume)
     dist_info = init_distributed(config.train.device)
     try:
@@ -99,6 +102,10 @@ def _train(args: argparse.Namespace) -> int:
         if dist_info.is_main:
             best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
             print(f"done: step {result.step}, {result.tokens_seen:,} tokens, best val loss {best}; run in {args.out}")
+            if args.package is not None:
+                from llm_lab.core.package.io import package_run
+
+                print(f"package: {package_run(args.out, args.package, overwrite=args.overwrite)}")
     finally:
         if dist_info.enabled:
             torch.distributed.destroy_process_group()
@@ -130,6 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR")
     parser.add_argument(
         "--init-from", metavar="PATH", help="fine-tune: start from the weights (and tokenizer) of a run or package"
+    )
+    parser.add_argument(
+        "--package", type=Path, metavar="OUT", help="at the end, write a model package of the best weights to OUT"
     )
     parser.add_argument("--sample-prompt", default=None, help="prompt of the periodic samples (default: newline)")
     parser.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default 200)")

@@ -288,3 +288,22 @@ def test_console_entry_point_in_a_subprocess(config, corpus, tmp_path):
     ok = _subprocess("--config", config, "--data", corpus, "--out", run, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "done: step 6" in ok.stdout and load_checkpoint(run)["step"] == 6
+
+
+def test_package_at_the_end_of_a_run(config, corpus, tmp_path, capsys):
+    from llm_lab.core.package.io import load_model_package
+
+    run, package = tmp_path / "run", tmp_path / "pkg"
+    assert _train("--config", config, "--data", corpus, "--out", run, "--package", package) == 0
+    assert f"package: {package}" in capsys.readouterr().out
+    cfg, tok, model = load_model_package(package)
+    best = load_checkpoint(run / "checkpoints" / "best_val.pt")
+    assert cfg.vocab_size == tok.vocab_size
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best["model"][name]), name
+    # An existing package is refused before any training, and the run directory is not touched.
+    before = _snapshot(run)
+    assert _train("--config", config, "--data", corpus, "--out", tmp_path / "run2", "--package", package) == 2
+    err = _error(capsys)
+    assert "--package" in err and "already exists" in err
+    assert not (tmp_path / "run2").exists() and _snapshot(run) == before
