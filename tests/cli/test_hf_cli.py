@@ -228,6 +228,12 @@ def test_import_misuse(capsys, tmp_path, hf_tokenizer_files):
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     code, _, err = run_cli(capsys, "import-hf", str(tmp_path / "bert"), str(tmp_path / "pkg"))
     assert code == 2 and "model_type 'bert' is not supported; supported: gpt2, llama" in one_line_error(err)
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": ')
+    code, _, err = run_cli(capsys, "import-hf", str(tmp_path / "bert"), str(tmp_path / "pkg"))
+    assert code == 2 and "config.json: not valid JSON" in one_line_error(err)
+    (tmp_path / "bert" / "config.json").write_text('["gpt2"]')
+    code, _, err = run_cli(capsys, "import-hf", str(tmp_path / "bert"), str(tmp_path / "pkg"))
+    assert code == 2 and "config.json: expected a JSON object" in one_line_error(err)
 
     hf_model_dir(tmp_path / "hf", "gpt2", hf_tokenizer_files)
     capsys.readouterr()  # transformers' own progress output while saving the fixture

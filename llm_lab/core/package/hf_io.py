@@ -37,7 +37,7 @@ from llm_lab.core.package.io import (
     load_state_dict_file,
 )
 from llm_lab.core.package.io import save_model_package as _save_model_package
-from llm_lab.core.package.layout import PackageError
+from llm_lab.core.package.layout import PackageError, read_json
 from llm_lab.utils.io import atomic_write_json
 
 __all__ = ["export_hf", "import_hf"]
@@ -238,10 +238,9 @@ def _tokenizer_from_json(path: Path) -> Any:
     from llm_lab.core.tokenization import SubwordTokenizer
     from llm_lab.core.tokenization.bpe import _from_unicode
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PackageError(f"{path}: expected a JSON object (a Hugging Face tokenizer.json)")
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise PackageError(f"{path}: model type {model.get('type')!r}; only byte-level BPE can be imported")
@@ -329,10 +328,10 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
         raise FileNotFoundError(f"Hugging Face directory not found: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir / 'config.json'}: missing; is {hf_dir} a Hugging Face model directory?")
-    try:
-        model_type = json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise PackageError(f"{hf_dir / 'config.json'}: not a valid config ({e})") from None
+    hf_config = read_json(hf_dir / "config.json")
+    if not isinstance(hf_config, dict):
+        raise PackageError(f"{hf_dir / 'config.json'}: expected a JSON object (a Hugging Face model config)")
+    model_type = hf_config.get("model_type")
     if model_type not in _SUPPORTED_MODEL_TYPES:
         raise PackageError(
             f"{hf_dir / 'config.json'}: model_type {model_type!r} is not supported; "

@@ -50,6 +50,7 @@ from llm_lab.core.package.layout import (
     PackageError,
     TrainingSummary,
     is_package,
+    read_json,
     read_manifest,
 )
 from llm_lab.utils.config_loader import config_from_dict, config_to_dict
@@ -235,11 +236,7 @@ def _weights_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype | None:
 def _read_config(path: Path) -> MiniGPTConfig:
     if not path.is_file():
         raise PackageError(f"{path}: missing (the model config)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{path}: not valid JSON ({e})") from None
-    return config_from_dict(MiniGPTConfig, data, where=str(path))
+    return config_from_dict(MiniGPTConfig, read_json(path), where=str(path))
 
 
 def _load_tokenizer(directory: Path) -> Any:
@@ -626,10 +623,9 @@ def _run_pieces(
     run_json = run_dir / "run.json"
     if not run_json.is_file():
         raise PackageError(f"{run_json}: missing, so {run_dir} is not a run directory")
-    try:
-        run_config = json.loads(run_json.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{run_json}: not valid JSON ({e})") from None
+    run_config = read_json(run_json)
+    if not isinstance(run_config, dict):
+        raise PackageError(f"{run_json}: expected a JSON object with 'model', 'train', ... sections")
     if checkpoint not in RUN_CHECKPOINTS:
         raise ValueError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
     order = [checkpoint] + [k for k in RUN_CHECKPOINTS if k != checkpoint]

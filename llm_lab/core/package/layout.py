@@ -36,6 +36,7 @@ __all__ = [
     "PackageError",
     "TrainingSummary",
     "is_package",
+    "read_json",
     "read_manifest",
 ]
 
@@ -81,6 +82,19 @@ class TrainingSummary:
         return cls(steps=data.get("steps"), tokens=data.get("tokens"), best_val_loss=data.get("best_val_loss"))
 
 
+def read_json(path: Path, *, damaged: str = "") -> Any:
+    """The JSON in ``path``; a file that is not UTF-8 JSON is a :class:`PackageError` naming it.
+
+    Args:
+        path: the file (its existence is the caller's check, with the caller's message).
+        damaged: appended to the error message, e.g. ``"; the package is damaged"``.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackageError(f"{path}: not valid JSON ({e}){damaged}") from None
+
+
 def is_package(path: str | Path) -> bool:
     """True if ``path`` is a directory with a package manifest (complete or not)."""
     return (Path(path) / MANIFEST_FILE).is_file()
@@ -115,10 +129,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> dict[str, An
             f"{manifest_path}: missing, so {path} is not a complete package (a save interrupted by a crash "
             f"leaves no manifest){hint}"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{manifest_path}: not valid JSON ({e}); the package is damaged") from None
+    manifest = read_json(manifest_path, damaged="; the package is damaged")
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
         raise PackageError(f"{manifest_path}: not an llm-lab package manifest (expected format {PACKAGE_FORMAT!r})")
     version = manifest.get("format_version")

@@ -308,6 +308,23 @@ def test_unknown_format_version(package):
     edit_manifest(path, format_version=99)
     with pytest.raises(PackageError, match=r"package\.json: format_version 99 is newer than this llm-lab"):
         load_model_package(path)
+    edit_manifest(path, format_version=0)
+    with pytest.raises(PackageError, match=r"package\.json: unknown format_version 0"):
+        load_model_package(path)
+    edit_manifest(path, format_version="1")
+    with pytest.raises(PackageError, match=r"package\.json: format_version must be an integer, got '1'"):
+        load_model_package(path)
+
+
+def test_unknown_checkpoint_format_version(package):
+    """A checkpoint from a newer llm-lab is refused by name, not misread."""
+    path, _, model = package
+    (path / "model.safetensors").unlink()
+    ckpt = torch.load(path / "checkpoints" / "best_val.pt", weights_only=True)
+    torch.save({**ckpt, "format_version": 2}, path / "checkpoints" / "best_val.pt")
+    refresh_sizes(path)
+    with pytest.raises(PackageError, match=r"best_val\.pt: checkpoint format_version 2 is not supported"):
+        load_model_package(path)
 
 
 def test_missing_and_truncated_files(package):
@@ -330,6 +347,13 @@ def test_config_with_unknown_key(package):
     (path / "config.json").write_text(json.dumps(data))
     refresh_sizes(path)
     with pytest.raises(ValueError, match=r"config\.json: unknown key 'n_layers'"):
+        load_model_package(path)
+    (path / "config.json").write_text('{"vocab_size": 12,')
+    refresh_sizes(path)
+    with pytest.raises(PackageError, match=r"config\.json: not valid JSON"):
+        load_model_package(path)
+    (path / "package.json").write_bytes(b"\xff{")
+    with pytest.raises(PackageError, match=r"package\.json: not valid JSON .*; the package is damaged"):
         load_model_package(path)
 
 
@@ -452,6 +476,12 @@ def test_bad_run_directories(tmp_path, char_tok):
     run = make_run_dir(tmp_path, char_tok, cfg, None, MiniGPT(cfg))
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(PackageError, match="no best_val.pt or last.pt"):
+        package_run(run, tmp_path / "out")
+    (run / "run.json").write_text("[1, 2]")
+    with pytest.raises(PackageError, match=r"run\.json: expected a JSON object"):
+        package_run(run, tmp_path / "out")
+    (run / "run.json").write_text("{")
+    with pytest.raises(PackageError, match=r"run\.json: not valid JSON"):
         package_run(run, tmp_path / "out")
     # Loading a run directory as a package points at `package create`.
     with pytest.raises(PackageError, match="looks like a run directory"):
