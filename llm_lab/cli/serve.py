@@ -7,21 +7,13 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from llm_lab.cli.sample import positive_int
+
 logger = logging.getLogger("llm_lab.serve")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _positive_int(text) if text != "0" else 0
+    value = positive_int(text) if text != "0" else 0
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
@@ -42,13 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--model-name", default=None, help="model id shown to clients (default: the folder name)")
     parser.add_argument(
-        "--max-tokens-cap", type=_positive_int, default=None, help="most new tokens per choice (default: the context)"
+        "--max-tokens-cap", type=positive_int, default=None, help="most new tokens per choice (default: the context)"
     )
     parser.add_argument(
-        "--max-body-bytes", type=_positive_int, default=1_000_000, help="larger request bodies get 413 (default 1 MB)"
+        "--max-body-bytes", type=positive_int, default=1_000_000, help="larger request bodies get 413 (default 1 MB)"
     )
     parser.add_argument(
-        "--max-pending", type=_positive_int, default=64, help="queued requests before new ones get 503 (default 64)"
+        "--max-pending", type=positive_int, default=64, help="queued requests before new ones get 503 (default 64)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

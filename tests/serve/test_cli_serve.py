@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -109,6 +110,24 @@ def test_openai_client_against_the_local_server(cli_server: str, reference: Any)
 def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["serve", str(tmp_path / "nope")]) == 2
     assert "no package or run directory at" in capsys.readouterr().err
+
+
+def test_cli_warns_only_when_binding_beyond_loopback(
+    package_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--host decides the warning; the server itself is replaced by a recorder (no socket is opened)."""
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: "app")
+    warning = "the server is reachable from other machines and has no authentication"
+    with caplog.at_level(logging.WARNING, logger="llm_lab.serve"):
+        for host in ("127.0.0.1", "localhost", "::1"):
+            assert cli_main(["serve", str(package_dir), "--host", host]) == 0
+        assert warning not in caplog.text
+        assert cli_main(["serve", str(package_dir), "--host", "0.0.0.0", "--port", "9"]) == 0
+    assert f"binding 0.0.0.0: {warning}" in caplog.text
+    assert runs[-1] == {"host": "0.0.0.0", "port": 9, "log_level": "info"}
+    assert [run["host"] for run in runs] == ["127.0.0.1", "localhost", "::1", "0.0.0.0"]
 
 
 def test_cli_refuses_a_bad_device(package_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
