@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Standard library only: the corpus names are needed to build --help. numpy/torch load inside the commands.
 from llm_lab.core.data.download import DATASETS, DownloadError, download_dataset
-from llm_lab.core.data.prepare import build_char_tokenizer, prepare_corpus
 
 
 def _load_tokenizer(spec: str, inputs: list[Path]):
     if spec == "char":
+        from llm_lab.core.data.prepare import build_char_tokenizer
+
         return build_char_tokenizer(inputs)
     from llm_lab.core.tokenization import load_tokenizer
 
@@ -25,6 +27,8 @@ def _prepare(args: argparse.Namespace) -> int:
     for path in inputs:
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
+    from llm_lab.core.data.prepare import prepare_corpus
+
     tokenizer = _load_tokenizer(args.tokenizer, inputs)
     meta = prepare_corpus(
         tokenizer,
