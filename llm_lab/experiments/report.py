@@ -95,7 +95,12 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         return None
     run_json: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
-        run_json = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        try:
+            run_json = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{run_dir / 'run.json'}: not valid JSON ({e}); fix or remove it") from None
+        if not isinstance(run_json, dict):
+            raise ValueError(f"{run_dir / 'run.json'}: expected a JSON object with 'model' and 'train' sections")
     summary, parameters, precision, batch_size = _config_summary(run_json)
     val = _finite(columns.get("val_loss", []))
     train = _finite(columns.get("train_loss", []))

@@ -78,3 +78,10 @@ def test_report_errors(tmp_path):
     with pytest.raises(ValueError, match="no run directories with logged steps"):
         write_report(tmp_path / "runs", tmp_path / "out")
     assert collect_runs(tmp_path / "runs") == ([], [], [])
+    run = make_run(tmp_path / "runs" / "a", rows_for(2, 3.0, [1.0, 2.0]), MODEL)
+    (run / "run.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match=r"a/run\.json: not valid JSON"):
+        write_report(tmp_path / "runs", tmp_path / "out")
+    (run / "run.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"a/run\.json: expected a JSON object"):
+        write_report(tmp_path / "runs", tmp_path / "out")
