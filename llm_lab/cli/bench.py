@@ -10,6 +10,13 @@ DEFAULT_BENCH_DIR = Path("experiments") / "bench"
 THREADS_HELP = "CPU threads for torch (default: torch's choice); on a busy shared machine 1 avoids oversubscription"
 
 
+def _check_device(device: str | None) -> None:
+    """A bad ``--device`` is a one-line error before any measurement (torch's own errors are tracebacks)."""
+    from llm_lab.utils.devices import resolve_device
+
+    resolve_device(device)
+
+
 def set_threads(threads: int | None) -> None:
     """Apply ``--threads``: torch's intra-op CPU threads (a busy machine runs small models faster on fewer)."""
     if threads is None:
@@ -72,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_env(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    _check_device(args.device)
     from llm_lab.experiments.env import collect_environment, format_env_report
     from llm_lab.utils.io import atomic_write_json
 
@@ -88,6 +96,7 @@ def _run_env(args: argparse.Namespace) -> int:
 
 def _run_attention(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    _check_device(args.device)
     from llm_lab.experiments.attention_bench import (
         AttentionBenchConfig,
         attention_summary_table,
@@ -120,6 +129,7 @@ def _run_attention(args: argparse.Namespace) -> int:
 
 def _run_step(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    _check_device(args.device)
     from llm_lab.experiments.step_bench import (
         StepBenchConfig,
         load_step_model_config,

@@ -31,6 +31,7 @@ from llm_lab.core.model.attention import reference_attention, sdpa_attention
 from llm_lab.experiments.measure import peak_memory_bytes, time_callable
 from llm_lab.experiments.plots import plot_attention_benchmark
 from llm_lab.experiments.tables import markdown_table, write_csv
+from llm_lab.utils.devices import resolve_device
 from llm_lab.utils.io import atomic_write_text
 
 MODES: tuple[str, ...] = ("fwd", "fwd_bwd")
@@ -111,6 +112,7 @@ class AttentionBenchConfig:
         for name in ("batch_size", "n_head", "repeats"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        resolve_device(self.device)
 
 
 def quick_attention_config(device: str = "cpu") -> AttentionBenchConfig:

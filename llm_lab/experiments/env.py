@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.train.flops import measure_matmul_peak
+from llm_lab.utils.devices import resolve_device
 
 # CPU flags that mean "bf16 matrix arithmetic in hardware" (x86 /proc/cpuinfo names).
 BF16_CPU_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
@@ -166,8 +167,12 @@ def collect_environment(
 
     Returns:
         An :class:`EnvReport`.
+
+    Raises:
+        ValueError: ``device`` is not a device name, or not one this machine has.
     """
     device = device or default_device()
+    resolve_device(device)  # a typo would otherwise report every dtype as "not working"
     flags = read_cpu_flags(cpuinfo_path)
     dtypes = {name: dtype_works(getattr(torch, name), device) for name in PROBED_DTYPES}
     report = EnvReport(

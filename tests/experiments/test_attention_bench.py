@@ -66,6 +66,7 @@ def test_explicit_backends_and_memory_off():
         ({"modes": ("bwd",)}, "unknown mode"),
         ({"backends": ("flash3",)}, "unknown backend"),
         ({"batch_size": 0}, "batch_size must be positive"),
+        ({"device": "gpu0"}, "device 'gpu0' is not a device name; use cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):

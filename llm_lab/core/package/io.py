@@ -54,6 +54,7 @@ from llm_lab.core.package.layout import (
     read_manifest,
 )
 from llm_lab.utils.config_loader import config_from_dict, config_to_dict
+from llm_lab.utils.devices import resolve_device
 from llm_lab.utils.io import _fsync_dir, atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -495,40 +496,6 @@ def save_model_package(
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device | None:
-    """Check a device name before any loading: a typo or an absent backend is a ``ValueError`` saying what to use.
-
-    Args:
-        device: ``None`` (leave the model on the CPU), or a name such as ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
-
-    Returns:
-        The ``torch.device``, or ``None``.
-
-    Raises:
-        ValueError: not a device name, or a CUDA/MPS device this machine does not have.
-    """
-    if device is None:
-        return None
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif resolved.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu")
-    elif resolved.type != "cpu":
-        raise ValueError(f"device {device!r}: llm-lab runs models on cpu, cuda or mps")
-    return resolved
 
 
 def _finish_model(config: MiniGPTConfig, state: dict[str, torch.Tensor], source: Path, device: Any) -> nn.Module:
