@@ -170,6 +170,10 @@ class KVCache:
         """Empty the cache for reuse with the same shapes; the buffers are kept, nothing is zeroed."""
         self.length = 0
 
+    def __getstate__(self) -> dict:
+        # A weak reference cannot be pickled; a cache read back has no known owner and accepts any model.
+        return {**self.__dict__, "_owner": None}
+
     def __repr__(self) -> str:
         return (
             f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_kv_head={self.n_kv_head}, "

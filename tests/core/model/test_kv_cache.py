@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 
-from llm_lab.core.model import KVCache, MiniGPTConfig
+from llm_lab.core.model import KVCache, MiniGPT, MiniGPTConfig
 
 CONFIG = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16)
 
@@ -64,3 +67,16 @@ def test_compatibility_check_names_the_mismatch():
     other = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=3, n_head=4, n_kv_head=2, n_embd=16)
     with pytest.raises(ValueError, match=r"\(2, 2, 4\) in the cache, \(3, 2, 4\) in this model"):
         cache.check_compatible(other, 2)
+
+
+def test_cache_pickles_and_copies():
+    """The owner is a weak reference and is not pickled: a cache read back has no known owner; a deep copy keeps it."""
+    model = MiniGPT(CONFIG).eval()
+    x = torch.randint(0, 10, (1, 5))
+    with torch.no_grad():
+        full, _ = model(x)
+        _, cache = model(x[:, :3], use_cache=True)
+        for clone in (pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)):
+            assert clone.length == 3
+            rest, _ = model(x[:, 3:], past_key_values=clone)
+            torch.testing.assert_close(rest, full[:, 3:], atol=1e-5, rtol=1e-5)
