@@ -25,11 +25,10 @@ from typing import Any
 import torch
 
 from llm_lab.core.train.flops import measure_matmul_peak
+from llm_lab.core.train.precision import BF16_CPU_FLAGS  # one list of bf16 matrix-unit flags, shared with "auto"
 from llm_lab.utils.devices import resolve_device
 
-# CPU flags that mean "bf16 matrix arithmetic in hardware" (x86 /proc/cpuinfo names).
-BF16_CPU_FLAGS: tuple[str, ...] = ("amx_bf16", "avx512_bf16")
-# Other flags worth reporting next to them: the vector width the fp32 kernels run on, AMX tile support.
+# Flags worth reporting next to BF16_CPU_FLAGS: the vector width the fp32 kernels run on, AMX tile support.
 REPORTED_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8") + BF16_CPU_FLAGS
 PROBED_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
