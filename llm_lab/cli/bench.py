@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,10 +117,8 @@ def _run_attention(args: argparse.Namespace) -> int:
         "n_head": args.n_head,
         "repeats": args.repeats,
     }
-    fields = {name: getattr(base, name) for name in base.__dataclass_fields__}
-    fields.update({name: value for name, value in chosen.items() if value is not None})
-    fields["measure_memory"] = not args.no_memory
-    config = AttentionBenchConfig(**fields)
+    given = {name: value for name, value in chosen.items() if value is not None}
+    config = dataclasses.replace(base, **given, measure_memory=not args.no_memory)  # validated again
     rows = run_attention_benchmark(config)
     paths = write_attention_results(rows, args.out, title=f"B={config.batch_size}, H={config.n_head}, {args.device}")
     print(attention_summary_table(rows), end="")
