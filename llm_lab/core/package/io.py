@@ -561,23 +561,11 @@ RUN_CHECKPOINTS: dict[str, str] = {"best": "checkpoints/best_val.pt", "last": "c
 
 
 def _read_run_checkpoint(path: Path) -> dict[str, Any]:
-    """A run checkpoint as a dict, read with ``weights_only=True`` (via the trainer's loader when present)."""
-    try:
-        from llm_lab.core.train.checkpoint import load_checkpoint
-    except ImportError:
-        load_checkpoint = None
-    try:
-        if load_checkpoint is not None:
-            ckpt = load_checkpoint(path, map_location="cpu")
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise PackageError(
-            f"refusing to load {path}: it holds pickled Python objects that could run code ({_unpickler_reason(e)})"
-        ) from None
-    except (RuntimeError, EOFError) as e:
-        raise PackageError(f"{path}: not a readable checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+    """A run checkpoint as a dict, through the trainer's reader (``weights_only=True``; errors name the file)."""
+    from llm_lab.core.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location="cpu")  # CheckpointError is a ValueError: one line on the CLI
+    if not isinstance(ckpt.get("model"), dict):
         raise PackageError(f"{path}: not a trainer checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
 

@@ -493,9 +493,19 @@ def test_malicious_run_checkpoint_is_refused(tmp_path, char_tok):
     run = make_run_dir(tmp_path, char_tok, cfg, None, MiniGPT(cfg))
     marker = tmp_path / "pwned"
     write_malicious_checkpoint(run / "checkpoints" / "last.pt", marker)
-    with pytest.raises(ValueError, match=r"last\.pt"):
+    refused = r"last\.pt: refusing to load, it holds pickled Python objects"
+    with pytest.raises(ValueError, match=refused):
         package_run(run, tmp_path / "out")
-    with pytest.raises(ValueError, match=r"last\.pt"):
+    with pytest.raises(ValueError, match=refused):
         load_run(run)
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_run_checkpoint_from_another_format_version_is_refused(tmp_path, char_tok):
+    cfg = tiny_config(char_tok.vocab_size)
+    run = make_run_dir(tmp_path, char_tok, cfg, None, MiniGPT(cfg))
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({**ckpt, "format_version": 2}, run / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: checkpoint format_version 2 is not supported"):
+        package_run(run, tmp_path / "out")
