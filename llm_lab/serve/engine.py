@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.decode import stream as decode_stream
+from llm_lab.utils.devices import resolve_device
 
 FinishReason = str  # "stop" (end-of-text token or a stop string) or "length" (max_tokens reached)
 
@@ -69,6 +70,7 @@ class CompletionEngine:
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        device = resolve_device(device)  # a typo is a ValueError naming the choices, not a torch traceback
         self.model = model.to(device) if device is not None else model
         self.model.eval()
         self.device = next(self.model.parameters()).device

@@ -179,3 +179,13 @@ def test_a_failing_model_call_is_reported_and_the_worker_survives(package_dir: P
 
         fail["on"] = False
         assert httpx.post(url, json={"prompt": "the", "max_tokens": 3}, timeout=30).status_code == 200
+
+
+def test_engine_settings_are_checked(package_dir: Path) -> None:
+    loaded = load_model_package(package_dir)
+    with pytest.raises(ValueError, match="device 'gpu' is not a device name; use cpu, cuda, cuda:N or mps"):
+        create_app(loaded, device="gpu")
+    with pytest.raises(ValueError, match=r"max_tokens_cap must be between 1 and the model's context \(64\), got 0"):
+        create_app(loaded, max_tokens_cap=0)
+    with pytest.raises(ValueError, match="max_body_bytes must be positive, got 0"):
+        create_app(loaded, max_body_bytes=0)
