@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_lab.utils.devices import resolve_device
+
 __all__ = ["EvalResult", "evaluate_text"]
 
 
@@ -77,7 +79,7 @@ def evaluate_text(
         An :class:`EvalResult`.
 
     Raises:
-        ValueError: an empty text, a text of a single token, or non-positive sizes.
+        ValueError: an empty text, a text of a single token, non-positive sizes, or a bad device name.
     """
     config = getattr(model, "config", None)
     window = context_length if context_length is not None else getattr(config, "context_length", None)
@@ -105,7 +107,7 @@ def evaluate_text(
     if predicted_bytes == 0:
         raise ValueError("the evaluated tokens decode to no bytes; cannot compute bits per byte")
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) or next(model.parameters()).device
     was_training = model.training
     model.eval()
     data = torch.tensor(ids, dtype=torch.long)

@@ -83,6 +83,19 @@ def test_end_of_text_token_is_prepended_for_bpe():
     assert result.bits_per_byte == pytest.approx(result.total_nll / math.log(2) / result.bytes)
 
 
+def test_bad_arguments_are_named():
+    tok = char_tokenizer()
+    model = MiniGPT(MiniGPTConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError, match="device 'gpu' is not a device name"):
+        evaluate_text(model, tok, HELD_OUT, device="gpu")
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        evaluate_text(model, tok, HELD_OUT, batch_size=0)
+    with pytest.raises(ValueError, match="max_tokens must be at least 2, got 1"):
+        evaluate_text(model, tok, HELD_OUT, max_tokens=1)
+    with pytest.raises(ValueError, match=r"context_length=17 is longer than the model accepts \(16\)"):
+        evaluate_text(model, tok, HELD_OUT, context_length=17)
+
+
 def test_eval_cli(capsys, tmp_path):
     tok = bpe_tokenizer()
     path, model = make_package(tmp_path / "pkg", tok)
