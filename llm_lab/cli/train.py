@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.train import NonFiniteLossError
-from llm_lab.core.train.distributed import init_distributed
+from llm_lab.core.train.distributed import init_distributed, shutdown_distributed
 from llm_lab.core.train.run import InitSource, prepare_run, resolve_run_config
 
 __all__ = ["load_init_source", "make_sample_callback", "register"]
@@ -69,6 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(f"--package {args.package} already exists; choose another path or pass --overwrite")
     config = resolve_run_config(args.config, args.out, args.overrides, resume=args.resume)
     dist_info = init_distributed(config.train.device)
+    clean = False
     try:
         init_from = load_init_source(args.init_from) if args.init_from else None
         prepared = prepare_run(
@@ -106,9 +107,10 @@ def _train(args: argparse.Namespace) -> int:
                 from llm_lab.core.package.io import package_run
 
                 print(f"package: {package_run(args.out, args.package, overwrite=args.overwrite)}")
+        clean = True
     finally:
         if dist_info.enabled:
-            torch.distributed.destroy_process_group()
+            shutdown_distributed(clean=clean)
     return 0
 
 

@@ -80,3 +80,15 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+def shutdown_distributed(*, clean: bool) -> None:
+    """Leave the process group. After a clean run every process waits for the others first: a process that
+    tears gloo down while a peer is still in a collective (rank 0 writing the last checkpoint, say) can abort
+    with "terminate called without an active exception". After an error there is no barrier, since the peers
+    may never reach it."""
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
