@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (CLIError, ValueError, OSError) as e:
+        # User mistakes and the file system's refusals (missing file, no space, permission): one line, exit 2.
         print(f"llm-lab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

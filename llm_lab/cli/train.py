@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+# torch and the trainer are imported inside the commands, so `llm-lab --help` starts fast.
+if TYPE_CHECKING:
+    import torch
 
-from llm_lab.core.train import NonFiniteLossError
-from llm_lab.core.train.distributed import init_distributed, shutdown_distributed
-from llm_lab.core.train.run import InitSource, prepare_run, resolve_run_config
+    from llm_lab.core.train.run import InitSource
 
 __all__ = ["load_init_source", "make_sample_callback", "register"]
 
@@ -55,6 +55,7 @@ def make_sample_callback(
 def load_init_source(path: str | Path) -> InitSource:
     """Weights, model config and tokenizer of a run directory (best checkpoint) or a model package."""
     from llm_lab.core.package.io import load_package_or_run
+    from llm_lab.core.train.run import InitSource
 
     config, tokenizer, model = load_package_or_run(path)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -63,6 +64,9 @@ def load_init_source(path: str | Path) -> InitSource:
 
 def _train(args: argparse.Namespace) -> int:
     from llm_lab.cli import CLIError
+    from llm_lab.core.train import NonFiniteLossError
+    from llm_lab.core.train.distributed import init_distributed, shutdown_distributed
+    from llm_lab.core.train.run import prepare_run, resolve_run_config
 
     if args.package is not None and args.package.exists() and not args.overwrite:
         # Checked before training, so a finished run never ends on a refusal.
