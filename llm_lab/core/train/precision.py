@@ -18,7 +18,7 @@ optimizer) in fp32, casting between the two around every product. Whether that p
    4 layers, 128 wide, 0.8M parameters (16 x 64)   0.95 - 1.3 (no reliable gain)
    4 layers, 192 wide, 1.8M (32 x 64)              about 1.3
    4 layers, 256 wide, 3.2M (32 x 64)              about 1.5
-   6 layers, 384 wide, 10.8M (16 x 256)            1.3 - 2.5
+   6 layers, 384 wide, 10.8M (16 x 256)            1.3 - 1.7
    ==============================================  =================================
 
    (medians of interleaved repeats on a machine shared with other jobs, so only roughly repeatable),
