@@ -203,5 +203,9 @@ def apply_overrides(sections: dict[str, Any], overrides: list[str] | tuple[str, 
                     f"--set {section}.{key}: unknown key {key!r}; valid keys for {section}: {', '.join(data)}"
                 )
         data.update(changes)
+        # A config may re-derive values it resolved from defaults (MiniGPTConfig: n_kv_head follows n_head).
+        rederive = getattr(type(current), "rederive_after_override", None)
+        if rederive is not None:
+            data = rederive(data, set(changes))
         result[section] = config_from_dict(type(current), data, where=f"--set {section}")
     return result

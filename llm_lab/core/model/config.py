@@ -164,6 +164,20 @@ class MiniGPTConfig:
                     f"{self.context_length} entries"
                 )
 
+    @staticmethod
+    def rederive_after_override(data: dict[str, Any], changed: set[str]) -> dict[str, Any]:
+        """``--set model.n_head=...`` keeps the attention type: ``__post_init__`` stored ``n_kv_head`` resolved
+        (``n_head`` for MHA, 1 for MQA), so unless the override names it, derive it again from the new head
+        count. GQA's ``n_kv_head`` was chosen by hand and stays (and is checked against the new ``n_head``)."""
+        if "n_head" in changed and not changed & {"n_kv_head", "attention_type"}:
+            if data.get("attention_type") == "mha":
+                data = {**data, "n_kv_head": None, "attention_type": None}
+            elif data.get("attention_type") == "mqa":
+                data = {**data, "n_kv_head": None}
+            else:  # gqa: the kv-head count stays, the type is inferred again from the new ratio
+                data = {**data, "attention_type": None}
+        return data
+
     def _attention_type_for(self, n_kv_head: int) -> str:
         if n_kv_head == self.n_head:
             return "mha"
