@@ -166,16 +166,19 @@ class MiniGPTConfig:
 
     @staticmethod
     def rederive_after_override(data: dict[str, Any], changed: set[str]) -> dict[str, Any]:
-        """``--set model.n_head=...`` keeps the attention type: ``__post_init__`` stored ``n_kv_head`` resolved
-        (``n_head`` for MHA, 1 for MQA), so unless the override names it, derive it again from the new head
-        count. GQA's ``n_kv_head`` was chosen by hand and stays (and is checked against the new ``n_head``)."""
-        if "n_head" in changed and not changed & {"n_kv_head", "attention_type"}:
-            if data.get("attention_type") == "mha":
-                data = {**data, "n_kv_head": None, "attention_type": None}
-            elif data.get("attention_type") == "mqa":
-                data = {**data, "n_kv_head": None}
-            else:  # gqa: the kv-head count stays, the type is inferred again from the new ratio
-                data = {**data, "attention_type": None}
+        """Re-derive what ``__post_init__`` resolved, after ``--set`` changed the head counts.
+
+        ``n_kv_head`` and ``attention_type`` are stored resolved. So when an override changes ``n_head`` or
+        ``n_kv_head`` but names no ``attention_type``, the type is inferred again from the new counts, and an
+        MHA model's ``n_kv_head`` follows a new ``n_head`` (MHA stays MHA; MQA keeps its single kv head; a GQA
+        count stays and is checked against the new ``n_head``).
+        """
+        if "attention_type" in changed or not changed & {"n_head", "n_kv_head"}:
+            return data
+        was_mha = data.get("attention_type") == "mha"
+        data = {**data, "attention_type": None}
+        if was_mha and "n_kv_head" not in changed:
+            data["n_kv_head"] = None
         return data
 
     def _attention_type_for(self, n_kv_head: int) -> str:
