@@ -25,7 +25,12 @@ from typing import Any
 import torch
 
 from llm_lab.core.train.flops import measure_matmul_peak
-from llm_lab.core.train.precision import BF16_CPU_FLAGS  # one list of bf16 matrix-unit flags, shared with "auto"
+from llm_lab.core.train.precision import (  # one cpuinfo reader and flag list, shared with precision="auto"
+    BF16_CPU_FLAGS,
+    MIN_BF16_SPEEDUP,
+    has_bf16_matrix_units,
+    read_cpu_flags,
+)
 from llm_lab.utils.devices import resolve_device
 
 # Flags worth reporting next to BF16_CPU_FLAGS: the vector width the fp32 kernels run on, AMX tile support.
@@ -58,20 +63,6 @@ class EnvReport:
         return asdict(self)
 
 
-def read_cpu_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (empty where the file does not exist, e.g. macOS)."""
-    try:
-        text = Path(cpuinfo_path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        # x86 calls the line "flags", ARM "Features"; the first one describes every core on these machines.
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
 def read_cpu_model(cpuinfo_path: str | Path = "/proc/cpuinfo") -> str:
     """A human-readable CPU name (``/proc/cpuinfo``'s model name, else ``platform.processor()``)."""
     try:
@@ -82,11 +73,6 @@ def read_cpu_model(cpuinfo_path: str | Path = "/proc/cpuinfo") -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def has_bf16_matrix_units(flags: set[str]) -> bool:
-    """True when the CPU flags announce bf16 matrix/dot-product instructions (AMX-BF16 or AVX512-BF16)."""
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def available_devices() -> list[str]:
@@ -219,7 +205,7 @@ def format_env_report(report: EnvReport) -> str:
         peaks = ", ".join(f"{name} {gflops:.1f} GFLOP/s" for name, gflops in report.matmul_peak_gflops.items())
         lines.append(f"matmul peak (measured): {peaks}")
     if report.bf16_speedup is not None:
-        verdict = "train in bf16" if report.bf16_speedup >= 1.5 else "bf16 gives little here; fp32 is fine"
+        verdict = "train in bf16" if report.bf16_speedup >= MIN_BF16_SPEEDUP else "bf16 gives little here; fp32 is fine"
         lines.append(f"bf16 / fp32 matmul speed: {report.bf16_speedup:.2f}x ({verdict})")
     compile_line = f"torch.compile works: {yes_no(report.compile_works)}"
     if report.compile_note:

@@ -44,8 +44,10 @@ __all__ = [
     "MIN_BF16_WIDTH",
     "choose_cpu_precision",
     "cpu_bf16_flags",
+    "has_bf16_matrix_units",
     "model_width",
     "probe_bf16_speedup",
+    "read_cpu_flags",
 ]
 
 # /proc/cpuinfo flags meaning "bf16 matrix arithmetic in hardware" (x86 names).
@@ -56,11 +58,12 @@ MIN_BF16_WIDTH = 256
 MIN_BF16_SPEEDUP = 1.5
 
 
-def cpu_bf16_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The bf16 matrix-unit flags (of :data:`BF16_CPU_FLAGS`) this CPU reports; empty where unknown.
+def read_cpu_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """Every CPU feature flag ``/proc/cpuinfo`` lists; empty where the file does not exist (macOS, Windows).
 
-    Reads the first ``flags`` line of ``/proc/cpuinfo`` (Linux on x86); on other systems the file does not
-    exist and the answer is empty, so ``auto`` stays fp32 there.
+    Reads the first ``flags`` line (x86) or ``Features`` line (ARM): it describes every core on the machines
+    this lab runs on. The one place the project parses ``/proc/cpuinfo`` flags (``llm-lab bench env`` reports
+    them through this function too).
     """
     try:
         text = Path(cpuinfo_path).read_text(encoding="utf-8", errors="replace")
@@ -68,9 +71,22 @@ def cpu_bf16_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> frozenset[str]
         return frozenset()
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split()) & frozenset(BF16_CPU_FLAGS)
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
     return frozenset()
+
+
+def has_bf16_matrix_units(flags: Iterable[str]) -> bool:
+    """True when ``flags`` name a bf16 matrix unit (one of :data:`BF16_CPU_FLAGS`)."""
+    return not frozenset(flags).isdisjoint(BF16_CPU_FLAGS)
+
+
+def cpu_bf16_flags(cpuinfo_path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The bf16 matrix-unit flags (of :data:`BF16_CPU_FLAGS`) this CPU reports; empty where unknown.
+
+    On systems without ``/proc/cpuinfo`` the answer is empty, so ``auto`` stays fp32 there.
+    """
+    return read_cpu_flags(cpuinfo_path) & frozenset(BF16_CPU_FLAGS)
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -134,7 +150,7 @@ def choose_cpu_precision(
     at the threshold, and even then only the speed differs (weights, gradients and optimizer state are fp32).
     """
     flags = cpu_bf16_flags() if flags is None else frozenset(flags)
-    if not set(flags) & set(BF16_CPU_FLAGS):
+    if not has_bf16_matrix_units(flags):
         return "fp32"
     if width is None or width < MIN_BF16_WIDTH:
         return "fp32"

@@ -16,8 +16,10 @@ from llm_lab.core.train.precision import (
     MIN_BF16_WIDTH,
     choose_cpu_precision,
     cpu_bf16_flags,
+    has_bf16_matrix_units,
     model_width,
     probe_bf16_speedup,
+    read_cpu_flags,
 )
 
 CPU = torch.device("cpu")
@@ -61,6 +63,17 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
     assert cpu_bf16_flags(arm) == frozenset()  # ARM's bf16 is not one of the x86 matrix-unit flags named here
     assert cpu_bf16_flags(tmp_path / "missing") == frozenset()
+    # The full flag sets come from the same reader (the first flags/Features line).
+    assert read_cpu_flags(x86) == {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_tile"}
+    assert read_cpu_flags(arm) == {"fp", "asimd", "bf16"}
+    assert read_cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_bf16_matrix_units_are_named_by_either_flag():
+    assert has_bf16_matrix_units({"avx2", "amx_bf16"})
+    assert has_bf16_matrix_units(["avx512_bf16"])
+    assert not has_bf16_matrix_units({"avx2", "avx512f", "bf16"})
+    assert not has_bf16_matrix_units(())
 
 
 def test_probe_measures_a_positive_ratio():
