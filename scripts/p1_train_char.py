@@ -57,33 +57,34 @@ def main(argv: list[str] | None = None) -> int:
         corpus = Path(tmp) / "built_in.txt"
         corpus.write_text(BUILT_IN_TEXT * args.repeats, encoding="utf-8")
         out = args.out or Path(tmp) / "run"
-        config = RunConfig(
-            model=MiniGPTConfig(
-                context_length=args.context_length, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd
-            ),
-            train=TrainerConfig(
-                batch_size=args.batch_size,
-                max_steps=args.max_steps,
-                lr=args.lr,
-                min_lr=args.lr / 10,
-                warmup_steps=min(20, args.max_steps),
-                eval_interval=args.eval_interval,
-                eval_batches=4,
-                log_interval=args.eval_interval,
-                device=args.device,
-                seed=args.seed,
-            ),
-            tokenizer=TokenizerSpec(type="char"),
-        )
+        # Bad flags (a config ValueError) or an absent device: one line and exit 2, no traceback.
         try:
+            config = RunConfig(
+                model=MiniGPTConfig(
+                    context_length=args.context_length, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd
+                ),
+                train=TrainerConfig(
+                    batch_size=args.batch_size,
+                    max_steps=args.max_steps,
+                    lr=args.lr,
+                    min_lr=args.lr / 10,
+                    warmup_steps=min(20, args.max_steps),
+                    eval_interval=args.eval_interval,
+                    eval_batches=4,
+                    log_interval=args.eval_interval,
+                    device=args.device,
+                    seed=args.seed,
+                ),
+                tokenizer=TokenizerSpec(type="char"),
+            )
             prepared = prepare_run(config, corpus, out, overwrite=args.overwrite)
+            trainer = prepared.start(progress=False)
         except (ValueError, FileNotFoundError) as e:
             print(f"p1_train_char: error: {e}", file=sys.stderr)
             return 2
         print(
             f"{prepared.model.num_parameters():,} parameters, vocabulary of {prepared.tokenizer.vocab_size} characters"
         )
-        trainer = prepared.start(progress=False)
         before = trainer.evaluate().loss
         result = trainer.train()
         print(f"validation loss {before:.3f} -> {result.val_loss:.3f} after {result.step} steps")

@@ -2,7 +2,7 @@
 
     python scripts/p1_train_char_real.py                          # 2000 steps, ~0.8M parameters, CPU minutes
     python scripts/p1_train_char_real.py --set train.max_steps=200 --out runs/quick
-    python scripts/p1_train_char_real.py --resume                 # continue an interrupted run
+    python scripts/p1_train_char_real.py --resume                 # continue an interrupted run (its run.json)
 
 This is ``llm-lab train --config configs/shakespeare_char.json --data ... --out ...`` with defaults filled in:
 the corpus is ``../shared/data/tiny_shakespeare.txt`` beside the repository when present, else
@@ -17,19 +17,20 @@ import sys
 from pathlib import Path
 
 from llm_lab.cli import main as llm_lab_main
+from llm_lab.core.data.download import default_corpus_path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def default_data() -> Path:
-    shared = REPO.parent / "shared" / "data" / "tiny_shakespeare.txt"
-    return shared if shared.is_file() else REPO / "data" / "tiny_shakespeare.txt"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="text file or prepared directory (default: see above)")
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "shakespeare_char.json")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="run config (default: configs/shakespeare_char.json; with --resume: the run's own run.json)",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("runs/shakespeare_char"), help="run directory (default: %(default)s)"
     )
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    data = args.data or default_data()
+    data = args.data or default_corpus_path(REPO)
     if not data.exists():
         print(
             f"p1_train_char_real: error: {data} not found; fetch it with "
@@ -50,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    command = ["train", "--config", str(args.config), "--data", str(data), "--out", str(args.out)]
+    config = args.config
+    if config is None and not args.resume:
+        config = REPO / "configs" / "shakespeare_char.json"
+    # Resuming without --config continues the run as it was started (its run.json), --set overrides included.
+    command = ["train", "--data", str(data), "--out", str(args.out)]
+    command += ["--config", str(config)] if config is not None else []
     command += [f"--set={o}" for o in args.overrides]
     command += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
     return llm_lab_main(command)

@@ -15,17 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.train import TrainerConfig
 from llm_lab.core.train.run import RunConfig, TokenizerSpec, prepare_run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def default_data() -> Path:
-    shared = REPO.parent / "shared" / "data" / "tiny_shakespeare.txt"
-    return shared if shared.is_file() else REPO / "data" / "tiny_shakespeare.txt"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    data = args.data or default_data()
+    data = args.data or default_corpus_path(REPO)
     if not data.is_file():
         print(
             f"p1_train_char_sanity_check: error: {data} not found; fetch it with "
@@ -53,29 +49,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="llm-lab-sanity-") as tmp:
         sliced = Path(tmp) / "slice.txt"
-        sliced.write_text(data.read_text(encoding="utf-8")[: args.chars], encoding="utf-8")
-        config = RunConfig(
-            model=MiniGPTConfig(context_length=args.context_length, n_layer=2, n_head=2, n_embd=32),
-            train=TrainerConfig(
-                batch_size=args.batch_size,
-                max_steps=args.max_steps,
-                lr=3e-3,
-                min_lr=3e-4,
-                warmup_steps=min(5, args.max_steps),
-                eval_interval=args.max_steps,
-                eval_batches=5,
-                log_interval=max(1, args.max_steps // 5),
-                device=args.device,
-                seed=args.seed,
-            ),
-            tokenizer=TokenizerSpec(type="char"),
-        )
+        # Bad flags (a config ValueError), a non-UTF-8 file or an absent device: one line and exit 2, no traceback.
         try:
+            try:
+                text = data.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{data} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            sliced.write_text(text[: args.chars], encoding="utf-8")
+            config = RunConfig(
+                model=MiniGPTConfig(context_length=args.context_length, n_layer=2, n_head=2, n_embd=32),
+                train=TrainerConfig(
+                    batch_size=args.batch_size,
+                    max_steps=args.max_steps,
+                    lr=3e-3,
+                    min_lr=3e-4,
+                    warmup_steps=min(5, args.max_steps),
+                    eval_interval=args.max_steps,
+                    eval_batches=5,
+                    log_interval=max(1, args.max_steps // 5),
+                    device=args.device,
+                    seed=args.seed,
+                ),
+                tokenizer=TokenizerSpec(type="char"),
+            )
             prepared = prepare_run(config, sliced, Path(tmp) / "run")
+            trainer = prepared.start(progress=False)
         except ValueError as e:
             print(f"p1_train_char_sanity_check: error: {e}", file=sys.stderr)
             return 2
-        trainer = prepared.start(progress=False)
         before = trainer.evaluate().loss
         after = trainer.train().val_loss
         vocab = prepared.tokenizer.vocab_size

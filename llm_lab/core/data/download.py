@@ -26,6 +26,7 @@ __all__ = [
     "DownloadError",
     "RemoteFile",
     "download_dataset",
+    "default_corpus_path",
     "download_tiny_shakespeare",
     "sha256_file",
 ]
@@ -91,6 +92,24 @@ def _copy_checked(src: IO[bytes], target: Path, spec: RemoteFile, origin: str) -
                 f"{origin} is not {spec.name}: {size:,} bytes with sha256 {digest.hexdigest()}, expected "
                 f"{spec.size:,} bytes with sha256 {spec.sha256}; nothing was saved"
             )
+
+
+def default_corpus_path(root: str | Path, name: str = TINY_SHAKESPEARE.name) -> Path:
+    """Where a script run from the checkout ``root`` finds a known corpus when no ``--data`` is given.
+
+    ``root/../shared/data/FILE`` (the data folder shared beside a checkout) when that file exists, else
+    ``root/data/FILE``, where ``llm-lab data download NAME`` run in ``root`` puts it. The path may not exist;
+    the caller says how to fetch it.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    root = Path(root)
+    filename = DATASETS[name].filename
+    shared = root.parent / "shared" / "data" / filename
+    return shared if shared.is_file() else root / "data" / filename
 
 
 def download_dataset(
