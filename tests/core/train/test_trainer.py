@@ -42,6 +42,22 @@ def test_mfu_is_flops_per_token_times_tokens_per_second_over_peak(tiny_model, ti
     assert row["mfu"] == pytest.approx(model.flops_per_token() * row["tokens_per_second"] / 2e9)
 
 
+@pytest.mark.parametrize("progress", [True, None, False])
+def test_progress_bar_shows_loss_and_tokens_per_second(tiny_model, tiny_config, char_data, capsys, progress):
+    """progress=True draws a bar with loss and tok/s; without a terminal (None) or with False there is no bar.
+
+    Without a bar, None prints each logged row instead (so a log file still shows progress); False is silent.
+    """
+    train, val, vocab = char_data
+    Trainer(tiny_model(vocab), tiny_config(max_steps=3, eval_interval=3), train, val, progress=progress).train()
+    out, err = capsys.readouterr()
+    if progress:
+        assert "3/3" in err and "loss=" in err and "tok_s=" in err
+    else:
+        assert "tok_s=" not in err
+    assert ("step 3/3 | loss " in out) == (progress is None)
+
+
 def test_evaluation_is_deterministic_and_reports_perplexity(tiny_model, tiny_config, char_data):
     train, val, vocab = char_data
     trainer = Trainer(tiny_model(vocab), tiny_config(), train, val)
