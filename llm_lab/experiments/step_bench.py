@@ -103,12 +103,12 @@ class StepBenchConfig:
             raise ValueError(f"unknown precision(s) {unknown or list(self.precisions)}; choose from: fp32, bf16")
         if not self.compile_modes:
             raise ValueError("compile_modes must hold False (eager), True (compiled) or both")
-        for name in ("batch_size", "steps", "rounds"):
+        for name in ("batch_size", "steps", "rounds", "peak_repeats"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be non-negative, got {self.warmup}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be a non-negative integer, got {self.warmup!r}")
 
 
 def quick_step_config(device: str = "cpu") -> StepBenchConfig:
@@ -143,10 +143,18 @@ def load_step_model_config(path: str | Path | None, overrides: Sequence[str] = (
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
             model = config_from_dict(MiniGPTConfig, data["model"], where=f"{path}: model")
-            batch_size = int(data.get("train", {}).get("batch_size", batch_size))
+            train = data.get("train", {})
+            if not isinstance(train, dict):
+                raise ValueError(f"{path}: the train section must be a JSON object, got {type(train).__name__}")
+            batch_size = train.get("batch_size", batch_size)
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"{path}: train.batch_size must be a positive integer, got {batch_size!r}")
         else:
             model = config_from_dict(MiniGPTConfig, data, where=str(path))
     if overrides:

@@ -67,12 +67,30 @@ def test_config_loading_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"model": ', r"run.json is not valid JSON: Expecting value"),
+        ('{"model": {"n_layer": 2}, "train": [8]}', r"run.json: the train section must be a JSON object, got list"),
+        ('{"model": {"n_layer": 2}, "train": {"batch_size": "8"}}', "train.batch_size must be a positive integer"),
+        ('{"model": {"n_layer": 2}, "train": {"batch_size": 0}}', "train.batch_size must be a positive integer"),
+    ],
+)
+def test_a_bad_config_file_is_named(tmp_path, text, message):
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_step_model_config(path)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"precisions": ("fp8",)}, "unknown precision"),
         ({"compile_modes": ()}, "compile_modes must hold"),
         ({"steps": 0}, "steps must be a positive integer"),
-        ({"warmup": -1}, "warmup must be non-negative"),
+        ({"warmup": -1}, "warmup must be a non-negative integer"),
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"peak_repeats": 0}, "peak_repeats must be a positive integer"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):
