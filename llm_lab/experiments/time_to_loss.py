@@ -376,17 +376,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark, print the summary and write ``runs.csv``, ``summary.json``, ``summary.md``."""
-    args = build_parser().parse_args(argv)
-    summary = run_time_to_loss(
-        {"baseline": args.baseline, "fast": args.fast},
-        args.data,
-        args.out,
-        target=args.target,
-        repeats=args.repeats,
-        overrides=QUICK_OVERRIDES if args.quick else (),
-        threads=args.threads,
-    )
+    """Run the benchmark, print the summary and write ``runs.csv``, ``summary.json``, ``summary.md``.
+
+    Returns:
+        0, or 2 after a one-line error (missing data or config, bad ``--repeats``/``--threads``, a failed run).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = run_time_to_loss(
+            {"baseline": args.baseline, "fast": args.fast},
+            args.data,
+            args.out,
+            target=args.target,
+            repeats=args.repeats,
+            overrides=QUICK_OVERRIDES if args.quick else (),
+            threads=args.threads,
+        )
+    except (ValueError, OSError, RuntimeError) as e:
+        # A missing file, a bad setting or a failed training process: the message, not a traceback.
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     text = format_summary(summary)
     print(text)
     out = Path(args.out)

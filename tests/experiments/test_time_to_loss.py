@@ -96,6 +96,20 @@ def test_bad_input_is_named(tmp_path):
         run_time_to_loss({"baseline": BASELINE, "fast": tmp_path / "nope.json"}, data, tmp_path)
     with pytest.raises(ValueError, match=r"repeats must be at least 1, got 0"):
         run_time_to_loss({"baseline": BASELINE}, data, tmp_path, repeats=0)
+    with pytest.raises(ValueError, match=r"threads must be a positive integer, got 0"):
+        run_time_to_loss({"baseline": BASELINE}, data, tmp_path, threads=0)
+
+
+def test_script_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    argv = ["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --data" in err and "missing.txt is not a file" in err and "Traceback" not in err
+    data = tmp_path / "corpus.txt"
+    data.write_text("abc" * 100)
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--repeats", "0"]) == 2
+    assert "error: repeats must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written on a refusal
 
 
 def test_fast_config_is_valid_and_evaluates_on_enough_validation_tokens():
