@@ -11,6 +11,7 @@ at each context length. A thin wrapper over ``llm_lab.core.decode.benchmark`` (n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -19,31 +20,44 @@ from llm_lab.core.decode.benchmark import BenchSettings, format_report, run_benc
 from llm_lab.utils.io import atomic_write_json
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8; got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test)")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement (median reported)")
     parser.add_argument("--new-tokens", type=int, help="new tokens per throughput run (default 256)")
-    parser.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1,8)")
-    parser.add_argument("--contexts", help="comma-separated prompt lengths for per-token time (default 64,1024)")
+    parser.add_argument("--batch-sizes", type=_int_list, help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument(
+        "--contexts", type=_int_list, help="comma-separated prompt lengths for per-token time (default 64,1024)"
+    )
     parser.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for the run")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    settings = BenchSettings.quick() if args.quick else BenchSettings()
-    settings.device = args.device
-    if args.repeats is not None:
-        settings.repeats = args.repeats
-    if args.new_tokens is not None:
-        settings.new_tokens = args.new_tokens
-    if args.batch_sizes:
-        settings.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    if args.contexts:
-        settings.contexts = tuple(int(c) for c in args.contexts.split(","))
-    if args.vocab_size is not None:
-        settings.vocab_size = args.vocab_size
+    chosen = {
+        "device": args.device,
+        "repeats": args.repeats,
+        "new_tokens": args.new_tokens,
+        "batch_sizes": args.batch_sizes,
+        "contexts": args.contexts,
+        "vocab_size": args.vocab_size,
+    }
+    base = BenchSettings.quick() if args.quick else BenchSettings()
+    try:
+        # dataclasses.replace validates the settings again: a bad value is one line, before any model is built.
+        settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

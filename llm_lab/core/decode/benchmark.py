@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.decode.generate import generate, stream
+from llm_lab.utils.devices import resolve_device
 
 __all__ = ["BenchSettings", "format_report", "run_benchmark"]
 
@@ -47,6 +48,40 @@ class BenchSettings:
     seed: int = 0
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the settings before any model is built (:func:`run_benchmark` calls it again).
+
+        Raises:
+            ValueError: a size that is not a positive integer, an empty or bad list of batch sizes or contexts,
+                a width that the heads do not divide, contexts longer than ``n_positions`` allows, or a device
+                this machine does not have.
+        """
+        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "prompt_len", "new_tokens",
+                     "context_new_tokens", "repeats"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("batch_sizes", "contexts"):
+            values = tuple(getattr(self, name))
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if max(self.contexts) + self.context_new_tokens > self.n_positions:
+            raise ValueError(
+                f"n_positions={self.n_positions} is too small for a context of {max(self.contexts)} plus "
+                f"{self.context_new_tokens} new tokens"
+            )
+        if self.prompt_len + self.new_tokens > self.n_positions:
+            raise ValueError(
+                f"n_positions={self.n_positions} is too small for a {self.prompt_len}-token prompt plus "
+                f"{self.new_tokens} new tokens"
+            )
+        resolve_device(self.device)
 
     @classmethod
     def quick(cls) -> BenchSettings:
@@ -81,11 +116,6 @@ def _build_models(s: BenchSettings) -> tuple[Any, torch.nn.Module]:
 
     from llm_lab.core.package.hf import from_hf_model
 
-    if max(s.contexts) + s.context_new_tokens > s.n_positions:
-        raise ValueError(
-            f"n_positions={s.n_positions} is too small for a context of {max(s.contexts)} plus "
-            f"{s.context_new_tokens} new tokens"
-        )
     torch.manual_seed(s.seed)
     hf_config = transformers.GPT2Config(
         vocab_size=s.vocab_size,
@@ -131,6 +161,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     """Run every measurement; return a JSON-able dict (see :func:`format_report`)."""
     import transformers
 
+    s.validate()  # fields may have changed since construction
     device = torch.device(s.device)
     hf, ours = _build_models(s)
     gen = torch.Generator().manual_seed(s.seed)

@@ -1,7 +1,9 @@
-"""scripts/bench_generate.py --quick runs end to end and reports consistent numbers."""
+"""scripts/bench_generate.py --quick runs end to end and reports consistent numbers; bad settings are refused."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from llm_lab.core.decode.benchmark import BenchSettings
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "bench_generate.py"
 
@@ -38,3 +42,40 @@ def test_quick_benchmark_prints_the_tables_and_writes_json(tmp_path):
         assert row["ratio"] == pytest.approx(row["ours_tokens_per_second"] / row["hf_tokens_per_second"])
     assert [row["context"] for row in results["per_token"]] == [8, 64]
     assert results["per_token"][0]["ours_vs_shortest"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"repeats": 0}, "repeats must be a positive integer, got 0"),
+        ({"new_tokens": True}, "new_tokens must be a positive integer, got True"),
+        ({"batch_sizes": ()}, r"batch_sizes must be a non-empty list of positive integers, got \(\)"),
+        ({"contexts": (8, -1)}, r"contexts must be a non-empty list of positive integers, got \(8, -1\)"),
+        ({"n_embd": 65}, "n_embd=65 must be divisible by n_head=2"),
+        ({"contexts": (8, 91)}, "n_positions=96 is too small for a context of 91 plus 6 new tokens"),
+        ({"new_tokens": 100}, "n_positions=96 is too small for a 4-token prompt plus 100 new tokens"),
+        ({"device": "tpu"}, "device 'tpu'"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model_is_built(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(BenchSettings.quick(), **changes)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "repeats must be a positive integer, got 0"),
+        (["--batch-sizes", "1,x"], "expected comma-separated integers such as 1,8; got '1,x'"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+    ],
+)
+def test_script_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
+    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--quick", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
