@@ -46,6 +46,7 @@ from llm_lab.core.decode.processors import (
     process_logits,
     sample_next_token,
 )
+from llm_lab.utils.modules import eval_mode
 
 __all__ = [
     "FinishReason",
@@ -507,20 +508,6 @@ def _chunks(decoder: _Decoder, tokenizer: Any, stops: list[str], eos_ids: set[in
         yield StreamChunk(r, None, texts[r].finish() if texts else "", "length")
 
 
-class _ModelInEval:
-    """Put the model in eval mode (no dropout) for the duration, restoring its mode afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.was_training = model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
-
-
 def generate(
     model: nn.Module,
     input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
@@ -597,7 +584,7 @@ def generate(
     )
     eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
     B = len(lengths)
-    with _ModelInEval(model):
+    with eval_mode(model):
         if stops:
             token_ids: list[list[int]] = [[] for _ in range(B)]
             pieces: list[list[str]] = [[] for _ in range(B)]
@@ -683,7 +670,7 @@ def stream(
     eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
 
     def run() -> Iterator[StreamChunk]:
-        with _ModelInEval(model):
+        with eval_mode(model):
             yield from _chunks(decoder, tokenizer, stops, eos_ids)
 
     return run()

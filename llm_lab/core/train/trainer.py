@@ -52,6 +52,7 @@ from llm_lab.core.train.metrics import MetricsLog
 from llm_lab.core.train.optim import build_optimizer
 from llm_lab.core.train.schedule import lr_at
 from llm_lab.utils.config_loader import config_to_dict
+from llm_lab.utils.modules import eval_mode
 
 __all__ = ["EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
 
@@ -209,14 +210,12 @@ class Trainer:
         if self.val_data is None:
             raise ValueError("no validation data: pass val_data to the Trainer to evaluate")
         model = self.model
-        was_training = model.training
-        model.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         # DDP splits the batches between processes. FSDP's forward is collective, so there every process must run
         # the same number of batches: each evaluates all of them (and the sums need no combining).
         split = self.dist.enabled and not self._fsdp
-        with _preserved_rng():
+        with _preserved_rng(), eval_mode(model):
             batches = self.val_data.eval_batches(
                 self.config.batch_size,
                 max_batches=self.config.eval_batches * self.dist.world_size,
@@ -229,7 +228,6 @@ class Trainer:
                     logits, _ = model(x)
                 total += lm_loss(logits, y).double() * y.numel()
                 count += y.numel()
-        model.train(was_training)
         if split:
             dist.all_reduce(total)
             dist.all_reduce(count)
@@ -413,9 +411,7 @@ class Trainer:
         # Under FSDP the forward pass is collective, so every process samples; otherwise rank 0 alone.
         if not (self.dist.is_main or self._fsdp):
             return
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             for callback in self.sample_callbacks:
                 with _preserved_rng(), torch.no_grad():
                     text = callback(self.model, step)
@@ -424,8 +420,6 @@ class Trainer:
                     if self.out_dir is not None:
                         with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
                             f.write(f"=== step {step} ===\n{text}\n")
-        finally:
-            self.model.train(was_training)
 
     def _checkpoint(self, name: str) -> None:
         if self.checkpoint_dir is not None:

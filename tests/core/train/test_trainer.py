@@ -66,6 +66,19 @@ def test_evaluation_is_deterministic_and_reports_perplexity(tiny_model, tiny_con
     assert a.loss == pytest.approx(math.log(vocab), rel=0.1)  # an untrained model is close to uniform
 
 
+def test_a_failed_evaluation_leaves_the_model_in_training_mode(tiny_model, tiny_config, char_data, monkeypatch):
+    train, val, vocab = char_data
+    trainer = Trainer(tiny_model(vocab, dropout=0.1), tiny_config(), train, val)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(val, "eval_batches", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        trainer.evaluate()
+    assert trainer.model.training  # dropout stays on for the training that follows
+
+
 class _Killed(BaseException):
     """Stands in for a kill: raised from a sample callback, after the step's CSV row is written."""
 
