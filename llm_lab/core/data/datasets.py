@@ -85,7 +85,10 @@ class LanguageModelingDataset:
             dtype: the ids' dtype, as recorded in the corpus's ``meta.json`` (``"uint16"`` or ``"uint32"``).
         """
         path = Path(path)
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype {dtype!r} is not a numpy dtype; use 'uint16' or 'uint32'") from None
         if not np.issubdtype(dtype, np.integer):
             raise ValueError(f"dtype must be an integer dtype such as 'uint16' or 'uint32', got {dtype}")
         size = path.stat().st_size  # FileNotFoundError names the path

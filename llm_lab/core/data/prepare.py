@@ -320,17 +320,26 @@ def load_prepared(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[s
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}; prepare the corpus again")
     version = meta.get("format_version")
     if version != META_FORMAT_VERSION:
         raise ValueError(
             f"{meta_path} has format_version {version!r}; this version of llm_lab reads {META_FORMAT_VERSION}. "
             "Prepare the corpus again."
         )
+    missing = [key for key in ("dtype", "train_tokens", "val_tokens") if key not in meta]
+    if missing:
+        raise ValueError(f"{meta_path} lacks {', '.join(missing)}; prepare the corpus again")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"{meta_path}: dtype must be 'uint16' or 'uint32', got {meta['dtype']!r}")
     dtype = np.dtype(meta["dtype"])
     arrays = []
     for split in ("train", "val"):
         path = directory / f"{split}.bin"
-        expected = int(meta[f"{split}_tokens"])
+        expected = meta[f"{split}_tokens"]
+        if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+            raise ValueError(f"{meta_path}: {split}_tokens must be a non-negative integer, got {expected!r}")
         size = path.stat().st_size
         if size != expected * dtype.itemsize:
             raise ValueError(

@@ -177,3 +177,7 @@ def test_from_bin_errors_name_the_file(tmp_path):
         LanguageModelingDataset.from_bin(tmp_path / "short.bin", 8, "uint32")
     with pytest.raises(FileNotFoundError):
         LanguageModelingDataset.from_bin(tmp_path / "missing.bin", 4)
+    with pytest.raises(ValueError, match=r"dtype 'uint12' is not a numpy dtype; use 'uint16' or 'uint32'"):
+        LanguageModelingDataset.from_bin(tmp_path / "short.bin", 2, "uint12")
+    with pytest.raises(ValueError, match=r"dtype must be an integer dtype such as 'uint16' or 'uint32', got float32"):
+        LanguageModelingDataset.from_bin(tmp_path / "short.bin", 2, "float32")

@@ -206,6 +206,29 @@ def test_load_prepared_checks_the_files(tmp_path):
         load_prepared(out)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda meta: meta.pop("dtype"), r"meta.json lacks dtype; prepare the corpus again"),
+        (lambda meta: meta.pop("val_tokens"), r"meta.json lacks val_tokens"),
+        (lambda meta: meta.update(dtype="float32"), r"meta.json: dtype must be 'uint16' or 'uint32', got 'float32'"),
+        (lambda meta: meta.update(dtype="int9"), r"dtype must be 'uint16' or 'uint32', got 'int9'"),
+        (lambda meta: meta.update(train_tokens="8"), r"train_tokens must be a non-negative integer, got '8'"),
+    ],
+)
+def test_load_prepared_names_a_damaged_meta_json(tmp_path, change, message):
+    out = tmp_path / "o"
+    prepare_corpus(ByteTokenizer(), [_write(tmp_path / "t.txt", "abcdefghij")], out, val_fraction=0.2, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    change(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        load_prepared(out)
+    (out / "meta.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"meta.json must hold a JSON object, not list"):
+        load_prepared(out)
+
+
 # --- with the project's tokenizers -------------------------------------------------------------------------------
 
 TRICKY = (
