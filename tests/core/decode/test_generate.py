@@ -144,6 +144,21 @@ def naive_generate(
     return seq[len(prompt) :]
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_prefill_once_then_one_token_per_forward_pass(batched):
+    """The prompt runs through the model once; every later pass sees only the newest token (no recomputation)."""
+    model = tiny()
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(args[0].shape[1]), with_kwargs=True)
+    if batched:
+        ids, mask = left_pad(PROMPTS)
+        out = generate(model, ids, 6, temperature=0, attention_mask=mask)
+    else:
+        out = generate(model, PROMPTS[0], 6, temperature=0.8, top_k=5, seed=0)
+    assert widths == [len(PROMPTS[0])] + [1] * 5  # 6 tokens: the prefill gives the first, 5 single-token steps
+    assert all(len(row) == 6 for row in out.token_ids)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_cached_greedy_equals_the_uncached_reference(variant):
     model = tiny(**VARIANTS[variant])
