@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from llm_lab.core.train.device import select_device
 from llm_lab.core.train.flops import measure_matmul_peak
 from llm_lab.core.train.precision import (  # one cpuinfo reader and flag list, shared with precision="auto"
     BF16_CPU_FLAGS,
@@ -31,7 +32,7 @@ from llm_lab.core.train.precision import (  # one cpuinfo reader and flag list, 
     has_bf16_matrix_units,
     read_cpu_flags,
 )
-from llm_lab.utils.devices import resolve_device
+from llm_lab.utils.devices import mps_available, resolve_device
 
 # Flags worth reporting next to BF16_CPU_FLAGS: the vector width the fp32 kernels run on, AMX tile support.
 REPORTED_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8") + BF16_CPU_FLAGS
@@ -80,18 +81,14 @@ def available_devices() -> list[str]:
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if mps_available():
         devices.append("mps")
     return devices
 
 
 def default_device() -> str:
-    """The device a training run would pick: cuda > mps > cpu."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """The device a training run would pick: cuda > mps > cpu (``train.device="auto"``)."""
+    return select_device("auto").type
 
 
 def dtype_works(dtype: torch.dtype, device: str | torch.device = "cpu") -> bool:

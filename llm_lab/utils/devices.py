@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["mps_available", "resolve_device"]
+
+
+def mps_available() -> bool:
+    """Whether this machine has Apple's MPS backend (``False`` on builds without ``torch.backends.mps``)."""
+    return getattr(torch.backends, "mps", None) is not None and bool(torch.backends.mps.is_available())
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -39,7 +44,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
             )
     elif resolved.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        if not mps_available():
             raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu")
     elif resolved.type != "cpu":
         raise ValueError(f"device {device!r}: llm-lab runs models on cpu, cuda or mps")

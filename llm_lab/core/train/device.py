@@ -17,14 +17,11 @@ from typing import Any
 import torch
 
 from llm_lab.core.train.precision import choose_cpu_precision, model_width
+from llm_lab.utils.devices import mps_available
 
 __all__ = ["autocast_context", "maybe_compile", "precision_dtype", "resolve_precision", "select_device"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def select_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
@@ -38,13 +35,13 @@ def select_device(name: str = "auto", local_rank: int | None = None) -> torch.de
         ValueError: the requested backend is not available on this machine.
     """
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("train.device='cuda' but CUDA is not available here; use device 'auto' or 'cpu'")
         return torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
     if name == "mps":
-        if not _mps_available():
+        if not mps_available():
             raise ValueError("train.device='mps' but MPS is not available here; use device 'auto' or 'cpu'")
         return torch.device("mps")
     if name == "cpu":

@@ -5,14 +5,29 @@ import torch
 
 from llm_lab.core.train import device as device_mod
 from llm_lab.core.train.device import autocast_context, maybe_compile, resolve_precision, select_device
+from llm_lab.utils.devices import mps_available
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
 def test_auto_is_cpu_without_accelerators_and_missing_cuda_is_an_error():
-    if not device_mod._mps_available():
+    if not mps_available():
         assert select_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"train.device='cuda' but CUDA is not available here"):
         select_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA comes first; checks the order below it")
+def test_auto_picks_mps_before_cpu_and_the_env_report_agrees(monkeypatch):
+    from llm_lab.experiments.env import available_devices, default_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert mps_available()
+    assert select_device("auto") == torch.device("mps")
+    assert default_device() == "mps" and available_devices()[-1] == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu") and default_device() == "cpu"
+    with pytest.raises(ValueError, match=r"train.device='mps' but MPS is not available here"):
+        select_device("mps")
 
 
 def test_precision_choice():
