@@ -27,14 +27,7 @@ from typing import Any
 
 import torch
 
-
-def synchronize(device: str | torch.device) -> None:
-    """Wait for queued work on ``device`` (a no-op on CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+from llm_lab.utils.devices import synchronize
 
 
 def time_callable(

@@ -37,9 +37,9 @@ from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.train import Trainer, TrainerConfig
 from llm_lab.core.train.device import compile_unsupported_reason
 from llm_lab.core.train.flops import measure_matmul_peak
-from llm_lab.experiments.measure import synchronize
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict
+from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_text
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")

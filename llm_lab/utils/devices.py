@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mps_available", "resolve_device"]
+__all__ = ["mps_available", "resolve_device", "synchronize"]
 
 
 def mps_available() -> bool:
@@ -49,3 +49,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     elif resolved.type != "cpu":
         raise ValueError(f"device {device!r}: llm-lab runs models on cpu, cuda or mps")
     return resolved
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA and MPS run asynchronously); a no-op on CPU.
+
+    Call it before reading a clock, or a timing measures only how fast work was queued.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

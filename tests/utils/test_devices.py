@@ -39,3 +39,16 @@ def test_cuda_index_out_of_range():
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match=f"this machine has {count} CUDA device"):
         resolve_device(f"cuda:{count}")
+
+
+def test_synchronize_waits_on_the_device_it_is_given(monkeypatch):
+    from llm_lab.utils.devices import synchronize
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    synchronize("cpu")
+    assert calls == []  # nothing to wait for on a CPU
+    synchronize("cuda:1")
+    synchronize(torch.device("mps"))
+    assert calls == [("cuda", torch.device("cuda", 1)), ("mps", None)]

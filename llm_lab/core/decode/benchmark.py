@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.decode.generate import generate, stream
-from llm_lab.utils.devices import resolve_device
+from llm_lab.utils.devices import resolve_device, synchronize
 
 __all__ = ["BenchSettings", "format_report", "run_benchmark"]
 
@@ -102,12 +102,10 @@ class BenchSettings:
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, result
 
 

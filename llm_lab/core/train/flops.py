@@ -13,12 +13,7 @@ import time
 
 import torch
 
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+from llm_lab.utils.devices import synchronize
 
 
 def measure_matmul_peak(
@@ -61,7 +56,7 @@ def measure_matmul_peak(
         a @ b  # warm-up: first call pays for kernel selection and lazy initialisation
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"cannot multiply {dtype} matrices on {device}: {e}") from e
-    _synchronize(device)
+    synchronize(device)
 
     flops_per_product = 2.0 * size**3
     best = 0.0
@@ -71,7 +66,7 @@ def measure_matmul_peak(
         while True:
             a @ b
             n_products += 1
-            _synchronize(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             if elapsed >= min_time_s:
                 break

@@ -52,6 +52,7 @@ from llm_lab.core.train.metrics import MetricsLog
 from llm_lab.core.train.optim import build_optimizer
 from llm_lab.core.train.schedule import lr_at
 from llm_lab.utils.config_loader import config_to_dict
+from llm_lab.utils.devices import synchronize
 from llm_lab.utils.modules import eval_mode
 
 __all__ = ["EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
@@ -464,8 +465,7 @@ class Trainer:
                 do_eval = self.val_data is not None and (self.step % c.eval_interval == 0 or last)
                 improved = False
                 if do_eval or last or self.step % c.log_interval == 0:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
+                    synchronize(self.device)  # queued GPU work belongs to these steps' time
                     # tokens/s over the training steps since the last row (evaluation and saving excluded)
                     tokens_per_second = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     row: dict[str, Any] = {
