@@ -175,7 +175,7 @@ def test_from_bin_errors_name_the_file(tmp_path):
     np.arange(6, dtype=np.uint32).tofile(tmp_path / "short.bin")
     with pytest.raises(ValueError, match=r"short.bin: the token stream has 6 tokens but context_length 8"):
         LanguageModelingDataset.from_bin(tmp_path / "short.bin", 8, "uint32")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
         LanguageModelingDataset.from_bin(tmp_path / "missing.bin", 4)
     with pytest.raises(ValueError, match=r"dtype 'uint12' is not a numpy dtype; use 'uint16' or 'uint32'"):
         LanguageModelingDataset.from_bin(tmp_path / "short.bin", 2, "uint12")

@@ -107,7 +107,7 @@ def test_download_with_wrong_bytes_keeps_nothing(self_made_spec, tmp_path, paylo
 def test_download_wrong_bytes_do_not_replace_a_good_file(self_made_spec, tmp_path):
     target = tmp_path / "sonnet.txt"
     target.write_bytes(b"an older, different file")
-    with serve(b"x" * len(SELF_MADE)) as url, pytest.raises(ChecksumError):
+    with serve(b"x" * len(SELF_MADE)) as url, pytest.raises(ChecksumError, match=r"input.txt is not sonnet: .* bytes"):
         download_dataset("sonnet", tmp_path, url=url, timeout=5)
     assert target.read_bytes() == b"an older, different file"
 
