@@ -206,6 +206,15 @@ def test_load_prepared_checks_the_files(tmp_path):
         load_prepared(out)
 
 
+def test_progress_bar_counts_the_bytes_read(tmp_path, capsys):
+    path = _write(tmp_path / "t.txt", "abcdefghij" * 30)
+    prepare_corpus(ByteTokenizer(), [path], tmp_path / "a", progress=True)
+    err = capsys.readouterr().err
+    assert "tokenising" in err and "300/300" in err
+    prepare_corpus(ByteTokenizer(), [path], tmp_path / "b", progress=False)
+    assert "tokenising" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
