@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_lab.cli.sample import positive_int
+
 # torch and the trainer are imported inside the commands, so `llm-lab --help` starts fast.
 if TYPE_CHECKING:
     import torch
@@ -148,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--package", type=Path, metavar="OUT", help="at the end, write a model package of the best weights to OUT"
     )
     parser.add_argument("--sample-prompt", default=None, help="prompt of the periodic samples (default: newline)")
-    parser.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default 200)")
+    # Checked here, not at the first sample: a bad value must not cost the training steps before it.
+    parser.add_argument("--sample-tokens", type=positive_int, default=200, help="tokens per sample (default 200)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-row log lines")
     parser.set_defaults(func=_train)

@@ -132,6 +132,16 @@ def test_bad_input_is_one_line_and_exit_2(config, tmp_path, capsys, text, extra,
     assert not run.exists()  # nothing written for a run that could not start
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_bad_sample_length_is_refused_before_training(config, corpus, tmp_path, capsys, value):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--config", str(config), "--data", str(corpus), "--out", str(run), "--sample-tokens", value])
+    assert exc.value.code == 2
+    assert "argument --sample-tokens: expected a positive integer" in capsys.readouterr().err
+    assert not run.exists()  # no step was trained for a sample that could not be drawn
+
+
 def test_config_from_another_version_and_missing_data(tmp_path, corpus, capsys):
     future = tmp_path / "future.json"
     future.write_text(json.dumps(TINY | {"format_version": 2}))
