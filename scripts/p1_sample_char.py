@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from llm_lab.cli import CLIError
+from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.cli.sample import add_sampling_arguments, check_sampling_arguments, sample_and_print
 from llm_lab.core.package.io import load_run
 from llm_lab.core.tokenization import CharTokenizer, load_tokenizer
@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.prompt:
             args.prompt = "\n"  # a character model has no end-of-text token to start from
         return sample_and_print(args, tokenizer, model)
-    except (CLIError, ValueError, FileNotFoundError) as e:
-        print(f"p1_sample_char: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error("p1_sample_char", e)
 
 
 if __name__ == "__main__":

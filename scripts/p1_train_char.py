@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.train import TrainerConfig
@@ -79,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             prepared = prepare_run(config, corpus, out, overwrite=args.overwrite)
             trainer = prepared.start(progress=False)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"p1_train_char: error: {e}", file=sys.stderr)
-            return 2
+        except USER_ERRORS as e:
+            return report_user_error("p1_train_char", e)
         print(
             f"{prepared.model.num_parameters():,} parameters, vocabulary of {prepared.tokenizer.vocab_size} characters"
         )

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
@@ -74,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             prepared = prepare_run(config, sliced, Path(tmp) / "run")
             trainer = prepared.start(progress=False)
-        except ValueError as e:
-            print(f"p1_train_char_sanity_check: error: {e}", file=sys.stderr)
-            return 2
+        except USER_ERRORS as e:
+            return report_user_error("p1_train_char_sanity_check", e)
         before = trainer.evaluate().loss
         after = trainer.train().val_loss
         vocab = prepared.tokenizer.vocab_size

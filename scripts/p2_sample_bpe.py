@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llm_lab.cli import CLIError
+from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.cli.sample import add_sampling_arguments, check_sampling_arguments, sample_and_print
 from llm_lab.core.package.io import load_model_package
 
@@ -27,9 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         check_sampling_arguments(args)
         _, tokenizer, model = load_model_package(args.package, checkpoint=args.checkpoint, device=args.device)
         return sample_and_print(args, tokenizer, model)
-    except (CLIError, ValueError, FileNotFoundError) as e:
-        print(f"p2_sample_bpe: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error("p2_sample_bpe", e)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.package.io import load_model_package, package_run
@@ -105,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             _, tokenizer, model = load_model_package(package)
             text = generate_text(model, tokenizer, "\n", args.sample_tokens, temperature=0.8, top_k=50, seed=args.seed)
             print(f"sample:\n{text}")
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"p2_train_bpe: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error("p2_train_bpe", e)
     return 0
 
 

@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from llm_lab import __version__
+from llm_lab.utils.errors import USER_ERRORS, CLIError, report_user_error
+
+__all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error"]
 
 # Modules under llm_lab.cli, each with register(subparsers). Order is the order in --help.
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -30,10 +33,6 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "experiment",
     "serve",
 )
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, OSError) as e:
-        # User mistakes and the file system's refusals (missing file, no space, permission): one line, exit 2.
-        print(f"llm-lab: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return report_user_error("llm-lab", e)
     except KeyboardInterrupt:
         print("llm-lab: interrupted", file=sys.stderr)
         return 130

@@ -34,6 +34,7 @@ from typing import Any
 
 from llm_lab.core.train.metrics import read_metrics
 from llm_lab.experiments.tables import markdown_table, write_csv
+from llm_lab.utils.errors import USER_ERRORS, report_user_error
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -393,10 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=QUICK_OVERRIDES if args.quick else (),
             threads=args.threads,
         )
-    except (ValueError, OSError, RuntimeError) as e:
+    except (*USER_ERRORS, RuntimeError) as e:
         # A missing file, a bad setting or a failed training process: the message, not a traceback.
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(parser.prog, e)
     text = format_summary(summary)
     print(text)
     out = Path(args.out)
