@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_lab.utils.devices import resolve_device
+from llm_lab.utils.modules import eval_mode
 
 __all__ = ["EvalResult", "evaluate_text"]
 
@@ -108,15 +109,13 @@ def evaluate_text(
         raise ValueError("the evaluated tokens decode to no bytes; cannot compute bits per byte")
 
     device = resolve_device(device) or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     data = torch.tensor(ids, dtype=torch.long)
     n_targets = len(ids) - 1
     starts = list(range(0, n_targets, window))
     full = [s for s in starts if s + window <= n_targets]
     tail = [s for s in starts if s + window > n_targets]
     total_nll = 0.0
-    try:
+    with eval_mode(model):
         for group, length in [(full, window)] + [([s], n_targets - s) for s in tail]:
             for i in range(0, len(group), batch_size):
                 chunk = group[i : i + batch_size]
@@ -125,8 +124,6 @@ def evaluate_text(
                 logits, _ = model(x)
                 nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
                 total_nll += float(nll)
-    finally:
-        model.train(was_training)
 
     loss = total_nll / n_targets
     return EvalResult(
