@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from llm_lab.core.decode.fast_linear import FUSED_PROJECTIONS, DecodeLinears
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
 from llm_lab.utils.io import atomic_write_json
@@ -143,18 +144,34 @@ def _gap_times(stamps: list[float]) -> float:
 def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
     """Seconds per decoding step spent in the model's linear layers alone (the unavoidable matmuls).
 
-    Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input:
-    a lower bound on any implementation's time per token step with these fp32 weights on this machine.
+    Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input,
+    in both weight layouts (``nn.Linear``'s own and the ``(in, out)`` copy of
+    :func:`~llm_lab.core.decode.fast_linear.DecodeLinears`), and the faster total counts: a practical lower bound
+    on the time per token step with these fp32 weights on this machine.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, device=device) for m in layers}
 
-    def run() -> None:
+    def run_own() -> None:
         with torch.inference_mode():
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
-    run()
+    def run_decode() -> None:
+        with torch.inference_mode(), DecodeLinears(model):
+            # The products the decoder runs: fused groups through their method, the other layers on their own.
+            for m in model.modules():
+                for method, names in FUSED_PROJECTIONS.items():
+                    if method in vars(m):
+                        getattr(m, method)(inputs[getattr(m, names[0]).in_features])
+                if isinstance(m, torch.nn.Linear) and "forward" in vars(m):
+                    m(inputs[m.in_features])
+
+    return min(_median_time(run, device, repeats) for run in (run_own, run_decode))
+
+
+def _median_time(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    run()  # warm-up (and, for the decode layout, building the weight copies)
     return statistics.median(_timed(run, device)[0] for _ in range(max(repeats, 5)))
 
 

@@ -33,6 +33,7 @@ seed, prompts and settings give the same tokens. ``temperature=0`` is greedy and
 from __future__ import annotations
 
 import codecs
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -40,6 +41,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
+from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.processors import (
     check_sampling_args,
     occurrence_flags,
@@ -306,6 +308,10 @@ class _Decoder:
 
         config = model.config
         self.model = model
+        self.fast_linears = DecodeLinears(model)  # fast weight layout for the one-token steps (CPU only)
+        # Only the last position's logits are needed (MiniGPT skips the others; a stand-in model may not know how).
+        knows_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.keep_last = {"logits_to_keep": 1} if knows_keep else {}
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
@@ -357,14 +363,19 @@ class _Decoder:
         cache = self.cache
         if cache is not None and cache.max_len >= L:
             mask = None if self.mask is None else self.mask[:, :L]
-            logits, _ = self.model(
-                self.tokens[:, cache.length : L], attention_mask=mask, past_key_values=cache, use_cache=True
-            )
+            with self.fast_linears:
+                logits, _ = self.model(
+                    self.tokens[:, cache.length : L],
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **self.keep_last,
+                )
         else:
             # Past the window: recompute over the last W tokens, positions renumbered from the mask.
             start = max(L - self.window, 0)
             mask = None if self.mask is None else self.mask[:, start:L]
-            logits, _ = self.model(self.tokens[:, start:L], attention_mask=mask)
+            logits, _ = self.model(self.tokens[:, start:L], attention_mask=mask, **self.keep_last)
         return logits[:, -1, :]
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,13 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def project_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gate_proj(x)`` and ``up_proj(x)``, each ``(B, T, H)`` (the decoder may fuse the two products)."""
+        return self.gate_proj(x), self.up_proj(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        gate, up = self.project_gate_up(x)  # (B, T, H) each
+        return self.dropout(self.down_proj(F.silu(gate) * up))  # (B, T, C)
 
 
 MLPS: dict[str, type[nn.Module]] = {

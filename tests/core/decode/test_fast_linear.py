@@ -1,0 +1,165 @@
+"""DecodeLinears: the decode-step weight layout gives the plain layers' results, follows weight changes, cleans up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llm_lab.core.decode import fast_linear, generate
+from llm_lab.core.decode.fast_linear import DecodeLinears
+from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+
+VARIANTS = {
+    "gpt2": dict(bias=True),  # biases, GELU MLP, tied head
+    "llama": dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2, tie_embeddings=False),
+}
+
+
+def tiny(variant: str) -> MiniGPT:
+    config = MiniGPTConfig(vocab_size=61, context_length=32, n_layer=2, n_head=4, n_embd=32, init_std=0.3,
+                           **VARIANTS[variant])  # fmt: skip
+    return MiniGPT(config).eval()
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test and put it back afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 8 columns, so that the tiny model's weights are cut into one block per thread."""
+    monkeypatch.setattr(fast_linear, "MIN_BLOCK_COLUMNS", 8)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_logits_match_the_plain_layers(variant, n_threads, threads, small_blocks):
+    threads(n_threads)  # 3 threads: 61 vocabulary columns need a zero-padded third block
+    model = tiny(variant)
+    ids = torch.randint(0, 61, (2, 9))
+    with torch.inference_mode():
+        _, cache = model(ids[:, :7], use_cache=True)
+        reference, _ = model(ids[:, 7:], past_key_values=cache)
+        _, cache = model(ids[:, :7], use_cache=True)
+        with DecodeLinears(model):
+            fast, _ = model(ids[:, 7:], past_key_values=cache)  # 2 x 2 = 4 rows: the fast path
+    assert fast.shape == (2, 2, 61)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    # The copies really were used: per layer one for q/k/v, o_proj, the MLP's input side and down_proj; one head.
+    copies = [fast_linear._COPIES[m] for m in model.modules() if m in fast_linear._COPIES]
+    assert len(copies) == 4 * 2 + 1
+    assert all(weight.dim() == (2 if n_threads == 1 else 3) for _, weight, _ in copies)
+
+
+def test_more_rows_than_max_rows_take_the_plain_layers_bit_for_bit():
+    model = tiny("gpt2")
+    ids = torch.randint(0, 61, (2, 3))  # 6 rows > MAX_ROWS
+    assert ids.numel() > fast_linear.MAX_ROWS
+    with torch.inference_mode():
+        reference, _ = model(ids)
+        with DecodeLinears(model):
+            fast, _ = model(ids)
+    assert torch.equal(fast, reference)
+
+
+def test_copies_follow_weight_changes():
+    model = tiny("llama")
+    ids = torch.randint(0, 61, (1, 1))
+    with torch.inference_mode(), DecodeLinears(model):
+        model(ids)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-0.5)  # an in-place update, as an optimizer step makes
+    with torch.inference_mode():
+        reference, _ = model(ids)
+        with DecodeLinears(model):
+            fast, _ = model(ids)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    # Loading other weights (copied in place) is seen too.
+    other = tiny("llama")
+    model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        reference, _ = other(ids)
+        with DecodeLinears(model):
+            fast, _ = model(ids)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_methods_are_given_back_even_after_an_error():
+    model = tiny("llama")
+    fast = DecodeLinears(model)
+    with pytest.raises(RuntimeError, match="boom"), fast:
+        assert "project_qkv" in vars(model.blocks[0].attn)
+        assert "forward" in vars(model.lm_head)
+        raise RuntimeError("boom")
+    replaced = [m for m in model.modules() if {"forward", "project_qkv", "project_gate_up"} & set(vars(m))]
+    assert replaced == []
+
+
+def test_nested_blocks_leave_the_outer_swaps_in_place():
+    model = tiny("gpt2")
+    with DecodeLinears(model):
+        with DecodeLinears(model):
+            pass
+        assert "forward" in vars(model.lm_head)  # the inner block did not take the outer block's swap away
+    assert "forward" not in vars(model.lm_head)
+
+
+def test_autograd_goes_through_the_real_weights():
+    model = tiny("gpt2")
+    ids = torch.randint(0, 61, (1, 1))
+    with DecodeLinears(model):
+        logits, _ = model(ids)
+    logits.sum().backward()
+    assert model.lm_head.weight.grad is not None
+    assert model.blocks[0].attn.q_proj.weight.grad is not None
+
+
+def test_a_subclass_of_linear_keeps_its_own_forward():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = tiny("gpt2")
+    model.lm_head = Scaled(32, 61, bias=False)
+    with DecodeLinears(model):
+        assert "forward" not in vars(model.lm_head)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_greedy_generation_is_unchanged(n_threads, threads, small_blocks, monkeypatch):
+    threads(n_threads)
+    model = tiny("gpt2")
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    fast = generate(model, prompts, 12, temperature=0)
+    monkeypatch.setattr(fast_linear, "MAX_ROWS", 0)  # every product through nn.Linear
+    plain = generate(model, prompts, 12, temperature=0)
+    assert fast.token_ids == plain.token_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# logits_to_keep, which generation uses to skip the output head for all but the last position
+
+
+def test_logits_to_keep_gives_the_last_positions():
+    model = tiny("gpt2")
+    ids = torch.randint(0, 61, (2, 6))
+    with torch.inference_mode():
+        full, _ = model(ids)
+        last, _ = model(ids, logits_to_keep=1)
+        three, _ = model(ids, logits_to_keep=3)
+        more, _ = model(ids, logits_to_keep=10)
+    torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(three, full[:, -3:])
+    assert torch.equal(more, full)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1"])
+def test_logits_to_keep_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="logits_to_keep must be a positive integer or None"):
+        tiny("gpt2")(torch.zeros(1, 2, dtype=torch.long), logits_to_keep=bad)
