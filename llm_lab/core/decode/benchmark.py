@@ -157,8 +157,10 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
+    fast = DecodeLinears(model)  # built once, as generate() does
+
     def run_decode() -> None:
-        with torch.inference_mode(), DecodeLinears(model):
+        with torch.inference_mode(), fast:
             # The products the decoder runs: fused groups through their method, the other layers on their own.
             for m in model.modules():
                 for method, names in FUSED_PROJECTIONS.items():
