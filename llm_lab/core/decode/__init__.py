@@ -1,5 +1,6 @@
 """Decoding: logits processors and KV-cached generation (``generate``, ``stream``, ``generate_text``)."""
 
+from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
 from llm_lab.core.decode.processors import (
     apply_repetition_penalty,
@@ -12,6 +13,7 @@ from llm_lab.core.decode.processors import (
 )
 
 __all__ = [
+    "DecodeLinears",
     "GenerationOutput",
     "StreamChunk",
     "apply_repetition_penalty",
