@@ -19,7 +19,7 @@ import torch
 
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
-from llm_lab.utils.plotting import plot_runs, read_metrics
+from llm_lab.utils.plotting import plot_runs, read_metric_columns
 
 REPORT_COLUMNS: tuple[str, ...] = (
     "run",
@@ -89,7 +89,7 @@ def _config_summary(run_json: dict[str, Any]) -> tuple[str | None, int | None, s
 def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any] | None:
     """One report row for a run directory, or ``None`` when its ``metrics.csv`` has no rows yet."""
     run_dir = Path(run_dir)
-    columns = read_metrics(run_dir)
+    columns = read_metric_columns(run_dir)
     steps = _finite(columns.get("step", []))
     if not steps:
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llm_lab.utils.io import atomic_write
 
-__all__ = ["read_metrics", "plot_runs"]
+__all__ = ["read_metric_columns", "plot_runs"]
 
 _X_LABELS = {"step": "step", "tokens": "tokens seen", "elapsed_s": "time (s)"}
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -31,7 +31,7 @@ def _metrics_csv(run: str | Path) -> Path:
     return path
 
 
-def read_metrics(run: str | Path) -> dict[str, list[float | None]]:
+def read_metric_columns(run: str | Path) -> dict[str, list[float | None]]:
     """Read a run's ``metrics.csv`` (given the run directory or the file) into columns.
 
     Returns:
@@ -111,7 +111,7 @@ def plot_runs(
 
     data = []
     for label, run in labelled:
-        columns = read_metrics(run)
+        columns = read_metric_columns(run)
         name = label if label is not None else (run.name if run.is_dir() else run.parent.name)
         missing = [c for c in (*x_axes, *metrics) if c not in columns]
         if missing:

@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 import llm_lab.cli
 from llm_lab.cli import main
-from llm_lab.utils.plotting import plot_runs, read_metrics
+from llm_lab.utils.plotting import plot_runs, read_metric_columns
 
 COLUMNS = ["step", "tokens", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_second", "mfu", "elapsed_s"]
 
@@ -44,11 +44,11 @@ def _share_of_colour(png: Path, colour: str) -> float:
 
 def test_read_metrics_keeps_empty_cells_as_none(tmp_path):
     run = _write_run(tmp_path / "run")
-    columns = read_metrics(run)
+    columns = read_metric_columns(run)
     assert list(columns) == COLUMNS
     assert columns["step"][:3] == [1.0, 2.0, 3.0]
     assert columns["val_loss"][:5] == [None, None, None, None, pytest.approx(4.0 * np.exp(-5 / 8) + 1.1, abs=1e-4)]
-    assert read_metrics(run / "metrics.csv") == columns
+    assert read_metric_columns(run / "metrics.csv") == columns
 
 
 def test_plot_one_run_default_out(tmp_path, capsys):
@@ -100,5 +100,5 @@ def test_plot_errors(tmp_path, capsys):
     bad.mkdir()
     (bad / "metrics.csv").write_text("step,train_loss\n1,oops\n")
     with pytest.raises(ValueError, match=r"metrics.csv:2: column 'train_loss' holds 'oops', not a number"):
-        read_metrics(bad)
+        read_metric_columns(bad)
     assert not (tmp_path / "e.png").exists() and not (tmp_path / "p.png").exists()
