@@ -21,9 +21,9 @@ rows, autograd, another device, a subclass of ``nn.Linear``) goes through the mo
 the plain layers up to floating-point summation order.
 
 The copies cost one more copy of the linear weights in memory. They are kept between calls, so a server does not
-rebuild them on every request, and freed with the layer. A copy is rebuilt when a weight it was made from
-changes: an in-place update (an optimizer step) bumps the tensor's version counter, and new weights have another
-address.
+rebuild them on every request, and freed with the layer (or at once by :meth:`DecodeLinears.release`). A copy is
+rebuilt when a weight it was made from changes: an in-place update (an optimizer step) bumps the tensor's version
+counter, and new weights have another address.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _fast_product(owner: nn.Module, layers: Sequence[nn.Linear], slow: Callable)
 
     def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         rows = x.numel() // max(x.shape[-1], 1)
-        if rows > MAX_ROWS or x.device.type != "cpu" or (trainable and torch.is_grad_enabled()):
+        if rows > MAX_ROWS or x.device.type != "cpu" or (torch.is_grad_enabled() and (trainable or x.requires_grad)):
             return slow(x)
         fast = copy()
         if fast is None:
@@ -160,6 +160,18 @@ class DecodeLinears:
         for module in model.modules():
             if type(module) is nn.Linear and module not in fused:
                 self._swaps.append((module, "forward", _fast_product(module, [module], module.forward)))
+
+    @staticmethod
+    def release(model: nn.Module) -> int:
+        """Drop the cached weight copies of ``model``'s layers now (they are rebuilt when next needed).
+
+        Returns:
+            How many copies were dropped.
+        """
+        owners = [m for m in model.modules() if m in _COPIES]
+        for owner in owners:
+            del _COPIES[owner]
+        return len(owners)
 
     def __enter__(self) -> DecodeLinears:
         for module, method, fast in self._swaps:

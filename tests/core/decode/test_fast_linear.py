@@ -120,6 +120,28 @@ def test_autograd_goes_through_the_real_weights():
     assert model.blocks[0].attn.q_proj.weight.grad is not None
 
 
+def test_inputs_that_need_gradients_take_the_plain_layers():
+    model = tiny("gpt2").requires_grad_(False)  # frozen weights, gradients wanted for the input only
+    x = torch.randn(1, 1, 32, requires_grad=True)
+    with torch.inference_mode(), DecodeLinears(model):
+        model.lm_head(torch.randn(1, 1, 32))  # the copies are made here, as inference tensors
+    with DecodeLinears(model):
+        out = model.lm_head(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad[0, 0], model.lm_head.weight.sum(0))
+
+
+def test_release_drops_the_copies_of_one_model():
+    model, other = tiny("gpt2"), tiny("gpt2")
+    for m in (model, other):
+        with torch.inference_mode(), DecodeLinears(m):
+            m(torch.zeros(1, 1, dtype=torch.long))
+    assert DecodeLinears.release(model) == 9
+    assert not any(m in fast_linear._COPIES for m in model.modules())
+    assert sum(m in fast_linear._COPIES for m in other.modules()) == 9
+    assert DecodeLinears.release(model) == 0
+
+
 def test_a_subclass_of_linear_keeps_its_own_forward():
     class Scaled(nn.Linear):
         def forward(self, x):
