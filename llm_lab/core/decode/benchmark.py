@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.decode.fast_linear import FUSED_PROJECTIONS, DecodeLinears
+from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
 from llm_lab.utils.io import atomic_write_json
@@ -146,7 +146,7 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
 
     Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input,
     in both weight layouts (``nn.Linear``'s own and the ``(in, out)`` copy of
-    :func:`~llm_lab.core.decode.fast_linear.DecodeLinears`), and the faster total counts: a practical lower bound
+    :class:`~llm_lab.core.decode.fast_linear.DecodeLinears`), and the faster total counts: a practical lower bound
     on the time per token step with these fp32 weights on this machine.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -157,19 +157,15 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
-    fast = DecodeLinears(model)  # built once, as generate() does
+    products = DecodeLinears(model).products()  # built once, as generate() does
 
     def run_decode() -> None:
-        with torch.inference_mode(), fast:
-            # The products the decoder runs: fused groups through their method, the other layers on their own.
-            for m in model.modules():
-                for method, names in FUSED_PROJECTIONS.items():
-                    if method in vars(m):
-                        getattr(m, method)(inputs[getattr(m, names[0]).in_features])
-                if isinstance(m, torch.nn.Linear) and "forward" in vars(m):
-                    m(inputs[m.in_features])
+        with torch.inference_mode():
+            for product, width in products:  # fused groups as one product each, the other layers alone
+                product(inputs[width])
 
-    return min(_median_time(run, device, repeats) for run in (run_own, run_decode))
+    runs = (run_own, run_decode) if products else (run_own,)  # no copies off the CPU
+    return min(_median_time(run, device, repeats) for run in runs)
 
 
 def _median_time(run: Callable[[], None], device: torch.device, repeats: int) -> float:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,6 +143,7 @@ class DecodeLinears:
 
     def __init__(self, model: nn.Module) -> None:
         self._swaps: list[tuple[nn.Module, str, Callable]] = []
+        self._widths: list[int] = []  # input width of each swap's product
         self._active: list[tuple[nn.Module, str]] = []
         first = next(model.parameters(), None)
         if first is None or first.device.type != "cpu":
@@ -156,10 +158,19 @@ class DecodeLinears:
                     and len({m.bias is None for m in layers}) == 1  # all with a bias or all without
                 ):
                     self._swaps.append((module, method, _fast_product(module, layers, getattr(module, method))))
+                    self._widths.append(layers[0].in_features)
                     fused.update(layers)
         for module in model.modules():
             if type(module) is nn.Linear and module not in fused:
                 self._swaps.append((module, "forward", _fast_product(module, [module], module.forward)))
+                self._widths.append(module.in_features)
+
+    def products(self) -> list[tuple[Callable[[torch.Tensor], Any], int]]:
+        """Each replacement product (callable on its own, inside the block or not) and its input width.
+
+        One decode step runs each of them once; the decoding benchmark times them alone as a bound.
+        """
+        return [(fast, width) for (_, _, fast), width in zip(self._swaps, self._widths, strict=True)]
 
     @staticmethod
     def release(model: nn.Module) -> int:

@@ -53,6 +53,8 @@ def test_logits_match_the_plain_layers(variant, n_threads, threads, small_blocks
     # The copies really were used: per layer one for q/k/v, o_proj, the MLP's input side and down_proj; one head.
     copies = [fast_linear._COPIES[m] for m in model.modules() if m in fast_linear._COPIES]
     assert len(copies) == 4 * 2 + 1
+    widths = sorted(width for _, width in DecodeLinears(model).products())  # only down_proj reads the hidden width
+    assert widths == sorted([32] * 7 + [model.config.hidden_dim] * 2)
     assert all(weight.dim() == (2 if n_threads == 1 else 3) for _, weight, _ in copies)
 
 
