@@ -82,6 +82,11 @@ def _config_from_gpt2(c: Any) -> MiniGPTConfig:
     )
 
 
+# An extra field of an exported Llama config.json: our training context (``max_position_embeddings`` is the longest
+# length, ``max_seq_len``). transformers keeps unknown fields as they are; other readers ignore it.
+CONTEXT_LENGTH_KEY = "llm_lab_context_length"
+
+
 def _config_from_llama(c: Any) -> MiniGPTConfig:
     rope = c.rope_parameters or {}
     rope_type = rope.get("rope_type", "default")
@@ -97,9 +102,15 @@ def _config_from_llama(c: Any) -> MiniGPTConfig:
         f"Llama attention_bias={c.attention_bias} with mlp_bias={c.mlp_bias} is not supported "
         "(MiniGPT has one bias switch)",
     )
+    # Llama has one length; a config we exported also records the training context it was made with.
+    longest = c.max_position_embeddings
+    context = getattr(c, CONTEXT_LENGTH_KEY, None)
+    if not isinstance(context, int) or isinstance(context, bool) or not 0 < context <= longest:
+        context = longest
     return MiniGPTConfig(
         vocab_size=c.vocab_size,
-        context_length=c.max_position_embeddings,
+        context_length=context,
+        max_seq_len=longest if longest != context else None,
         n_layer=c.num_hidden_layers,
         n_head=c.num_attention_heads,
         n_kv_head=c.num_key_value_heads,
@@ -179,6 +190,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             mlp_bias=config.bias,
             attention_dropout=config.dropout,
             tie_word_embeddings=config.tie_embeddings,
+            **{CONTEXT_LENGTH_KEY: config.context_length},
             **common,
         )
     raise ValueError(

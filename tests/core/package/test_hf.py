@@ -7,11 +7,13 @@ near-zero logits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from llm_lab.core.model import MiniGPT, MiniGPTConfig
-from llm_lab.core.package.hf import config_from_hf, from_hf_model, hf_config_from, to_hf_model
+from llm_lab.core.package.hf import CONTEXT_LENGTH_KEY, config_from_hf, from_hf_model, hf_config_from, to_hf_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -209,8 +211,10 @@ def test_minigpt_to_hf_matches(config):
     ids = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         assert (ours(ids)[0] - hf(input_ids=ids).logits).abs().max().item() <= ATOL
-    if config.pos_encoding == "rope":  # Llama has no separate training context: it gets the longest length
+    if config.pos_encoding == "rope":  # Llama has one length, the longest; the training context rides along
         assert hf.config.max_position_embeddings == config.max_positions
+        back = config_from_hf(hf.config)
+        assert (back.context_length, back.max_seq_len) == (config.context_length, config.max_seq_len)
 
 
 def test_config_mapping_round_trips():
@@ -233,6 +237,17 @@ def test_config_mapping_round_trips():
     )
     assert config_from_hf(hf_config_from(llama)) == llama
     assert hf_config_from(llama).rope_parameters["rope_theta"] == 1e6
+    longer = dataclasses.replace(llama, max_seq_len=64)
+    assert config_from_hf(hf_config_from(longer)) == longer
+
+
+def test_a_plain_llama_config_has_one_length():
+    """A Llama config from elsewhere (no recorded training context): its one length is the context."""
+    llama = dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, max_seq_len=32)
+    hf = hf_config_from(MiniGPTConfig(**BASE, **llama))
+    delattr(hf, CONTEXT_LENGTH_KEY)
+    ours = config_from_hf(hf)
+    assert (ours.context_length, ours.max_seq_len) == (32, None)
 
 
 BASE = dict(vocab_size=VOCAB, context_length=16, n_layer=1, n_head=2, n_embd=16)
