@@ -22,18 +22,24 @@ the plain layers up to floating-point summation order.
 
 The copies cost one more copy of the linear weights in memory. They are kept between calls, so a server does not
 rebuild them on every request, and freed with the layer (or at once by :meth:`DecodeLinears.release`). A copy is
-rebuilt when a weight it was made from changes: an in-place update (an optimizer step) bumps the tensor's version
-counter, and new weights have another address.
+rebuilt when the parameters it was made from are replaced (checked by identity) or changed in place through
+autograd-visible operations (an optimizer step, ``load_state_dict``), which bump the tensor's version counter.
+Writes through ``param.data`` bump nothing and cannot be seen: call :meth:`DecodeLinears.release` after them.
+Decode steps take the plain layers (correct, just not faster) when a fused layer has forward hooks, for a
+``torch.compile`` wrapper, and for parameters created under ``torch.inference_mode`` (no version counter).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from llm_lab.core.model.attention import CausalSelfAttention
+from llm_lab.core.model.mlp import SwiGLUMLP
 
 __all__ = ["FUSED_PROJECTIONS", "MAX_ROWS", "MIN_BLOCK_COLUMNS", "DecodeLinears"]
 
@@ -45,17 +51,25 @@ MAX_ROWS = 4
 #: matrix-vector product runs on one thread, a batch of them (``bmm``) on all.
 MIN_BLOCK_COLUMNS = 128
 
-#: Methods that apply several ``nn.Linear`` children to one input, and those children in output order.
-FUSED_PROJECTIONS: dict[str, tuple[str, ...]] = {
-    "project_qkv": ("q_proj", "k_proj", "v_proj"),
-    "project_gate_up": ("gate_proj", "up_proj"),
+#: Modules whose method applies several ``nn.Linear`` children to one input: the method, and those children in
+#: output order. A subclass that overrides the method keeps its own.
+FUSED_PROJECTIONS: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
+    CausalSelfAttention: ("project_qkv", ("q_proj", "k_proj", "v_proj")),
+    SwiGLUMLP: ("project_gate_up", ("gate_proj", "up_proj")),
 }
 
-# Per owner module: (what the copy was made from, weight copy (in, out), bias or None). Weak keys: a module that
-# goes away takes its copy along.
-_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor, torch.Tensor | None]] = (
-    weakref.WeakKeyDictionary()
-)
+
+class _Copy(NamedTuple):
+    sources: tuple[weakref.ref, ...]  # the parameters it was made from (weights and biases, in order) ...
+    versions: tuple[int, ...]  # ... and their version counters then
+    parts: int  # column blocks (1: a plain (in, out) matrix)
+    weight: torch.Tensor  # (in, out) or (parts, in, width)
+    bias: torch.Tensor | None  # (out,) or (parts, 1, width)
+
+
+# One copy per owner module (the fused module, or the lone layer). Weak keys: a module that goes away takes its
+# copy along.
+_COPIES: weakref.WeakKeyDictionary[nn.Module, _Copy] = weakref.WeakKeyDictionary()
 
 
 def _split_count(columns: int) -> int:
@@ -63,64 +77,70 @@ def _split_count(columns: int) -> int:
     return max(1, min(torch.get_num_threads(), columns // MIN_BLOCK_COLUMNS))
 
 
-def _state(tensors: Sequence[torch.Tensor]) -> tuple | None:
-    """What identifies the tensors' current values (address and version), or ``None`` if a change is invisible."""
-    try:
-        return tuple((t.data_ptr(), t._version) for t in tensors)
-    except RuntimeError:  # an inference-mode tensor has no version counter
-        return None
+def _is_current(copy: _Copy | None, params: list[torch.Tensor], versions: tuple[int, ...], parts: int) -> bool:
+    """Was ``copy`` made from exactly these tensors, unchanged since, for this many blocks?"""
+    return (
+        copy is not None
+        and copy.parts == parts
+        and copy.versions == versions
+        and len(copy.sources) == len(params)
+        and all(ref() is p for ref, p in zip(copy.sources, params, strict=True))
+    )
 
 
-def _fast_product(owner: nn.Module, layers: Sequence[nn.Linear], slow: Callable) -> Callable:
-    """A replacement for ``slow(x)``, which returns ``tuple(layer(x) for layer in layers)`` (or one tensor)."""
-    sizes = [layer.out_features for layer in layers]
-    single = len(layers) == 1
-    params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
-    trainable = any(p.requires_grad for p in params)
-    total = sum(sizes)
+def _make_copy(layers: list[nn.Linear], params: list[torch.Tensor], versions: tuple[int, ...], parts: int) -> _Copy:
+    with torch.no_grad():
+        weight = torch.cat([layer.weight for layer in layers]).t()  # (in, total)
+        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,)
+        if parts == 1:
+            weight = weight.contiguous()
+        else:
+            # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
+            total = weight.shape[1]
+            width = -(-total // parts)
+            padded = weight.new_zeros(weight.shape[0], parts * width)
+            padded[:, :total] = weight
+            weight = padded.view(-1, parts, width).transpose(0, 1).contiguous()
+            if bias is not None:
+                bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
+    return _Copy(tuple(weakref.ref(p) for p in params), versions, parts, weight, bias)
 
-    def copy() -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The weight copy and bias for the current thread count, rebuilt when a parameter changed."""
-        state = _state(params)
-        if state is None:
-            return None
-        parts = _split_count(total)
-        state = (*state, parts)
-        cached = _COPIES.get(owner)
-        if cached is None or cached[0] != state:
-            with torch.no_grad():
-                weight = torch.cat([layer.weight for layer in layers]).t()  # (in, total)
-                bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,)
-                if parts == 1:
-                    weight = weight.contiguous()
-                else:
-                    # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
-                    width = -(-total // parts)
-                    padded = weight.new_zeros(weight.shape[0], parts * width)
-                    padded[:, :total] = weight
-                    weight = padded.view(-1, parts, width).transpose(0, 1).contiguous()
-                    if bias is not None:
-                        bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
-            cached = (state, weight, bias)
-            _COPIES[owner] = cached
-        return cached[1], cached[2]
+
+def _fast_product(owner: nn.Module, names: tuple[str, ...] | None, slow: Callable) -> Callable:
+    """A replacement for ``slow(x)``: ``owner(x)`` for a lone layer (``names`` None), else the tuple of the
+    ``owner.<name>(x)``. The layers and parameters are looked up on every call, so replacing them is seen."""
 
     def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         rows = x.numel() // max(x.shape[-1], 1)
-        if rows > MAX_ROWS or x.device.type != "cpu" or (torch.is_grad_enabled() and (trainable or x.requires_grad)):
+        if rows > MAX_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
             return slow(x)
-        fast = copy()
-        if fast is None:
+        layers = [owner] if names is None else [getattr(owner, name) for name in names]
+        if names is not None and any(
+            type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in layers
+        ):
+            return slow(x)  # a fused product would skip a layer's hooks (or a replaced layer's own forward)
+        params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return slow(x)  # autograd must see the real weights
+        try:
+            versions = tuple(p._version for p in params)
+        except RuntimeError:  # inference-mode parameters have no version counter: a change could not be seen
             return slow(x)
-        weight, bias = fast
+        sizes = [layer.out_features for layer in layers]
+        total = sum(sizes)
+        parts = _split_count(total)
+        copy = _COPIES.get(owner)
+        if not _is_current(copy, params, versions, parts):
+            copy = _COPIES[owner] = _make_copy(layers, params, versions, parts)
+        weight, bias = copy.weight, copy.bias
         flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-        if weight.dim() == 2:  # (in, total)
+        if parts == 1:  # weight (in, total)
             out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)  # (rows, total)
-        else:  # (parts, in, width): one block per thread
-            stacked = flat.expand(weight.shape[0], *flat.shape)  # (parts, rows, in)
+        else:  # weight (parts, in, width): one block per thread
+            stacked = flat.expand(parts, *flat.shape)  # (parts, rows, in)
             out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias, stacked, weight)
             out = out.transpose(0, 1).reshape(rows, -1)[:, :total]  # (rows, total)
-        if single:
+        if names is None:
             return out.view(*x.shape[:-1], total)
         return tuple(part.view(*x.shape[:-1], size) for part, size in zip(out.split(sizes, dim=-1), sizes, strict=True))
 
@@ -147,22 +167,23 @@ class DecodeLinears:
         self._active: list[tuple[nn.Module, str]] = []
         first = next(model.parameters(), None)
         if first is None or first.device.type != "cpu":
+            DecodeLinears.release(model)  # copies made before a move to another device would only hold memory
             return
-        fused: set[nn.Linear] = set()
+        if hasattr(model, "_orig_mod"):
+            return  # a torch.compile wrapper: swapped methods would only make it recompile
+        fused: set[nn.Module] = set()
         for module in model.modules():
-            for method, names in FUSED_PROJECTIONS.items():
-                layers = [getattr(module, name, None) for name in names]
-                if (
-                    hasattr(module, method)
-                    and all(type(m) is nn.Linear for m in layers)
-                    and len({m.bias is None for m in layers}) == 1  # all with a bias or all without
-                ):
-                    self._swaps.append((module, method, _fast_product(module, layers, getattr(module, method))))
+            for base, (method, names) in FUSED_PROJECTIONS.items():
+                if not isinstance(module, base) or getattr(type(module), method) is not getattr(base, method):
+                    continue
+                layers = [getattr(module, name) for name in names]
+                if all(type(m) is nn.Linear for m in layers) and len({m.bias is None for m in layers}) == 1:
+                    self._swaps.append((module, method, _fast_product(module, names, getattr(module, method))))
                     self._widths.append(layers[0].in_features)
                     fused.update(layers)
         for module in model.modules():
             if type(module) is nn.Linear and module not in fused:
-                self._swaps.append((module, "forward", _fast_product(module, [module], module.forward)))
+                self._swaps.append((module, "forward", _fast_product(module, None, module.forward)))
                 self._widths.append(module.in_features)
 
     def products(self) -> list[tuple[Callable[[torch.Tensor], Any], int]]:

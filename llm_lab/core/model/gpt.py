@@ -213,8 +213,9 @@ class MiniGPT(nn.Module):
             position_ids: ``(B, T)`` positions of the new tokens. Default: with a mask,
                 ``clamp(cumsum(mask) - 1, min=0)`` over the full mask (last ``T`` columns), so left-padded rows
                 get the same positions as unpadded ones; without one, ``past_len .. past_len + T - 1``.
-            logits_to_keep: compute logits for the last this many positions only (``None``: all). Generation
-                needs just the last one, which saves the output head's work over a long prompt.
+            logits_to_keep: compute logits for the last this many positions only (``None`` or ``0``: all, as in
+                Hugging Face). Generation needs just the last one, which saves the output head's work over a long
+                prompt.
 
         Returns:
             ``(logits, past)``: logits ``(B, T, vocab_size)`` (``(B, min(T, logits_to_keep), vocab_size)`` with
@@ -222,7 +223,7 @@ class MiniGPT(nn.Module):
             ``use_cache`` is set or a cache was passed, else ``None``.
 
         Raises:
-            ValueError: wrong dtype/shape/range of ``input_ids``, ``logits_to_keep`` not a positive integer, a
+            ValueError: wrong dtype/shape/range of ``input_ids``, ``logits_to_keep`` not an integer >= 0, a
                 mask of the wrong shape or with values other than 0/1, a sequence longer than
                 ``config.max_positions`` or the cache's ``max_len``, or a cache built for another model shape or
                 batch size, filled by another model, or of another dtype/device.
@@ -232,9 +233,11 @@ class MiniGPT(nn.Module):
             input_ids = input_ids.long()  # the embedding lookup takes only these two (uint8, int16 ids are fine too)
         B, T = input_ids.shape
         if logits_to_keep is not None and (
-            isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 1
+            isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0
         ):
-            raise ValueError(f"logits_to_keep must be a positive integer or None, got {logits_to_keep!r}")
+            raise ValueError(
+                f"logits_to_keep must be an integer >= 0 (0: all positions) or None, got {logits_to_keep!r}"
+            )
         cache = past_key_values
         if cache is not None and not isinstance(cache, KVCache):
             raise ValueError(
@@ -275,7 +278,7 @@ class MiniGPT(nn.Module):
             x = block(x, mask, rotary, cache)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
-        if logits_to_keep is not None and logits_to_keep < T:
+        if logits_to_keep and logits_to_keep < T:
             x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
         logits = self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
         return logits, cache

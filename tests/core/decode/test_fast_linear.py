@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ def test_logits_match_the_plain_layers(variant, n_threads, threads, small_blocks
     assert len(copies) == 4 * 2 + 1
     widths = sorted(width for _, width in DecodeLinears(model).products())  # only down_proj reads the hidden width
     assert widths == sorted([32] * 7 + [model.config.hidden_dim] * 2)
-    assert all(weight.dim() == (2 if n_threads == 1 else 3) for _, weight, _ in copies)
+    assert all(copy.weight.dim() == (2 if n_threads == 1 else 3) for copy in copies)
 
 
 def test_more_rows_than_max_rows_take_the_plain_layers_bit_for_bit():
@@ -90,6 +91,87 @@ def test_copies_follow_weight_changes():
         with DecodeLinears(model):
             fast, _ = model(ids)
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
+def _tokens(model: MiniGPT, fast: DecodeLinears | None = None) -> torch.Tensor:
+    """Greedy logits of one decode step for a fixed 2-token prompt, through ``fast`` (or the plain layers)."""
+    ids = torch.tensor([[3, 5]])
+    with torch.inference_mode():
+        _, cache = model(ids[:, :1], use_cache=True)
+        if fast is None:
+            return model(ids[:, 1:], past_key_values=cache)[0]
+        with fast:
+            return model(ids[:, 1:], past_key_values=cache)[0]
+
+
+def test_a_replaced_parameter_is_seen_even_at_a_reused_address():
+    model = tiny("llama")
+    fast = DecodeLinears(model)  # held across the changes, as a server would
+    memory = bytearray(61 * 32 * 4)
+
+    def parameter_at_the_same_address() -> nn.Parameter:
+        # A fresh tensor (version 0) over the same memory, as when a freed block is reused for a new weight.
+        numpy.frombuffer(memory, dtype=numpy.float32)[:] = torch.randn(61 * 32).numpy()  # written outside torch
+        return nn.Parameter(torch.frombuffer(memory, dtype=torch.float32).view(61, 32))
+
+    model.lm_head.weight = parameter_at_the_same_address()
+    _tokens(model, fast)  # copies made from it
+    model.lm_head.weight = parameter_at_the_same_address()
+    assert (model.lm_head.weight.data_ptr(), model.lm_head.weight._version) == (memory_address(memory), 0)
+    torch.testing.assert_close(_tokens(model, fast), _tokens(model), atol=1e-5, rtol=1e-5)
+    model.blocks[0].attn.q_proj.weight = nn.Parameter(torch.randn(32, 32))  # a fused layer's parameter
+    torch.testing.assert_close(_tokens(model, fast), _tokens(model), atol=1e-5, rtol=1e-5)
+
+
+def memory_address(memory: bytearray) -> int:
+    return torch.frombuffer(memory, dtype=torch.uint8).data_ptr()
+
+
+def test_writes_through_data_need_release():
+    model = tiny("gpt2")
+    _tokens(model, DecodeLinears(model))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.mul_(-1.0)  # bumps no version counter: invisible to the cache
+    DecodeLinears.release(model)
+    torch.testing.assert_close(_tokens(model, DecodeLinears(model)), _tokens(model), atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_on_fused_layers_still_run():
+    model = tiny("llama")
+    calls = []
+    model.blocks[0].attn.q_proj.register_forward_hook(lambda m, i, o: calls.append(1) or o * 0.0)
+    model.blocks[0].mlp.up_proj.register_forward_pre_hook(lambda m, i: calls.append(2))
+    fast = _tokens(model, DecodeLinears(model))
+    assert sorted(calls) == [1, 1, 2, 2]  # the cache prefill and the decode step each ran both hooks
+    calls.clear()
+    torch.testing.assert_close(fast, _tokens(model), atol=1e-5, rtol=1e-5)
+
+
+def test_an_overridden_projection_method_is_kept():
+    from llm_lab.core.model.attention import CausalSelfAttention
+
+    class LoudQueries(CausalSelfAttention):
+        def project_qkv(self, x):
+            q, k, v = super().project_qkv(x)
+            return q * 4, k, v
+
+    model = tiny("gpt2")
+    for block in model.blocks:
+        block.attn.__class__ = LoudQueries
+    fast = DecodeLinears(model)
+    assert all(method != "project_qkv" for _, method, _ in fast._swaps)
+    torch.testing.assert_close(_tokens(model, fast), _tokens(model), atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_wrappers_and_other_devices_get_no_swaps():
+    model = tiny("gpt2")
+    assert DecodeLinears(torch.compile(model)).products() == []  # compiling is lazy: nothing is traced here
+    _tokens(model, DecodeLinears(model))
+    assert any(m in fast_linear._COPIES for m in model.modules())
+    model.to("meta")
+    assert DecodeLinears(model).products() == []
+    assert not any(m in fast_linear._COPIES for m in model.modules())  # the CPU copies were let go
 
 
 def test_methods_are_given_back_even_after_an_error():
@@ -160,7 +242,9 @@ def test_greedy_generation_is_unchanged(n_threads, threads, small_blocks, monkey
     threads(n_threads)
     model = tiny("gpt2")
     prompts = [[1, 2, 3, 4], [5, 6]]
+    DecodeLinears.release(model)
     fast = generate(model, prompts, 12, temperature=0)
+    assert all(m in fast_linear._COPIES for m in (model.lm_head, model.blocks[0].attn))  # the fast path ran
     monkeypatch.setattr(fast_linear, "MAX_ROWS", 0)  # every product through nn.Linear
     plain = generate(model, prompts, 12, temperature=0)
     assert fast.token_ids == plain.token_ids
@@ -178,12 +262,13 @@ def test_logits_to_keep_gives_the_last_positions():
         last, _ = model(ids, logits_to_keep=1)
         three, _ = model(ids, logits_to_keep=3)
         more, _ = model(ids, logits_to_keep=10)
+        zero, _ = model(ids, logits_to_keep=0)  # Hugging Face's "all"
     torch.testing.assert_close(last, full[:, -1:])
     torch.testing.assert_close(three, full[:, -3:])
-    assert torch.equal(more, full)
+    assert torch.equal(more, full) and torch.equal(zero, full)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1"])
-def test_logits_to_keep_must_be_a_positive_integer(bad):
-    with pytest.raises(ValueError, match="logits_to_keep must be a positive integer or None"):
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_logits_to_keep_must_be_a_non_negative_integer(bad):
+    with pytest.raises(ValueError, match=r"logits_to_keep must be an integer >= 0 \(0: all positions\) or None"):
         tiny("gpt2")(torch.zeros(1, 2, dtype=torch.long), logits_to_keep=bad)
