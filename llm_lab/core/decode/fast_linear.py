@@ -162,8 +162,7 @@ class DecodeLinears:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._swaps: list[tuple[nn.Module, str, Callable]] = []
-        self._widths: list[int] = []  # input width of each swap's product
+        self._swaps: list[tuple[nn.Module, str, Callable, int]] = []  # (module, method, replacement, input width)
         self._active: list[tuple[nn.Module, str]] = []
         first = next(model.parameters(), None)
         if first is None or first.device.type != "cpu":
@@ -178,20 +177,19 @@ class DecodeLinears:
                     continue
                 layers = [getattr(module, name) for name in names]
                 if all(type(m) is nn.Linear for m in layers) and len({m.bias is None for m in layers}) == 1:
-                    self._swaps.append((module, method, _fast_product(module, names, getattr(module, method))))
-                    self._widths.append(layers[0].in_features)
+                    fast = _fast_product(module, names, getattr(module, method))
+                    self._swaps.append((module, method, fast, layers[0].in_features))
                     fused.update(layers)
         for module in model.modules():
             if type(module) is nn.Linear and module not in fused:
-                self._swaps.append((module, "forward", _fast_product(module, None, module.forward)))
-                self._widths.append(module.in_features)
+                self._swaps.append((module, "forward", _fast_product(module, None, module.forward), module.in_features))
 
     def products(self) -> list[tuple[Callable[[torch.Tensor], Any], int]]:
         """Each replacement product (callable on its own, inside the block or not) and its input width.
 
         One decode step runs each of them once; the decoding benchmark times them alone as a bound.
         """
-        return [(fast, width) for (_, _, fast), width in zip(self._swaps, self._widths, strict=True)]
+        return [(fast, width) for _, _, fast, width in self._swaps]
 
     @staticmethod
     def release(model: nn.Module) -> int:
@@ -206,7 +204,7 @@ class DecodeLinears:
         return len(owners)
 
     def __enter__(self) -> DecodeLinears:
-        for module, method, fast in self._swaps:
+        for module, method, fast, _ in self._swaps:
             if method not in vars(module):  # not replaced already (by an enclosing block or by the user)
                 setattr(module, method, fast)
                 self._active.append((module, method))

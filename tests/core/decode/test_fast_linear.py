@@ -160,7 +160,7 @@ def test_an_overridden_projection_method_is_kept():
     for block in model.blocks:
         block.attn.__class__ = LoudQueries
     fast = DecodeLinears(model)
-    assert all(method != "project_qkv" for _, method, _ in fast._swaps)
+    assert all(method != "project_qkv" for _, method, _, _ in fast._swaps)
     torch.testing.assert_close(_tokens(model, fast), _tokens(model), atol=1e-5, rtol=1e-5)
 
 
