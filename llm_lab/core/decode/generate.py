@@ -5,9 +5,12 @@ How a call runs:
 1. The prompts are validated and left-padded into one ``(B, P)`` batch with an attention mask (1 real, 0 pad).
 2. One static :class:`~llm_lab.core.model.kv_cache.KVCache` is allocated for ``P + max_new_tokens - 1``
    positions (capped at ``config.max_positions``): the last new token is never fed back, so it needs no slot.
-3. Prefill: one forward pass over the whole prompt fills the cache and gives the first next-token logits.
+3. Prefill: one forward pass over the whole prompt fills the cache and gives the first next-token logits (the
+   output head runs for the last position only: ``logits_to_keep=1``).
 4. Decode: one forward pass per new token, feeding only that token; the cache is written in place and nothing
-   of the prefix is recomputed. Each step applies the logits processors (``processors.py``) and picks a token.
+   of the prefix is recomputed. On a CPU these small-row passes multiply by weight copies laid out for
+   matrix-vector products (:class:`~llm_lab.core.decode.fast_linear.DecodeLinears`). Each step applies the
+   logits processors (``processors.py``) and picks a token.
 
 Batches. Rows stop independently: once a row has produced an end token (or hit a stop string) it is
 *finished*; it still rides along in the batched forward pass (its logits are computed and discarded), but no
