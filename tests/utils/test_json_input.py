@@ -48,7 +48,8 @@ def test_nesting_at_the_limit_parses():
 
 
 def test_invalid_json_names_line_and_column():
-    with pytest.raises(ValueError, match=r"x: not valid JSON \(Expecting property name enclosed in double quotes at line 2, column 6\)"):
+    expected = r"x: not valid JSON \(Expecting property name enclosed in double quotes at line 2, column 6\)"
+    with pytest.raises(ValueError, match=expected):
         loads_strict('{"a":\n  1, }', what="x")
 
 
