@@ -3,7 +3,8 @@
 The CUDA counterpart of ``test_distributed.py`` (gloo on the CPU), compared the same way:
 
 * 1 process: ``torchrun --nproc_per_node=1`` gives the validation-loss curve of a plain ``python -m llm_lab train``
-  (one process needs no process group, so the two runs are the same computation);
+  (one process needs no process group, so the two runs are the same computation; 1e-3 leaves room for CUDA
+  kernels that add in a different order from run to run, as the DDP/FSDP comparison on the CPU does);
 * 2 processes (nccl, one GPU each) at batch 2 x 2 accumulation steps against one process at batch 8: the same
   global batch over different windows, so the curves agree statistically; the gloo test's measured spread sets
   the same allowance of 0.1 nats, against a fall of about 1.5.
@@ -66,7 +67,7 @@ def test_torchrun_one_process_on_cuda_matches_a_plain_run(tmp_path, corpus):
     assert one.keys() == two.keys() == {20, 40, 60}
     assert one[60] < one[20] - 0.3  # it really trained
     for step in one:
-        assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
+        assert abs(one[step] - two[step]) < 1e-3, (step, one[step], two[step])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a 2-process nccl run needs 2 GPUs; this machine has fewer")
