@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_helpers import make_package
 
 from llm_lab.core.decode import generate, stream
 from llm_lab.core.package.io import load_model_package
@@ -21,21 +20,17 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory):
-    return make_package(tmp_path_factory.mktemp("decode-on-device") / "pkg")
-
-
-@pytest.fixture(scope="module")
-def reference(package):
+def reference(device_package):
     """``(tokenizer, model)``: the package in fp32 on the CPU."""
-    _, tokenizer, model = load_model_package(package)
+    _, tokenizer, model = load_model_package(device_package)
     return tokenizer, model
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-def test_greedy_generate_picks_the_cpu_fp32_tokens(device, dtype, package, reference, assert_greedy_within_tolerance):
+def test_greedy_generate_picks_the_cpu_fp32_tokens(device, dtype, device_package, reference,
+                                                    assert_greedy_within_tolerance):  # fmt: skip
     tokenizer, cpu_model = reference
-    _, _, model = load_model_package(package, device=str(device))
+    _, _, model = load_model_package(device_package, device=str(device))
     model.to(dtype)
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     alone = generate(model, prompts[0], NEW_TOKENS, temperature=0)
@@ -48,9 +43,9 @@ def test_greedy_generate_picks_the_cpu_fp32_tokens(device, dtype, package, refer
         assert_greedy_within_tolerance(cpu_model, prompt, new_ids, dtype)
 
 
-def test_stream_yields_the_tokens_of_generate(device, package, reference):
+def test_stream_yields_the_tokens_of_generate(device, device_package, reference):
     tokenizer, _ = reference
-    _, _, model = load_model_package(package, device=str(device))
+    _, _, model = load_model_package(device_package, device=str(device))
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     want = generate(model, prompts, NEW_TOKENS, temperature=0.8, seed=3, tokenizer=tokenizer)
     got: dict[int, list[int]] = {row: [] for row in range(len(prompts))}
@@ -63,9 +58,9 @@ def test_stream_yields_the_tokens_of_generate(device, package, reference):
     assert [texts[row] for row in texts] == want.texts
 
 
-def test_a_seed_repeats_the_sampled_text(device, package, reference):
+def test_a_seed_repeats_the_sampled_text(device, device_package, reference):
     tokenizer, _ = reference
-    _, _, model = load_model_package(package, device=str(device))
+    _, _, model = load_model_package(device_package, device=str(device))
     ids = tokenizer.encode(PROMPTS[0])
     first = generate(model, ids, NEW_TOKENS, temperature=1.0, top_k=10, seed=11)
     again = generate(model, ids, NEW_TOKENS, temperature=1.0, top_k=10, seed=11)
@@ -78,14 +73,14 @@ def test_a_seed_repeats_the_sampled_text(device, package, reference):
 
 @pytest.mark.device
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
-def test_a_named_gpu_is_used_or_refused(package, reference, assert_greedy_within_tolerance):
+def test_a_named_gpu_is_used_or_refused(device_package, reference, assert_greedy_within_tolerance):
     """``cuda:1`` puts the model and every decoding tensor on the second GPU; with one GPU it is a clear error."""
     tokenizer, cpu_model = reference
     if torch.cuda.device_count() < 2:
         with pytest.raises(ValueError, match=r"device 'cuda:1': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
-            load_model_package(package, device="cuda:1")
+            load_model_package(device_package, device="cuda:1")
         return
-    _, _, model = load_model_package(package, device="cuda:1")
+    _, _, model = load_model_package(device_package, device="cuda:1")
     assert {p.device for p in model.parameters()} == {torch.device("cuda", 1)}
     ids = tokenizer.encode(PROMPTS[1])
     out = generate(model, ids, NEW_TOKENS, temperature=0)

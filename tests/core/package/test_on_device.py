@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_helpers import make_package
 
 from llm_lab.core.package.hf import from_hf_model, to_hf_model
 from llm_lab.core.package.io import load_model_package, save_model_package
@@ -62,7 +61,7 @@ def _padded_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_hf_parity_on_device(device, family, tolerance):
+def test_hf_parity_on_device(device, family, assert_within_tolerance):
     hf = FAMILIES[family]().to(device)
     ours = from_hf_model(hf)
     assert {p.device.type for p in ours.parameters()} == {device.type}
@@ -70,26 +69,26 @@ def test_hf_parity_on_device(device, family, tolerance):
     with torch.no_grad():
         expected = hf(input_ids=ids).logits
         assert expected.std() > 0.5  # not a comparison of near-zero numbers
-        torch.testing.assert_close(ours(ids)[0], expected, **tolerance(torch.float32))
+        assert_within_tolerance(ours(ids)[0], expected, torch.float32)
         expected = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         got, _ = ours(ids, attention_mask=mask)
     real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], **tolerance(torch.float32))
+    assert_within_tolerance(got[real], expected[real], torch.float32)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_export_to_hf_on_device(device, family, tolerance):
+def test_export_to_hf_on_device(device, family, assert_within_tolerance):
     ours = from_hf_model(FAMILIES[family]().to(device))
     exported = to_hf_model(ours)
     assert {p.device.type for p in exported.parameters()} == {device.type}
     ids, _, _ = _padded_batch(device)
     with torch.no_grad():
-        torch.testing.assert_close(exported(input_ids=ids).logits, ours(ids)[0], **tolerance(torch.float32))
+        assert_within_tolerance(exported(input_ids=ids).logits, ours(ids)[0], torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_package_loads_onto_the_device(device, dtype, tmp_path, tolerance):
-    path = make_package(tmp_path / "pkg")
+def test_package_loads_onto_the_device(device, dtype, device_package, tmp_path, assert_within_tolerance):
+    path = device_package
     if dtype != torch.float32:  # a package saved in bf16 loads in bf16, on the device asked for
         config, tokenizer, model = load_model_package(path)
         path = save_model_package(tmp_path / "pkg-bf16", config, tokenizer, model.to(dtype))
@@ -100,5 +99,4 @@ def test_package_loads_onto_the_device(device, dtype, tmp_path, tolerance):
     assert {p.dtype for p in on_device.parameters()} == {dtype}
     ids = torch.tensor([tokenizer.encode("to be, or not to be")])
     with torch.no_grad():
-        got = on_device(ids.to(device))[0].cpu()
-        torch.testing.assert_close(got, on_cpu(ids)[0], **tolerance(dtype))
+        assert_within_tolerance(on_device(ids.to(device))[0], on_cpu(ids)[0], dtype)
