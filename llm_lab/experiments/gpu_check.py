@@ -6,14 +6,14 @@ as one command (``scripts/gpu_check.py``). Its stages, each in a process of its 
 ============  =====  ==============================================================================================
 stage         share  what it runs
 ============  =====  ==============================================================================================
-env           5%     GPU name and count, torch, CUDA and cuDNN versions, the measured matmul peak (8192-wide
+env           4%     GPU name and count, torch, CUDA and cuDNN versions, the measured matmul peak (8192-wide
                      products in bf16, fp16 and fp32), the denominator of every MFU in the report
-tests         40%    ``pytest -m device --devices cuda``: the CUDA legs of the device tests (model, HF parity,
+tests         42%    ``pytest -m device --devices cuda``: the CUDA legs of the device tests (model, HF parity,
                      packages, trainer precisions/resume/grad scaler/compile, generate, server, DDP with nccl)
-step          25%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: fp32/bf16, eager/compiled,
+step          24%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: fp32/bf16, eager/compiled,
                      against the plain baseline
-generate      15%    :mod:`~llm_lab.core.decode.benchmark`: KV-cached ``generate`` vs HF ``generate`` on the GPU
-time_to_loss  15%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline and fast configs as whole ``llm-lab
+generate      13%    :mod:`~llm_lab.core.decode.benchmark`: KV-cached ``generate`` vs HF ``generate`` on the GPU
+time_to_loss  17%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline and fast configs as whole ``llm-lab
                      train`` processes on the GPU (the real recipes on ``--data``; without it, quick mode on
                      self-made text)
 ============  =====  ==============================================================================================
@@ -66,7 +66,8 @@ __all__ = [
 DEFAULT_BUDGET_S = 450.0
 # Below this a stage could not even import torch and start: it is skipped instead of started and killed.
 MIN_STAGE_S = 15.0
-# After SIGTERM a stage gets this long to exit before SIGKILL (pytest and torchrun clean up their children).
+# After SIGINT a stage gets this long to exit before SIGKILL: pytest then still writes the JUnit file of the tests
+# that ran, and torchrun stops its workers.
 KILL_GRACE_S = 10.0
 PEAK_MATMUL_SIZE = 8192
 NO_CUDA_MESSAGE = "gpu-check: CUDA is not available on this machine; nothing to run."
@@ -148,13 +149,13 @@ def build_stages(settings: GpuCheckSettings) -> list[Stage]:
     data = str(settings.data.resolve()) if settings.data is not None else None
     ttl_mode = "the real configs on " + settings.data.name if settings.data is not None else "quick, self-made text"
     return [
-        Stage("env", 0.05, "GPU, torch/CUDA versions, measured matmul peaks", _worker("env", out, device=device)),
-        Stage("tests", 0.40, "pytest -m device --devices cuda (DDP with nccl included)", tests),
-        Stage("step", 0.25, "training step, 10M model: fp32/bf16, eager/compiled", _worker("step", out, device=device)),
-        Stage("generate", 0.15, "generate vs HF generate", _worker("generate", out, device=device)),
+        Stage("env", 0.04, "GPU, torch/CUDA versions, measured matmul peaks", _worker("env", out, device=device)),
+        Stage("tests", 0.42, "pytest -m device --devices cuda (DDP with nccl included)", tests),
+        Stage("step", 0.24, "training step, 10M model: fp32/bf16, eager/compiled", _worker("step", out, device=device)),
+        Stage("generate", 0.13, "generate vs HF generate", _worker("generate", out, device=device)),
         Stage(
             "time_to_loss",
-            0.15,
+            0.17,
             f"baseline vs fast config, whole train processes ({ttl_mode})",
             _worker("time_to_loss", out, device=device, data=data, repo_root=str(settings.repo_root.resolve())),
         ),
@@ -202,8 +203,12 @@ def run_process(command: Sequence[str], timeout_s: float, log_path: Path, cwd: P
 
 
 def _end_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the stage's process group (pytest, torchrun and their children), SIGKILL if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+    """SIGINT to the stage's process group (pytest, torchrun and their children), SIGKILL if it lingers.
+
+    SIGINT rather than SIGTERM: Python turns it into ``KeyboardInterrupt``, on which pytest still reports the
+    tests that finished (and writes them to its JUnit file), so a tests stage over its time keeps its results.
+    """
+    for sig, wait_s in ((signal.SIGINT, KILL_GRACE_S), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -407,6 +412,8 @@ def read_test_results(path: Path) -> dict[str, Any] | None:
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     failures = []
     for case in root.iter("testcase"):
+        if not case.get("name"):  # the test running when the stage was interrupted: no verdict
+            continue
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         if case.find("failure") is not None or case.find("error") is not None:
             counts["failed"] += 1

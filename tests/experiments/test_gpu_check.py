@@ -154,13 +154,25 @@ def test_a_stage_ended_for_time_takes_its_children_with_it(tmp_path):
     start = time.monotonic()
     assert run_process([sys.executable, "-c", code], 1.5, tmp_path / "logs" / "stage.log") is None
     assert time.monotonic() - start < 15
-    assert (tmp_path / "logs" / "stage.log").read_text() == "started\n"
+    assert (tmp_path / "logs" / "stage.log").read_text().startswith("started\n")  # then KeyboardInterrupt
     grandchild = int(pid_file.read_text())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and _alive(grandchild):
         time.sleep(0.05)
     assert not _alive(grandchild)
     assert run_process([sys.executable, "-c", "raise SystemExit(3)"], 10, tmp_path / "quick.log") == 3
+
+
+@pytest.mark.slow
+def test_a_tests_stage_ended_for_its_time_keeps_the_results_of_the_tests_that_ran(tmp_path):
+    (tmp_path / "test_sample.py").write_text(
+        "import time\n\ndef test_quick():\n    pass\n\ndef test_slow():\n    time.sleep(120)\n"
+    )
+    junit = tmp_path / "out.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               f"--rootdir={tmp_path}", str(tmp_path / "test_sample.py")]  # fmt: skip
+    assert run_process(command, 10, tmp_path / "stage.log", cwd=tmp_path) is None
+    assert gpu_check.read_test_results(junit) == {"passed": 1, "failed": 0, "skipped": 0, "failures": []}
 
 
 def _alive(pid: int) -> bool:
@@ -182,6 +194,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 <failure message="boom">AssertionError</failure></testcase>
 <testcase classname="tests.core.train.test_distributed_on_device" name="test_ddp_two_gpus" time="0">
 <skipped message="a 2-process nccl run needs 2 GPUs"/></testcase>
+<testcase time="0.000" />
 </testsuite></testsuites>"""
 
 
