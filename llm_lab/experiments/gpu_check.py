@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,8 +100,8 @@ class GpuCheckSettings:
     def __post_init__(self) -> None:
         self.out_dir, self.repo_root = Path(self.out_dir), Path(self.repo_root)
         self.data = Path(self.data) if self.data is not None else None
-        if not isinstance(self.budget_s, int | float) or not self.budget_s >= MIN_STAGE_S:
-            raise ValueError(f"budget_s must be at least {MIN_STAGE_S:.0f} seconds, got {self.budget_s!r}")
+        if not isinstance(self.budget_s, int | float) or not MIN_STAGE_S <= self.budget_s < math.inf:
+            raise ValueError(f"budget_s must be a number of seconds from {MIN_STAGE_S:.0f} on, got {self.budget_s!r}")
         if self.data is not None and not self.data.is_file():
             raise FileNotFoundError(f"--data {self.data} is not a file; give a text corpus or leave it out")
 

@@ -56,8 +56,9 @@ def test_the_script_exits_0_without_cuda_and_2_on_bad_arguments(tmp_path, monkey
     assert capsys.readouterr().out == NO_CUDA_MESSAGE + "\n"
     assert script.main(["--data", str(tmp_path / "missing.txt")]) == 2
     assert f"--data {tmp_path / 'missing.txt'} is not a file" in capsys.readouterr().err
-    assert script.main(["--budget", "5"]) == 2
-    assert "budget_s must be at least 15 seconds, got 5.0" in capsys.readouterr().err
+    for budget in ("5", "inf", "nan"):
+        assert script.main(["--budget", budget]) == 2
+        assert f"budget_s must be a number of seconds from 15 on, got {float(budget)}" in capsys.readouterr().err
 
 
 class FakeMachine:
