@@ -36,6 +36,13 @@ test-slow: venv-dev
 
 test-all: test test-slow
 
+## make gpu-check: on a CUDA machine, the CUDA legs of the device tests, then the step, generate and time-to-loss
+## benchmarks, within 7.5 minutes, ending in experiments/gpu_check/report.md; without CUDA: one line, exit 0.
+## GPU_CHECK_ARGS passes options, e.g. GPU_CHECK_ARGS="--data ../shared/data/tiny_shakespeare.txt"
+.PHONY: gpu-check
+gpu-check: venv-dev
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
 lint: venv-dev
 	$(PY) -m ruff check .
 
