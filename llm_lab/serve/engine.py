@@ -125,6 +125,9 @@ class CompletionEngine:
             "context_length": self.context_window,
             "max_tokens_cap": self.max_tokens_cap,
             "vocab_size": int(self.config.vocab_size),
+            # For the playground's Inspect view (its layer and head pickers).
+            "n_layer": int(self.config.n_layer),
+            "n_head": int(self.config.n_head),
         }
 
     def encode(self, text: str) -> list[int]:

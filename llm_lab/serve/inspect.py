@@ -3,7 +3,7 @@ of one text, as JSON for the playground's Inspect view and for scripts.
 
 Response (``T`` tokens; ``L`` layers)::
 
-    {"object": "inspection", "model": ..., "tokens": [T display texts], "token_ids": [...], "text_offset": [...],
+    {"object": "inspection", "model": ..., "tokens": [T token texts], "token_ids": [...], "text_offset": [...],
      "token_logprobs": [null, ...],                       # each token given the ones before it
      "top_logprobs": [null, [{"token", "token_id", "logprob"}, ...], ...],
      "attention": {"layers": [...], "heads": [...],
@@ -14,7 +14,10 @@ Response (``T`` tokens; ``L`` layers)::
 
 Limits: the text must fit the model's context, and the attention maps may hold at most
 ``MAX_ATTENTION_VALUES`` numbers (``layers x heads x T (T + 1) / 2``; ask for fewer ``layers``/``heads``).
-Attention probabilities are rounded to 5 decimals; log-probabilities are float32 values.
+Attention probabilities are rounded to 5 decimals; log-probabilities are float32 values. Token texts are written
+as in the completions API's ``logprobs`` (``"bytes:\\xc3"`` for a piece of a character); ``text_offset`` says where
+each token starts in the text. The text of token ``i`` is ``text[text_offset[i]:text_offset[i + 1]]``: a character
+split over several tokens belongs to its last piece, the other pieces are empty there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import codecs
 from typing import Any
 
 from llm_lab.serve.engine import CompletionEngine
+from llm_lab.serve.logprobs import token_text
 from llm_lab.serve.schemas import InspectRequest
 
 __all__ = ["MAX_ATTENTION_VALUES", "InspectPlan", "InspectRequestError", "plan_inspection"]
@@ -63,7 +67,7 @@ class InspectPlan:
         """Run the traced forward pass and build the response body."""
         engine, request = self.engine, self.request
         found = engine.inspect(self.ids, request.top_logprobs, request.lens_top)
-        text = found.id_text
+        text = {i: token_text(engine.tokenizer, i) for i in found.id_text}
 
         def alternatives(pairs: Any) -> list[dict[str, Any]]:
             return [{"token": text[int(i)], "token_id": int(i), "logprob": float(lp)} for i, lp in pairs]
@@ -82,7 +86,7 @@ class InspectPlan:
         return {
             "object": "inspection",
             "model": engine.model_name,
-            "tokens": found.tokens,
+            "tokens": [text[i] for i in found.token_ids],
             "token_ids": found.token_ids,
             "text_offset": offsets,
             "token_logprobs": [None if s is None else s.logprob for s in found.logprobs],

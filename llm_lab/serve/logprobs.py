@@ -21,7 +21,16 @@ from typing import Any
 
 from llm_lab.core.decode import TokenLogprob
 
-__all__ = ["LogprobsBuilder"]
+__all__ = ["LogprobsBuilder", "token_text"]
+
+
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """The token's own text, or ``bytes:\\x..`` when its bytes are not whole UTF-8 characters (OpenAI's form)."""
+    raw = tokenizer.decode_bytes([token_id])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 class LogprobsBuilder:
@@ -38,12 +47,8 @@ class LogprobsBuilder:
         self.body: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
     def token_text(self, token_id: int) -> str:
-        """The token's own text, or ``bytes:\\x..`` when its bytes are not whole UTF-8 characters."""
-        raw = self.tokenizer.decode_bytes([token_id])
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        """The token's own text (see :func:`token_text`)."""
+        return token_text(self.tokenizer, token_id)
 
     def add(self, token_id: int, scored: TokenLogprob | None) -> dict[str, list[Any]]:
         """Append one token (``scored`` None: no log-probability, the first prompt token); return its piece."""
