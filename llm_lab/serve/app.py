@@ -47,6 +47,7 @@ from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.schemas import CompletionRequest, InspectRequest, describe_validation_error
+from llm_lab.utils.json_input import loads_strict
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
@@ -259,11 +260,10 @@ def create_app(
 
     @app.post("/v1/inspect", response_model=None)
     async def inspect(request: Request) -> Response:
-        body = await request.body()
         try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
+            payload = loads_strict(await request.body(), what="request body")
+        except ValueError as error:
+            raise APIError(400, str(error), code="invalid_json") from None
         try:
             inspect_request = InspectRequest.model_validate(payload)
         except ValidationError as error:

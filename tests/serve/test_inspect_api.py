@@ -81,6 +81,22 @@ def test_bad_requests_name_the_field(server: Any, body: dict, status: int, param
     assert re.search(message, error["message"]), error["message"]
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"text": "the", "text": "fox"}', "request body: duplicate key 'text'"),
+        (b'{"text": "the", "top_logprobs": NaN}', "request body: NaN is not valid JSON"),
+        (b"{not json", "request body: not valid JSON"),
+    ],
+)
+def test_bodies_are_strict_json(server: Any, content: bytes, message: str) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/inspect", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(message)
+
+
 def test_a_response_over_the_size_limit_is_refused_before_running(server: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(inspect_module, "MAX_ATTENTION_VALUES", 150)
     response = inspect(server, text="the quick brown")  # 2 layers x 2 heads x 15 * 16 / 2 = 480 weights
