@@ -55,9 +55,10 @@ browser:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "make browser: chromium missing and cannot be installed here (not root or no apt-get)"; fi; }
 
-## make browser-test: only the playground's browser test; screenshots go to test-artifacts/ (git-ignored)
+## make browser-test: only the playground's browser tests; screenshots go to test-artifacts/ (git-ignored)
 browser-test: venv-dev browser
-	LLM_LAB_TEST_ARTIFACTS=test-artifacts $(PY) -m pytest -q tests/serve/test_playground_browser.py
+	LLM_LAB_TEST_ARTIFACTS=test-artifacts $(PY) -m pytest -q tests/serve/test_playground_browser.py \
+	  tests/serve/test_playground_inspect_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -27,6 +27,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "plot",
     "sample",
     "evaluate",
+    "inspect",
     "package",
     "hf",
     "bench",

@@ -5,6 +5,10 @@ Routes:
 - ``POST /v1/completions``: the OpenAI completions shape (``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
   ``stop``, ``n``, ``seed``, ``stream``, ...), plus ``top_k``, ``min_p`` and ``repetition_penalty``. With
   ``stream: true`` the answer is server-sent events, ``data: {...}`` chunks ending with ``data: [DONE]``.
+  ``logprobs: N`` (0 to 5) adds OpenAI's ``logprobs`` object to each choice (and to each streamed chunk); with
+  ``echo: true`` the prompt's tokens are scored too (see ``logprobs.py``).
+- ``POST /v1/inspect`` (extension): token probabilities, attention maps and the logit lens of one text
+  (see ``inspect.py``).
 - ``GET /v1/models`` (and ``/v1/models/{id}``): the one served model, with its context window.
 - ``GET /health``: liveness plus the queue depth.
 - ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
@@ -39,8 +43,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
+from llm_lab.serve.inspect import InspectRequestError, plan_inspection
+from llm_lab.serve.logprobs import LogprobsBuilder
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
-from llm_lab.serve.schemas import CompletionRequest, describe_validation_error
+from llm_lab.serve.schemas import CompletionRequest, InspectRequest, describe_validation_error
+from llm_lab.utils.json_input import loads_strict
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
@@ -251,6 +258,28 @@ def create_app(
             raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
         return JSONResponse(job.response(choices))
 
+    @app.post("/v1/inspect", response_model=None)
+    async def inspect(request: Request) -> Response:
+        try:
+            payload = loads_strict(await request.body(), what="request body")
+        except ValueError as error:
+            raise APIError(400, str(error), code="invalid_json") from None
+        try:
+            inspect_request = InspectRequest.model_validate(payload)
+        except ValidationError as error:
+            message, param = describe_validation_error(error)
+            raise APIError(422, message, param=param, code="invalid_value") from None
+        if inspect_request.model is not None:
+            _check_model(engine, inspect_request.model)
+        try:
+            plan = await asyncio.to_thread(plan_inspection, engine, inspect_request)
+        except InspectRequestError as error:
+            raise APIError(error.status, error.message, param=error.param, code=error.code) from None
+        try:
+            return JSONResponse(await runner.run(plan.run))
+        except RunnerBusyError as error:
+            raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
+
     return app
 
 
@@ -292,25 +321,50 @@ class _CompletionJob:
         # request with the same seed gives the same choices, streamed or not.
         rows = [ids for ids in self.prompt_ids for _ in range(self.n)]
         prefixes = [prompt if self.request.echo else "" for prompt in self.prompts for _ in range(self.n)]
-        on_text = None
+        builders = None if self.request.logprobs is None else [LogprobsBuilder(self.engine.tokenizer) for _ in rows]
+        echoed = self._echo_logprobs(builders) if builders is not None and self.request.echo else [None] * len(rows)
+        on_text = on_token = None
         if emit is not None:
             for index, prefix in enumerate(prefixes):
                 if prefix:
-                    emit(("text", index, prefix))
+                    emit(("text", index, prefix) if echoed[index] is None else ("tokens", index, prefix, echoed[index]))
 
             def on_text(index: int, text: str) -> None:
                 emit(("text", index, text))
 
+            if builders is not None:
+
+                def on_token(index: int, text: str, scored: Any) -> None:
+                    emit(("tokens", index, text, builders[index].add(scored.token_id, scored)))
+
         generator = self.engine.new_generator(self.seed)
-        results = self.engine.complete(rows, self.settings, generator, on_text=on_text, cancelled=cancelled)
+        results = self.engine.complete(
+            rows, self.settings, generator, on_text=on_text, cancelled=cancelled, on_token=on_token
+        )
         self.completion_tokens = sum(result.completion_tokens for result in results)
         choices = []
         for index, (prefix, result) in enumerate(zip(prefixes, results, strict=True)):
             if emit is not None:
                 emit(("finish", index, result.finish_reason))
             text = prefix + result.text
-            choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": result.finish_reason})
+            logprobs = None
+            if builders is not None:
+                if emit is None:  # streamed tokens were added as they came
+                    builders[index].add_all([s.token_id for s in result.logprobs], result.logprobs)
+                logprobs = builders[index].body
+            choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": result.finish_reason})
         return choices
+
+    def _echo_logprobs(self, builders: list[LogprobsBuilder]) -> list[dict[str, Any] | None]:
+        """Score each prompt once (its first token has no log-probability) into its choices' builders."""
+        pieces: list[dict[str, Any] | None] = []
+        for prompt, ids in zip(self.prompts, self.prompt_ids, strict=True):
+            # An empty prompt starts from the end-of-text token, which is not part of the echoed text.
+            scored = self.engine.score(ids, self.request.logprobs) if prompt else None
+            for _ in range(self.n):
+                builder = builders[len(pieces)]
+                pieces.append(None if scored is None else builder.add_all(ids, scored))
+        return pieces
 
     def run(self) -> list[dict[str, Any]]:
         return self._choices(None, None)
@@ -391,6 +445,7 @@ def _plan(engine: CompletionEngine, request: CompletionRequest) -> _CompletionJo
         min_p=request.min_p or None,
         repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
         stop=request.stop_strings,
+        logprobs=request.logprobs,
     )
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     return _CompletionJob(engine, request, prompts, prompt_ids, settings, seed)
@@ -403,6 +458,9 @@ async def _sse(job: _CompletionJob, events: AsyncIterator[Any]) -> AsyncIterator
             if item[0] == "text":
                 _, index, text = item
                 yield job.chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}])
+            elif item[0] == "tokens":  # text with the logprobs of the tokens it came from
+                _, index, text, logprobs = item
+                yield job.chunk([{"text": text, "index": index, "logprobs": logprobs, "finish_reason": None}])
             elif item[0] == "finish":
                 _, index, reason = item
                 yield job.chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": reason}])

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from llm_lab.core.decode import TokenLogprob, score_tokens
 from llm_lab.core.decode import stream as decode_stream
 from llm_lab.utils.devices import resolve_device
 
@@ -35,15 +36,18 @@ class SamplingSettings:
     min_p: float | None = None
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
 
 
 @dataclass
 class ChoiceResult:
-    """One generated choice: its text (stop string excluded), why it ended, and how many tokens it took."""
+    """One generated choice: its text (stop string excluded), why it ended, how many tokens it took, and (when
+    asked for) each new token's log-probability."""
 
     text: str
     finish_reason: FinishReason
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class CompletionEngine:
@@ -121,6 +125,9 @@ class CompletionEngine:
             "context_length": self.context_window,
             "max_tokens_cap": self.max_tokens_cap,
             "vocab_size": int(self.config.vocab_size),
+            # For the playground's Inspect view (its layer and head pickers).
+            "n_layer": int(self.config.n_layer),
+            "n_head": int(self.config.n_head),
         }
 
     def encode(self, text: str) -> list[int]:
@@ -157,6 +164,7 @@ class CompletionEngine:
         *,
         on_text: Callable[[int, str], None] | None = None,
         cancelled: threading.Event | None = None,
+        on_token: Callable[[int, str, TokenLogprob], None] | None = None,
     ) -> list[ChoiceResult]:
         """Generate one choice per row of prompt ids, all rows in one batch; report text as soon as it is safe.
 
@@ -167,6 +175,8 @@ class CompletionEngine:
             on_text: called as ``on_text(row, piece)`` with each new piece of a row's text. Pieces never split a
                 character and never show any part of a stop string.
             cancelled: when set (the client went away), generation stops after the current step.
+            on_token: with ``settings.logprobs``, called as ``on_token(row, piece, logprob)`` for every new token
+                instead of ``on_text`` (``piece`` may be ``""`` while text is held back).
 
         Returns:
             One :class:`ChoiceResult` per row. ``finish_reason`` is OpenAI's: ``"stop"`` for the end-of-text
@@ -175,6 +185,7 @@ class CompletionEngine:
         pieces: list[list[str]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         counts = [0] * len(rows)
+        scored: list[list[TokenLogprob]] = [[] for _ in rows]
         chunks = decode_stream(
             self.model,
             rows,
@@ -190,12 +201,18 @@ class CompletionEngine:
             tokenizer=self.tokenizer,
             # The request was checked against the context already; running past it would be a bug here.
             on_overflow="error",
+            logprobs=settings.logprobs,
         )
         try:
             for chunk in chunks:
                 if chunk.token_id is not None or chunk.finish_reason == "eos":
                     counts[chunk.row] += 1  # the end-of-text token was generated too, so it is counted
-                if chunk.text:
+                if chunk.logprob is not None:
+                    scored[chunk.row].append(chunk.logprob)
+                if chunk.logprob is not None and on_token is not None:
+                    pieces[chunk.row].append(chunk.text)
+                    on_token(chunk.row, chunk.text, chunk.logprob)
+                elif chunk.text:
                     pieces[chunk.row].append(chunk.text)
                     if on_text is not None:
                         on_text(chunk.row, chunk.text)
@@ -205,4 +222,15 @@ class CompletionEngine:
                     break
         finally:
             chunks.close()  # puts the model back in its mode even when the client went away mid-stream
-        return [ChoiceResult("".join(p), r, c) for p, r, c in zip(pieces, reasons, counts, strict=True)]
+        rows_out = zip(pieces, reasons, counts, scored, strict=True)
+        return [ChoiceResult("".join(p), r, c, lp) for p, r, c, lp in rows_out]
+
+    def score(self, ids: list[int], top_n: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-probability given the ones before it (``None`` for the first): for ``echo``."""
+        return score_tokens(self.model, ids, top_n=top_n)[0]
+
+    def inspect(self, ids: list[int], top_n: int, lens_top: int) -> Any:
+        """Token scores, attention maps and the logit lens of one text (a :class:`llm_lab.core.inspect.Inspection`)."""
+        from llm_lab.core.inspect import inspect_ids
+
+        return inspect_ids(self.model, ids, top_n=top_n, lens_top=lens_top, tokenizer=self.tokenizer)

@@ -2,10 +2,11 @@
 
 Parsing is strict on purpose: unknown fields, wrong types and out-of-range values are refused with a message that
 names the field, so a typo such as ``max_token`` fails loudly instead of being silently ignored. A few OpenAI fields
-that this server does not implement (``logprobs``, ``best_of``, ``suffix``, penalties, ``logit_bias``) are accepted
-only at their neutral value, so clients that always send them still work.
+that this server does not implement (``best_of``, ``suffix``, penalties, ``logit_bias``) are accepted only at their
+neutral value, so clients that always send them still work.
 
-Extensions beyond the OpenAI shape: ``top_k``, ``min_p`` and ``repetition_penalty``.
+Extensions beyond the OpenAI shape: ``top_k``, ``min_p`` and ``repetition_penalty``, and the body of
+``POST /v1/inspect`` (:class:`InspectRequest`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 MAX_PROMPTS = 32
 MAX_CHOICES = 16
+MAX_LOGPROBS = 5  # OpenAI's cap on the completions API's logprobs
+MAX_INSPECT_CHARS = 20_000  # /v1/inspect: text longer than this is refused before it is encoded
 
 
 class StreamOptions(BaseModel):
@@ -46,7 +49,8 @@ class CompletionRequest(BaseModel):
         seed: makes sampling reproducible: the same request with the same seed gives the same text.
         stream: send server-sent events as tokens are generated.
         stream_options: ``{"include_usage": true}`` adds a usage chunk before ``[DONE]``.
-        echo: prepend the prompt to each choice's text.
+        echo: prepend the prompt to each choice's text (with ``logprobs``, the prompt's tokens are scored too).
+        logprobs: report each token's log-probability and the ``logprobs`` (0 to 5) most likely alternatives.
         user: accepted and ignored (OpenAI clients may send it).
     """
 
@@ -67,8 +71,8 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     echo: StrictBool | None = False
     user: str | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     # OpenAI fields without an implementation here: only their neutral values are accepted.
-    logprobs: StrictInt | None = None
     best_of: StrictInt | None = None
     suffix: str | None = None
     presence_penalty: float | None = None
@@ -94,10 +98,10 @@ class CompletionRequest(BaseModel):
                 raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters long")
         return value
 
-    @field_validator("logprobs", "best_of", "suffix", "logit_bias", mode="after")
+    @field_validator("best_of", "suffix", "logit_bias", mode="after")
     @classmethod
     def _unsupported(cls, value: Any, info: Any) -> Any:
-        neutral = {"logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None,)}
+        neutral = {"best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None,)}
         if value not in neutral[info.field_name] and value != {}:
             raise ValueError(f"is not supported by this server; leave {info.field_name} out")
         return value
@@ -120,6 +124,35 @@ class CompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class InspectRequest(BaseModel):
+    """The body of ``POST /v1/inspect`` (an extension): look inside the model on one text.
+
+    Attributes:
+        model: the served model id (optional; must match when given).
+        text: the text to inspect (at most ``MAX_INSPECT_CHARS`` characters and the model's context in tokens).
+        layers: which layers' attention maps to return (0-based); default all. ``[]`` returns none.
+        heads: which heads of those layers (0-based); default all.
+        top_logprobs: alternatives reported per token (0 to 5).
+        lens_top: predictions reported per logit-lens cell (1 to 5).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    text: Annotated[str, Field(max_length=MAX_INSPECT_CHARS)]
+    layers: list[Annotated[StrictInt, Field(ge=0)]] | None = None
+    heads: list[Annotated[StrictInt, Field(ge=0)]] | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] = 5
+    lens_top: Annotated[StrictInt, Field(ge=1, le=MAX_LOGPROBS)] = 3
+
+    @field_validator("text", mode="after")
+    @classmethod
+    def _some_text(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty: give the text to inspect")
+        return value
 
 
 def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:

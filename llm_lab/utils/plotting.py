@@ -1,4 +1,7 @@
-"""Loss curves from run directories: read ``metrics.csv`` and draw one or many runs to an image file.
+"""Figures: loss curves of runs (:func:`plot_runs`) and what a model does inside on one text (attention heatmaps,
+:func:`plot_attention_grid`; the logit lens, :func:`plot_logit_lens`).
+
+Loss curves from run directories: read ``metrics.csv`` and draw one or many runs to an image file.
 
 ``metrics.csv`` (written by the Trainer) has one row per logged step with the columns step, tokens, lr,
 train_loss, val_loss, grad_norm, tokens_per_second, mfu, elapsed_s; ``val_loss`` is empty on rows without
@@ -12,10 +15,11 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from llm_lab.utils.io import atomic_write
 
-__all__ = ["read_metric_columns", "plot_runs"]
+__all__ = ["plot_attention_grid", "plot_logit_lens", "plot_runs", "read_metric_columns", "token_label"]
 
 _X_LABELS = {"step": "step", "tokens": "tokens seen", "elapsed_s": "time (s)"}
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -162,3 +166,128 @@ def plot_runs(
     with atomic_write(out, "wb") as f:
         fig.savefig(f, format=fmt, dpi=dpi)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Looking inside a model (the figures of ``llm-lab inspect``)
+
+_MAX_TICK_LABELS = 40  # beyond this many tokens, axis labels would overlap: show positions only
+
+
+def token_label(text: str) -> str:
+    """A token as an axis label: whitespace made visible (``␣`` for a space, ``\\n`` for a newline)."""
+    return text.replace(" ", "\u2423").replace("\n", "\\n").replace("\t", "\\t") or "\u2205"
+
+
+def _new_figure(figsize: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, out: str | Path, dpi: int) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    return out
+
+
+def plot_attention_grid(
+    attentions: Any, tokens: Sequence[str], out: str | Path, *, title: str | None = None, dpi: int = 110
+) -> Path:
+    """One heatmap per layer (rows) and head (columns): row ``t`` of a map is where query ``t`` looks.
+
+    Args:
+        attentions: ``(n_layer, n_head, T, T)`` attention probabilities (a tensor or array).
+        tokens: the ``T`` token texts, for the axis labels (shown when ``T <= 40``).
+        out: the image file (PNG/SVG/PDF by suffix), written atomically.
+        title: figure title.
+        dpi: resolution of raster output.
+    """
+    import numpy as np
+
+    maps = np.asarray(attentions, dtype=np.float32)
+    if maps.ndim != 4 or maps.shape[2] != maps.shape[3] or maps.shape[2] != len(tokens):
+        raise ValueError(f"attentions must be (n_layer, n_head, T, T) with T = {len(tokens)} tokens, got {maps.shape}")
+    n_layer, n_head, T, _ = maps.shape
+    cell = min(3.2, max(1.6, 14.0 / max(n_head, n_layer)))
+    fig = _new_figure((cell * n_head + 0.9, cell * n_layer + 0.5))
+    axes = fig.subplots(n_layer, n_head, squeeze=False)
+    labels = [token_label(t) for t in tokens]
+    image = None
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = axes[layer][head]
+            image = ax.imshow(maps[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8)
+            if T <= _MAX_TICK_LABELS:
+                ax.set_xticks(range(T), labels, rotation=90, fontsize=5, fontfamily="monospace")
+                ax.set_yticks(range(T), labels, fontsize=5, fontfamily="monospace")
+            else:
+                ax.tick_params(labelsize=5)
+            if head == 0:
+                ax.set_ylabel("query", fontsize=7)
+            if layer == n_layer - 1:
+                ax.set_xlabel("key", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out, dpi)
+
+
+def plot_logit_lens(
+    top_probs: Any,
+    top_tokens: Sequence[Sequence[str]],
+    hits: Any,
+    layer_names: Sequence[str],
+    tokens: Sequence[str],
+    out: str | Path,
+    *,
+    title: str | None = None,
+    dpi: int = 110,
+) -> Path:
+    """The logit lens as a grid: rows are layers, columns positions; each cell names the top next-token prediction
+    read at that layer and is coloured by its probability; a box marks a prediction equal to the actual next token.
+
+    Args:
+        top_probs: ``(n_rows, T)`` probability of each cell's top prediction.
+        top_tokens: ``n_rows`` lists of ``T`` predicted token texts.
+        hits: ``(n_rows, T)`` booleans: the prediction is the next token of the text.
+        layer_names: the row names (``embeddings``, ``layer 1``, ...).
+        tokens: the ``T`` input tokens (column labels).
+        out: the image file, written atomically.
+        title: figure title.
+        dpi: resolution of raster output.
+    """
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    probs = np.asarray(top_probs, dtype=np.float32)
+    n_rows, T = probs.shape
+    if len(layer_names) != n_rows or len(tokens) != T:
+        raise ValueError(f"top_probs is {probs.shape}; give {n_rows} layer names and {T} tokens")
+    annotate = T <= _MAX_TICK_LABELS
+    fig = _new_figure((max(6.0, 0.5 * T + 2.0) if annotate else 12.0, 0.45 * n_rows + 1.8))
+    ax = fig.subplots()
+    image = ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    hit_rows = np.asarray(hits, dtype=bool)
+    for r in range(n_rows):
+        for t in range(T):
+            if annotate:
+                color = "white" if probs[r, t] > 0.6 else "black"
+                ax.text(t, r, token_label(top_tokens[r][t]), ha="center", va="center", fontsize=7, color=color,
+                        fontfamily="monospace")  # fmt: skip
+            if hit_rows[r, t]:
+                ax.add_patch(Rectangle((t - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=1.2))
+    ax.set_yticks(range(n_rows), list(layer_names), fontsize=8)
+    if annotate:
+        ax.set_xticks(range(T), [token_label(t) for t in tokens], rotation=90, fontsize=7, fontfamily="monospace")
+    ax.set_xlabel("input token (each cell: the predicted next token; red box: it is the actual next token)")
+    ax.invert_yaxis()  # the output layer on top, the embeddings at the bottom, as the stream flows up
+    fig.colorbar(image, ax=ax, shrink=0.8, label="probability of the top prediction")
+    ax.set_title(title or "logit lens")
+    return _save(fig, out, dpi)

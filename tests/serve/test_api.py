@@ -188,7 +188,7 @@ def test_twenty_concurrent_requests_all_answered_correctly(server: Any, referenc
         ({"prompt": "the", "stream": "yes"}, 422, "stream", r"stream: .*boolean"),
         ({"prompt": "the", "seed": 2**70}, 422, "seed", r"seed: .*less than or equal to 18446744073709551615"),
         ({"prompt": "the", "max_token": 5}, 422, "max_token", r"unknown field 'max_token'"),
-        ({"prompt": "the", "logprobs": 5}, 422, "logprobs", r"not supported"),
+        ({"prompt": "the", "logprobs": 6}, 422, "logprobs", r"logprobs: .*less than or equal to 5"),
         ({"prompt": ["the", 7]}, 422, "prompt", r"string or a list of strings"),
         ({"max_tokens": 3}, 422, "prompt", r"prompt is required"),
         ({"prompt": "the", "model": "gpt-4"}, 404, "model", r"'gpt-4' is not served here; this server serves"),

@@ -1,7 +1,9 @@
-"""Decoding: logits processors and KV-cached generation (``generate``, ``stream``, ``generate_text``)."""
+"""Decoding: logits processors, KV-cached generation (``generate``, ``stream``, ``generate_text``) and
+log-probabilities (``score_tokens``, ``TokenLogprob``)."""
 
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
+from llm_lab.core.decode.logprobs import TokenLogprob, score_tokens
 from llm_lab.core.decode.processors import (
     apply_repetition_penalty,
     apply_temperature,
@@ -16,6 +18,7 @@ __all__ = [
     "DecodeLinears",
     "GenerationOutput",
     "StreamChunk",
+    "TokenLogprob",
     "apply_repetition_penalty",
     "apply_temperature",
     "generate",
@@ -23,6 +26,7 @@ __all__ = [
     "min_p_filter",
     "process_logits",
     "sample_next_token",
+    "score_tokens",
     "stream",
     "top_k_filter",
     "top_p_filter",

@@ -29,6 +29,12 @@ positions. Beyond that:
   ``"length"``.
 * ``"error"``: a ``ValueError`` before anything runs if ``P + max_new_tokens - 1 > W``.
 
+Log-probabilities (``logprobs=N``): each new token also gets a
+:class:`~llm_lab.core.decode.logprobs.TokenLogprob`, its log-probability and the ``N`` most likely alternatives,
+from ``log_softmax`` of the same raw logits it was picked from, *before* the repetition penalty, temperature and
+the top-k/top-p/min-p filters (see :mod:`llm_lab.core.decode.logprobs`). Off by default: it costs a softmax and a
+top-k per step.
+
 Reproducibility: sampling draws only from ``generator`` (or a fresh one seeded with ``seed``), so the same
 seed, prompts and settings give the same tokens. ``temperature=0`` is greedy and needs no randomness.
 """
@@ -45,6 +51,7 @@ import torch
 from torch import nn
 
 from llm_lab.core.decode.fast_linear import DecodeLinears
+from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, step_logprobs, to_token_logprobs
 from llm_lab.core.decode.processors import (
     check_sampling_args,
     occurrence_flags,
@@ -91,6 +98,7 @@ class GenerationOutput:
         finish_reasons: per row, ``"eos"`` (end token), ``"stop"`` (stop string) or ``"length"``
             (``max_new_tokens`` or the context limit, see ``on_overflow``).
         prompt_lengths: per row, the number of real (unpadded) prompt tokens.
+        logprobs: with ``logprobs=N``, per row one :class:`TokenLogprob` per entry of ``token_ids``; else None.
     """
 
     sequences: torch.Tensor
@@ -98,6 +106,7 @@ class GenerationOutput:
     texts: list[str] | None
     finish_reasons: list[str]
     prompt_lengths: list[int]
+    logprobs: list[list[TokenLogprob]] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,12 +124,14 @@ class StreamChunk:
         token_id: the new token, or ``None`` on the row's final chunk.
         text: text piece (always ``""`` without a tokenizer).
         finish_reason: ``None``, or on the final chunk ``"eos"``, ``"stop"`` or ``"length"``.
+        logprob: with ``logprobs=N``, the new token's :class:`TokenLogprob` (None on the final chunk).
     """
 
     row: int
     token_id: int | None
     text: str
     finish_reason: str | None = None
+    logprob: TokenLogprob | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -306,6 +317,7 @@ class _Decoder:
         generator: torch.Generator | None,
         on_overflow: str,
         can_stop: bool = False,
+        logprobs: int | None = None,
     ) -> None:
         from llm_lab.core.model.kv_cache import KVCache  # the decode layer sits above the model
 
@@ -322,6 +334,9 @@ class _Decoder:
         self.penalty = float(repetition_penalty)
         self.generator = generator
         self.pad_token_id = pad_token_id
+        self.logprobs = logprobs
+        # With logprobs: the last step's (chosen (B,), top ids (B, N), top logprobs (B, N)), see step_logprobs.
+        self.last_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         B, P = ids.shape
         W = config.max_positions
         self.window = W
@@ -397,9 +412,12 @@ class _Decoder:
 
     def step(self) -> torch.Tensor:
         """Run one forward pass and append one token per row; return the ``(B,)`` new tokens."""
-        token = self._pick(self._next_logits())
+        logits = self._next_logits()
+        token = self._pick(logits)
         if self.rows_can_finish:
             token = token.masked_fill(self.finished, self.pad_token_id)
+        if self.logprobs is not None:
+            self.last_logprobs = step_logprobs(logits, token, self.logprobs)
         if self.eos is not None:
             if self.eos.numel() == 1:
                 self.finished |= token == self.eos
@@ -447,6 +465,7 @@ def _setup(
     seed: int | None,
     tokenizer: Any,
     on_overflow: str | None,
+    logprobs: int | None = None,
 ) -> tuple[_Decoder, list[int], list[str]]:
     if not hasattr(model, "config"):
         raise ValueError("model must be a MiniGPT (or expose .config like one)")
@@ -469,6 +488,8 @@ def _setup(
         pad_token_id = eos_ids[0] if eos_ids else 0
     _token_list(pad_token_id, "pad_token_id", config.vocab_size)
     stops = _stop_list(stop, tokenizer)
+    if logprobs is not None:
+        check_top_n(logprobs, config.vocab_size)
     device = _model_device(model)
     ids, mask, lengths = _prepare_prompts(input_ids, attention_mask, pad_token_id, config.vocab_size, device)
     if seed is not None:
@@ -488,6 +509,7 @@ def _setup(
         generator=generator,
         on_overflow=on_overflow,
         can_stop=bool(stops),
+        logprobs=logprobs,
     )
     return decoder, lengths, stops
 
@@ -501,6 +523,7 @@ def _chunks(decoder: _Decoder, tokenizer: Any, stops: list[str], eos_ids: set[in
         with torch.inference_mode():
             new = decoder.step().tolist()
         last_step = decoder.steps == decoder.max_steps
+        scored = None if decoder.last_logprobs is None else [t.tolist() for t in decoder.last_logprobs]
         still = []
         for r in active:
             token = new[r]
@@ -508,7 +531,10 @@ def _chunks(decoder: _Decoder, tokenizer: Any, stops: list[str], eos_ids: set[in
                 yield StreamChunk(r, None, texts[r].finish() if texts else "", "eos")
                 continue
             piece, hit = texts[r].add(token) if texts else ("", False)
-            yield StreamChunk(r, token, piece)
+            logprob = None
+            if scored is not None:
+                logprob = to_token_logprobs([token], *(column[r : r + 1] for column in scored))[0]
+            yield StreamChunk(r, token, piece, logprob=logprob)
             if hit:
                 decoder.mark_finished(r)
                 yield StreamChunk(r, None, "", "stop")
@@ -540,6 +566,7 @@ def generate(
     seed: int | None = None,
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
+    logprobs: int | None = None,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens per prompt with a KV cache (prefill once, then one token a step).
 
@@ -567,10 +594,13 @@ def generate(
             token, else 0.
         on_overflow: ``"slide"``, ``"stop"`` or ``"error"`` when the context is full (see the module docs);
             default ``"slide"`` for learned positions and ``"stop"`` otherwise.
+        logprobs: report each new token's log-probability and this many most likely alternatives
+            (``0 <= N <= vocab_size``) in ``GenerationOutput.logprobs``; the distribution is the model's raw one,
+            before the penalty, temperature and filters (see the module docs). ``None``: not computed.
 
     Returns:
         A :class:`GenerationOutput` (``sequences``, ``token_ids``, ``texts``, ``finish_reasons``,
-        ``prompt_lengths``).
+        ``prompt_lengths``, ``logprobs``).
 
     Raises:
         ValueError: an empty prompt, ``max_new_tokens < 0``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
@@ -595,6 +625,7 @@ def generate(
         seed=seed,
         tokenizer=tokenizer,
         on_overflow=on_overflow,
+        logprobs=logprobs,
     )
     eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
     B = len(lengths)
@@ -603,18 +634,24 @@ def generate(
             token_ids: list[list[int]] = [[] for _ in range(B)]
             pieces: list[list[str]] = [[] for _ in range(B)]
             reasons: list[str] = [""] * B
+            scored: list[list[TokenLogprob]] = [[] for _ in range(B)]
             for chunk in _chunks(decoder, tokenizer, stops, eos_ids):
                 if chunk.token_id is not None:
                     token_ids[chunk.row].append(chunk.token_id)
+                if chunk.logprob is not None:
+                    scored[chunk.row].append(chunk.logprob)
                 pieces[chunk.row].append(chunk.text)
                 if chunk.finish_reason is not None:
                     reasons[chunk.row] = chunk.finish_reason
             texts: list[str] | None = ["".join(p) for p in pieces]
         else:
             # The fast path: no per-step host work except one "all finished?" check when there is an end token.
+            steps_scored = []
             with torch.inference_mode():
                 while decoder.steps < decoder.max_steps:
                     decoder.step()
+                    if decoder.last_logprobs is not None:
+                        steps_scored.append(decoder.last_logprobs)
                     if decoder.eos is not None and bool(decoder.finished.all()):
                         break
             new = decoder.tokens[:, decoder.prompt_len : decoder.length].tolist()
@@ -623,11 +660,27 @@ def generate(
                 end = next((i for i, t in enumerate(row) if t in eos_ids), None)
                 token_ids.append(row if end is None else row[:end])
                 reasons.append("length" if end is None else "eos")
+            scored = _stack_logprobs(steps_scored, token_ids, B) if logprobs is not None else []
             texts = None
             if tokenizer is not None:
                 texts = [tokenizer.decode_bytes(ids).decode("utf-8", errors="replace") for ids in token_ids]
     sequences = decoder.tokens[:, : decoder.length].clone()
-    return GenerationOutput(sequences, token_ids, texts, reasons, lengths)
+    return GenerationOutput(sequences, token_ids, texts, reasons, lengths, scored if logprobs is not None else None)
+
+
+def _stack_logprobs(
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], token_ids: list[list[int]], batch: int
+) -> list[list[TokenLogprob]]:
+    """Per-step ``(B,)``/``(B, N)`` tensors -> per row, one :class:`TokenLogprob` per kept token (one copy to host)."""
+    if not steps:
+        return [[] for _ in range(batch)]
+    chosen = torch.stack([s[0] for s in steps], dim=1).tolist()  # (B, steps)
+    top_ids = torch.stack([s[1] for s in steps], dim=1).tolist()  # (B, steps, N)
+    top_lps = torch.stack([s[2] for s in steps], dim=1).tolist()  # (B, steps, N)
+    return [
+        to_token_logprobs(ids, chosen[r][: len(ids)], top_ids[r][: len(ids)], top_lps[r][: len(ids)])
+        for r, ids in enumerate(token_ids)
+    ]
 
 
 def stream(
@@ -648,6 +701,7 @@ def stream(
     seed: int | None = None,
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
+    logprobs: int | None = None,
 ) -> Iterator[StreamChunk]:
     """Like :func:`generate`, but yield :class:`StreamChunk` items as tokens are produced.
 
@@ -680,6 +734,7 @@ def stream(
         seed=seed,
         tokenizer=tokenizer,
         on_overflow=on_overflow,
+        logprobs=logprobs,
     )
     eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
 

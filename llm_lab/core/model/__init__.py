@@ -3,5 +3,6 @@
 from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.gpt import MiniGPT, init_weights, lm_loss
 from llm_lab.core.model.kv_cache import KVCache
+from llm_lab.core.model.trace import ForwardTrace
 
-__all__ = ["KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]
+__all__ = ["ForwardTrace", "KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]

@@ -11,6 +11,10 @@ Two interchangeable implementations of the softmax step, picked by ``config.attn
 ``ATTENTION_IMPLS``: ``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels),
 ``reference`` spells out ``softmax(q k^T / sqrt(d) + mask) v`` for tests and teaching.
 
+Looking inside. A forward pass given a :class:`~llm_lab.core.model.trace.ForwardTrace` takes the written-out path
+whatever ``attn_impl`` says and records each layer's attention probabilities ``(B, n_head, T, S)``
+(:func:`attention_probs`); without one, nothing is recorded and the configured (fast) path runs.
+
 Masks. The model builds one mask per forward pass with :func:`build_attention_mask` and hands it to every
 layer: ``None`` for a plain causal pass (``T == S``, the fast ``is_causal`` path), a boolean ``(B, 1, T, S)``
 "may attend" mask for padding and cached prefixes, or a float ``(B, n_head, T, S)`` additive mask when ALiBi
@@ -32,10 +36,12 @@ from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import build_norm
 from llm_lab.core.model.positional import apply_rotary
+from llm_lab.core.model.trace import ForwardTrace
 
 __all__ = [
     "ATTENTION_IMPLS",
     "CausalSelfAttention",
+    "attention_probs",
     "build_attention_mask",
     "reference_attention",
     "repeat_kv",
@@ -100,17 +106,22 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
 
 
-def reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
-) -> torch.Tensor:
-    """The same computation written out: scores, mask, float32 softmax, dropout, weighted sum."""
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(hd) + mask)`` in float32: ``(B, n_head, T, S)``, each row sums to 1 over the keys."""
     T, S = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, n_head, T, S)
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
     # A boolean mask says who may attend; a float mask (ALiBi) already holds -inf where nobody may.
     scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.softmax(scores.float(), dim=-1)
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """The same computation written out: scores, mask, float32 softmax, dropout, weighted sum."""
+    probs = attention_probs(q, k, mask).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     return probs @ v  # (B, n_head, T, hd)
@@ -163,6 +174,7 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
         """Attend over ``x`` ``(B, T, C)`` (and the cached prefix); return ``(B, T, C)``.
 
@@ -171,6 +183,7 @@ class CausalSelfAttention(nn.Module):
             mask: from :func:`build_attention_mask`.
             rotary: RoPE ``(cos, sin)``, each ``(B, T, head_dim)``, or None.
             cache: a :class:`KVCache` to append to and read from, or None.
+            trace: record this layer's attention probabilities there (through the written-out path), or None.
         """
         B, T, C = x.shape
         q, k, v = self.project_qkv(x)
@@ -184,6 +197,11 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_head, S, hd), S = cached + T
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, n_head, S, hd)
         dropout_p = self.attn_dropout if self.training else 0.0
-        y = self.attend(q, k, v, mask, dropout_p)  # (B, n_head, T, hd)
+        if trace is None:
+            y = self.attend(q, k, v, mask, dropout_p)  # (B, n_head, T, hd)
+        else:
+            probs = attention_probs(q, k, mask)  # (B, n_head, T, S), float32
+            trace.attentions.append(probs)
+            y = F.dropout(probs.to(q.dtype), p=dropout_p) @ v  # (B, n_head, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))

@@ -13,6 +13,7 @@ from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.mlp import build_mlp
 from llm_lab.core.model.norms import build_norm
+from llm_lab.core.model.trace import ForwardTrace
 
 __all__ = ["Block"]
 
@@ -33,6 +34,7 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask, rotary, cache)  # (B, T, C)
+        x = x + self.attn(self.attn_norm(x), mask, rotary, cache, trace)  # (B, T, C)
         return x + self.mlp(self.mlp_norm(x))  # (B, T, C)

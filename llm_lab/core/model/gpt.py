@@ -10,6 +10,7 @@ Usage::
     logits, past = model(input_ids)                                     # (B, T, vocab_size), None
     logits, past = model(input_ids, attention_mask=mask, use_cache=True)  # past: a KVCache
     logits, past = model(next_ids, attention_mask=longer_mask, past_key_values=past)
+    logits, _ = model(input_ids, trace=trace)  # trace = ForwardTrace(): .attentions, .hidden_states filled
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import LayerNorm, RMSNorm, build_norm
 from llm_lab.core.model.positional import LearnedPositions, build_positional_encoding
+from llm_lab.core.model.trace import ForwardTrace
 
-__all__ = ["KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]
+__all__ = ["ForwardTrace", "KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]
 
 
 def init_weights(model: MiniGPT) -> None:
@@ -199,6 +201,7 @@ class MiniGPT(nn.Module):
         use_cache: bool = False,
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int | None = None,
+        trace: ForwardTrace | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Next-token logits for every position.
 
@@ -216,6 +219,9 @@ class MiniGPT(nn.Module):
             logits_to_keep: compute logits for the last this many positions only (``None`` or ``0``: all, as in
                 Hugging Face). Generation needs just the last one, which saves the output head's work over a long
                 prompt.
+            trace: a :class:`ForwardTrace` to record what happens inside (each layer's attention probabilities,
+                through the written-out attention path, and the residual stream); None (the default) records
+                nothing and runs the configured attention implementation.
 
         Returns:
             ``(logits, past)``: logits ``(B, T, vocab_size)`` (``(B, min(T, logits_to_keep), vocab_size)`` with
@@ -274,8 +280,12 @@ class MiniGPT(nn.Module):
         rotary = self.positions.rotary(position_ids, x.dtype)
         bias = self.positions.attention_bias(position_ids, key_positions)  # (B, n_head, T, S) or None
         mask = build_attention_mask(T, past_len + T, padding_mask, bias, x.device)
+        if trace is not None:
+            trace.hidden_states.append(x)
         for block in self.blocks:
-            x = block(x, mask, rotary, cache)  # (B, T, C)
+            x = block(x, mask, rotary, cache, trace)  # (B, T, C)
+            if trace is not None:
+                trace.hidden_states.append(x)
         if cache is not None:
             cache.advance(T)
         if logits_to_keep and logits_to_keep < T:

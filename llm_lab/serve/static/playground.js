@@ -1,9 +1,11 @@
-// llm-lab playground: streams POST /v1/completions (server-sent events) into the page. No build step.
+// llm-lab playground: streams POST /v1/completions (server-sent events) into the page, and its Inspect view shows
+// token probabilities, attention and the logit lens from POST /v1/inspect. No build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const sliders = ["temperature", "top-k", "top-p", "max-tokens"];
 let modelId = null;
+let modelInfo = null;
 let controller = null;
 
 function showSliderValues() {
@@ -18,6 +20,7 @@ async function loadModel() {
     const response = await fetch("/v1/models");
     const model = (await response.json()).data[0];
     modelId = model.id;
+    modelInfo = model;
     $("model-name").textContent = model.id;
     $("context-length").textContent = model.context_length;
     // The server refuses more than max_tokens_cap new tokens, so the slider never offers more.
@@ -51,6 +54,7 @@ function requestBody() {
 function setRunning(running) {
   $("generate").disabled = running;
   $("stop").disabled = !running;
+  $("inspect").disabled = running;
   document.body.dataset.state = running ? "running" : "idle";
 }
 
@@ -126,6 +130,304 @@ async function generate() {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Inspect: one POST /v1/inspect per text (plus one per layer/head picked later), drawn without a framework.
+
+const inspectState = { body: null, text: "", promptChars: 0, selected: null, attention: new Map() };
+
+function probColour(p) {
+  // Red (unlikely) through yellow to green (likely); the square root spreads the small probabilities apart.
+  return `hsl(${Math.round(120 * Math.sqrt(p))} 75% 80%)`;
+}
+
+function showToken(text) {
+  // Whitespace made visible in labels: a space is a dot-like mark, a newline an arrow.
+  return text.replace(/ /g, "\u2423").replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5") || "\u2205";
+}
+
+function tokenSlice(i) {
+  // The token's part of the text (from the offsets): a character split over byte-level tokens belongs to its last
+  // piece, so the text reads correctly; the other pieces are drawn as thin slivers.
+  const { body, text } = inspectState;
+  const end = i + 1 < body.text_offset.length ? body.text_offset[i + 1] : text.length;
+  return text.slice(body.text_offset[i], end);
+}
+
+function fillToken(span, text) {
+  // The token's text, with a visible mark before a line break so that empty-looking tokens can be hovered.
+  if (text === "") {
+    span.classList.add("partial");
+    span.title = "a piece of a character split over several tokens";
+  } else if (text.includes("\n")) {
+    const mark = document.createElement("span");
+    mark.className = "mark";
+    mark.textContent = "\u21b5";
+    span.append(mark, text);
+  } else {
+    span.textContent = text;
+  }
+}
+
+async function postInspect(body) {
+  const response = await fetch("/v1/inspect", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model: modelId, ...body }),
+  });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+  return answer;
+}
+
+function fillPicker(select, count, prefix) {
+  select.replaceChildren();
+  for (let i = 0; i < count; i++) select.add(new Option(`${prefix} ${i + 1}`, String(i)));
+}
+
+async function inspect() {
+  const generated = $("output-prompt").textContent + $("output-text").textContent;
+  const text = generated || $("prompt").value;
+  $("error").textContent = "";
+  if (!text) {
+    $("error").textContent = "nothing to inspect: type a prompt (or generate some text) first";
+    return;
+  }
+  document.body.dataset.inspect = "loading";
+  $("inspect").disabled = true;
+  try {
+    const nLayer = modelInfo ? modelInfo.n_layer : 1;
+    const nHead = modelInfo ? modelInfo.n_head : 1;
+    if ($("inspect-layer").options.length !== nLayer) fillPicker($("inspect-layer"), nLayer, "layer");
+    if ($("inspect-head").options.length !== nHead) fillPicker($("inspect-head"), nHead, "head");
+    const layer = Number($("inspect-layer").value || 0);
+    const head = Number($("inspect-head").value || 0);
+    const body = await postInspect({ text, layers: [layer], heads: [head] });
+    inspectState.body = body;
+    inspectState.text = text;
+    inspectState.promptChars = generated ? $("output-prompt").textContent.length : text.length;
+    inspectState.attention = new Map([[`${layer}:${head}`, body.attention.weights[0][0]]]);
+    $("inspect-view").hidden = false;
+    renderTokens();
+    await selectToken(body.tokens.length - 1, false);
+    document.body.dataset.inspect = "ready";
+  } catch (error) {
+    $("error").textContent = String(error.message || error);
+    document.body.dataset.inspect = "error";
+  } finally {
+    $("inspect").disabled = false;
+  }
+}
+
+function renderTokens() {
+  const { body, promptChars } = inspectState;
+  const fragment = document.createDocumentFragment();
+  let scored = 0;
+  let total = 0;
+  body.tokens.forEach((_, i) => {
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.tabIndex = i === 0 ? 0 : -1;  // one tab stop; arrow keys move between tokens
+    span.dataset.index = String(i);
+    fillToken(span, tokenSlice(i));
+    const logprob = body.token_logprobs[i];
+    if (logprob === null) {
+      span.classList.add("unscored");
+    } else {
+      const p = Math.exp(logprob);
+      span.dataset.prob = p.toFixed(6);
+      span.style.background = probColour(p);
+      scored += 1;
+      total -= logprob;
+    }
+    if (body.text_offset[i] >= promptChars) span.classList.add("generated");
+    fragment.append(span);
+  });
+  $("inspect-tokens").replaceChildren(fragment);
+  const mean = scored ? total / scored : 0;
+  $("inspect-summary").textContent = scored
+    ? `${body.tokens.length} tokens · mean loss ${mean.toFixed(3)} nats · perplexity ${Math.exp(mean).toFixed(2)}`
+    : `${body.tokens.length} token`;
+}
+
+function showTooltip(span) {
+  const { body } = inspectState;
+  const i = Number(span.dataset.index);
+  const tip = $("token-tooltip");
+  tip.replaceChildren();
+  const head = document.createElement("div");
+  head.className = "head";
+  const logprob = body.token_logprobs[i];
+  head.textContent = logprob === null
+    ? `“${showToken(body.tokens[i])}” · the first token: nothing predicts it`
+    : `“${showToken(body.tokens[i])}” · p = ${Math.exp(logprob).toFixed(4)} (logprob ${logprob.toFixed(3)})`;
+  tip.append(head);
+  if (body.top_logprobs[i]) {
+    const table = document.createElement("table");
+    for (const alt of body.top_logprobs[i]) {
+      const row = table.insertRow();
+      if (alt.token_id === body.token_ids[i]) row.className = "actual";
+      const p = Math.exp(alt.logprob);
+      row.insertCell().textContent = showToken(alt.token);
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(1, Math.round(80 * p))}px`;
+      row.insertCell().append(bar);
+      row.insertCell().textContent = `${(100 * p).toFixed(1)}%`;
+    }
+    tip.append(table);
+  }
+  tip.hidden = false;
+  const box = span.getBoundingClientRect();
+  const left = Math.min(window.scrollX + box.left, window.scrollX + document.documentElement.clientWidth - 330);
+  tip.style.left = `${Math.max(4, left)}px`;
+  tip.style.top = `${window.scrollY + box.bottom + 6}px`;
+}
+
+function hideTooltip() {
+  $("token-tooltip").hidden = true;
+}
+
+async function attentionRows(layer, head) {
+  const key = `${layer}:${head}`;
+  if (!inspectState.attention.has(key)) {
+    const body = await postInspect({ text: inspectState.text, layers: [layer], heads: [head], top_logprobs: 0 });
+    inspectState.attention.set(key, body.attention.weights[0][0]);
+  }
+  return inspectState.attention.get(key);
+}
+
+async function selectToken(i, focus = true) {
+  const spans = $("inspect-tokens").children;
+  if (inspectState.selected !== null && spans[inspectState.selected]) {
+    spans[inspectState.selected].classList.remove("selected");
+  }
+  inspectState.selected = i;
+  spans[i].classList.add("selected");
+  if (focus) spans[i].focus();
+  const label = `“${showToken(inspectState.body.tokens[i])}” (token ${i + 1})`;
+  $("attention-query").textContent = label;
+  $("lens-query").textContent = label;
+  renderLens(i);
+  await renderAttention();
+}
+
+async function renderAttention() {
+  const { body, selected } = inspectState;
+  const layer = Number($("inspect-layer").value);
+  const head = Number($("inspect-head").value);
+  const rows = await attentionRows(layer, head);
+  const row = rows[selected];
+  const fragment = document.createDocumentFragment();
+  body.tokens.forEach((_, j) => {
+    const span = document.createElement("span");
+    span.className = "tok";
+    fillToken(span, tokenSlice(j));
+    if (j < row.length) {
+      span.dataset.weight = String(row[j]);
+      span.style.background = `rgba(45, 91, 215, ${Math.min(1, row[j]).toFixed(3)})`;
+      if (row[j] > 0.5) span.style.color = "#fff";
+      span.title = `attention ${(100 * row[j]).toFixed(1)}%`;
+    } else {
+      span.style.opacity = "0.35";  // the future: a causal model cannot look there
+    }
+    if (j === selected) span.classList.add("selected");
+    fragment.append(span);
+  });
+  $("attention-tokens").replaceChildren(fragment);
+  drawAttentionMap(rows, selected);
+}
+
+function drawAttentionMap(rows, selected) {
+  // One pixel per (query, key); the canvas is scaled up by CSS with crisp pixels. Fine for a full context.
+  const T = rows.length;
+  const canvas = $("attention-map");
+  canvas.width = T;
+  canvas.height = T;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(T, T);
+  for (let q = 0; q < T; q++) {
+    const row = rows[q];
+    for (let k = 0; k < T; k++) {
+      // The square root makes small weights visible; the chosen token's row is tinted where it may look.
+      const w = k < row.length ? Math.sqrt(row[k]) : 0;
+      const at = 4 * (q * T + k);
+      const highlight = q === selected && k <= q;
+      image.data[at] = Math.round(255 - 210 * w);
+      image.data[at + 1] = Math.round(255 - 164 * w);
+      image.data[at + 2] = highlight && w < 0.2 ? 170 : Math.round(255 - 40 * w);
+      image.data[at + 3] = 255;
+    }
+  }
+  context.putImageData(image, 0, 0);
+  canvas.dataset.drawn = String(T);
+}
+
+function renderLens(i) {
+  const { body } = inspectState;
+  const lens = body.logit_lens;
+  const next = i + 1 < body.tokens.length ? body.token_ids[i + 1] : null;
+  const table = $("logit-lens");
+  table.replaceChildren();
+  const header = table.createTHead().insertRow();
+  for (const name of ["layer", "top predictions", next === null ? "" : `p(“${showToken(body.tokens[i + 1])}”)`]) {
+    const th = document.createElement("th");
+    th.textContent = name;
+    header.append(th);
+  }
+  const tbody = table.createTBody();
+  for (let r = lens.layers.length - 1; r >= 0; r--) {  // the output on top, the embeddings at the bottom
+    const row = tbody.insertRow();
+    row.insertCell().textContent = lens.layers[r];
+    const cell = row.insertCell();
+    const top = lens.top[r][i];
+    cell.textContent = top.map((a) => `${showToken(a.token)} ${(100 * Math.exp(a.logprob)).toFixed(0)}%`).join("  ");
+    if (next !== null && top[0].token_id === next) cell.className = "hit";
+    row.insertCell().textContent = next === null ? "" : `${(100 * Math.exp(lens.next_token_logprobs[r][i])).toFixed(1)}%`;
+  }
+}
+
+function tokenOf(target) {
+  const span = target.closest(".tok");
+  return span && $("inspect-tokens").contains(span) ? span : null;
+}
+
+$("inspect-tokens").addEventListener("mouseover", (event) => {
+  const span = tokenOf(event.target);
+  if (span) showTooltip(span);
+});
+$("inspect-tokens").addEventListener("mouseleave", hideTooltip);
+$("inspect-tokens").addEventListener("focusin", (event) => {
+  const span = tokenOf(event.target);
+  if (span) showTooltip(span);
+});
+$("inspect-tokens").addEventListener("focusout", hideTooltip);
+$("inspect-tokens").addEventListener("click", (event) => {
+  const span = tokenOf(event.target);
+  if (span) selectToken(Number(span.dataset.index));
+});
+$("inspect-tokens").addEventListener("keydown", (event) => {
+  const span = tokenOf(event.target);
+  if (!span) return;
+  const i = Number(span.dataset.index);
+  const spans = $("inspect-tokens").children;
+  const step = { ArrowRight: 1, ArrowLeft: -1, Home: -i, End: spans.length - 1 - i }[event.key];
+  if (step !== undefined) {
+    const to = spans[Math.max(0, Math.min(spans.length - 1, i + step))];
+    span.tabIndex = -1;
+    to.tabIndex = 0;
+    to.focus();
+    event.preventDefault();
+  } else if (event.key === "Enter" || event.key === " ") {
+    selectToken(i);
+    event.preventDefault();
+  }
+});
+for (const id of ["inspect-layer", "inspect-head"]) {
+  $(id).addEventListener("change", () => {
+    if (inspectState.body !== null) renderAttention().catch((error) => { $("error").textContent = String(error); });
+  });
+}
+$("inspect").addEventListener("click", inspect);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("prompt").addEventListener("keydown", (event) => {
