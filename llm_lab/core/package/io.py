@@ -60,6 +60,9 @@ from llm_lab.core.package.layout import (
 )
 from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_DIR,
+    LAST_FILE,
     CheckpointError,
     load_checkpoint,
     read_state_dict,
@@ -631,7 +634,9 @@ def _run_pieces(
     paths = [run_checkpoint_path(run_dir, k) for k in order]  # a bad `checkpoint` is a ValueError here
     ckpt_path = next((p for p in paths if p.is_file()), None)
     if ckpt_path is None:
-        raise PackageError(f"{run_dir / 'checkpoints'}: no best_val.pt or last.pt; has the run saved a checkpoint?")
+        raise PackageError(
+            f"{run_dir / CHECKPOINT_DIR}: no {BEST_FILE} or {LAST_FILE}; has the run saved a checkpoint?"
+        )
     ckpt = _read_run_checkpoint(ckpt_path)
     # The checkpoint's own model config describes its tensors; run.json is the fallback.
     model_dict = ckpt.get("model_config") or run_config.get("model")
@@ -702,26 +707,27 @@ def package_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     _check_run_dir(run_dir)
     reconcile_best(run_dir)
     config, tokenizer, main_ckpt, main_path, run_config = _run_pieces(run_dir, "best")
-    ckpts = {main_path.name: main_ckpt}
-    for which in ("best", "last"):
+    main = "best" if main_path == run_checkpoint_path(run_dir, "best") else "last"
+    ckpts = {main: (main_path, main_ckpt)}
+    for which in CHECKPOINT_FILES:
         p = run_checkpoint_path(run_dir, which)
-        if p.name not in ckpts and p.is_file():
-            ckpts[p.name] = _read_run_checkpoint(p)
+        if which not in ckpts and p.is_file():
+            ckpts[which] = (p, _read_run_checkpoint(p))
     checkpoints: dict[str, CheckpointEntry] = {}
     model = None
-    for name, ckpt in ckpts.items():
+    for which, (ckpt_path, ckpt) in ckpts.items():
         model_config = ckpt.get("model_config")
-        if model_config is not None and config_from_dict(MiniGPTConfig, model_config, where=name) != config:
-            raise PackageError(f"{run_dir / 'checkpoints' / name}: model_config differs from {main_path.name}")
+        if model_config is not None and config_from_dict(MiniGPTConfig, model_config, where=str(ckpt_path)) != config:
+            raise PackageError(f"{ckpt_path}: model_config differs from {main_path.name}")
         state = {k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
         m = _build_model(config)
-        load_weights_into(m, state, run_dir / "checkpoints" / name)  # checks names, shapes, dtypes, finiteness
-        checkpoints[f"checkpoints/{name}"] = (_checkpoint_state(m), _checkpoint_info(ckpt))
-        if name == main_path.name:
+        load_weights_into(m, state, ckpt_path)  # checks names, shapes, dtypes, finiteness
+        checkpoints[CHECKPOINT_FILES[which]] = (_checkpoint_state(m), _checkpoint_info(ckpt))
+        if which == main:
             model = m
     assert model is not None
     # The training summary describes the whole run: the latest checkpoint knows the most.
-    latest = ckpts.get("last.pt", main_ckpt)
+    latest = ckpts.get("last", (main_path, main_ckpt))[1]
     summary = TrainingSummary(
         steps=latest.get("step"),
         tokens=latest.get("tokens_seen"),
@@ -732,7 +738,7 @@ def package_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
         config,
         tokenizer,
         weights=_safetensors_state(model),
-        weights_from="best" if main_path.name == "best_val.pt" else "last",
+        weights_from=main,
         num_parameters=_num_parameters(model),
         checkpoints=checkpoints,
         summary=summary,
@@ -746,7 +752,7 @@ def _weights_files(path: Path, layout: str, manifest: dict[str, Any] | None) -> 
     if layout == "manifest":
         listed = (manifest or {}).get("checkpoints") or []
         return [name for name in (WEIGHTS_FILE, *listed) if (path / name).is_file()]
-    checkpoint_dir = path / "checkpoints"
+    checkpoint_dir = path / CHECKPOINT_DIR
     return sorted(p.relative_to(path).as_posix() for p in checkpoint_dir.rglob("*") if p.is_file())
 
 

@@ -290,7 +290,9 @@ def check_replaceable(path: str | Path) -> None:
         FileExistsError: with one line naming what was found.
     """
     path = Path(path)
-    if path.is_symlink() or path.is_file():
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link; refusing to replace it (give the directory itself)")
+    if path.is_file():
         raise FileExistsError(f"{path} exists and is a file; a package is a directory")
     if not path.is_dir() or not any(path.iterdir()):
         return

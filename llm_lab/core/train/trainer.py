@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from llm_lab.core.model import lm_loss
 from llm_lab.core.train.checkpoint import (
     BEST_FILE,
+    CHECKPOINT_DIR,
     FORMAT_VERSION,
     LAST_FILE,
     CheckpointError,
@@ -188,7 +189,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ paths
     @property
     def checkpoint_dir(self) -> Path | None:
-        return self.out_dir / "checkpoints" if self.out_dir is not None else None
+        return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
 
     @property
     def tokens_per_step(self) -> int:
