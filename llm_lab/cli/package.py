@@ -47,9 +47,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if info["layout"] == "spec":
         print("format    spec layout without a manifest (config.json, tokenizer/, checkpoints/best_val.pt)")
     else:
-        print(
-            f"format    v{info['format_version']}, written by llm-lab {info['library_version']} at {info['created']}"
-        )
+        print(f"format    v{info['format_version']}, written by llm-lab {info['library_version']} at {info['created']}")
     print(
         f"model     {_fmt_int(info['num_parameters'])} parameters "
         f"({_fmt_int(info['num_non_embedding_parameters'])} non-embedding)"

@@ -38,7 +38,7 @@ import torch
 
 from llm_lab.core.package.io import load_model_package, load_state_dict_file
 from llm_lab.core.package.io import save_model_package as _save_model_package
-from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path
+from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
 from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
@@ -95,7 +95,7 @@ def _prepare_hf_target(out: Path, overwrite: bool) -> None:
     marker_path = out / EXPORT_MARKER
     if marker_path.is_symlink() or not marker_path.is_file():
         found = sorted(p.name for p in out.iterdir())
-        shown = ", ".join(found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+        shown = short_list(found, 4)
         raise FileExistsError(f"{refuse} (it holds {shown} and no {EXPORT_MARKER}: llm-lab export-hf did not write it)")
     try:
         marker = load_json_file(marker_path)
@@ -106,7 +106,7 @@ def _prepare_hf_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{refuse} (its {EXPORT_MARKER} is not an llm-lab export marker)")
     foreign = unexpected_files(out, [*files, EXPORT_MARKER])
     if foreign:
-        shown = ", ".join(foreign[:4]) + (f" (+{len(foreign) - 4} more)" if len(foreign) > 4 else "")
+        shown = short_list(foreign, 4)
         raise FileExistsError(
             f"{out} holds files llm-lab export-hf did not write ({shown}); refusing to replace it (move them out first)"
         )
@@ -238,7 +238,7 @@ def _index_shards(hf_dir: Path, index_name: str) -> list[Path]:
         raise PackageError(str(e)) from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise PackageError(f"{index_path}: expected {{\"weight_map\": {{tensor name: shard file}}}}")
+        raise PackageError(f'{index_path}: expected {{"weight_map": {{tensor name: shard file}}}}')
     shards = []
     for name in sorted(set(weight_map.values())):
         safe_relative_path(name, index_path)

@@ -30,7 +30,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ from llm_lab.core.package.layout import (
     package_layout,
     read_json,
     read_manifest,
+    short_list,
 )
 from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import (
@@ -146,12 +147,6 @@ def _checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
-def _short_list(names: Iterable[str], limit: int = 6) -> str:
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a ``.safetensors`` file or a checkpoint, never executing code.
 
@@ -214,19 +209,19 @@ def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     ]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {_short_list(missing)}")
+        problems.append(f"missing tensors: {short_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {_short_list(unexpected)}")
+        problems.append(f"unexpected tensors: {short_list(unexpected)}")
     if wrong_shape:
-        problems.append(f"wrong shapes: {_short_list(wrong_shape, 4)}")
+        problems.append(f"wrong shapes: {short_list(wrong_shape, 4)}")
     if wrong_dtype:
-        problems.append(f"wrong dtypes: {_short_list(wrong_dtype, 4)}")
+        problems.append(f"wrong dtypes: {short_list(wrong_dtype, 4)}")
     if problems:
         raise PackageError(f"{source}: weights do not match the model config ({'; '.join(problems)})")
     not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if not_finite:
         raise PackageError(
-            f"{source}: bad weights, {_short_list(not_finite, 4)} hold NaN or infinite values (a diverged or "
+            f"{source}: bad weights, {short_list(not_finite, 4)} hold NaN or infinite values (a diverged or "
             "damaged model); refusing to load them"
         )
     model.load_state_dict(full, strict=True)

@@ -27,6 +27,7 @@ catch damage that happens afterwards.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "read_json",
     "read_manifest",
     "safe_relative_path",
+    "short_list",
 ]
 
 PACKAGE_FORMAT = "llm-lab-package"
@@ -96,6 +98,13 @@ class TrainingSummary:
     def from_dict(cls, data: dict[str, Any] | None) -> TrainingSummary:
         data = data or {}
         return cls(steps=data.get("steps"), tokens=data.get("tokens"), best_val_loss=data.get("best_val_loss"))
+
+
+def short_list(names: Iterable[str], limit: int = 6) -> str:
+    """``"a, b, c (+2 more)"``: enough names for a one-line message."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def read_json(path: Path, *, damaged: str = "") -> Any:
@@ -219,7 +228,7 @@ def manifest_files(manifest: dict[str, Any], manifest_path: Path) -> dict[str, d
             or isinstance(entry.get("size"), bool)
             or not isinstance(entry.get("sha256"), str)
         ):
-            raise PackageError(f"{manifest_path}: files[{name!r}] must be {{\"size\": bytes, \"sha256\": hex}}")
+            raise PackageError(f'{manifest_path}: files[{name!r}] must be {{"size": bytes, "sha256": hex}}')
         out[name] = {"size": entry["size"], "sha256": entry["sha256"]}
     return out
 
@@ -300,7 +309,7 @@ def check_replaceable(path: str | Path) -> None:
     manifest_path = path / MANIFEST_FILE
     if manifest_path.is_symlink() or not manifest_path.is_file():
         found = sorted(p.name for p in path.iterdir())
-        raise FileExistsError(f"{refuse} (it holds {_short(found)} and no {MANIFEST_FILE})")
+        raise FileExistsError(f"{refuse} (it holds {short_list(found, 4)} and no {MANIFEST_FILE})")
     try:
         manifest = loads_strict(manifest_path.read_bytes(), what=str(manifest_path))
     except (ValueError, OSError):
@@ -315,12 +324,6 @@ def check_replaceable(path: str | Path) -> None:
     foreign = unexpected_files(path, [*files, MANIFEST_FILE])
     if foreign:
         raise FileExistsError(
-            f"{path} holds files its {MANIFEST_FILE} does not list ({_short(foreign)}); refusing to replace it "
+            f"{path} holds files its {MANIFEST_FILE} does not list ({short_list(foreign, 4)}); refusing to replace it "
             "(move them out first)"
         )
-
-
-def _short(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-

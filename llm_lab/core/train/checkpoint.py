@@ -311,9 +311,7 @@ def load_resume_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """
     last = run_checkpoint_path(run_dir, "last")
     if not last.is_file():
-        raise CheckpointError(
-            f"cannot resume: {last} does not exist (the run never reached its first evaluation)"
-        )
+        raise CheckpointError(f"cannot resume: {last} does not exist (the run never reached its first evaluation)")
     remove_stale_temp_files(last.parent)
     reconcile_best(run_dir)
     return load_checkpoint(last, training_state=True)
