@@ -270,6 +270,25 @@ def test_inspect_reports_each_bad_package_in_one_line(capsys, tmp_path, package)
     rehash()
     assert run_cli(capsys, "package", "inspect", str(path))[0] == 0
 
+    good = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:])  # same size
+    code, _, err = run_cli(capsys, "sample", str(path), "--max-new-tokens", "2")
+    assert code == 2
+    assert_one_line_error(err, "model.safetensors: its sha256 differs from the one package.json records")
+    (path / "model.safetensors").write_bytes(good)
+
+    vocab_path = path / "tokenizer" / "vocab.json"
+    vocab_text = vocab_path.read_text()
+    vocab = json.loads(vocab_text)
+    first, second = list(vocab)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    vocab_path.write_text(json.dumps(vocab))
+    rehash()
+    code, _, err = run_cli(capsys, "package", "inspect", str(path))
+    assert code == 2
+    assert_one_line_error(err, "not the tokenizer this package was written with")
+    vocab_path.write_text(vocab_text)
+
     class RunsACommand:
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
