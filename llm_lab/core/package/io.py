@@ -745,10 +745,20 @@ def package_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
 def _weights_files(path: Path, layout: str, manifest: dict[str, Any] | None) -> list[str]:
     """Every weights file a package holds (relative paths): the ones a load reads and the ones it may skip."""
     if layout == "manifest":
-        listed = (manifest or {}).get("checkpoints") or []
-        return [name for name in (WEIGHTS_FILE, *listed) if (path / name).is_file()]
+        # Only names the manifest's (checked) file list holds: a crafted "checkpoints" entry never leaves the package.
+        files = (manifest or {}).get("files") or {}
+        listed = [name for name in (manifest or {}).get("checkpoints") or [] if name in files]
+        return [name for name in (WEIGHTS_FILE, *listed) if name in files]
     checkpoint_dir = path / CHECKPOINT_DIR
-    return sorted(p.relative_to(path).as_posix() for p in checkpoint_dir.rglob("*") if p.is_file())
+    return sorted(
+        p.relative_to(path).as_posix()
+        for p in checkpoint_dir.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.suffix in _WEIGHTS_SUFFIXES
+    )
+
+
+# Weights files of a spec-layout package that inspect opens (pickle formats and safetensors).
+_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 def describe_package(path: str | Path) -> dict[str, Any]:

@@ -272,8 +272,12 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> dict[str, An
             f"{manifest_path}: the package is not marked complete; it was half-written (a crash during saving?). "
             "Save it again."
         )
+    checkpoints = manifest.get("checkpoints", [])
+    listed = manifest_files(manifest, manifest_path)
+    if not isinstance(checkpoints, list) or any(name not in listed for name in checkpoints):
+        raise PackageError(f"{manifest_path}: 'checkpoints' must list files that 'files' holds, got {checkpoints!r}")
     if check_files:
-        for name, record in manifest_files(manifest, manifest_path).items():
+        for name, record in listed.items():
             file = _regular_file(path, name, manifest_path)
             actual = file.stat().st_size
             if actual != record["size"]:

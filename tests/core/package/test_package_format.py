@@ -249,6 +249,7 @@ def test_manifest_paths_outside_the_package_reveal_nothing(tmp_path, package):
     secret = tmp_path / "secret.txt"
     secret.write_text("x" * 1234)
     manifest = json.loads((path / "package.json").read_text())
+    manifest["checkpoints"] = []
     for name in ("../secret.txt", str(secret)):
         manifest["files"] = {name: {"size": 1, "sha256": "0" * 64}}
         (path / "package.json").write_text(json.dumps(manifest))
@@ -277,3 +278,12 @@ def test_inspect_finds_a_malicious_checkpoint_that_loading_skips(tmp_path, packa
     with pytest.raises(PackageError, match=r"refusing to load .*best_val\.pt: .*it would import posix\.system"):
         describe_package(path)
     assert not marker.exists()
+
+
+def test_checkpoint_entries_must_be_files_the_manifest_lists(tmp_path, package):
+    path, _ = package
+    manifest = json.loads((path / "package.json").read_text())
+    manifest["checkpoints"] = [*manifest["checkpoints"], "../elsewhere.pt"]
+    (path / "package.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=r"'checkpoints' must list files that 'files' holds"):
+        describe_package(path)
