@@ -11,13 +11,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("package", metavar="PACKAGE", help="the package directory")
     export.add_argument("out", metavar="OUT", help="directory to write (config.json, model.safetensors, tokenizer)")
-    export.add_argument("--force", action="store_true", help="replace an existing export at OUT")
+    export.add_argument(
+        "--force", action="store_true", help="replace an export this command wrote at OUT (nothing else is replaced)"
+    )
     export.set_defaults(func=_export)
 
     imp = subparsers.add_parser("import-hf", help="turn a local Hugging Face GPT-2 or Llama directory into a package")
     imp.add_argument("hf_dir", metavar="HF_DIR", help="config.json + weights + tokenizer files")
     imp.add_argument("out", metavar="OUT", help="the package directory to write")
-    imp.add_argument("--force", action="store_true", help="replace an existing package at OUT")
+    imp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing llm-lab package at OUT (never a directory holding files its manifest does not list)",
+    )
     imp.set_defaults(func=_import)
 
 

@@ -11,7 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("package", help="inspect a model package, or create one from a run directory")
     actions = parser.add_subparsers(dest="package_command", metavar="ACTION", required=True)
 
-    inspect = actions.add_parser("inspect", help="check a package and print its config, size, tokenizer, training")
+    inspect = actions.add_parser(
+        "inspect", help="check every file of a package and print its config, size, tokenizer, training"
+    )
     inspect.add_argument("path", metavar="PATH", help="the package directory")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(func=_inspect)
@@ -19,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="turn a Trainer run directory into a package")
     create.add_argument("run_dir", metavar="RUN_DIR", help="run directory (run.json, tokenizer/, checkpoints/)")
     create.add_argument("out", metavar="OUT", help="package directory to write")
-    create.add_argument("--force", action="store_true", help="replace an existing package at OUT")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing llm-lab package at OUT (never a directory holding files its manifest does not list)",
+    )
     create.set_defaults(func=_create)
 
 
@@ -38,7 +44,10 @@ def _inspect(args: argparse.Namespace) -> int:
     tok = info["tokenizer"]
     training = info["training"] or {}
     print(f"package   {info['path']}")
-    print(f"format    v{info['format_version']}, written by llm-lab {info['library_version']} at {info['created']}")
+    if info["layout"] == "spec":
+        print("format    spec layout without a manifest (config.json, tokenizer/, checkpoints/best_val.pt)")
+    else:
+        print(f"format    v{info['format_version']}, written by llm-lab {info['library_version']} at {info['created']}")
     print(
         f"model     {_fmt_int(info['num_parameters'])} parameters "
         f"({_fmt_int(info['num_non_embedding_parameters'])} non-embedding)"
@@ -46,7 +55,10 @@ def _inspect(args: argparse.Namespace) -> int:
     print("config    " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
     special = ", ".join(f"{k}={v}" for k, v in tok["special_tokens"].items()) or "none"
     print(f"tokenizer {tok['type']}, {tok['vocab_size']} tokens, special tokens: {special}")
-    print(f"weights   model.safetensors (= {info['weights_from']} checkpoint); {', '.join(info['checkpoints'])}")
+    if info["layout"] == "spec":
+        print(f"weights   {', '.join(info['checkpoints'])}")
+    else:
+        print(f"weights   model.safetensors (= {info['weights_from']} checkpoint); {', '.join(info['checkpoints'])}")
     loss = training.get("best_val_loss")
     loss_text = "n/a" if loss is None else f"{loss:.4f} (perplexity {math.exp(loss):.2f})"
     print(

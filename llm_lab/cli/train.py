@@ -103,7 +103,9 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = trainer.train()
         except NonFiniteLossError as e:
-            last = Path(args.out) / "checkpoints" / "last.pt"
+            from llm_lab.core.train.checkpoint import run_checkpoint_path
+
+            last = run_checkpoint_path(args.out, "last")
             kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
             raise CLIError(f"{e}; training stopped, {kept}. Lower train.lr or raise train.warmup_steps") from None
         if dist_info.is_main:

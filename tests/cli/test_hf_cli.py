@@ -264,3 +264,107 @@ def test_char_tokenizer_with_unknown_id_exports(capsys, tmp_path):
     assert ids[-1] == tok.unk_token_id
     assert hf_tok("to be€", add_special_tokens=False)["input_ids"] == ids
     assert hf_tok.decode(ids) == tok.decode(ids) == "to be\ufffd"
+
+
+# ------------------------------------------------------------------------------------------ what --force replaces
+
+
+def test_export_force_replaces_only_its_own_export(capsys, tmp_path):
+    path, _ = make_package(tmp_path / "pkg", char_tokenizer())
+    # A directory with a config.json that export-hf did not write (someone's Python project).
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"debug": true}')
+    (project / "main.py").write_text("print('hi')")
+    code, _, err = run_cli(capsys, "export-hf", str(path), str(project), "--force")
+    assert code == 2
+    line = one_line_error(err)
+    assert "is not a Hugging Face model directory; refusing" in line and "config.json, main.py" in line
+    assert sorted(p.name for p in project.iterdir()) == ["config.json", "main.py"]
+
+    out = tmp_path / "hf"
+    assert run_cli(capsys, "export-hf", str(path), str(out))[0] == 0
+    marker = json.loads((out / "llm_lab_export.json").read_text())
+    assert marker["format"] == "llm-lab-hf-export"
+    assert set(marker["files"]) == {p.name for p in out.iterdir()} - {"llm_lab_export.json"}
+    (out / "README.md").write_text("my model card")  # something the export did not write
+    code, _, err = run_cli(capsys, "export-hf", str(path), str(out), "--force")
+    assert code == 2 and "holds files llm-lab export-hf did not write (README.md)" in one_line_error(err)
+    assert (out / "README.md").read_text() == "my model card"
+    (out / "README.md").unlink()
+    assert run_cli(capsys, "export-hf", str(path), str(out), "--force")[0] == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_import_force_leaves_a_foreign_folder_alone(capsys, tmp_path, hf_tokenizer_files):
+    hf_model_dir(tmp_path / "hf", "gpt2", hf_tokenizer_files)
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "package.json").write_text('{"name": "site", "version": "1.0.0"}')
+    (node / "index.js").write_text("module.exports = 1")
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "import-hf", str(tmp_path / "hf"), str(node), "--force")
+    assert code == 2
+    line = one_line_error(err)
+    assert "is not an llm-lab package; refusing to replace it" in line and "not an llm-lab manifest" in line
+    assert (node / "package.json").read_text() == '{"name": "site", "version": "1.0.0"}'
+    assert (node / "index.js").exists()
+
+
+# ------------------------------------------------------------------------------------------ hostile indexes
+
+
+def _sharded_bin_dir(root: Path, hf_tokenizer_files: Path, shard_name: str, payload=None) -> Path:
+    """A GPT-2 directory whose weights are one pickle shard named by pytorch_model.bin.index.json."""
+    model = hf_model_dir(root, "gpt2", hf_tokenizer_files, safetensors=False)
+    (root / "pytorch_model.bin").unlink()
+    state = model.state_dict()
+    shard = root / shard_name
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**state, **({"payload": payload} if payload is not None else {})}, shard)
+    index = {"metadata": {}, "weight_map": {name: shard_name for name in state}}
+    (root / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.mark.parametrize("shard_name", ["sub/shard-00001.bin", "weights.pt"])
+def test_import_refuses_a_malicious_shard_named_by_an_index(capsys, tmp_path, hf_tokenizer_files, shard_name):
+    marker = tmp_path / "pwned"
+    hf = _sharded_bin_dir(tmp_path / "hf", hf_tokenizer_files, shard_name, RunsACommand(marker))
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "import-hf", str(hf), str(tmp_path / "pkg"))
+    assert code == 2
+    line = one_line_error(err)
+    assert "refusing to load" in line and Path(shard_name).name in line and "posix.system" in line
+    assert "weights_only=False" not in line
+    assert not marker.exists() and not (tmp_path / "pkg").exists()
+
+
+def test_import_refuses_index_entries_outside_the_directory(capsys, tmp_path, hf_tokenizer_files):
+    hf = _sharded_bin_dir(tmp_path / "hf", hf_tokenizer_files, "shard.bin")
+    outside = tmp_path / "outside.bin"
+    shutil.copy2(hf / "shard.bin", outside)
+    capsys.readouterr()
+    index_path = hf / "pytorch_model.bin.index.json"
+    index = json.loads(index_path.read_text())
+    for entry in ("../outside.bin", str(outside)):
+        index["weight_map"] = {name: entry for name in index["weight_map"]}
+        index_path.write_text(json.dumps(index))
+        code, _, err = run_cli(capsys, "import-hf", str(hf), str(tmp_path / "pkg"))
+        assert code == 2
+        assert f"{entry!r} is not a path inside the directory; refusing it" in one_line_error(err)
+    os.symlink(outside, hf / "link.bin")
+    index["weight_map"] = {name: "link.bin" for name in index["weight_map"]}
+    index_path.write_text(json.dumps(index))
+    code, _, err = run_cli(capsys, "import-hf", str(hf), str(tmp_path / "pkg"))
+    assert code == 2 and "'link.bin' is not a path inside the directory" in one_line_error(err)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_import_refuses_a_safetensors_index_naming_a_pickle(capsys, tmp_path, hf_tokenizer_files):
+    hf = _sharded_bin_dir(tmp_path / "hf", hf_tokenizer_files, "shard.bin")
+    (hf / "pytorch_model.bin.index.json").rename(hf / "model.safetensors.index.json")
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "import-hf", str(hf), str(tmp_path / "pkg"))
+    assert code == 2
+    assert "names 'shard.bin'; a safetensors index must name .safetensors files only" in one_line_error(err)

@@ -9,19 +9,25 @@
                                        vocabulary as a ``WordLevel`` model with one piece per character)
     tokenizer_config.json              ``PreTrainedTokenizerFast`` + special tokens, so ``AutoTokenizer`` works
     special_tokens_map.json
+    llm_lab_export.json                the export's marker: the exact files it wrote, with sizes and sha256, so
+                                       ``--force`` replaces only a directory this command wrote, and only when
+                                       nothing else was added to it
 
 ``import_hf`` reads a local GPT-2 or Llama checkpoint directory (``config.json``, ``model.safetensors`` or
 ``pytorch_model.bin``, sharded or not, and a byte-level BPE tokenizer as ``tokenizer.json`` or ``vocab.json`` +
 ``merges.txt``) and writes a package. Nothing is ever executed from the directory: no remote code, and ``.bin``
-files are checked with ``torch.load(weights_only=True)`` before ``transformers`` sees them.
+files are checked with ``torch.load(weights_only=True)`` before ``transformers`` sees them, every shard an index
+file names included (an index entry pointing outside the directory is refused).
 
-Both write into a temporary directory and rename it into place. ``transformers`` is imported only here.
+Both build their output beside its final path and swap it in (:mod:`llm_lab.utils.dirswap`). ``transformers`` is
+imported only here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,15 +36,12 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.package.io import (
-    _commit_directory,
-    _temp_directory_beside,
-    load_model_package,
-    load_state_dict_file,
-)
+from llm_lab.core.package.io import load_model_package, load_state_dict_file
 from llm_lab.core.package.io import save_model_package as _save_model_package
-from llm_lab.core.package.layout import PackageError, read_json
+from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
+from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
 from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.json_input import load_json_file
 
 __all__ = ["export_hf", "import_hf"]
 
@@ -74,14 +77,39 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- export
 
 
+EXPORT_MARKER = "llm_lab_export.json"
+EXPORT_FORMAT = "llm-lab-hf-export"
+EXPORT_FORMAT_VERSION = 1
+
+
 def _prepare_hf_target(out: Path, overwrite: bool) -> None:
+    """Refuse a target that is not an export this command wrote (and only that) before anything is converted."""
+    recover_directory(out)
     if out.is_file() or out.is_symlink():
         raise FileExistsError(f"{out} exists and is a file; the export is a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; choose another path or pass --force")
-        if not (out / "config.json").is_file():
-            raise FileExistsError(f"{out} is not a Hugging Face model directory; refusing to replace it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another path or pass --force")
+    refuse = f"{out} is not a Hugging Face model directory; refusing to replace it"
+    marker_path = out / EXPORT_MARKER
+    if marker_path.is_symlink() or not marker_path.is_file():
+        found = sorted(p.name for p in out.iterdir())
+        shown = short_list(found, 4)
+        raise FileExistsError(f"{refuse} (it holds {shown} and no {EXPORT_MARKER}: llm-lab export-hf did not write it)")
+    try:
+        marker = load_json_file(marker_path)
+    except ValueError:
+        marker = None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(marker, dict) or marker.get("format") != EXPORT_FORMAT or not isinstance(files, dict):
+        raise FileExistsError(f"{refuse} (its {EXPORT_MARKER} is not an llm-lab export marker)")
+    foreign = unexpected_files(out, [*files, EXPORT_MARKER])
+    if foreign:
+        shown = short_list(foreign, 4)
+        raise FileExistsError(
+            f"{out} holds files llm-lab export-hf did not write ({shown}); refusing to replace it (move them out first)"
+        )
 
 
 def _char_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
@@ -175,26 +203,73 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
     generation = transformers.GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     hf_model.generation_config = generation
 
-    tmp = _temp_directory_beside(out)
-    try:
+    with staged_directory(out) as tmp:
         with _quiet_transformers(transformers):
             hf_model.save_pretrained(tmp, safe_serialization=True)
         generation.save_pretrained(tmp)
         _write_hf_tokenizer(tokenizer, tmp, config.max_positions)
-        _commit_directory(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files = {p.relative_to(tmp).as_posix(): file_record(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        marker = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "files": files}
+        atomic_write_json(tmp / EXPORT_MARKER, marker)
     return out
 
 
 # --------------------------------------------------------------------------------------------- import
 
 
-def _check_bin_files(hf_dir: Path) -> None:
-    """Read every ``.bin`` weights file with ``weights_only=True`` first: a pickle that would run code is refused."""
-    for path in sorted(hf_dir.glob("*.bin")):
-        if path.name.startswith(("pytorch_model", "model")):
+# Files torch reads with pickle; safetensors files cannot run code.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_INDEX_FILES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.index.json": ".bin"}
+
+
+def _index_shards(hf_dir: Path, index_name: str) -> list[Path]:
+    """The shard files an index names, each checked to be a regular file inside ``hf_dir``.
+
+    Raises:
+        PackageError: an index that is not ``{"weight_map": {tensor: file}}``, an entry that leaves the directory
+            (``../``, an absolute path, a symbolic link out), a missing shard, or a safetensors index naming a file
+            of another format (a pickle behind a safetensors name would reach torch's unpickler).
+    """
+    index_path = hf_dir / index_name
+    root = hf_dir.resolve()
+    try:
+        index = load_json_file(index_path)
+    except ValueError as e:
+        raise PackageError(str(e)) from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise PackageError(f'{index_path}: expected {{"weight_map": {{tensor name: shard file}}}}')
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        safe_relative_path(name, index_path)
+        shard = hf_dir / name
+        if not shard.resolve().is_relative_to(root):
+            raise PackageError(f"{index_path}: {name!r} is not a path inside the directory; refusing it")
+        if not shard.is_file():
+            raise PackageError(f"{index_path}: names {name!r}, which is missing from {hf_dir}")
+        if index_name.endswith(".safetensors.index.json") and not name.endswith(".safetensors"):
+            raise PackageError(f"{index_path}: names {name!r}; a safetensors index must name .safetensors files only")
+        shards.append(shard)
+    return shards
+
+
+def _check_weights_files(hf_dir: Path) -> None:
+    """Read every pickle-format weights file with ``weights_only=True`` first: one that would run code is refused.
+
+    That is every top-level weights file the loader may open (``pytorch_model*`` / ``model*`` with a pickle suffix;
+    other files such as ``training_args.bin`` are never loaded) and every shard an index file names, whatever its
+    name or folder.
+    """
+    files = {
+        p
+        for p in hf_dir.iterdir()
+        if p.is_file() and p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model"))
+    }
+    for index_name in _INDEX_FILES:
+        if (hf_dir / index_name).is_file():
+            files.update(_index_shards(hf_dir, index_name))
+    for path in sorted(files):
+        if path.suffix != ".safetensors":
             load_state_dict_file(path)
 
 
@@ -338,7 +413,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
             f"supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
         )
     _find_weights(hf_dir)
-    _check_bin_files(hf_dir)
+    _check_weights_files(hf_dir)
     tokenizer = _tokenizer_from_hf_dir(hf_dir)
     try:
         with _quiet_transformers(transformers):
@@ -348,9 +423,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
         model = from_hf_model(hf_model)
     except ValueError as e:
         raise PackageError(f"cannot import {hf_dir}: {e}") from None
-    except OSError as e:
-        raise PackageError(f"cannot read {hf_dir}: {str(e).splitlines()[0]}") from None
+    except (OSError, pickle.UnpicklingError, RuntimeError, KeyError) as e:
+        # The checks above should leave nothing for the loader to refuse; if it does, one line, not its traceback.
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        detail = next((line for line in lines if "weights_only" not in line), lines[0])
+        raise PackageError(f"cannot read {hf_dir}: {detail.strip()}") from None
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
         model = model.float()  # packages hold fp32 weights; training decides its own precision
-    source = {"kind": "hf", "hf_dir": str(hf_dir.resolve()), "model_type": model_type}
+    source = {"kind": "hf", "model_type": model_type}
     return _save_model_package(out, model.config, tokenizer, model, source=source, overwrite=overwrite)

@@ -9,11 +9,16 @@ The layout is described in :mod:`llm_lab.core.package.layout`. Safety rules:
 
 * Weights come from ``model.safetensors`` first (a format that holds only tensors), otherwise from a checkpoint
   read with ``torch.load(weights_only=True)``, which refuses pickled Python objects instead of running them.
-* Every file is checked before it is trusted: the manifest's completion marker and file sizes, the config's keys
-  and types, the tokenizer's vocabulary against the model's, every tensor's name and shape. Each failure is a
+* Every file is checked before it is trusted: the manifest's completion marker, file sizes and sha256 checksums,
+  the config's keys and types, the tokenizer's fingerprint and vocabulary against the model's, every tensor's name,
+  shape and dtype, and that the weights are finite. Each failure is a
   :class:`~llm_lab.core.package.layout.PackageError` (a ``ValueError``) naming the file and what is wrong.
-* A package is written into a hidden temporary directory and renamed into place, so a crash leaves the old
-  package (or nothing), never half of a new one.
+* A package is built beside its final path and swapped in (:func:`llm_lab.utils.dirswap.staged_directory`); a kill
+  at any step leaves the old package or the new one, and the next reader or writer finishes an interrupted swap.
+  Only a directory that is empty or an llm-lab package holding nothing but the files its manifest lists is
+  ever replaced.
+* Packages in the spec's layout (``config.json``, ``tokenizer/``, ``checkpoints/best_val.pt``, no manifest) load
+  too, with the same checks on what they hold.
 
 Run directories written by the Trainer (``run.json``, ``tokenizer/``, ``checkpoints/``) can be loaded directly
 (:func:`load_run`) or turned into a package (:func:`package_run`).
@@ -25,10 +30,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import pickle
-import shutil
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,13 +51,29 @@ from llm_lab.core.package.layout import (
     WEIGHTS_FILE,
     PackageError,
     TrainingSummary,
+    check_replaceable,
+    file_record,
     is_package,
+    package_layout,
     read_json,
     read_manifest,
+    short_list,
+)
+from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
+from llm_lab.core.train.checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_DIR,
+    LAST_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_state_dict,
+    reconcile_best,
+    run_checkpoint_path,
 )
 from llm_lab.utils.config_loader import config_from_dict, config_to_dict
 from llm_lab.utils.devices import resolve_device
-from llm_lab.utils.io import _fsync_dir, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from llm_lab.utils.dirswap import recover_directory, staged_directory
+from llm_lab.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "PackageError",
@@ -71,7 +89,6 @@ __all__ = [
     "save_model_package",
 ]
 
-CHECKPOINT_FORMAT_VERSION = 1
 Checkpoint = Literal["best", "last"]
 
 # Wrappers whose state_dict keys gain a prefix; saved state must not depend on them (torch.compile, DDP).
@@ -130,25 +147,12 @@ def _checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
-def _short_list(names: Iterable[str], limit: int = 6) -> str:
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _unpickler_reason(error: Exception) -> str:
-    """The useful line of torch's weights-only refusal (its first line suggests the unsafe retry; skip it)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next((line for line in lines if "nsupported" in line and "file an issue" not in line), None)
-    return f"weights_only unpickler: {detail}" if detail else "rejected by torch.load(weights_only=True)"
-
-
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a ``.safetensors`` file or a checkpoint, never executing code.
 
-    ``.safetensors`` files are read with ``safetensors``; anything else with ``torch.load(weights_only=True)``,
-    which refuses pickles that would construct arbitrary Python objects. A checkpoint dict (``{"model": state_dict,
-    ...}``) yields its ``"model"`` entry; a bare state dict is returned as is.
+    ``.safetensors`` files are read with ``safetensors``; anything else with
+    :func:`llm_lab.core.train.checkpoint.read_state_dict` (``torch.load(weights_only=True)``, which refuses pickles
+    that would construct arbitrary Python objects): a plain state dict, or a run checkpoint's ``"model"``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -167,25 +171,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise PackageError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise PackageError(
-            f"refusing to load {path}: it holds pickled Python objects beyond tensors and plain containers, and "
-            f"unpickling them could run code ({_unpickler_reason(e)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise PackageError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        version = obj.get("format_version", CHECKPOINT_FORMAT_VERSION)
-        if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-            raise PackageError(
-                f"{path}: checkpoint format_version {version!r} is not supported (this llm-lab reads up to "
-                f"{CHECKPOINT_FORMAT_VERSION})"
-            )
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PackageError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
-    return dict(obj)
+        return read_state_dict(path)
+    except CheckpointError as e:
+        raise PackageError(str(e)) from None
 
 
 def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
@@ -213,16 +201,35 @@ def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
         for k, v in expected.items()
         if k in full and tuple(full[k].shape) != tuple(v.shape)
     ]
+    wrong_dtype = [
+        f"{k} is {str(full[k].dtype).removeprefix('torch.')} but the model expects "
+        + ("floating point" if v.is_floating_point() else str(v.dtype).removeprefix("torch."))
+        for k, v in expected.items()
+        if k in full and not _compatible_dtype(full[k].dtype, v.dtype)
+    ]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {_short_list(missing)}")
+        problems.append(f"missing tensors: {short_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {_short_list(unexpected)}")
+        problems.append(f"unexpected tensors: {short_list(unexpected)}")
     if wrong_shape:
-        problems.append(f"wrong shapes: {_short_list(wrong_shape, 4)}")
+        problems.append(f"wrong shapes: {short_list(wrong_shape, 4)}")
+    if wrong_dtype:
+        problems.append(f"wrong dtypes: {short_list(wrong_dtype, 4)}")
     if problems:
         raise PackageError(f"{source}: weights do not match the model config ({'; '.join(problems)})")
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise PackageError(
+            f"{source}: bad weights, {short_list(not_finite, 4)} hold NaN or infinite values (a diverged or "
+            "damaged model); refusing to load them"
+        )
     model.load_state_dict(full, strict=True)
+
+
+def _compatible_dtype(stored: torch.dtype, expected: torch.dtype) -> bool:
+    """Floating weights may be stored in any float precision (bf16 packages); anything else must match exactly."""
+    return stored.is_floating_point and expected.is_floating_point or stored == expected
 
 
 def _weights_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype | None:
@@ -246,11 +253,36 @@ def _load_tokenizer(directory: Path) -> Any:
     if not directory.is_dir():
         raise PackageError(f"{directory}: missing (the tokenizer directory)")
     try:
+        if not (directory / "tokenizer_config.json").is_file() and not (directory / "merges.txt").is_file():
+            return _spec_char_tokenizer(directory / "vocab.json")
         return load_tokenizer(directory)
     except FileNotFoundError as e:
         raise PackageError(f"{directory}: incomplete tokenizer ({e})") from None
+    except PackageError:
+        raise
     except ValueError as e:
         raise PackageError(f"{directory}: cannot load the tokenizer ({e})") from None
+
+
+def _spec_char_tokenizer(vocab_path: Path) -> Any:
+    """A character vocabulary as the spec's layout may hold it: ``vocab.json`` alone, character -> id."""
+    from llm_lab.core.tokenization import CharTokenizer
+
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"no tokenizer_config.json, and no character vocabulary {vocab_path.name}")
+    vocab = read_json(vocab_path)
+    if not isinstance(vocab, dict) or not all(
+        isinstance(ch, str) and len(ch) == 1 and isinstance(i, int) and not isinstance(i, bool)
+        for ch, i in vocab.items()
+    ):
+        raise PackageError(
+            f"{vocab_path}: without merges.txt or tokenizer_config.json this must be a character vocabulary "
+            "(a JSON object mapping single characters to ids 0..N-1)"
+        )
+    try:
+        return CharTokenizer(vocab)
+    except ValueError as e:
+        raise PackageError(f"{vocab_path}: {e}") from None
 
 
 def _check_vocab(config: MiniGPTConfig, tokenizer: Any, tokenizer_where: str, config_where: str) -> None:
@@ -289,53 +321,39 @@ def _num_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _checkpoint_payload(config: MiniGPTConfig, state: dict[str, torch.Tensor], info: Mapping[str, Any]) -> dict:
-    return {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model_config": config_to_dict(config),
-        "model": state,
-        "step": info.get("step"),
-        "tokens_seen": info.get("tokens_seen"),
-        "best_val_loss": info.get("best_val_loss"),
-    }
+def _is_machine_path(value: Any) -> bool:
+    """An absolute or home-relative path: true of one machine only."""
+    return isinstance(value, str) and (
+        os.path.isabs(value) or value.startswith("~") or (len(value) > 2 and value[1] == ":" and value[2] in "/\\")
+    )
+
+
+def _portable(value: Any) -> Any:
+    """``value`` without the entries that name places on this machine (absolute paths), recursively."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items() if not _is_machine_path(v)}
+    if isinstance(value, list):
+        return [_portable(v) for v in value if not _is_machine_path(v)]
+    return value
 
 
 def _prepare_target(path: Path, overwrite: bool) -> None:
-    if path.is_file() or path.is_symlink():
-        raise FileExistsError(f"{path} exists and is a file; a package is a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not is_package(path):
-            raise FileExistsError(
-                f"{path} exists and is not an llm-lab package; refusing to replace it (choose another path)"
-            )
-        if not overwrite:
-            raise FileExistsError(f"{path} already holds a package; pass overwrite (--force) to replace it")
+    """Refuse a target that is not ours to replace, before anything is written.
 
-
-def _temp_directory_beside(path: Path) -> Path:
-    """A hidden empty directory next to ``path`` (same filesystem, so renaming it into place is atomic).
-
-    ``mkdtemp`` makes it private (0700); it gets the mode a plain ``mkdir`` would, since it becomes the package.
+    An interrupted swap of ``path`` left by a killed writer is finished first, so what is judged is the real state.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+    recover_directory(path)
+    check_replaceable(path)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already holds a package; pass overwrite (--force) to replace it")
 
 
-def _commit_directory(tmp: Path, path: Path) -> None:
-    """Move the finished package ``tmp`` to ``path``, replacing an old package there."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        old.rmdir()
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# A checkpoint to write: its plain state dict and what the manifest records about it (step, tokens, best loss).
+CheckpointEntry = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _checkpoint_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: info.get(key) for key in ("step", "tokens_seen", "best_val_loss")}
 
 
 def _write_package(
@@ -346,72 +364,72 @@ def _write_package(
     weights: dict[str, torch.Tensor],
     weights_from: str,
     num_parameters: int,
-    checkpoints: dict[str, dict],
-    carry_over: Iterable[str] = (),
+    checkpoints: dict[str, CheckpointEntry],
     summary: TrainingSummary,
     source: dict[str, Any] | None,
     overwrite: bool,
 ) -> Path:
-    """Write a whole package into a temporary directory, then rename it to ``path``.
+    """Build a whole package beside ``path`` and swap it in (:func:`~llm_lab.utils.dirswap.staged_directory`).
 
     Args:
         weights: tensors for ``model.safetensors`` (tied tensors once).
         weights_from: ``"best"`` or ``"last"``: which checkpoint ``model.safetensors`` holds.
-        checkpoints: relative checkpoint path -> payload to ``torch.save``.
-        carry_over: relative paths copied unchanged from the package already at ``path``.
+        checkpoints: relative checkpoint path -> (plain state dict, metadata for the manifest).
     """
+    from safetensors.torch import save as safetensors_bytes
+
     path = Path(path)
     _prepare_target(path, overwrite)
     _check_vocab(config, tokenizer, "the tokenizer passed in", "the config passed in")
-    tmp = _temp_directory_beside(path)
-    try:
-        from safetensors.torch import save as safetensors_bytes
-
+    with staged_directory(path) as tmp:
         atomic_write_json(tmp / CONFIG_FILE, config_to_dict(config))
         tokenizer.save(tmp / TOKENIZER_DIR)
-        for rel in carry_over:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path / rel, tmp / rel)
-        for rel, payload in checkpoints.items():
-            atomic_torch_save(payload, tmp / rel)
+        for rel, (state, _) in checkpoints.items():
+            atomic_torch_save(state, tmp / rel)
         atomic_write_bytes(tmp / WEIGHTS_FILE, safetensors_bytes(weights, metadata={"format": "pt"}))
-
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): file_record(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": PACKAGE_FORMAT,
             "format_version": PACKAGE_FORMAT_VERSION,
             "library_version": __version__,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "tokenizer_type": _tokenizer_type(tokenizer, tmp / TOKENIZER_DIR),
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "vocab_size": config.vocab_size,
             "tokenizer_vocab_size": tokenizer.vocab_size,
             "num_parameters": num_parameters,
             "weights": WEIGHTS_FILE,
             "weights_from": weights_from,
-            "checkpoints": sorted(k for k in files if k.startswith("checkpoints/")),
+            "checkpoints": sorted(checkpoints),
+            "checkpoint_info": {rel: _checkpoint_info(info) for rel, (_, info) in sorted(checkpoints.items())},
             "training": {"steps": summary.steps, "tokens": summary.tokens, "best_val_loss": summary.best_val_loss},
-            "source": source or {},
+            "source": _portable(source or {}),
             "files": files,
             # Written last, inside the same file: a manifest without it was never finished.
             "complete": True,
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-        _fsync_dir(tmp)
-        _commit_directory(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
 def _existing_same_model(path: Path, config: MiniGPTConfig) -> dict[str, Any] | None:
     """The manifest of a complete package at ``path`` with the same model config, else None."""
     try:
+        recover_directory(path)
         manifest = read_manifest(path)
         same = _read_config(path / CONFIG_FILE) == config
     except (OSError, ValueError):
         return None
     return manifest if same else None
+
+
+def _existing_checkpoint(path: Path, rel: str, manifest: dict[str, Any]) -> CheckpointEntry:
+    """A checkpoint of the package at ``path``, as a plain state dict and its metadata (any format version)."""
+    info = (manifest.get("checkpoint_info") or {}).get(rel)
+    if info is None:  # format 1: the metadata lives in the checkpoint dict itself
+        old = load_checkpoint(path / rel)
+        return {k: v for k, v in old["model"].items() if isinstance(v, torch.Tensor)}, _checkpoint_info(old)
+    return load_state_dict_file(path / rel), _checkpoint_info(info)
 
 
 def save_model_package(
@@ -432,7 +450,8 @@ def save_model_package(
     ``is_best=True`` writes ``checkpoints/best_val.pt`` and ``model.safetensors`` from ``model``, keeping a
     ``last.pt`` already in the package. ``is_best=False`` writes ``checkpoints/last.pt`` and keeps the package's
     best weights if it has them (so a training loop can call this after every evaluation and at the end). Kept
-    files are only kept when the existing package has the same model config.
+    files are only kept when the existing package has the same model config. Checkpoints are plain state dicts;
+    ``step``, ``tokens_seen`` and ``best_val_loss`` go to the manifest.
 
     Args:
         path: the package directory (created; an existing package there is replaced atomically).
@@ -440,18 +459,18 @@ def save_model_package(
         tokenizer: a tokenizer with ``save(directory)`` and ``vocab_size``.
         model: the model (``torch.compile`` / DDP wrappers are unwrapped; saved state never depends on them).
         is_best: whether these are the best weights so far (``best_val.pt``) or the latest (``last.pt``).
-        step: optimizer steps taken, recorded in the checkpoint and ``package.json``.
+        step: optimizer steps taken, recorded in ``package.json``.
         tokens_seen: training tokens seen, recorded likewise.
         best_val_loss: the best validation loss so far, recorded likewise.
-        source: free-form provenance recorded in ``package.json`` (e.g. the run directory).
+        source: provenance recorded in ``package.json`` (absolute paths are left out: a package is portable).
         overwrite: replace an existing package at ``path``; if False that is a ``FileExistsError``.
 
     Returns:
         The package path.
 
     Raises:
-        FileExistsError: ``path`` exists and is not a package (never clobbered), or is one and ``overwrite`` is
-            False.
+        FileExistsError: ``path`` exists and is not an llm-lab package holding only its own files (never
+            clobbered), or is one and ``overwrite`` is False.
         PackageError: the tokenizer has more tokens than the model's vocabulary.
     """
     path = Path(path)
@@ -459,26 +478,23 @@ def save_model_package(
     if isinstance(config_from_model, MiniGPTConfig) and config_from_model != config:
         raise PackageError("save_model_package: `config` differs from model.config; pass the model's own config")
     info = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val_loss}
-    state = _checkpoint_state(model)
+    entry: CheckpointEntry = (_checkpoint_state(model), info)
     existing = _existing_same_model(path, config) if path.is_dir() else None
-    existing_files = set((existing or {}).get("files", {}))
+    existing_checkpoints = set((existing or {}).get("checkpoints", []))
 
     if is_best:
-        checkpoints = {BEST_CHECKPOINT: _checkpoint_payload(config, state, info)}
-        carry = [LAST_CHECKPOINT] if LAST_CHECKPOINT in existing_files else []
+        checkpoints = {BEST_CHECKPOINT: entry}
+        if LAST_CHECKPOINT in existing_checkpoints:
+            checkpoints[LAST_CHECKPOINT] = _existing_checkpoint(path, LAST_CHECKPOINT, existing)
         weights, weights_from = _safetensors_state(model), "best"
     else:
-        checkpoints = {LAST_CHECKPOINT: _checkpoint_payload(config, state, info)}
-        keep_best = (
-            existing is not None and existing.get("weights_from") == "best" and BEST_CHECKPOINT in existing_files
-        )
-        if keep_best:
+        checkpoints = {LAST_CHECKPOINT: entry}
+        if existing is not None and existing.get("weights_from") == "best" and BEST_CHECKPOINT in existing_checkpoints:
             # model.safetensors keeps the best weights; read them back (already checked) to rewrite the file.
-            carry = [BEST_CHECKPOINT]
-            weights = load_state_dict_file(path / WEIGHTS_FILE)
-            weights_from = "best"
+            checkpoints[BEST_CHECKPOINT] = _existing_checkpoint(path, BEST_CHECKPOINT, existing)
+            weights, weights_from = load_state_dict_file(path / WEIGHTS_FILE), "best"
         else:
-            carry, weights, weights_from = [], _safetensors_state(model), "last"
+            weights, weights_from = _safetensors_state(model), "last"
     summary = TrainingSummary(steps=step, tokens=tokens_seen, best_val_loss=best_val_loss)
     return _write_package(
         path,
@@ -488,7 +504,6 @@ def save_model_package(
         weights_from=weights_from,
         num_parameters=_num_parameters(model),
         checkpoints=checkpoints,
-        carry_over=carry,
         summary=summary,
         source=source,
         overwrite=overwrite,
@@ -510,40 +525,37 @@ def _finish_model(config: MiniGPTConfig, state: dict[str, torch.Tensor], source:
     return model
 
 
-def load_model_package(
-    path: str | Path, *, checkpoint: Checkpoint | None = None, device: str | torch.device | None = None
-) -> tuple[MiniGPTConfig, Any, nn.Module]:
-    """Load ``(config, tokenizer, model)`` from a package directory, checking every file first.
+def _open_package(path: Path) -> tuple[str, dict[str, Any] | None, MiniGPTConfig, Any]:
+    """Check a package's layout, manifest, config and tokenizer: ``(layout, manifest or None, config, tokenizer)``.
 
-    Args:
-        path: the package directory.
-        checkpoint: ``None`` for the package's weights (``model.safetensors``), or ``"best"`` / ``"last"`` for
-            ``checkpoints/best_val.pt`` / ``checkpoints/last.pt`` (served from ``model.safetensors`` when it holds
-            the same weights).
-        device: where to put the model (default: CPU).
-
-    Returns:
-        The config, the tokenizer and the model in eval mode.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        PackageError: a half-written or damaged package, an unknown format version, a config with unknown keys,
-            a tokenizer/model vocabulary mismatch, a checkpoint holding Python objects, tensors missing,
-            unexpected or of the wrong shape. The message names the file.
+    A swap of ``path`` that a killed writer left half done is finished first (quietly skipped where the directory
+    cannot be written: the reader then sees what is there).
     """
-    path = Path(path)
-    device = resolve_device(device)
-    manifest = read_manifest(path)
+    with contextlib.suppress(OSError):
+        recover_directory(path)
+    layout = package_layout(path)
+    manifest = read_manifest(path) if layout == "manifest" else None
     config = _read_config(path / CONFIG_FILE)
     tokenizer = _load_tokenizer(path / TOKENIZER_DIR)
     _check_vocab(config, tokenizer, str(path / TOKENIZER_DIR), str(path / CONFIG_FILE))
+    recorded = (manifest or {}).get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise PackageError(
+            f"{path / TOKENIZER_DIR}: not the tokenizer this package was written with (its fingerprint differs from "
+            f"the one in {MANIFEST_FILE}: ids were changed or permuted), so the model would read the wrong tokens"
+        )
+    return layout, manifest, config, tokenizer
 
+
+def _weights_source(path: Path, layout: str, manifest: dict[str, Any] | None, checkpoint: Checkpoint | None) -> Path:
     if checkpoint is not None and checkpoint not in CHECKPOINT_FILES:
         raise ValueError(f"checkpoint={checkpoint!r}: choose 'best', 'last' or None (the package's weights)")
     weights_file = path / WEIGHTS_FILE
-    if checkpoint is None:
+    if layout == "spec":
+        candidates = [path / CHECKPOINT_FILES[checkpoint or "best"]]
+    elif checkpoint is None:
         candidates = [weights_file, path / BEST_CHECKPOINT, path / LAST_CHECKPOINT]
-    elif manifest.get("weights_from") == checkpoint:
+    elif (manifest or {}).get("weights_from") == checkpoint:
         candidates = [weights_file, path / CHECKPOINT_FILES[checkpoint]]
     else:
         candidates = [path / CHECKPOINT_FILES[checkpoint]]
@@ -551,28 +563,53 @@ def load_model_package(
     if source is None:
         available = [p for p in (WEIGHTS_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / p).is_file()]
         raise PackageError(f"{candidates[0]}: missing; weights files in {path}: {', '.join(available) or 'none'}")
+    return source
+
+
+def load_model_package(
+    path: str | Path, *, checkpoint: Checkpoint | None = None, device: str | torch.device | None = None
+) -> tuple[MiniGPTConfig, Any, nn.Module]:
+    """Load ``(config, tokenizer, model)`` from a package directory, checking every file first.
+
+    Args:
+        path: the package directory: an llm-lab package (with ``package.json``) or one in the spec's layout
+            (``config.json``, ``tokenizer/``, ``checkpoints/best_val.pt`` holding a state dict).
+        checkpoint: ``None`` for the package's weights (``model.safetensors``; ``best_val.pt`` in the spec's
+            layout), or ``"best"`` / ``"last"`` for ``checkpoints/best_val.pt`` / ``checkpoints/last.pt`` (served
+            from ``model.safetensors`` when it holds the same weights).
+        device: where to put the model (default: CPU).
+
+    Returns:
+        The config, the tokenizer and the model in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        PackageError: a half-written or damaged package (size or checksum), an unknown format version, a config
+            with unknown keys, a changed tokenizer, a tokenizer/model vocabulary mismatch, a checkpoint holding
+            Python objects, tensors missing, unexpected, of the wrong shape or dtype, or not finite. The message
+            names the file.
+    """
+    path = Path(path)
+    device = resolve_device(device)
+    layout, manifest, config, tokenizer = _open_package(path)
+    source = _weights_source(path, layout, manifest, checkpoint)
     state = load_state_dict_file(source)
     return config, tokenizer, _finish_model(config, state, source, device)
 
 
 # --------------------------------------------------------------------------------------------- run directories
 
-RUN_CHECKPOINTS: dict[str, str] = {"best": "checkpoints/best_val.pt", "last": "checkpoints/last.pt"}
-
 
 def _read_run_checkpoint(path: Path) -> dict[str, Any]:
     """A run checkpoint as a dict, through the trainer's reader (``weights_only=True``; errors name the file)."""
-    from llm_lab.core.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, map_location="cpu")  # CheckpointError is a ValueError: one line on the CLI
     if not isinstance(ckpt.get("model"), dict):
         raise PackageError(f"{path}: not a trainer checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
 
 
-def _run_pieces(
-    run_dir: Path, checkpoint: Checkpoint, tokenizer: Any = None
-) -> tuple[MiniGPTConfig, Any, dict[str, Any], Path, dict[str, Any]]:
+def _check_run_dir(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory (which must exist), as a dict."""
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     run_json = run_dir / "run.json"
@@ -581,17 +618,25 @@ def _run_pieces(
     run_config = read_json(run_json)
     if not isinstance(run_config, dict):
         raise PackageError(f"{run_json}: expected a JSON object with 'model', 'train', ... sections")
-    if checkpoint not in RUN_CHECKPOINTS:
-        raise ValueError(f"checkpoint={checkpoint!r}: choose 'best' or 'last'")
-    order = [checkpoint] + [k for k in RUN_CHECKPOINTS if k != checkpoint]
-    ckpt_path = next((run_dir / RUN_CHECKPOINTS[k] for k in order if (run_dir / RUN_CHECKPOINTS[k]).is_file()), None)
+    return run_config
+
+
+def _run_pieces(
+    run_dir: Path, checkpoint: Checkpoint, tokenizer: Any = None
+) -> tuple[MiniGPTConfig, Any, dict[str, Any], Path, dict[str, Any]]:
+    run_config = _check_run_dir(run_dir)
+    order = [checkpoint] + [k for k in CHECKPOINT_FILES if k != checkpoint]
+    paths = [run_checkpoint_path(run_dir, k) for k in order]  # a bad `checkpoint` is a ValueError here
+    ckpt_path = next((p for p in paths if p.is_file()), None)
     if ckpt_path is None:
-        raise PackageError(f"{run_dir / 'checkpoints'}: no best_val.pt or last.pt; has the run saved a checkpoint?")
+        raise PackageError(
+            f"{run_dir / CHECKPOINT_DIR}: no {BEST_FILE} or {LAST_FILE}; has the run saved a checkpoint?"
+        )
     ckpt = _read_run_checkpoint(ckpt_path)
     # The checkpoint's own model config describes its tensors; run.json is the fallback.
     model_dict = ckpt.get("model_config") or run_config.get("model")
     if not isinstance(model_dict, dict):
-        raise PackageError(f"{ckpt_path}: no model_config, and {run_json} has no 'model' section")
+        raise PackageError(f"{ckpt_path}: no model_config, and {run_dir / 'run.json'} has no 'model' section")
     config = config_from_dict(MiniGPTConfig, model_dict, where=f"{ckpt_path}: model_config")
     where = "the tokenizer passed in"
     if tokenizer is None:
@@ -625,8 +670,10 @@ def load_run(
 def load_package_or_run(
     path: str | Path, *, checkpoint: Checkpoint | None = None, device: str | torch.device | None = None
 ) -> tuple[MiniGPTConfig, Any, nn.Module]:
-    """Load a package, or a run directory (one with ``run.json``), whichever ``path`` is."""
+    """Load a package (llm-lab or spec layout), or a run directory (one with ``run.json``), whichever ``path`` is."""
     path = Path(path)
+    with contextlib.suppress(OSError):
+        recover_directory(path)
     if not path.exists():
         raise FileNotFoundError(f"no package or run directory at {path}")
     if (path / "run.json").is_file() and not is_package(path):
@@ -638,89 +685,127 @@ def package_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     """Turn a Trainer run directory into a package.
 
     The package's ``model.safetensors`` holds the best-validation weights (the last ones if the run never
-    evaluated); both ``best_val.pt`` and ``last.pt`` are copied as model-only checkpoints (no optimizer state).
+    evaluated); both ``best_val.pt`` and ``last.pt`` are copied as plain state dicts (no optimizer state), their
+    steps and losses recorded in the manifest. A ``best_val.pt`` that a kill left behind ``last.pt`` is repaired
+    first (:func:`~llm_lab.core.train.checkpoint.reconcile_best`), so the package never ships stale best weights
+    under a newer loss.
 
     Args:
         run_dir: the run directory (``run.json``, ``tokenizer/``, ``checkpoints/``).
         out: the package directory to write.
-        overwrite: replace an existing package at ``out``.
+        overwrite: replace an existing package at ``out`` (only an llm-lab package holding only its own files).
 
     Returns:
         The package path.
     """
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
+    reconcile_best(run_dir)
     config, tokenizer, main_ckpt, main_path, run_config = _run_pieces(run_dir, "best")
-    checkpoints: dict[str, dict] = {}
-    ckpts = {main_path.name: main_ckpt}
-    for name in ("best_val.pt", "last.pt"):
-        p = run_dir / "checkpoints" / name
-        if name not in ckpts and p.is_file():
-            ckpts[name] = _read_run_checkpoint(p)
+    main = "best" if main_path == run_checkpoint_path(run_dir, "best") else "last"
+    ckpts = {main: (main_path, main_ckpt)}
+    for which in CHECKPOINT_FILES:
+        p = run_checkpoint_path(run_dir, which)
+        if which not in ckpts and p.is_file():
+            ckpts[which] = (p, _read_run_checkpoint(p))
+    checkpoints: dict[str, CheckpointEntry] = {}
     model = None
-    for name, ckpt in ckpts.items():
+    for which, (ckpt_path, ckpt) in ckpts.items():
         model_config = ckpt.get("model_config")
-        if model_config is not None and config_from_dict(MiniGPTConfig, model_config, where=name) != config:
-            raise PackageError(f"{run_dir / 'checkpoints' / name}: model_config differs from {main_path.name}")
+        if model_config is not None and config_from_dict(MiniGPTConfig, model_config, where=str(ckpt_path)) != config:
+            raise PackageError(f"{ckpt_path}: model_config differs from {main_path.name}")
         state = {k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
         m = _build_model(config)
-        load_weights_into(m, state, run_dir / "checkpoints" / name)  # checks names and shapes
-        info = {k: ckpt.get(k) for k in ("step", "tokens_seen", "best_val_loss")}
-        checkpoints[f"checkpoints/{name}"] = _checkpoint_payload(config, _checkpoint_state(m), info)
-        if name == main_path.name:
+        load_weights_into(m, state, ckpt_path)  # checks names, shapes, dtypes, finiteness
+        checkpoints[CHECKPOINT_FILES[which]] = (_checkpoint_state(m), _checkpoint_info(ckpt))
+        if which == main:
             model = m
     assert model is not None
     # The training summary describes the whole run: the latest checkpoint knows the most.
-    latest = ckpts.get("last.pt", main_ckpt)
+    latest = ckpts.get("last", (main_path, main_ckpt))[1]
     summary = TrainingSummary(
         steps=latest.get("step"),
         tokens=latest.get("tokens_seen"),
         best_val_loss=latest.get("best_val_loss", main_ckpt.get("best_val_loss")),
     )
-    source = {"kind": "run", "run_dir": str(run_dir.resolve()), "run_config": run_config}
     return _write_package(
         out,
         config,
         tokenizer,
         weights=_safetensors_state(model),
-        weights_from="best" if main_path.name == "best_val.pt" else "last",
+        weights_from=main,
         num_parameters=_num_parameters(model),
         checkpoints=checkpoints,
         summary=summary,
-        source=source,
+        source={"kind": "run", "run_config": run_config},
         overwrite=overwrite,
     )
 
 
+def _weights_files(path: Path, layout: str, manifest: dict[str, Any] | None) -> list[str]:
+    """Every weights file a package holds (relative paths): the ones a load reads and the ones it may skip."""
+    if layout == "manifest":
+        # Only names the manifest's (checked) file list holds: a crafted "checkpoints" entry never leaves the package.
+        files = (manifest or {}).get("files") or {}
+        listed = [name for name in (manifest or {}).get("checkpoints") or [] if name in files]
+        return [name for name in (WEIGHTS_FILE, *listed) if name in files]
+    checkpoint_dir = path / CHECKPOINT_DIR
+    return sorted(
+        p.relative_to(path).as_posix()
+        for p in checkpoint_dir.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.suffix in _WEIGHTS_SUFFIXES
+    )
+
+
+# Weights files of a spec-layout package that inspect opens (pickle formats and safetensors).
+_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
 def describe_package(path: str | Path) -> dict[str, Any]:
-    """Load a package (checking it fully) and summarise it: config, parameters, tokenizer, training.
+    """Check a package fully (every weights file, not only the one a load reads) and summarise it.
 
     Returns:
-        A JSON-ready dict with ``path``, ``format_version``, ``library_version``, ``created``, ``config``,
-        ``num_parameters``, ``num_non_embedding_parameters``, ``tokenizer`` (type, vocab size, special tokens),
-        ``weights_from``, ``checkpoints``, ``training`` and ``source`` (its kind only).
+        A JSON-ready dict with ``path``, ``layout`` (``"manifest"`` or ``"spec"``: the spec's layout without a
+        manifest), ``format_version``, ``library_version``, ``created``, ``config``, ``num_parameters``,
+        ``num_non_embedding_parameters``, ``tokenizer`` (type, vocab size, special tokens), ``weights_from``,
+        ``checkpoints``, ``checkpoint_info``, ``training`` and ``source`` (its kind only).
+
+    Raises:
+        PackageError: anything :func:`load_model_package` refuses, in any weights file of the package (a malicious
+            pickle in a checkpoint that loading would never open is still a bad package).
     """
     path = Path(path)
-    config, tokenizer, model = load_model_package(path)
-    manifest = read_manifest(path, check_files=False)
+    layout, manifest, config, tokenizer = _open_package(path)
+    model = None
+    for name in _weights_files(path, layout, manifest):
+        state = load_state_dict_file(path / name)
+        checked = _finish_model(config, state, path / name, None)
+        model = model or checked
+    if model is None:
+        raise PackageError(f"{path}: holds no weights file")
+    manifest = manifest or {}
     num_non_embedding = None
     with contextlib.suppress(TypeError):
         num_non_embedding = int(model.num_parameters(non_embedding=True))
+    checkpoints = manifest.get("checkpoints") or [n for n in _weights_files(path, layout, None)]
     return {
         "path": str(path),
-        "format_version": manifest["format_version"],
+        "layout": layout,
+        "format_version": manifest.get("format_version"),
         "library_version": manifest.get("library_version"),
         "created": manifest.get("created"),
         "config": config_to_dict(config),
         "num_parameters": _num_parameters(model),
         "num_non_embedding_parameters": num_non_embedding,
         "tokenizer": {
-            "type": manifest.get("tokenizer_type"),
+            "type": manifest.get("tokenizer_type") or _tokenizer_type(tokenizer, path / TOKENIZER_DIR),
             "vocab_size": tokenizer.vocab_size,
             "eot_token_id": getattr(tokenizer, "eot_token_id", None),
             "special_tokens": dict(getattr(tokenizer, "special_tokens", {}) or {}),
         },
-        "weights_from": manifest.get("weights_from"),
-        "checkpoints": manifest.get("checkpoints", []),
+        "weights_from": manifest.get("weights_from", "best" if layout == "spec" else None),
+        "checkpoints": checkpoints,
+        "checkpoint_info": manifest.get("checkpoint_info", {}),
         "training": manifest.get("training", {}),
         "source": (manifest.get("source") or {}).get("kind"),
     }

@@ -38,7 +38,7 @@ from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.data.prepare import load_prepared
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
-from llm_lab.core.train.checkpoint import CheckpointError, load_checkpoint
+from llm_lab.core.train.checkpoint import CheckpointError, load_resume_checkpoint, run_checkpoint_path
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.distributed import DistributedInfo, current_info
 from llm_lab.core.train.trainer import SampleCallback, Trainer
@@ -440,10 +440,8 @@ def prepare_run(
     # --- resume checkpoint: read and checked now, so a bad one stops the run before anything is written
     checkpoint = None
     if resume:
-        last = out / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise ValueError(f"cannot resume: {last} does not exist (the run never reached its first evaluation)")
-        checkpoint = load_checkpoint(last, training_state=True)
+        last = run_checkpoint_path(out, "last")
+        checkpoint = load_resume_checkpoint(out)
         saved_source = _saved_data_source(out)
         for key in ("format", "train_tokens", "val_tokens"):
             if key in saved_source and saved_source[key] != source[key]:

@@ -31,10 +31,14 @@ from tqdm.auto import tqdm
 
 from llm_lab.core.model import lm_loss
 from llm_lab.core.train.checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_DIR,
     FORMAT_VERSION,
+    LAST_FILE,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
+    load_resume_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -176,6 +180,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss: float | None = None
+        self.best_step: int | None = None  # the step whose weights best_val.pt holds
         self.elapsed_before = 0.0  # wall time of earlier segments of a resumed run
         self.history: list[dict[str, Any]] = []
         flops = getattr(self.model, "flops_per_token", None)
@@ -184,7 +189,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ paths
     @property
     def checkpoint_dir(self) -> Path | None:
-        return self.out_dir / "checkpoints" if self.out_dir is not None else None
+        return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
 
     @property
     def tokens_per_step(self) -> int:
@@ -271,6 +276,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
             "elapsed_s": self.elapsed_before + self._segment_elapsed(),
             "train_config": config_to_dict(self.config),
             "rng": {"world_size": self.dist.world_size, "states": self._gather(capture_rng_state())},
@@ -319,13 +325,18 @@ class Trainer:
         self.step = int(checkpoint["step"])
         self.tokens_seen = int(checkpoint["tokens_seen"])
         self.best_val_loss = checkpoint["best_val_loss"]
+        self.best_step = checkpoint.get("best_step")
         self.elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
         restore_rng_state(checkpoint["rng"]["states"][self.dist.rank])
         self.data_generator.set_state(checkpoint["data_state"]["generators"][self.dist.rank])
 
     def resume(self, path: str | Path) -> None:
-        """Load a checkpoint file (or a run directory's ``checkpoints/last.pt``) and continue from it."""
-        self.load_state(load_checkpoint(path, training_state=True))
+        """Load a checkpoint file (or a run directory's ``checkpoints/last.pt``) and continue from it.
+
+        A run directory is cleaned of a killed run's leftovers and its best checkpoint reconciled first.
+        """
+        path = Path(path)
+        self.load_state(load_resume_checkpoint(path) if path.is_dir() else load_checkpoint(path, training_state=True))
 
     # ---------------------------------------------------------------------------------------------- training
     def _segment_elapsed(self) -> float:
@@ -486,7 +497,7 @@ class Trainer:
                         val_loss = row["val_loss"] = result.loss
                         improved = self.best_val_loss is None or result.loss < self.best_val_loss
                         if improved:
-                            self.best_val_loss = result.loss
+                            self.best_val_loss, self.best_step = result.loss, self.step
                         self._print(
                             f"step {self.step}: train loss {train_loss:.4f}, val loss {result.loss:.4f}, "
                             f"val perplexity {result.perplexity:.2f}"
@@ -502,11 +513,12 @@ class Trainer:
                         )
                     window_tokens = 0
                 if do_eval:
-                    self._checkpoint("last.pt")
+                    # last.pt first: it records best_step, so a kill before best_val.pt is repaired on resume
+                    self._checkpoint(LAST_FILE)
                     if improved:
-                        self._checkpoint("best_val.pt")
+                        self._checkpoint(BEST_FILE)
                 elif c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
-                    self._checkpoint("last.pt")
+                    self._checkpoint(LAST_FILE)
                 if c.sample_interval and (self.step % c.sample_interval == 0 or last):
                     self._run_samples(self.step)
                 if window_tokens == 0:
@@ -516,7 +528,7 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
-            self._checkpoint("last.pt")  # without evaluation there is still a final checkpoint to resume from
+            self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         return TrainResult(
             step=self.step,
             tokens_seen=self.tokens_seen,

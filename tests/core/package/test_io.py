@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -52,10 +53,11 @@ def package(tmp_path, char_tok) -> tuple[Path, MiniGPTConfig, MiniGPT]:
 
 
 def refresh_sizes(pkg: Path) -> None:
-    """Record the current file sizes in package.json, as a crafted (malicious or hand-edited) package would."""
+    """Record the current file sizes and checksums in package.json, as a crafted (malicious or hand-edited)
+    package would."""
     manifest = json.loads((pkg / "package.json").read_text())
     manifest["files"] = {
-        p.relative_to(pkg).as_posix(): p.stat().st_size
+        p.relative_to(pkg).as_posix(): {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(pkg.rglob("*"))
         if p.is_file() and p.name != "package.json"
     }
@@ -90,7 +92,7 @@ def test_layout_and_manifest(package, char_tok):
     assert json.loads((path / "config.json").read_text()) == json.loads(json.dumps(cfg.__dict__))
     manifest = json.loads((path / "package.json").read_text())
     assert manifest["format"] == "llm-lab-package"
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["library_version"] == "0.1.0"
     assert manifest["tokenizer_type"] == "char"
     assert manifest["training"] == {"steps": 7, "tokens": 700, "best_val_loss": 2.5}
@@ -100,8 +102,12 @@ def test_layout_and_manifest(package, char_tok):
     # Tied embeddings are stored once in safetensors.
     stored = load_file(path / "model.safetensors")
     assert "tok_emb.weight" in stored and "lm_head.weight" not in stored
-    ckpt = torch.load(path / "checkpoints/best_val.pt", weights_only=True)
-    assert ckpt["step"] == 7 and ckpt["tokens_seen"] == 700 and ckpt["model_config"]["n_embd"] == 16
+    # Format 2: the checkpoint is the plain state dict (the spec's habit works); its metadata is in the manifest.
+    fresh = MiniGPT(cfg)
+    fresh.load_state_dict(torch.load(path / "checkpoints/best_val.pt", weights_only=True))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    info = manifest["checkpoint_info"]["checkpoints/best_val.pt"]
+    assert info == {"step": 7, "tokens_seen": 700, "best_val_loss": 2.5}
     # No temporary directories are left beside the package, and it has the permissions of a plain mkdir/open.
     assert [p.name for p in path.parent.iterdir()] == ["pkg"]
     umask = os.umask(0)
@@ -221,9 +227,14 @@ def test_half_written_package_is_refused(package):
     edit_manifest(path, complete=False)
     with pytest.raises(PackageError, match=r"package\.json: the package is not marked complete"):
         load_model_package(path)
+    # Format 2: without its manifest the directory is in the spec's layout (config, tokenizer, best_val.pt), which
+    # loads; only a directory that is neither is refused, and the message does not blame a crash.
     (path / "package.json").unlink()
-    with pytest.raises(PackageError, match=r"package\.json: missing, so .* is not a complete package"):
+    load_model_package(path)
+    (path / "checkpoints" / "best_val.pt").unlink()
+    with pytest.raises(PackageError, match=r"package\.json: missing, so .* is not a complete package") as info:
         load_model_package(path)
+    assert "missing checkpoints/best_val.pt" in str(info.value) and "crash" not in str(info.value)
 
 
 def test_refuses_to_clobber_other_directories(tmp_path, char_tok):
@@ -320,8 +331,9 @@ def test_unknown_checkpoint_format_version(package):
     """A checkpoint from a newer llm-lab is refused by name, not misread."""
     path, _, model = package
     (path / "model.safetensors").unlink()
-    ckpt = torch.load(path / "checkpoints" / "best_val.pt", weights_only=True)
-    torch.save({**ckpt, "format_version": 2}, path / "checkpoints" / "best_val.pt")
+    # Format 2 package checkpoints are plain state dicts; a checkpoint dict (format 1's shape) carries a version.
+    state = torch.load(path / "checkpoints" / "best_val.pt", weights_only=True)
+    torch.save({"format_version": 2, "model": state, "step": 1}, path / "checkpoints" / "best_val.pt")
     refresh_sizes(path)
     with pytest.raises(PackageError, match=r"best_val\.pt: checkpoint format_version 2 is not supported"):
         load_model_package(path)

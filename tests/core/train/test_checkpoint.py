@@ -1,4 +1,7 @@
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +11,9 @@ from llm_lab.core.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
+    load_resume_checkpoint,
+    pickle_globals,
+    reconcile_best,
     restore_rng_state,
     save_checkpoint,
 )
@@ -82,5 +88,61 @@ def test_pickled_objects_are_not_executed(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save(_minimal(extra=_Evil()), path)
     with pytest.raises(CheckpointError, match=r"evil.pt: refusing to load, it holds pickled Python objects"):
+        load_checkpoint(path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ best and last agree
+
+
+def _run_checkpoint(step: int, best_step: int | None, best_val_loss: float, weight: float) -> dict:
+    ckpt = _minimal(step=step, best_val_loss=best_val_loss, model={"w": torch.full((2,), weight)})
+    return ckpt if best_step is None else ckpt | {"best_step": best_step}
+
+
+def test_reconcile_repairs_a_best_checkpoint_left_behind_by_a_kill(tmp_path):
+    """A kill after last.pt and before best_val.pt at the final evaluation: last.pt says its own step is the best,
+    best_val.pt is from an earlier evaluation. last.pt's weights are the best ones, so best_val.pt is rewritten."""
+    save_checkpoint(_run_checkpoint(4, 4, 1.0, weight=4.0), tmp_path / "checkpoints" / "last.pt")
+    save_checkpoint(_run_checkpoint(2, 2, 1.5, weight=2.0), tmp_path / "checkpoints" / "best_val.pt")
+    (actions,) = reconcile_best(tmp_path)
+    assert "best_val.pt: rewritten from last.pt" in actions
+    best = load_checkpoint(tmp_path / "checkpoints" / "best_val.pt")
+    assert best["step"] == 4 and best["best_val_loss"] == 1.0 and torch.equal(best["model"]["w"], torch.full((2,), 4.0))
+    assert reconcile_best(tmp_path) == []  # now they agree
+
+
+def test_reconcile_refuses_what_no_kill_can_leave_and_keeps_older_runs(tmp_path):
+    save_checkpoint(_run_checkpoint(6, 4, 1.0, weight=6.0), tmp_path / "checkpoints" / "last.pt")
+    save_checkpoint(_run_checkpoint(2, 2, 1.5, weight=2.0), tmp_path / "checkpoints" / "best_val.pt")
+    with pytest.raises(CheckpointError, match=r"best_val\.pt: from step 2, but .*last\.pt records the best weights at"):
+        reconcile_best(tmp_path)
+    with pytest.raises(CheckpointError, match=r"best_val\.pt: from step 2, but"):
+        load_resume_checkpoint(tmp_path)
+    # Checkpoints written before best_step existed are left as they are.
+    save_checkpoint(_run_checkpoint(6, None, 1.0, weight=6.0), tmp_path / "checkpoints" / "last.pt")
+    assert reconcile_best(tmp_path) == []
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    stale = checkpoints / f".last.pt.{pid}.abcd1234.tmp"
+    stale.write_bytes(b"x" * 100)
+    live = checkpoints / f".last.pt.{os.getpid()}.abcd1234.tmp"  # a write in progress (this process)
+    live.write_bytes(b"y")
+    save_checkpoint(_minimal(), checkpoints / "last.pt")
+    assert not stale.exists() and live.exists()
+
+
+def test_pickle_globals_names_what_a_file_would_import_without_running_it(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save(_minimal(extra=_Evil()), path)
+    # torch.save pickles with protocol 2, which spells the builtins module the Python 2 way.
+    assert "__builtin__.print" in pickle_globals(path)
+    assert all(name.startswith(("torch.", "collections.")) for name in pickle_globals(_save(tmp_path, _minimal())))
+    with pytest.raises(CheckpointError, match=r"it would import __builtin__\.print"):
         load_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
