@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,17 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tiny_shakespeare.txt"
 
+# Commands run by the tests (in-process and in subprocesses) use one CPU thread unless the caller chose: the
+# models are tiny, results do not depend on it, and `auto` would watch the CPUs for 0.1 s at every call.
+os.environ.setdefault("LLM_LAB_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)  # a command run in-process sets them for the whole process
 
 
 @pytest.fixture
