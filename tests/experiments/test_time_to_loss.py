@@ -96,7 +96,7 @@ def test_bad_input_is_named(tmp_path):
         run_time_to_loss({"baseline": BASELINE, "fast": tmp_path / "nope.json"}, data, tmp_path)
     with pytest.raises(ValueError, match=r"repeats must be at least 1, got 0"):
         run_time_to_loss({"baseline": BASELINE}, data, tmp_path, repeats=0)
-    with pytest.raises(ValueError, match=r"threads must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"threads must be 'auto' or a positive integer, got 0"):
         run_time_to_loss({"baseline": BASELINE}, data, tmp_path, threads=0)
 
 
