@@ -1,4 +1,4 @@
-"""``llm-lab bench env|attention|step``: the machine check and the benchmarks (parsing only)."""
+"""``llm-lab bench env|attention|step|threads``: the machine check and the benchmarks (parsing only)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help="output directory")
     step.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
     step.set_defaults(func=_run_step)
+
+    threads = commands.add_parser(
+        "threads", help="--threads auto vs 1 and 2 threads: training and decoding, idle and next to a busy loop"
+    )
+    threads.add_argument("--quick", action="store_true", help="fewer steps and tokens: a minute or two on 2 cores")
+    threads.add_argument("--repeats", type=int, default=None, help="timed rounds per setting (median reported)")
+    threads.add_argument("--conditions", nargs="+", default=None, choices=("idle", "busy"),
+                         help="default: idle busy (busy starts a spinning background process and stops it)")
+    threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help="output directory")
+    threads.set_defaults(func=_run_threads)
 
 
 def _run_env(args: argparse.Namespace) -> int:
@@ -142,4 +152,28 @@ def _run_step(args: argparse.Namespace) -> int:
     paths = write_step_results(result, args.out)
     print(step_summary_table(result), end="")
     print(json.dumps({"wrote": [str(p) for p in paths.values()]}))
+    return 0
+
+
+def _run_threads(args: argparse.Namespace) -> int:
+    import sys
+
+    from llm_lab.experiments.thread_bench import (
+        ThreadBenchConfig,
+        run_thread_benchmark,
+        thread_table,
+        write_thread_results,
+    )
+
+    config = ThreadBenchConfig.quick() if args.quick else ThreadBenchConfig()
+    if args.repeats is not None:
+        config.repeats = args.repeats
+    if args.conditions is not None:
+        config.conditions = tuple(args.conditions)
+    config.validate()
+    rows = run_thread_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    note = f"{'--quick' if args.quick else 'full'} run; per row: the idle cores seen before/after and the load."
+    paths = write_thread_results(rows, args.out, note=note)
+    print(thread_table(rows), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

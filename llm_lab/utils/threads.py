@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ __all__ = [
     "measure_idle_cores",
     "parse_proc_stat",
     "parse_threads",
+    "physical_core_count",
     "physical_cores",
     "resolve_threads",
     "usable_cpus",
@@ -180,7 +181,10 @@ def physical_cores(cpuinfo: str, cpus: Iterable[int]) -> int | None:
     return len(cores) or None
 
 
-def _physical_core_limit(cpus: list[int]) -> int:
+def physical_core_count(cpus: Sequence[int] | None = None) -> int:
+    """Physical cores among ``cpus`` (default: :func:`usable_cpus`) from ``/proc/cpuinfo``; where it does not
+    say, the number of logical CPUs."""
+    cpus = list(usable_cpus() if cpus is None else cpus)
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -222,7 +226,7 @@ def resolve_threads(
         return setting
     cpus = usable_cpus()
     if max_threads is None:
-        max_threads = _physical_core_limit(cpus)
+        max_threads = physical_core_count(cpus)
     idle = measure() if measure is not None else measure_idle_cores(cpus)
     return auto_threads(idle, max_threads)
 
