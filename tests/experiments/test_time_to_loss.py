@@ -64,6 +64,7 @@ def test_a_missed_target_counts_as_slowest_and_bounds_the_ratio():
     assert summarize([_run("baseline", 100.0, 80.0), _run("fast", 30.0, None)], 1.88).ratio is None
 
 
+@pytest.mark.slow  # two `llm-lab train` subprocesses; the summary arithmetic is tested above without them
 def test_quick_run_end_to_end(tmp_path, small_text, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text(small_text, encoding="utf-8")
