@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["USER_ERRORS", "CLIError", "report_user_error"]
+__all__ = ["BROKEN_PIPE_EXIT", "USER_ERRORS", "CLIError", "report_user_error"]
 
 
 class CLIError(Exception):
