@@ -14,21 +14,26 @@ import json
 import sys
 from pathlib import Path
 
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
+from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.tokenization.benchmark import format_table, run_tokenizer_benchmark
 from llm_lab.utils.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tiny_shakespeare.txt"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UTF-8 text file (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="UTF-8 text file (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    args.data = args.data or default_corpus_path(REPO_ROOT)
     try:
+        apply_threads_option(args.threads)
         rows = run_tokenizer_benchmark(args.data, args.vocab_sizes, args.repeats,
                                        log=lambda msg: print(msg, file=sys.stderr))
     except (FileNotFoundError, ValueError) as exc:

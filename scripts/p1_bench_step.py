@@ -5,7 +5,7 @@ A thin wrapper over ``llm-lab bench step``; ``python scripts/p1_bench_step.py --
 
 import sys
 
-from llm_lab.cli import main
+from llm_lab.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "step", *sys.argv[1:]]))
+    sys.exit(run_command(["bench", "step"]))

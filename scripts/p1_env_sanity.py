@@ -5,7 +5,7 @@ A thin wrapper over ``llm-lab bench env``; ``python scripts/p1_env_sanity.py --h
 
 import sys
 
-from llm_lab.cli import main
+from llm_lab.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "env", *sys.argv[1:]]))
+    sys.exit(run_command(["bench", "env"]))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.cli.sample import add_sampling_arguments, check_sampling_arguments, sample_and_print
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.package.io import load_run
 from llm_lab.core.tokenization import CharTokenizer, load_tokenizer
 
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="weights to use")
     add_sampling_arguments(parser)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     try:
+        apply_threads_option(args.threads)
         check_sampling_arguments(args)
         tokenizer = load_vocab(args.vocab) if args.vocab is not None else None
         _, tokenizer, model = load_run(

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.train import TrainerConfig
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--sample-tokens", type=int, default=200, help="characters sampled at the end (0: none)")
     p.add_argument("--prompt", default="The ", help="start of the sample")
+    add_threads_argument(p)
     return p
 
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(tmp) / "run"
         # Bad flags (a config ValueError) or an absent device: one line and exit 2, no traceback.
         try:
+            apply_threads_option(args.threads)
             config = RunConfig(
                 model=MiniGPTConfig(
                     context_length=args.context_length, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd

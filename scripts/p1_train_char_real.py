@@ -5,8 +5,8 @@
     python scripts/p1_train_char_real.py --resume                 # continue an interrupted run (its run.json)
 
 This is ``llm-lab train --config configs/shakespeare_char.json --data ... --out ...`` with defaults filled in:
-the corpus is ``../shared/data/tiny_shakespeare.txt`` beside the repository when present, else
-``data/tiny_shakespeare.txt`` (``llm-lab data download tiny_shakespeare`` fetches it). Samples are printed every
+the corpus is your ``data/tiny_shakespeare.txt`` (``llm-lab data download tiny_shakespeare`` fetches it), else a
+shared copy in ``../shared/data/`` beside the checkout (``default_corpus_path``). Samples are printed every
 ``train.sample_interval`` steps through ``llm_lab.core.decode.generate_text``.
 """
 
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from llm_lab.cli import main as llm_lab_main
+from llm_lab.cli.threads import add_threads_argument
 from llm_lab.core.data.download import default_corpus_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=None, help="text file or prepared directory (default: see above)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="text file or prepared directory (default: data/tiny_shakespeare.txt, yours first, else a shared copy "
+        "in ../shared/data beside the checkout)",
+    )
     p.add_argument(
         "--config",
         type=Path,
@@ -38,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    add_threads_argument(p)
     return p
 
 
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     command += ["--config", str(config)] if config is not None else []
     command += [f"--set={o}" for o in args.overrides]
     command += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
+    command += ["--threads", str(args.threads)] if args.threads is not None else []
     return llm_lab_main(command)
 
 

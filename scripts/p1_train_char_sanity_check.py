@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-drop", type=float, default=0.3, help="required fall of the validation loss (nats)")
+    add_threads_argument(p)
     return p
 
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         sliced = Path(tmp) / "slice.txt"
         # Bad flags (a config ValueError), a non-UTF-8 file or an absent device: one line and exit 2, no traceback.
         try:
+            apply_threads_option(args.threads)
             try:
                 text = data.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:

@@ -12,6 +12,7 @@ import sys
 
 from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.cli.sample import add_sampling_arguments, check_sampling_arguments, sample_and_print
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.package.io import load_model_package
 
 
@@ -22,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     add_sampling_arguments(parser)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     try:
+        apply_threads_option(args.threads)
         check_sampling_arguments(args)
         _, tokenizer, model = load_model_package(args.package, checkpoint=args.checkpoint, device=args.device)
         return sample_and_print(args, tokenizer, model)

@@ -20,17 +20,22 @@ import sys
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
+from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.package.io import load_model_package, package_run
 from llm_lab.core.train import TrainerConfig
 from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec, prepare_run
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--data", type=Path, default=Path("data/tiny_shakespeare.txt"), help="UTF-8 text (default: %(default)s)"
+        "--data", type=Path, default=None,
+        help="UTF-8 text (default: tiny Shakespeare, found as `default_corpus_path` says: your data/ first)",
     )
     p.add_argument("--out", type=Path, default=Path("artifacts/p2_bpe"), help="package to write (default: %(default)s)")
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: experiments/<name of --out>)")
@@ -52,13 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--sample-tokens", type=int, default=60, help="tokens of the sample printed at the end (0: none)")
+    add_threads_argument(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir or Path("experiments") / args.out.name
+    args.data = args.data or default_corpus_path(REPO)
     try:
+        apply_threads_option(args.threads)
         if not args.data.is_file():
             raise FileNotFoundError(
                 f"--data {args.data} not found; get the default corpus with `llm-lab data download tiny_shakespeare` "

@@ -8,7 +8,7 @@ a tiny version in about a minute).
 
 import sys
 
-from llm_lab.cli import main
+from llm_lab.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(["experiment", "posenc", *sys.argv[1:]]))
+    sys.exit(run_command(["experiment", "posenc"]))

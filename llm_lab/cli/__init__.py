@@ -4,6 +4,10 @@ Each subcommand group lives in its own module with a ``register(subparsers)`` fu
 parsers and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
 Add a module to ``_COMMAND_MODULES`` to add a group.
 
+Every command (each parser that sets ``func``) gets the shared ``--threads`` option here, once, and it is
+applied before the command runs (:mod:`llm_lab.cli.threads`). Scripts that are a command under another name
+go through :func:`run_command`, so their ``--help`` shows their own name.
+
 User mistakes (a ``ValueError``, a missing file) end with a one-line ``llm-lab: error: ...`` and exit code 2,
 never a traceback.
 """
@@ -12,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from llm_lab import __version__
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.utils.errors import USER_ERRORS, CLIError, report_user_error
 
-__all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error"]
+__all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error", "run_command"]
 
 # Modules under llm_lab.cli, each with register(subparsers). Order is the order in --help.
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -36,8 +42,30 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class LabParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that keeps its subcommands (``name -> parser``) in ``subcommands``, so the command
+    tree can be walked. Nested groups are ``LabParser`` too (``add_subparsers`` makes parsers of its own class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def add_subparsers(self, **kwargs):  # type: ignore[override]
+        action = super().add_subparsers(**kwargs)
+        self.subcommands = action.choices  # filled as the groups call add_parser
+        return action
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser under ``parser`` that runs something (sets ``func``)."""
+    if parser.get_default("func") is not None:
+        yield parser
+    for child in getattr(parser, "subcommands", {}).values():
+        yield from _commands(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = LabParser(
         prog="llm-lab", description="foundry-llm: train, sample, package and serve small GPT models."
     )
     parser.add_argument("--version", action="version", version=f"llm-lab {__version__}")
@@ -50,7 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a subcommand group not written yet
             raise
         module.register(subparsers)
+    for command in _commands(parser):
+        add_threads_argument(command)
     return parser
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
+    """Apply ``--threads`` and run the command; user errors become one line and exit code 2."""
+    try:
+        apply_threads_option(args.threads)
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        return report_user_error(prog, e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,13 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        return report_user_error("llm-lab", e)
-    except KeyboardInterrupt:
-        print("llm-lab: interrupted", file=sys.stderr)
-        return 130
+    return _run(args, "llm-lab")
+
+
+def run_command(command: Sequence[str], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the ``llm-lab`` command ``command`` (e.g. ``["bench", "attention"]``) as a script of its own.
+
+    Args:
+        command: the subcommand path.
+        argv: the script's arguments (default: ``sys.argv[1:]``).
+        prog: the name in usage and error lines (default: the script's file name, as argparse shows it).
+    """
+    parser: argparse.ArgumentParser = build_parser()
+    for name in command:
+        parser = parser.subcommands[name]  # type: ignore[attr-defined]
+    parser.prog = prog or os.path.basename(sys.argv[0])
+    args = parser.parse_args(argv)
+    return _run(args, parser.prog)
 
 
 if __name__ == "__main__":

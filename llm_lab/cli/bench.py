@@ -1,4 +1,4 @@
-"""``llm-lab bench env|attention|step``: the machine check and the benchmarks (parsing only)."""
+"""``llm-lab bench env|attention|step|threads``: the machine check and the benchmarks (parsing only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 DEFAULT_BENCH_DIR = Path("experiments") / "bench"
-THREADS_HELP = "CPU threads for torch (default: torch's choice); on a busy shared machine 1 avoids oversubscription"
 
 
 def _check_device(device: str | None) -> None:
@@ -16,17 +15,6 @@ def _check_device(device: str | None) -> None:
     from llm_lab.utils.devices import resolve_device
 
     resolve_device(device)
-
-
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads``: torch's intra-op CPU threads (a busy machine runs small models faster on fewer)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env.add_argument("--no-compile", action="store_true", help="skip the torch.compile check (slow on CPUs)")
     env.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peaks")
     env.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
-    env.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     env.set_defaults(func=_run_env)
 
     attention = commands.add_parser(
@@ -53,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attention.add_argument("--batch-size", type=int, default=None, help="default: 4")
     attention.add_argument("--n-head", type=int, default=None, help="default: 6")
     attention.add_argument("--device", default="cpu")
-    attention.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     attention.add_argument("--repeats", type=int, default=None, help="timed trials per case (median reported)")
     attention.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     attention.add_argument("--quick", action="store_true", help="a tiny setting that runs in seconds")
@@ -67,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="override model.* or train.batch_size, e.g. --set model.n_layer=4 (repeatable)")
     step.add_argument("--batch-size", type=int, default=None, help="default: the config's, else 16")
     step.add_argument("--device", default="cpu")
-    step.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     step.add_argument("--precisions", nargs="+", default=None, help="fp32 bf16 (default: both where they work)")
     step.add_argument("--no-compile", action="store_true", help="eager only")
     step.add_argument("--no-baseline", action="store_true", help="skip the plain fp32 eager baseline")
@@ -77,9 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
     step.set_defaults(func=_run_step)
 
+    threads = commands.add_parser(
+        "threads", help="--threads auto vs 1 and 2 threads: training and decoding, idle and next to a busy loop"
+    )
+    threads.add_argument("--quick", action="store_true", help="fewer steps and tokens: a minute or two on 2 cores")
+    threads.add_argument("--repeats", type=int, default=None, help="timed rounds per setting (median reported)")
+    threads.add_argument("--conditions", nargs="+", default=None, choices=("idle", "busy"),
+                         help="default: idle busy (busy starts a spinning background process and stops it)")
+    threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help="output directory")
+    threads.set_defaults(func=_run_threads)
+
 
 def _run_env(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     _check_device(args.device)
     from llm_lab.experiments.env import collect_environment, format_env_report
     from llm_lab.utils.io import atomic_write_json
@@ -96,7 +90,6 @@ def _run_env(args: argparse.Namespace) -> int:
 
 
 def _run_attention(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     _check_device(args.device)
     from llm_lab.experiments.attention_bench import (
         AttentionBenchConfig,
@@ -127,7 +120,6 @@ def _run_attention(args: argparse.Namespace) -> int:
 
 
 def _run_step(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     _check_device(args.device)
     from llm_lab.experiments.step_bench import (
         StepBenchConfig,
@@ -160,4 +152,28 @@ def _run_step(args: argparse.Namespace) -> int:
     paths = write_step_results(result, args.out)
     print(step_summary_table(result), end="")
     print(json.dumps({"wrote": [str(p) for p in paths.values()]}))
+    return 0
+
+
+def _run_threads(args: argparse.Namespace) -> int:
+    import sys
+
+    from llm_lab.experiments.thread_bench import (
+        ThreadBenchConfig,
+        run_thread_benchmark,
+        thread_table,
+        write_thread_results,
+    )
+
+    config = ThreadBenchConfig.quick() if args.quick else ThreadBenchConfig()
+    if args.repeats is not None:
+        config.repeats = args.repeats
+    if args.conditions is not None:
+        config.conditions = tuple(args.conditions)
+    config.validate()
+    rows = run_thread_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    note = f"{'--quick' if args.quick else 'full'} run; per row: the idle cores seen before/after and the load."
+    paths = write_thread_results(rows, args.out, note=note)
+    print(thread_table(rows), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

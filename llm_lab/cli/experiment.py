@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 import llm_lab
-from llm_lab.cli.bench import THREADS_HELP, set_threads
 
-# The shared corpus beside the repository (../shared/data relative to the repo root), when it is there.
+# The checkout, for the default corpus (see default_corpus_path: the user's data/ first, then a shared copy).
 REPO_ROOT = Path(llm_lab.__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "tiny_shakespeare.txt"
+# Where the scripts put runs: the p1 scripts under runs/, the studies and p2 under experiments/.
+DEFAULT_RUN_ROOTS = (Path("runs"), Path("experiments"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "posenc", help="train learned/sinusoidal/rope/alibi/none on one corpus and budget; compare; test at 2x context"
     )
     posenc.add_argument("--data", type=Path, default=None,
-                        help=f"text file or prepared directory (default: {DEFAULT_CORPUS})")
+                        help="text file or prepared directory (default: data/tiny_shakespeare.txt, yours first)")
     posenc.add_argument("--out", type=Path, default=Path("experiments") / "posenc", help="output directory")
     posenc.add_argument("--config", type=Path, default=None,
                         help="run config JSON shared by every encoding (default: a 0.8M-parameter char model)")
@@ -30,33 +30,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     posenc.add_argument("--encodings", nargs="+", default=None,
                         help="subset and order (default: learned sinusoidal rope alibi none)")
     posenc.add_argument("--factor", type=int, default=2, help="evaluate at this multiple of the context (default 2)")
-    posenc.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     posenc.add_argument("--quick", action="store_true", help="tiny model and budget: about a minute in all")
     posenc.set_defaults(func=_run_posenc)
 
     collect = commands.add_parser(
         "collect", help="every run directory under ROOT -> report.md, report.csv and curves.png"
     )
-    collect.add_argument("root", type=Path, nargs="?", default=Path("experiments"),
-                         help="folder holding run directories (default: experiments)")
-    collect.add_argument("--out", type=Path, default=None, help="output directory (default: ROOT/report)")
+    collect.add_argument("roots", type=Path, nargs="*", metavar="ROOT",
+                         help="folders holding run directories (default: runs and experiments, those that exist)")
+    collect.add_argument("--out", type=Path, default=None,
+                         help="output directory (default: ROOT/report for one ROOT, else experiments/report)")
     collect.add_argument("--title", default="Runs", help="report title")
     collect.set_defaults(func=_run_collect)
 
 
 def _run_posenc(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
     from llm_lab.core.model.config import POS_ENCODINGS
     from llm_lab.experiments.posenc import PosEncStudy, load_study_config, run_study, study_table
 
     data = args.data
     if data is None:
-        if not DEFAULT_CORPUS.is_file():
+        from llm_lab.core.data.download import default_corpus_path
+
+        data = default_corpus_path(REPO_ROOT)
+        if not data.is_file():
             raise FileNotFoundError(
-                f"the default corpus {DEFAULT_CORPUS} is not here; pass --data FILE (e.g. after "
+                f"the default corpus {data} is not here; pass --data FILE (e.g. after "
                 "`llm-lab data download tiny_shakespeare`)"
             )
-        data = DEFAULT_CORPUS
     config = load_study_config(args.config, args.overrides, quick=args.quick)
     study = PosEncStudy(
         base=config,
@@ -74,8 +75,13 @@ def _run_posenc(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from llm_lab.experiments.report import write_report
 
-    out = args.out if args.out is not None else args.root / "report"
-    paths = write_report(args.root, out, title=args.title)
+    roots = args.roots or [p for p in DEFAULT_RUN_ROOTS if p.is_dir()]
+    if not roots:
+        raise FileNotFoundError(
+            f"no {' or '.join(map(str, DEFAULT_RUN_ROOTS))} folder here; pass the folder that holds your runs"
+        )
+    out = args.out if args.out is not None else roots[0] / "report" if len(roots) == 1 else Path("experiments/report")
+    paths = write_report(roots, out, title=args.title)
     print(paths["md"].read_text(encoding="utf-8"), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         from llm_lab.serve import create_app
     except ModuleNotFoundError as error:
         raise ValueError(
-            f"serving needs FastAPI and uvicorn ({error.name} is missing): pip install -r requirements-dev.txt"
+            f"serving needs FastAPI and uvicorn ({error.name} is missing): pip install \"foundry-llm[serve]\" "
+            "(from a checkout: pip install -e \".[serve]\")"
         ) from None
     package = Path(args.package)
     if not package.exists():

@@ -73,7 +73,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.package is not None and args.package.exists() and not args.overwrite:
         # Checked before training, so a finished run never ends on a refusal.
         raise CLIError(f"--package {args.package} already exists; choose another path or pass --overwrite")
-    config = resolve_run_config(args.config, args.out, args.overrides, resume=args.resume)
+    # An explicit --threads wins over train.threads in the config (and is recorded in run.json).
+    overrides = [*args.overrides, f"train.threads={args.threads}"] if args.threads is not None else args.overrides
+    config = resolve_run_config(args.config, args.out, overrides, resume=args.resume)
     dist_info = init_distributed(config.train.device)
     clean = False
     try:

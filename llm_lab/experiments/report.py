@@ -1,7 +1,8 @@
 """Collect run directories into one report: a table (markdown + CSV) and one figure comparing the loss curves.
 
 A run directory is any directory holding a ``metrics.csv`` (written by the Trainer); its ``run.json``, when
-present, supplies the configuration columns. Per run: the model shape, precision and batch, the steps and
+present, supplies the configuration columns, and its ``runtime.json`` what the run resolved ``auto`` to (the
+precision and CPU threads that actually ran). Per run: the model shape, precision and batch, the steps and
 tokens reached, the final train loss, the best and final validation loss, and the median tokens/s and MFU of
 its logged rows (the first row, which includes warm-up, is left out when there are others).
 """
@@ -12,13 +13,16 @@ import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llm_lab.core.train.trainer import RUNTIME_FILE
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
+from llm_lab.utils.json_input import load_json_file
 from llm_lab.utils.plotting import plot_runs, read_metric_columns
 
 REPORT_COLUMNS: tuple[str, ...] = (
@@ -26,6 +30,7 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "config",
     "parameters",
     "precision",
+    "threads",
     "batch_size",
     "steps",
     "tokens",
@@ -102,6 +107,11 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         if not isinstance(run_json, dict):
             raise ValueError(f"{run_dir / 'run.json'}: expected a JSON object with 'model' and 'train' sections")
     summary, parameters, precision, batch_size = _config_summary(run_json)
+    runtime: dict[str, Any] = {}
+    if (run_dir / RUNTIME_FILE).is_file():
+        runtime = load_json_file(run_dir / RUNTIME_FILE)
+        if not isinstance(runtime, dict):
+            raise ValueError(f"{run_dir / RUNTIME_FILE}: expected a JSON object with 'precision' and 'threads'")
     val = _finite(columns.get("val_loss", []))
     train = _finite(columns.get("train_loss", []))
     tokens = _finite(columns.get("tokens", []))
@@ -110,7 +120,8 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         "run": name or ".",
         "config": summary,
         "parameters": parameters,
-        "precision": precision,
+        "precision": runtime.get("precision", precision),  # what ran; run.json may only say "auto"
+        "threads": runtime.get("threads"),
         "batch_size": batch_size,
         "steps": int(max(steps)),
         "tokens": int(max(tokens)) if tokens else None,
@@ -122,35 +133,47 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
     }
 
 
-def collect_runs(root: str | Path) -> tuple[list[dict[str, Any]], list[Path], list[Path]]:
-    """Summarise every run under ``root``.
+Roots = str | Path | Sequence[str | Path]
+
+
+def _as_roots(root: Roots) -> list[Path]:
+    return [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+
+
+def collect_runs(root: Roots) -> tuple[list[dict[str, Any]], list[Path], list[Path]]:
+    """Summarise every run under ``root`` (one folder, or several: then each run's name starts with its folder).
 
     Returns:
         ``(rows, run_dirs, skipped)``: one row per run with data, their directories, and runs without rows.
     """
+    roots = _as_roots(root)
     rows, dirs, skipped = [], [], []
-    for run_dir in find_runs(root):
-        row = summarize_run(run_dir, root)
-        if row is None:
-            skipped.append(run_dir)
-        else:
+    for folder in roots:
+        for run_dir in find_runs(folder):
+            row = summarize_run(run_dir, folder)
+            if row is None:
+                skipped.append(run_dir)
+                continue
+            if len(roots) > 1:
+                row["run"] = f"{folder.as_posix()}/{row['run']}"
             rows.append(row)
             dirs.append(run_dir)
     return rows, dirs, skipped
 
 
-def write_report(root: str | Path, out_dir: str | Path, title: str = "Runs") -> dict[str, Path]:
-    """Collect the runs under ``root`` and write ``report.md``, ``report.csv`` and ``curves.png`` to ``out_dir``.
+def write_report(root: Roots, out_dir: str | Path, title: str = "Runs") -> dict[str, Path]:
+    """Collect the runs under ``root`` (a folder or several); write ``report.md``, ``report.csv``, ``curves.png``.
 
     Raises:
         FileNotFoundError: ``root`` is not a directory.
         ValueError: no run under ``root`` has any logged row.
     """
     rows, dirs, skipped = collect_runs(root)
+    where = ", ".join(f"`{r}`" for r in _as_roots(root))
     if not rows:
         raise ValueError(
-            f"no run directories with logged steps under {root} (looked for metrics.csv); train something with "
-            "`llm-lab train` first or pass the folder that holds your runs"
+            f"no run directories with logged steps under {where.replace('`', '')} (looked for metrics.csv); "
+            "train something with `llm-lab train` first or pass the folder that holds your runs"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +189,7 @@ def write_report(root: str | Path, out_dir: str | Path, title: str = "Runs") -> 
     if skipped:
         notes += "Runs without logged rows yet (skipped): " + ", ".join(f"`{p}`" for p in skipped) + "\n"
     table = markdown_table(rows, REPORT_COLUMNS, headers=HEADERS, digits=4)
-    atomic_write_text(paths["md"], f"# {title}\n\nCollected from `{root}`: {len(rows)} run(s).\n{notes}\n{table}")
+    atomic_write_text(paths["md"], f"# {title}\n\nCollected from {where}: {len(rows)} run(s).\n{notes}\n{table}")
     labels: dict[str, Path] = {}
     for row, run_dir in zip(rows, dirs, strict=True):
         labels[row["run"]] = run_dir

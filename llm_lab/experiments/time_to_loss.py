@@ -32,10 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.train.metrics import read_metrics
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.errors import USER_ERRORS, report_user_error
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
+from llm_lab.utils.threads import THREADS_ENV, parse_threads
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -269,7 +271,7 @@ def run_time_to_loss(
     target: float = DEFAULT_TARGET,
     repeats: int = 1,
     overrides: Sequence[str] = (),
-    threads: int | None = None,
+    threads: int | str | None = None,
     progress: bool = True,
 ) -> TimeToLossSummary:
     """Run every config ``repeats`` times, alternating, and summarise.
@@ -281,13 +283,14 @@ def run_time_to_loss(
         target: the validation loss to reach.
         repeats: rounds.
         overrides: ``--set`` strings applied to every run (``--quick`` uses :data:`QUICK_OVERRIDES`).
-        threads: sets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` of every child alike; ``None`` leaves them.
+        threads: every child's ``--threads`` (``LLM_LAB_THREADS``; a number also sets ``OMP_NUM_THREADS`` and
+            ``MKL_NUM_THREADS``); ``None`` leaves the environment as it is.
         progress: print a line per finished run.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads}")
+    if threads is not None:
+        threads = parse_threads(threads)
     data = Path(data)
     if not data.is_file():
         raise FileNotFoundError(f"--data {data} is not a file; give the text corpus (e.g. tiny_shakespeare.txt)")
@@ -296,7 +299,9 @@ def run_time_to_loss(
             raise FileNotFoundError(f"the {label} config {path} does not exist")
     env = dict(os.environ)
     if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        env[THREADS_ENV] = str(threads)
+        if threads != "auto":
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     runs = []
     for repeat in range(repeats):
         for label, path in configs.items():
@@ -359,13 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time whole `llm-lab train` processes of a baseline and a fast config to a target "
         "validation loss, alternating over repeats, and print each run's time and the ratio.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="the text corpus (tiny_shakespeare.txt)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the text corpus (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
     parser.add_argument("--baseline", type=Path, default=Path("configs/shakespeare_char.json"))
     parser.add_argument("--fast", type=Path, default=Path("configs/shakespeare_char_fast.json"))
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="validation loss to reach")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
     parser.add_argument(
-        "--threads", type=int, default=None, help="OMP_NUM_THREADS for every run alike (default: inherited)"
+        "--threads", default=None, metavar="N|auto", help="--threads of every run alike (default: inherited)"
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help="output directory")
     parser.add_argument(
@@ -385,9 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        data = args.data or default_corpus_path(Path(__file__).resolve().parents[2])
         summary = run_time_to_loss(
             {"baseline": args.baseline, "fast": args.fast},
-            args.data,
+            data,
             args.out,
             target=args.target,
             repeats=args.repeats,

@@ -6,9 +6,10 @@ missing or unwritable files alike.
 
 from __future__ import annotations
 
+import os
 import sys
 
-__all__ = ["USER_ERRORS", "CLIError", "report_user_error"]
+__all__ = ["BROKEN_PIPE_EXIT", "USER_ERRORS", "CLIError", "report_user_error"]
 
 
 class CLIError(Exception):
@@ -19,7 +20,31 @@ class CLIError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, ValueError, OSError)
 
 
+#: Exit code of a command whose reader went away (``llm-lab sample ... | head``): 128 + SIGPIPE, as shells report.
+BROKEN_PIPE_EXIT = 141
+
+
 def report_user_error(prog: str, error: BaseException) -> int:
-    """Print ``prog: error: <message>`` to stderr and return exit code 2."""
+    """Print ``prog: error: <message>`` to stderr and return exit code 2.
+
+    A closed output pipe (``| head`` has read enough) is not an error: nothing is printed and the exit code is
+    :data:`BROKEN_PIPE_EXIT`. Standard output is pointed at ``/dev/null`` so the interpreter's last flush at
+    exit stays quiet too.
+    """
+    if isinstance(error, BrokenPipeError):
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured by a test or an embedding program): nothing will flush to the pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

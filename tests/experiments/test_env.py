@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -44,9 +42,19 @@ def test_dtype_probe():
     assert not dtype_works(torch.int64)  # no softmax/backward for integers
 
 
-def test_matmul_peak_is_positive_and_bf16_differs_from_fp32():
-    fp32 = measure_matmul_peak("cpu", torch.float32, size=128, repeats=2, min_time_s=0.01)
-    assert math.isfinite(fp32) and fp32 > 1e8  # any CPU of the last decade does > 0.1 GFLOP/s
+def fake_clock(*readings: float):
+    """A clock that returns ``readings`` in order: the timing arithmetic without timing anything."""
+    it = iter(readings)
+    return lambda: next(it)
+
+
+def test_matmul_peak_is_the_best_trial_in_flops_per_second():
+    """size 4: 2 * 4**3 = 128 FLOPs per product. Trial 1 runs products until 0.25 s have passed: reads 0.0 at the
+    start, 0.1 after one product, 0.3 after two, so 256 FLOPs in 0.3 s; trial 2: one product in 0.25 s, 128 FLOPs.
+    The best trial is the peak."""
+    clock = fake_clock(0.0, 0.1, 0.3, 1.0, 1.25)
+    peak = measure_matmul_peak("cpu", torch.float32, size=4, repeats=2, min_time_s=0.25, clock=clock)
+    assert peak == pytest.approx(256 / 0.3)
     with pytest.raises(ValueError, match="must be positive"):
         measure_matmul_peak("cpu", size=0)
     with pytest.raises(ValueError, match="cannot multiply"):

@@ -41,8 +41,11 @@ def test_time_callable_measures_per_call_time():
         calls.append(1)
         torch.ones(1000).sum()
 
-    seconds = time_callable(fn, warmup=1, repeats=3, min_time_s=0.001)
-    assert 0 < seconds < 0.01
-    assert len(calls) >= 4  # warm-up plus at least one call per trial
+    # Each trial calls until 0.25 s have passed: 3 calls in 0.3 s, 1 call in 0.4 s, 2 calls in 0.3 s,
+    # so 0.1, 0.4 and 0.15 s per call.
+    readings = iter([0.0, 0.1, 0.2, 0.3, 1.0, 1.4, 2.0, 2.1, 2.3])
+    seconds = time_callable(fn, warmup=1, repeats=3, min_time_s=0.25, clock=lambda: next(readings))
+    assert seconds == pytest.approx(0.15)  # the median
+    assert len(calls) == 1 + 3 + 1 + 2  # the warm-up call, then every timed call
     with pytest.raises(ValueError, match="repeats must be positive"):
         time_callable(fn, repeats=0)

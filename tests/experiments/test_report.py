@@ -85,3 +85,27 @@ def test_report_errors(tmp_path):
     (run / "run.json").write_text("[]")
     with pytest.raises(ValueError, match=r"a/run\.json: expected a JSON object"):
         write_report(tmp_path / "runs", tmp_path / "out")
+
+
+def test_report_shows_the_precision_and_threads_that_ran(tmp_path):
+    """run.json says what was asked ("auto"); runtime.json, written by the Trainer, what ran."""
+    root = tmp_path / "runs"
+    run = make_run(root / "a", rows_for(2, 3.0, [10.0, 20.0]), MODEL, {"precision": "auto", "batch_size": 8})
+    (run / "runtime.json").write_text(json.dumps({"device": "cpu", "precision": "bf16", "threads": 1}))
+    make_run(root / "old", rows_for(2, 3.0, [10.0, 20.0]), MODEL, {"precision": "auto"})  # before runtime.json
+    a, old = collect_runs(root)[0]
+    assert (a["precision"], a["threads"]) == ("bf16", 1)
+    assert (old["precision"], old["threads"]) == ("auto", None)
+
+
+def test_collect_defaults_to_the_folders_the_scripts_write(tmp_path, monkeypatch, capsys):
+    from llm_lab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "collect"]) == 2
+    assert "no runs or experiments folder here" in capsys.readouterr().err
+    make_run(tmp_path / "runs" / "hello", rows_for(2, 3.0, [10.0, 20.0]), MODEL)  # scripts/p1_train_char.py
+    make_run(tmp_path / "experiments" / "p2_bpe", rows_for(2, 3.0, [10.0, 20.0]), MODEL)  # scripts/p2_train_bpe.py
+    assert main(["experiment", "collect"]) == 0
+    rows = read_csv(tmp_path / "experiments" / "report" / "report.csv")
+    assert [row["run"] for row in rows] == ["runs/hello", "experiments/p2_bpe"]

@@ -64,6 +64,7 @@ def test_a_missed_target_counts_as_slowest_and_bounds_the_ratio():
     assert summarize([_run("baseline", 100.0, 80.0), _run("fast", 30.0, None)], 1.88).ratio is None
 
 
+@pytest.mark.slow  # two `llm-lab train` subprocesses; the summary arithmetic is tested above without them
 def test_quick_run_end_to_end(tmp_path, small_text, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text(small_text, encoding="utf-8")
@@ -96,7 +97,7 @@ def test_bad_input_is_named(tmp_path):
         run_time_to_loss({"baseline": BASELINE, "fast": tmp_path / "nope.json"}, data, tmp_path)
     with pytest.raises(ValueError, match=r"repeats must be at least 1, got 0"):
         run_time_to_loss({"baseline": BASELINE}, data, tmp_path, repeats=0)
-    with pytest.raises(ValueError, match=r"threads must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"threads must be 'auto' or a positive integer, got 0"):
         run_time_to_loss({"baseline": BASELINE}, data, tmp_path, threads=0)
 
 

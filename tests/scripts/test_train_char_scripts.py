@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from llm_lab.core.data.download import default_corpus_path
+from llm_lab.core.data.download import corpus_candidates, default_corpus_path
 from llm_lab.core.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,15 +34,44 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
-def test_default_corpus_path_prefers_the_shared_copy(tmp_path):
-    root = tmp_path / "checkout"
-    assert default_corpus_path(root) == root / "data" / "tiny_shakespeare.txt"  # not fetched yet: where it goes
+def test_default_corpus_path_puts_the_users_data_first(tmp_path):
+    root, cwd = tmp_path / "checkout", tmp_path / "work"
+    cwd.mkdir()
+    mine = cwd / "data" / "tiny_shakespeare.txt"
+    assert default_corpus_path(root, cwd=cwd) == mine  # nothing anywhere: where `llm-lab data download` puts it
     shared = tmp_path / "shared" / "data" / "tiny_shakespeare.txt"
-    shared.parent.mkdir(parents=True)
-    shared.write_text("x")
-    assert default_corpus_path(root) == shared
+    in_checkout = root / "data" / "tiny_shakespeare.txt"
+    for path in (shared, in_checkout, mine):
+        path.parent.mkdir(parents=True)
+        path.write_text("x")
+    assert corpus_candidates(root, cwd=cwd) == [mine, in_checkout, shared]
+    assert default_corpus_path(root, cwd=cwd) == mine  # the user's own copy wins over the shared one
+    mine.unlink()
+    assert default_corpus_path(root, cwd=cwd) == in_checkout
+    in_checkout.unlink()
+    assert default_corpus_path(root, cwd=cwd) == shared
+    assert corpus_candidates(root, cwd=root) == [in_checkout, shared]  # run from the checkout: one data/ folder
     with pytest.raises(ValueError, match="unknown dataset 'nope'; known: tiny_shakespeare"):
         default_corpus_path(root, "nope")
+
+
+def test_real_recipe_script_reads_the_users_data_first(tmp_path, monkeypatch):
+    script = load_script("p1_train_char_real")
+    mine = tmp_path / "data" / "tiny_shakespeare.txt"
+    mine.parent.mkdir()
+    mine.write_text(TEXT, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(script, "llm_lab_main", lambda argv: commands.append(argv) or 0)
+    assert script.main(["--threads", "1"]) == 0
+    (command,) = commands
+    assert command[:3] == ["train", "--data", str(mine)]
+    assert command[-2:] == ["--threads", "1"]  # passed on to llm-lab train
+
+
+def test_real_recipe_help_names_its_default_corpus():
+    text = load_script("p1_train_char_real").build_parser().format_help()
+    assert "see above" not in text and "data/tiny_shakespeare.txt" in " ".join(text.split())
 
 
 def test_hello_world_trains_and_keeps_the_run(tmp_path, capsys):

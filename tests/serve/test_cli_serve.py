@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,5 @@ def test_cli_rejects_bad_numbers(package_dir: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         cli_main(["serve", str(package_dir), "--port", "70000"])
     assert "a port is at most 65535" in capsys.readouterr().err
-    started = time.monotonic()
-    assert cli_main(["serve", str(package_dir), "--max-tokens-cap", "65"]) == 2
+    assert cli_main(["serve", str(package_dir), "--max-tokens-cap", "65"]) == 2  # refused before serving
     assert "max_tokens_cap must be between 1 and the model's context (64)" in capsys.readouterr().err
-    assert time.monotonic() - started < 30

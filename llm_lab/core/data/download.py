@@ -26,6 +26,7 @@ __all__ = [
     "DownloadError",
     "RemoteFile",
     "download_dataset",
+    "corpus_candidates",
     "default_corpus_path",
     "download_tiny_shakespeare",
     "sha256_file",
@@ -94,22 +95,41 @@ def _copy_checked(src: IO[bytes], target: Path, spec: RemoteFile, origin: str) -
             )
 
 
-def default_corpus_path(root: str | Path, name: str = TINY_SHAKESPEARE.name) -> Path:
-    """Where a script run from the checkout ``root`` finds a known corpus when no ``--data`` is given.
+def corpus_candidates(
+    root: str | Path, name: str = TINY_SHAKESPEARE.name, *, cwd: str | Path | None = None
+) -> list[Path]:
+    """Where a known corpus is looked for, in order: the user's own copies first, then a shared one.
 
-    ``root/../shared/data/FILE`` (the data folder shared beside a checkout) when that file exists, else
-    ``root/data/FILE``, where ``llm-lab data download NAME`` run in ``root`` puts it. The path may not exist;
-    the caller says how to fetch it.
+    1. ``data/FILE`` in the working directory (where ``llm-lab data download NAME`` puts it);
+    2. ``root/data/FILE`` in the checkout ``root`` (the same folder when run from the checkout);
+    3. ``root/../shared/data/FILE``, a data folder shared beside the checkout.
 
     Raises:
         ValueError: an unknown name.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    root = Path(root)
-    filename = DATASETS[name].filename
-    shared = root.parent / "shared" / "data" / filename
-    return shared if shared.is_file() else root / "data" / filename
+    root, filename = Path(root), DATASETS[name].filename
+    here = Path.cwd() if cwd is None else Path(cwd)
+    candidates = [here / "data" / filename, root / "data" / filename, root.parent / "shared" / "data" / filename]
+    unique: list[Path] = []
+    for path in candidates:
+        if all(path.resolve() != seen.resolve() for seen in unique):
+            unique.append(path)
+    return unique
+
+
+def default_corpus_path(
+    root: str | Path, name: str = TINY_SHAKESPEARE.name, *, cwd: str | Path | None = None
+) -> Path:
+    """The corpus every script uses when no ``--data`` is given: the first of :func:`corpus_candidates` that
+    exists, else the user's ``data/FILE`` (which may not exist; the caller says how to fetch it).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    candidates = corpus_candidates(root, name, cwd=cwd)
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def download_dataset(

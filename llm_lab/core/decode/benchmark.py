@@ -330,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads for the run")
+    # The shared --threads option: this main is a command-line edge even though it lives in the library.
+    from llm_lab.cli.threads import add_threads_argument
+
+    add_threads_argument(parser)
     parser.add_argument("--json", help="also write the results to this JSON file")
     return parser
 
@@ -341,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0; bad arguments exit with status 2 and a one-line message before any model is built.
     """
+    from llm_lab.cli.threads import apply_threads_option
+
     parser = build_parser()
     args = parser.parse_args(argv)
 
@@ -356,12 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # dataclasses.replace validates the settings again: a bad value is one line, before any model is built.
         settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        apply_threads_option(args.threads)
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
     results = run_benchmark(settings)
     print(format_report(results))

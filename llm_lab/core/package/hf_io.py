@@ -56,7 +56,7 @@ def _import_transformers() -> Any:
         import transformers
     except ImportError:
         raise PackageError(
-            "Hugging Face interop needs the `transformers` package: pip install -r requirements-dev.txt"
+            'Hugging Face interop needs the `transformers` package: pip install "foundry-llm[hf]"'
         ) from None
     return transformers
 

@@ -35,6 +35,11 @@ class CharTokenizer:
     """
 
     def __init__(self, vocab: Mapping[str, int], unknown: UnknownPolicy = "error") -> None:
+        if isinstance(vocab, str):  # the natural first guess, CharTokenizer(text)
+            raise ValueError(
+                "CharTokenizer(vocab) takes a mapping of characters to ids; to build one from text use "
+                "CharTokenizer.from_text(text)"
+            )
         if unknown not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown must be one of {list(UNKNOWN_POLICIES)}, got {unknown!r}")
         bad = next((ch for ch in vocab if not isinstance(ch, str) or len(ch) != 1), None)

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from llm_lab.utils.threads import parse_threads
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DistributedStrategy = Literal["ddp", "fsdp"]
@@ -59,6 +61,9 @@ class TrainerConfig:
         peak_flops: the hardware's peak FLOP/s for MFU; ``None`` measures a matmul peak once per process.
         distributed: under ``torchrun``: ``ddp`` (replicate the model) or ``fsdp`` (shard it with
             ``torch.distributed.fsdp.fully_shard``).
+        threads: torch's CPU threads for this run: a number, ``auto`` (one per core idle at start-up, see
+            :mod:`llm_lab.utils.threads`), or ``None`` to keep the process setting (which ``llm-lab``'s
+            ``--threads`` made, ``auto`` by default).
     """
 
     json_section: ClassVar[str] = "train"
@@ -86,6 +91,7 @@ class TrainerConfig:
     seed: int = 1337
     peak_flops: float | None = None
     distributed: DistributedStrategy = "ddp"
+    threads: int | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval"):
@@ -127,6 +133,8 @@ class TrainerConfig:
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
+        if self.threads is not None:
+            self.threads = parse_threads(self.threads)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
 

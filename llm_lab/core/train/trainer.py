@@ -57,9 +57,14 @@ from llm_lab.core.train.optim import build_optimizer
 from llm_lab.core.train.schedule import lr_at
 from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
+from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.threads import apply_threads
 
-__all__ = ["EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
+__all__ = ["RUNTIME_FILE", "EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
+
+#: In a run directory: the device, precision and threads the run actually used (see ``Trainer.runtime``).
+RUNTIME_FILE = "runtime.json"
 
 SampleCallback = Callable[[torch.nn.Module, int], str]
 """``callback(model, step) -> text``: called every ``sample_interval`` steps; the text is printed and logged."""
@@ -138,6 +143,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self.dist = current_info()
+        if config.threads is not None:
+            apply_threads(config.threads)
         self.device = select_device(config.device, self.dist.local_rank)
         self.precision = resolve_precision(config.precision, self.device, model)
         self.train_data = train_data
@@ -433,6 +440,11 @@ class Trainer:
                         with open(self.out_dir / "samples.txt", "a", encoding="utf-8") as f:
                             f.write(f"=== step {step} ===\n{text}\n")
 
+    def runtime(self) -> dict[str, Any]:
+        """What this run resolved its ``auto`` settings to: device, precision and CPU threads. Written to
+        ``RUN_DIR/runtime.json`` when training starts, so reports show what ran, not ``auto``."""
+        return {"device": str(self.device), "precision": self.precision, "threads": torch.get_num_threads()}
+
     def _checkpoint(self, name: str) -> None:
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir / name)
@@ -454,6 +466,8 @@ class Trainer:
             if (self.out_dir is not None and is_main)
             else None
         )
+        if metrics is not None:
+            atomic_write_json(self.out_dir / RUNTIME_FILE, self.runtime())
         peak = self._peak_flops()
         self._segment_start = time.perf_counter()
         # progress=None: a bar on a terminal only (tqdm's disable=None); False: never; True: always.

@@ -67,7 +67,7 @@ def test_bad_settings_are_refused_before_any_model_is_built(changes, message):
     [
         (["--repeats", "0"], "repeats must be a positive integer, got 0"),
         (["--batch-sizes", "1,x"], "expected comma-separated integers such as 1,8; got '1,x'"),
-        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+        (["--threads", "0"], "--threads: threads must be 'auto' or a positive integer, got 0"),
     ],
 )
 def test_script_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):

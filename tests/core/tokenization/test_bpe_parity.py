@@ -82,6 +82,7 @@ def test_parity_on_small_text(pattern, trained, small_text, stress_text, tmp_pat
     assert_parity(tok, tmp_path, {"small": small_text, "stress": stress_text}, monkeypatch)
 
 
+@pytest.mark.slow  # 1 MB through three tokenizers; the small-text and stdlib cases above cover the default suite
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_parity_on_tiny_shakespeare(pattern, shakespeare_path, trained, stress_text, tmp_path, monkeypatch):
     if shakespeare_path is None:

@@ -81,3 +81,8 @@ def test_bad_input(tmp_path):
     (directory / "tokenizer_config.json").write_text('{"type": "bpe"}')
     with pytest.raises(ValueError, match=r"tokenizer_config.json: type is 'bpe', expected 'char'"):
         CharTokenizer.load(directory)
+
+
+def test_text_instead_of_a_vocabulary_points_to_from_text():
+    with pytest.raises(ValueError, match=r"to build one from text use CharTokenizer\.from_text\(text\)"):
+        CharTokenizer("hello world")

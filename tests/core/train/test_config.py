@@ -45,3 +45,13 @@ def test_overrides_are_type_checked_and_unknown_keys_listed():
         apply_overrides(sections, ["train.max_step=7"])
     with pytest.raises(ValueError, match=r"max_steps: expected an integer, got 'many'"):
         apply_overrides(sections, ["train.max_steps=many"])
+
+
+def test_threads_is_a_count_auto_or_unset():
+    assert TrainerConfig().threads is None  # keep the process setting (llm-lab's --threads)
+    assert TrainerConfig(threads="auto").threads == "auto" and TrainerConfig(threads=3).threads == 3
+    assert config_from_dict(TrainerConfig, {"threads": "auto"}).threads == "auto"
+    assert config_from_dict(TrainerConfig, {"threads": 2}).threads == 2
+    for bad in (0, -1, "many"):
+        with pytest.raises(ValueError, match=r"threads must be 'auto' or a positive integer"):
+            TrainerConfig(threads=bad)

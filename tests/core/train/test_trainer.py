@@ -190,3 +190,18 @@ def test_no_validation_data_still_writes_a_final_checkpoint(tiny_model, tiny_con
     assert load_checkpoint(tmp_path)["step"] == 3
     with pytest.raises(ValueError, match="no validation data"):
         trainer.evaluate()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_train_threads_are_applied_and_the_runtime_is_recorded(tiny_model, tiny_config, char_data, tmp_path, threads):
+    """``train.threads`` sets torch's threads for the run; runtime.json records what the run resolved ``auto``s to."""
+    import json
+
+    train, val, vocab = char_data
+    config = tiny_config(max_steps=1, eval_interval=1, precision="auto", threads=threads)
+    trainer = Trainer(tiny_model(vocab), config, train, val, out_dir=tmp_path)
+    assert torch.get_num_threads() == threads
+    trainer.train()
+    runtime = json.loads((tmp_path / "runtime.json").read_text())
+    assert runtime == {"device": "cpu", "precision": trainer.precision, "threads": threads}
+    assert trainer.precision in ("fp32", "bf16")  # resolved, never "auto"
