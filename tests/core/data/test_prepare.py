@@ -43,7 +43,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+    """Hidden entries inside ``directory`` (if it exists) and beside it (where a new corpus is staged)."""
+    places = [directory, directory.parent] if directory.is_dir() else [directory.parent]
+    return sorted(p.name for place in places for p in place.iterdir() if p.name.startswith("."))
 
 
 def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
@@ -62,7 +64,9 @@ def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
     assert meta["train_tokens"] == 11 and meta["val_tokens"] == 3 and meta["total_tokens"] == 14
     assert meta["eot_tokens"] == 1 and meta["documents"] == 2
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257
-    assert meta["tokenizer"] == {"type": "bytes-stub", "path": "tokenizer", "vocab_size": 257, "eot_token_id": 256}
+    assert meta["tokenizer"] == {
+        "type": "bytes-stub", "path": "tokenizer", "vocab_size": 257, "eot_token_id": 256, "fingerprint": None
+    }  # a stand-in without decode_bytes has no fingerprint
     assert [s["sha256"] for s in meta["sources"]] == [
         hashlib.sha256(b"hello\n").hexdigest(),
         hashlib.sha256(b"world!\n").hexdigest(),
@@ -127,7 +131,7 @@ def test_empty_corpus_is_an_error_and_leaves_no_corpus(tmp_path):
     out = tmp_path / "o"
     with pytest.raises(ValueError, match="corpus is empty"), pytest.warns(UserWarning, match="a.txt is empty"):
         prepare_corpus(ByteTokenizer(), [a], out, progress=False)
-    assert not (out / "meta.json").exists() and not (out / "train.bin").exists()
+    assert not out.exists()  # a corpus that could not be built leaves nothing, not even its directory
     assert _leftovers(out) == []
 
 
