@@ -260,3 +260,14 @@ def test_warmup_longer_than_the_run_warns(config, corpus, tmp_path):
                       r"learning rate only reaches 6% of train.lr \(0.001\) and never decays"):
         assert _train("--config", config, "--data", corpus, "--out", tmp_path / "r", "--set",
                       "train.warmup_steps=100") == 0
+
+
+def test_the_current_directory_is_never_swapped_out(config, corpus, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert _train("--config", config, "--data", corpus, "--out", ".") == 2
+    assert "--out . is the current directory (or holds it); a run is written beside it and swapped in" in _error(
+        capsys
+    )
+    assert list(here.iterdir()) == [] and _hidden(tmp_path) == []

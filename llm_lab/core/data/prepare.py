@@ -43,7 +43,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llm_lab.core.tokenization.base import tokenizer_fingerprint
-from llm_lab.utils.dirswap import recover_directory, remove_stale_temp_files, staged_directory, unexpected_files
+from llm_lab.utils.dirswap import (
+    holds_working_directory,
+    recover_directory,
+    remove_stale_temp_files,
+    staged_directory,
+    unexpected_files,
+)
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
 
@@ -198,6 +204,11 @@ def check_replaceable_corpus(out_dir: str | Path, overwrite: bool) -> None:
     recover_directory(out_dir)  # a swap a kill interrupted: finish or roll it back first
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory")
+    if holds_working_directory(out_dir):
+        raise ValueError(
+            f"--out {out_dir} is the current directory (or holds it); a corpus is built beside it and swapped in, "
+            "so give a sub-directory or run from elsewhere"
+        )
     if not out_dir.is_dir():
         return
     remove_stale_temp_files(out_dir)

@@ -46,7 +46,13 @@ from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
 from llm_lab.core.train.trainer import SampleCallback, Trainer
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
-from llm_lab.utils.dirswap import recover_directory, remove_stale_temp_files, staged_directory, unexpected_files
+from llm_lab.utils.dirswap import (
+    holds_working_directory,
+    recover_directory,
+    remove_stale_temp_files,
+    staged_directory,
+    unexpected_files,
+)
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
 
@@ -304,7 +310,9 @@ def _recognised_run(out: Path) -> dict[str, Any]:
     return data
 
 
-def check_run_directory(out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_run_directory(
+    out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, clean_up: bool = True
+) -> None:
     """May ``out_dir`` receive this run? Raise if not; change nothing but what killed writers left behind.
 
     A new run needs a missing or empty directory. ``overwrite`` replaces only a run this project wrote and can
@@ -312,8 +320,8 @@ def check_run_directory(out_dir: str | Path, *, resume: bool = False, overwrite:
     writes (``run.json``, the tokenizer files it lists, ``metrics.csv``, ``samples.txt``, ``loss.png``,
     ``checkpoints/*.pt``). Anything else is refused with the first foreign file named, and stays untouched.
 
-    Interrupted replacements of ``out_dir`` are finished or rolled back, and temporary files of killed writes
-    (``.last.pt.PID.XXXX.tmp``) are removed, first.
+    With ``clean_up`` (one process of a group does it), interrupted replacements of ``out_dir`` are finished or
+    rolled back, and temporary files of killed writes (``.last.pt.PID.XXXX.tmp``) are removed, first.
 
     Raises:
         ValueError: contradictory options, ``out_dir`` a file, or a directory that may not be replaced.
@@ -321,13 +329,20 @@ def check_run_directory(out_dir: str | Path, *, resume: bool = False, overwrite:
     out = Path(out_dir)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pick one")
-    recover_directory(out)
+    if clean_up:
+        recover_directory(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
+    if not resume and holds_working_directory(out):
+        raise ValueError(
+            f"--out {out} is the current directory (or holds it); a run is written beside it and swapped in, so "
+            "give a sub-directory or run from elsewhere"
+        )
     if not out.is_dir():
         return
-    remove_stale_temp_files(out)
-    remove_stale_temp_files(out / "checkpoints")
+    if clean_up:
+        remove_stale_temp_files(out)
+        remove_stale_temp_files(out / "checkpoints")
     if resume:
         return  # resolve_run_config and the checkpoint check cover it
     found = unexpected_files(out, ())
@@ -592,10 +607,10 @@ def prepare_run(
     """
     out = Path(out_dir)
     data = Path(data)
-    check_run_directory(out, resume=resume, overwrite=overwrite)
+    dist_info = current_info()
+    check_run_directory(out, resume=resume, overwrite=overwrite, clean_up=dist_info.is_main)
     if resume and init_from is not None:
         raise ValueError("--init-from starts a new run from other weights; it cannot be combined with --resume")
-    dist_info = current_info()
     device = select_device(config.train.device, dist_info.local_rank)
 
     if resume:

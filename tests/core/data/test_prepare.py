@@ -458,3 +458,10 @@ def test_a_killed_overwrite_leaves_a_loadable_corpus(tmp_path):
     assert "old" in outcomes  # (how many kills land after the swap depends on the machine's speed)
     subprocess.run(command, env=env, check=True)  # uninterrupted, it replaces the corpus and clears the leftovers
     assert load_prepared(out)[0][:4].tolist() == [3, 2, 1, 0] and _leftovers(out) == []
+
+
+def test_the_current_directory_is_never_swapped_out(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(ValueError, match=r"--out \.\. is the current directory \(or holds it\); a corpus is built"):
+        prepare_corpus(ByteTokenizer(), [_write(tmp_path / "t.txt", "abc")], "..", progress=False)
