@@ -16,9 +16,15 @@ plus an optional ``"format_version": 1``. The run directory (see the README's "T
 
     RUN_DIR/run.json  tokenizer/  metrics.csv  samples.txt  checkpoints/last.pt  checkpoints/best_val.pt
 
-:func:`prepare_run` checks everything (config, data, tokenizer, out directory, checkpoint) before any file is
-written, so a mistake never damages an earlier run; :meth:`PreparedRun.start` then writes the run directory and
-returns the :class:`~llm_lab.core.train.trainer.Trainer`.
+``run.json`` carries the marker ``"kind": "llm-lab run"``, the data's record (path, split sizes, the content's and
+the tokenizer's fingerprints) and the list of the tokenizer's files; only a directory with that marker and nothing
+but a run's files is ever replaced (:func:`check_run_directory`).
+
+:func:`prepare_run` checks everything (out directory, device, data, tokenizer, split lengths, the checkpoint and
+data of a resumed run, the memory estimate, the model and its precision) before any file is written, so a mistake
+never damages an earlier run; :meth:`PreparedRun.start` then builds the
+:class:`~llm_lab.core.train.trainer.Trainer` and only then writes the run directory (a new run is built beside
+the old one and swapped in).
 """
 
 from __future__ import annotations
