@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -204,6 +205,9 @@ def check_replaceable_corpus(out_dir: str | Path, overwrite: bool) -> None:
     recover_directory(out_dir)  # a swap a kill interrupted: finish or roll it back first
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory")
+    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker))
     if holds_working_directory(out_dir):
         raise ValueError(
             f"--out {out_dir} is the current directory (or holds it); a corpus is built beside it and swapped in, "

@@ -30,6 +30,7 @@ the old one and swapped in).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import random
 import warnings
@@ -339,6 +340,9 @@ def check_run_directory(
         recover_directory(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker))
     if not resume and holds_working_directory(out):
         raise ValueError(
             f"--out {out} is the current directory (or holds it); a run is written beside it and swapped in, so "
