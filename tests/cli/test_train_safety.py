@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,9 @@ TINY = {
     },
     "tokenizer": {"type": "char"},
 }
+TEXT = "\n".join(
+    ["the quick brown fox jumps over the lazy dog.", "to be, or not to be: that is the question."] * 80
+) + "\n"
 DEAD_PID = 99_999_999  # above Linux's largest pid: no process has it, so its leftovers are stale
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without CUDA")
 
@@ -50,17 +54,29 @@ def config(tmp_path) -> Path:
 
 
 @pytest.fixture
-def corpus(tmp_path, small_text) -> Path:
+def corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text(small_text)
+    path.write_text(TEXT)
     return path
 
 
+@pytest.fixture(scope="module")
+def _trained_once(tmp_path_factory) -> Path:
+    """A finished 6-step run, trained once for the module (its files mention only contents, so copies resume)."""
+    base = tmp_path_factory.mktemp("template")
+    (base / "tiny.json").write_text(json.dumps(TINY))
+    (base / "corpus.txt").write_text(TEXT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llm_lab.cli, "_COMMAND_MODULES", ("train",))
+        assert _train("--config", base / "tiny.json", "--data", base / "corpus.txt", "--out", base / "run") == 0
+    return base / "run"
+
+
 @pytest.fixture
-def run(config, corpus, tmp_path, capsys) -> Path:
-    """A finished 6-step run."""
+def run(_trained_once, tmp_path, capsys) -> Path:
+    """A copy of the finished 6-step run."""
     out = tmp_path / "run"
-    assert _train("--config", config, "--data", corpus, "--out", out) == 0
+    shutil.copytree(_trained_once, out)
     capsys.readouterr()
     return out
 
