@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.experiments.gpu_check import DEFAULT_BUDGET_S, GpuCheckSettings, run_gpu_check
 from llm_lab.utils.errors import USER_ERRORS, report_user_error
 
@@ -23,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds all stages may take together (default {DEFAULT_BUDGET_S:.0f})")  # fmt: skip
     parser.add_argument("--data", type=Path, default=None,
                         help="text for the time-to-loss stage (default: quick mode on self-made text)")  # fmt: skip
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     try:
+        apply_threads_option(args.threads)
         settings = GpuCheckSettings(out_dir=args.out, budget_s=args.budget, data=args.data)
     except USER_ERRORS as e:
         return report_user_error(parser.prog, e)

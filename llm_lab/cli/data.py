@@ -27,8 +27,9 @@ def _prepare(args: argparse.Namespace) -> int:
     for path in inputs:
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-    from llm_lab.core.data.prepare import prepare_corpus
+    from llm_lab.core.data.prepare import check_replaceable_corpus, prepare_corpus
 
+    check_replaceable_corpus(args.out, args.overwrite)  # before reading the inputs for a vocabulary
     tokenizer = _load_tokenizer(args.tokenizer, inputs)
     meta = prepare_corpus(
         tokenizer,

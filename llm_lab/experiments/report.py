@@ -10,14 +10,11 @@ its logged rows (the first row, which includes warm-up, is left out when there a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from llm_lab.core.train.trainer import RUNTIME_FILE
 from llm_lab.experiments.tables import markdown_table, write_csv
@@ -68,7 +65,8 @@ def _steady_median(values: list[float | None]) -> float | None:
 
 
 def _config_summary(run_json: dict[str, Any]) -> tuple[str | None, int | None, str | None, int | None]:
-    from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+    from llm_lab.core.model.config import MiniGPTConfig
+    from llm_lab.core.model.memory import count_parameters
     from llm_lab.utils.config_loader import config_from_dict
 
     model = run_json.get("model") or {}
@@ -86,8 +84,7 @@ def _config_summary(run_json: dict[str, Any]) -> tuple[str | None, int | None, s
             f"{fields.get('pos_encoding')}/{fields.get('norm')}/{fields.get('mlp')}"
         )
         if config is not None:
-            with torch.device("meta"):  # shapes only: no memory, no init time
-                parameters = MiniGPT(config).num_parameters()
+            parameters = count_parameters(config)  # from the shapes alone: no memory, no init time
     return summary, parameters, train.get("precision"), train.get("batch_size")
 
 
@@ -100,10 +97,7 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         return None
     run_json: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
-        try:
-            run_json = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{run_dir / 'run.json'}: not valid JSON ({e}); fix or remove it") from None
+        run_json = load_json_file(run_dir / "run.json")  # strict: duplicate keys, NaN, deep nesting refused
         if not isinstance(run_json, dict):
             raise ValueError(f"{run_dir / 'run.json'}: expected a JSON object with 'model' and 'train' sections")
     summary, parameters, precision, batch_size = _config_summary(run_json)

@@ -23,6 +23,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from llm_lab.utils.json_input import load_json_file, loads_strict
+
 T = TypeVar("T")
 
 __all__ = [
@@ -138,10 +140,7 @@ def _read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    return load_json_file(path)  # strict: a duplicate key, NaN or deep nesting is refused, never last-one-wins
 
 
 def load_json_config(path: str | Path, cls: type[T]) -> T:
@@ -163,10 +162,12 @@ def load_json_config(path: str | Path, cls: type[T]) -> T:
 
 def parse_override_value(text: str) -> Any:
     """Parse the value of a ``--set key=value`` override: JSON if it parses (numbers, true, null, lists),
-    otherwise the raw string (so ``model.norm=rmsnorm`` needs no quotes)."""
+    otherwise the raw string (so ``model.norm=rmsnorm`` needs no quotes). Parsed strictly
+    (:func:`~llm_lab.utils.json_input.loads_strict`): what is not strict JSON stays a string, which the field's
+    type check then refuses by name."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return loads_strict(text, what="--set value")
+    except ValueError:
         return text
 
 

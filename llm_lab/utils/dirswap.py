@@ -31,6 +31,7 @@ from pathlib import Path
 from llm_lab.utils.io import _fsync_dir
 
 __all__ = [
+    "holds_working_directory",
     "recover_directory",
     "remove_stale_temp_files",
     "staged_directory",
@@ -210,3 +211,16 @@ def unexpected_files(directory: str | Path, expected: Iterable[str]) -> list[str
             if rel not in allowed:
                 found.append(rel)
     return sorted(found)
+
+
+def holds_working_directory(path: str | Path) -> bool:
+    """Whether ``path`` is the current working directory or one of its ancestors.
+
+    Such a directory cannot be replaced by a swap: the process would go on working in the old, deleted one.
+    """
+    try:
+        target = Path(path).resolve()
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return False
+    return cwd == target or target in cwd.parents

@@ -159,3 +159,22 @@ def test_download_unreachable_mirror_in_a_subprocess(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--from PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepare_overwrite_keeps_foreign_files_and_the_old_corpus(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("some text\n" * 10)
+    out = tmp_path / "o"
+    ok = ["data", "prepare", "--tokenizer", "char", "--input", str(text), "--out", str(out), "--quiet"]
+    assert main(ok) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    assert main([*ok[:5], str(bad), *ok[6:], "--overwrite"]) == 2  # an input that cannot be read
+    assert "bad.txt is not UTF-8 text" in _one_line_error(capsys)
+    (out / "notes.md").write_text("mine")
+    assert main([*ok[:5], str(bad), *ok[6:], "--overwrite"]) == 2  # refused before the inputs are read
+    assert "holds notes.md, which llm-lab did not write; move it out" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before | {"notes.md": b"mine"}
+    assert load_prepared(out)[2]["total_tokens"] == 100

@@ -10,6 +10,7 @@ import pytest
 
 from llm_lab.utils import dirswap
 from llm_lab.utils.dirswap import (
+    holds_working_directory,
     recover_directory,
     remove_stale_temp_files,
     staged_directory,
@@ -171,3 +172,10 @@ def test_unexpected_files_lists_what_the_project_did_not_write(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     (tmp_path / "link").symlink_to(tmp_path / "checkpoints")
     assert unexpected_files(tmp_path, ["config.json", "checkpoints/best_val.pt"]) == ["link", "thesis.tex"]
+
+
+def test_holds_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    assert holds_working_directory(".") and holds_working_directory(tmp_path) and holds_working_directory("..")
+    assert not holds_working_directory("b") and not holds_working_directory(tmp_path / "c")

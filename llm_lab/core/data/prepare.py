@@ -5,8 +5,14 @@ Layout of a prepared directory::
     OUT/
       train.bin     token ids back to back, native byte order, no header (uint16 or uint32, see meta.json)
       val.bin       the same for the validation split
-      meta.json     tokenizer type, vocab size, dtype, token counts, source files with their sha256
+      meta.json     the marker ``"kind": "llm-lab prepared corpus"``, tokenizer type, vocab size and fingerprint,
+                    dtype, token counts, source files with their sha256, and the list of the corpus's files
       tokenizer/    the tokenizer that produced the ids (``load_tokenizer(OUT / "tokenizer")``)
+
+:func:`prepare_corpus` runs in named steps: check the inputs, check that ``OUT`` may receive a corpus (empty, or
+with ``overwrite`` a corpus this project prepared and nothing else), tokenise into a hidden directory beside
+``OUT``, split, save the tokenizer, write ``meta.json``, and only then swap the new directory in. The previous
+corpus stays loadable through any failure or kill.
 
 Each input file is one document. When the tokenizer has an end-of-text token (``eot_token_id`` is not None) it is
 placed between consecutive documents, so the model learns where one text stops and the next begins.
@@ -24,12 +30,11 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,18 +43,32 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from llm_lab.utils.io import atomic_write, atomic_write_json
+from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
+from llm_lab.utils.dirswap import (
+    holds_working_directory,
+    recover_directory,
+    remove_stale_temp_files,
+    staged_directory,
+    unexpected_files,
+)
+from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.json_input import load_json_file
 
 __all__ = [
+    "CORPUS_KIND",
     "META_FORMAT_VERSION",
     "build_char_tokenizer",
+    "check_replaceable_corpus",
+    "corpus_fingerprint",
     "dtype_for_vocab",
     "iter_text_chunks",
+    "load_corpus_tokenizer",
     "load_prepared",
     "prepare_corpus",
 ]
 
 META_FORMAT_VERSION = 1
+CORPUS_KIND = "llm-lab prepared corpus"  # meta.json's marker: only a directory with it may be replaced
 _READ_BYTES = 1 << 20  # bytes read per step: small enough to stream, large enough to keep encode() efficient
 # A safe cut: after "\n" that follows a non-space character, before a letter (see the module docstring).
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\W\d_])")
@@ -129,22 +148,223 @@ def build_char_tokenizer(input_paths: Sequence[str | Path]) -> Any:
 def _saved_tokenizer_type(tokenizer_dir: Path, tokenizer: Any) -> str:
     config = tokenizer_dir / "tokenizer_config.json"
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        kind = json.loads(config.read_text(encoding="utf-8")).get("type")
+        kind = load_json_file(config).get("type")
         if isinstance(kind, str):
             return kind
     return type(tokenizer).__name__
 
 
-def _default_mode(path: Path, directory: bool = False) -> None:
-    """Give a file made by mkstemp/mkdtemp (private: 0600/0700) the permissions a plain open() would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
-
-
 def _copy_ids(src: np.ndarray, f: Any, step: int = 1 << 22) -> None:
     for start in range(0, src.size, step):
         f.write(np.ascontiguousarray(src[start : start + step]).tobytes())
+
+
+# ---------------------------------------------------------------------------------------------------- the steps
+
+
+def _check_inputs(input_paths: Sequence[str | Path], val_fraction: Any) -> list[Path]:
+    """Step 1: the arguments. Every input exists and ``val_fraction`` is a number in [0, 1)."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    paths = [Path(p) for p in input_paths]
+    if not paths:
+        raise ValueError("no input files given")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+    return paths
+
+
+def _corpus_files(out_dir: Path, meta: Any) -> list[str]:
+    """The files a prepared corpus consists of, as its ``meta.json`` lists them (checked to stay inside it)."""
+    listed = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        raise ValueError(
+            f"{out_dir / 'meta.json'} does not list its files (no \"files\" list): it was not written by this "
+            "version of llm-lab, so nothing in it is replaced; remove the directory yourself or choose another --out"
+        )
+    for name in listed:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise ValueError(f"{out_dir / 'meta.json'} lists {name!r}, a path outside the corpus; nothing replaced")
+    return ["meta.json", *listed]
+
+
+def check_replaceable_corpus(out_dir: str | Path, overwrite: bool) -> None:
+    """Step 2: may ``out_dir`` receive a new corpus? Raise if not; change nothing but dead writers' leftovers.
+
+    It may when it does not exist, is empty, or (with ``overwrite``) holds a corpus this project prepared and
+    nothing else: ``meta.json`` with its marker and format version, and exactly the files it lists. Anything
+    else is refused by name, so no file the project did not write is ever deleted.
+
+    Raises:
+        FileExistsError: a corpus is there and ``overwrite`` is False.
+        ValueError: ``out_dir`` is a file, or holds something this project did not write (the first one named).
+    """
+    out_dir = Path(out_dir)
+    recover_directory(out_dir)  # a swap a kill interrupted: finish or roll it back first
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a directory")
+    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker))
+    if holds_working_directory(out_dir):
+        raise ValueError(
+            f"--out {out_dir} is the current directory (or holds it); a corpus is built beside it and swapped in, "
+            "so give a sub-directory or run from elsewhere"
+        )
+    if not out_dir.is_dir():
+        return
+    remove_stale_temp_files(out_dir)
+    meta_path = out_dir / "meta.json"
+    if not meta_path.is_file():
+        found = unexpected_files(out_dir, ())
+        if found:
+            raise ValueError(
+                f"--out {out_dir} is not empty and holds no prepared corpus (found {found[0]}); choose a new or "
+                "empty directory"
+            )
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a prepared corpus (meta.json); pass --overwrite to replace it")
+    meta = load_json_file(meta_path)
+    ours = isinstance(meta, dict) and meta.get("kind") == CORPUS_KIND
+    if not ours or meta.get("format_version") != META_FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path} is not the manifest of a corpus this version of llm-lab prepared (no \"kind\": "
+            f"\"{CORPUS_KIND}\", format_version {META_FORMAT_VERSION}); nothing replaced, remove it yourself or "
+            "choose another --out"
+        )
+    foreign = unexpected_files(out_dir, _corpus_files(out_dir, meta))
+    if foreign:
+        raise ValueError(
+            f"{out_dir} holds {foreign[0]}, which llm-lab did not write; move it out (or choose another --out) "
+            "before --overwrite replaces the corpus"
+        )
+
+
+def _tokenise_inputs(
+    tokenizer: Any, paths: list[Path], stream_path: Path, dtype: np.dtype, read_bytes: int, progress: bool
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Step 3: stream every input through the tokenizer into ``stream_path`` (ids back to back).
+
+    Returns:
+        ``(sources, total_tokens, eot_tokens)``; ``sources`` holds each file's path, bytes, sha256 and tokens.
+    """
+    vocab_size = int(tokenizer.vocab_size)
+    eot = tokenizer.eot_token_id
+    sources: list[dict[str, Any]] = []
+    total = 0
+    eot_count = 0
+    bar = tqdm(
+        total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="tokenising", disable=not progress
+    )
+    with open(stream_path, "wb") as f, bar:
+        for path in paths:
+            digest = hashlib.sha256()
+            n_bytes = 0
+            n_tokens = 0
+            for text, raw in iter_text_chunks(path, read_bytes):
+                digest.update(raw)
+                n_bytes += len(raw)
+                bar.update(len(raw))
+                if not text:
+                    continue
+                if n_tokens == 0 and total > 0 and eot is not None:
+                    f.write(np.array([eot], dtype=dtype).tobytes())  # a document boundary
+                    total += 1
+                    eot_count += 1
+                ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+                if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+                    raise ValueError(
+                        f"the tokenizer produced id {int(ids.max())} outside its vocabulary of {vocab_size}"
+                    )
+                f.write(ids.astype(dtype).tobytes())
+                n_tokens += int(ids.size)
+                total += int(ids.size)
+            if n_tokens == 0:
+                warnings.warn(f"{path} is empty; skipped", stacklevel=3)
+            sources.append({"path": str(path), "bytes": n_bytes, "sha256": digest.hexdigest(), "tokens": n_tokens})
+        f.flush()
+        os.fsync(f.fileno())
+    if total == 0:
+        raise ValueError("the corpus is empty: the input files hold no text")
+    return sources, total, eot_count
+
+
+def _split_stream(
+    staged: Path, total: int, val_fraction: float, dtype: np.dtype, context_length: int | None
+) -> tuple[int, int]:
+    """Step 4: ``staged/train.bin`` holds the whole stream; move its last ``val_fraction`` into ``val.bin``.
+
+    Returns:
+        ``(train_tokens, val_tokens)``.
+    """
+    n_val = int(total * val_fraction)
+    n_train = total - n_val
+    if n_val == 0 and val_fraction > 0:  # val_fraction=0 asks for no validation split: no warning then
+        warnings.warn(
+            f"the validation split is empty ({total} tokens x val_fraction {val_fraction} rounds down to 0); "
+            "raise val_fraction or add text",
+            stacklevel=3,
+        )
+    elif context_length is not None and n_val < context_length + 1:
+        warnings.warn(
+            f"the validation split has {n_val} tokens, fewer than context_length + 1 = {context_length + 1}: "
+            "it holds no full window; raise val_fraction or add text",
+            stacklevel=3,
+        )
+    # val.bin = the tail of the stream; train.bin = the stream truncated to its head (no second full copy).
+    stream_path = staged / "train.bin"
+    stream = np.memmap(stream_path, dtype=dtype, mode="r") if total else np.empty(0, dtype=dtype)
+    with open(staged / "val.bin", "wb") as f:
+        _copy_ids(stream[n_train:], f)
+        f.flush()
+        os.fsync(f.fileno())
+    del stream
+    with open(stream_path, "r+b") as f:
+        f.truncate(n_train * dtype.itemsize)
+        os.fsync(f.fileno())
+    return n_train, n_val
+
+
+def _corpus_meta(
+    staged: Path,
+    tokenizer: Any,
+    sources: list[dict[str, Any]],
+    counts: tuple[int, int],
+    val_fraction: float,
+    eot_count: int,
+    dtype: np.dtype,
+) -> dict[str, Any]:
+    """Step 6: the manifest: marker and version, tokenizer (with its fingerprint), counts, sources, files."""
+    n_train, n_val = counts
+    vocab_size = int(tokenizer.vocab_size)
+    files = sorted(
+        p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file() and p.name != "meta.json"
+    )
+    return {
+        "kind": CORPUS_KIND,
+        "format_version": META_FORMAT_VERSION,
+        "tokenizer": {
+            "type": _saved_tokenizer_type(staged / "tokenizer", tokenizer),
+            "path": "tokenizer",
+            "vocab_size": vocab_size,
+            "eot_token_id": tokenizer.eot_token_id,
+            "fingerprint": tokenizer_fingerprint(tokenizer),
+        },
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "total_tokens": n_train + n_val,
+        "val_fraction": val_fraction,
+        "val_split": "last val_fraction of the token stream",
+        "documents": sum(1 for s in sources if s["tokens"]),
+        "eot_tokens": eot_count,
+        "sources": sources,
+        "files": files,
+    }
 
 
 def prepare_corpus(
@@ -160,6 +380,10 @@ def prepare_corpus(
 ) -> dict[str, Any]:
     """Tokenise text files into ``train.bin``/``val.bin``, write ``meta.json`` and save the tokenizer.
 
+    The new corpus is built in a hidden directory beside ``out_dir`` and swapped in only when complete
+    (:func:`llm_lab.utils.dirswap.staged_directory`): a failure or a kill at any moment leaves the previous
+    corpus as it was (or, after a kill during the swap itself, the next command finishes it).
+
     Args:
         tokenizer: any project tokenizer (``encode``, ``vocab_size``, ``eot_token_id``, ``save``).
         input_paths: UTF-8 text files, one document each, in this order.
@@ -174,133 +398,60 @@ def prepare_corpus(
         The metadata written to ``meta.json``.
 
     Raises:
-        ValueError: empty corpus, bad ``val_fraction``, non-UTF-8 input, ids that do not fit the vocabulary.
+        ValueError: empty corpus, bad ``val_fraction``, non-UTF-8 input, ids that do not fit the vocabulary, an
+            ``out_dir`` holding files this project did not write.
         FileNotFoundError: a missing input file.
         FileExistsError: ``out_dir`` already holds a prepared corpus and ``overwrite`` is False.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    paths = [Path(p) for p in input_paths]
-    if not paths:
-        raise ValueError("no input files given")
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
+    paths = _check_inputs(input_paths, val_fraction)
     out_dir = Path(out_dir)
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a prepared corpus (meta.json); pass --overwrite to replace it")
-    vocab_size = int(tokenizer.vocab_size)
-    dtype = dtype_for_vocab(vocab_size)
-    eot = tokenizer.eot_token_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Remove the old meta.json first: a directory with meta.json is always a complete, consistent corpus.
-    meta_path.unlink(missing_ok=True)
+    check_replaceable_corpus(out_dir, overwrite)
+    dtype = dtype_for_vocab(int(tokenizer.vocab_size))
+    with staged_directory(out_dir) as staged:
+        stream = staged / "train.bin"
+        sources, total, eot_count = _tokenise_inputs(tokenizer, paths, stream, dtype, read_bytes, progress)
+        counts = _split_stream(staged, total, val_fraction, dtype, context_length)
+        tokenizer.save(staged / "tokenizer")  # step 5
+        meta = _corpus_meta(staged, tokenizer, sources, counts, val_fraction, eot_count, dtype)
+        atomic_write_json(staged / "meta.json", meta)
+        check_replaceable_corpus(out_dir, overwrite)  # still ours: nothing foreign appeared while we worked
+    return meta
 
-    fd, tmp_name = tempfile.mkstemp(prefix=".tokens.", suffix=".tmp", dir=out_dir)
-    tmp_path = Path(tmp_name)
-    try:
-        sources: list[dict[str, Any]] = []
-        total = 0
-        eot_count = 0
-        bar = tqdm(
-            total=sum(p.stat().st_size for p in paths),
-            unit="B",
-            unit_scale=True,
-            desc="tokenising",
-            disable=not progress,
+
+def corpus_fingerprint(meta: dict[str, Any]) -> str:
+    """A sha256 naming a prepared corpus's content: its sources' hashes, split and tokenizer (not its paths).
+
+    Two directories prepared from the same files with the same tokenizer and split have the same fingerprint.
+    """
+    tokenizer = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+    content = {
+        "sources": [[s.get("sha256"), s.get("bytes")] for s in meta.get("sources", []) if isinstance(s, dict)],
+        "train_tokens": meta.get("train_tokens"),
+        "val_tokens": meta.get("val_tokens"),
+        "dtype": meta.get("dtype"),
+        "tokenizer": tokenizer.get("fingerprint"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def load_corpus_tokenizer(directory: str | Path, meta: dict[str, Any]) -> Any:
+    """The tokenizer of a prepared corpus, checked against the fingerprint ``meta.json`` recorded.
+
+    Raises:
+        ValueError: the saved tokenizer maps ids to other text than the one that prepared the ids (edited or
+            replaced after preparation).
+    """
+    from llm_lab.core.tokenization import load_tokenizer
+
+    directory = Path(directory)
+    tokenizer = load_tokenizer(directory / "tokenizer")
+    recorded = meta.get("tokenizer", {}).get("fingerprint") if isinstance(meta.get("tokenizer"), dict) else None
+    if recorded is not None and tokenizer_fingerprint(tokenizer) != recorded:
+        raise ValueError(
+            f"{directory / 'tokenizer'} is not the tokenizer that prepared {directory} (its ids map to other text "
+            "than meta.json records); prepare the corpus again"
         )
-        with os.fdopen(fd, "wb") as f, bar:
-            for path in paths:
-                digest = hashlib.sha256()
-                n_bytes = 0
-                n_tokens = 0
-                for text, raw in iter_text_chunks(path, read_bytes):
-                    digest.update(raw)
-                    n_bytes += len(raw)
-                    bar.update(len(raw))
-                    if not text:
-                        continue
-                    if n_tokens == 0 and total > 0 and eot is not None:
-                        f.write(np.array([eot], dtype=dtype).tobytes())  # a document boundary
-                        total += 1
-                        eot_count += 1
-                    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-                    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-                        raise ValueError(
-                            f"the tokenizer produced id {int(ids.max())} outside its vocabulary of {vocab_size}"
-                        )
-                    f.write(ids.astype(dtype).tobytes())
-                    n_tokens += int(ids.size)
-                    total += int(ids.size)
-                if n_tokens == 0:
-                    warnings.warn(f"{path} is empty; skipped", stacklevel=2)
-                sources.append({"path": str(path), "bytes": n_bytes, "sha256": digest.hexdigest(), "tokens": n_tokens})
-            f.flush()
-            os.fsync(f.fileno())
-        if total == 0:
-            raise ValueError("the corpus is empty: the input files hold no text")
-
-        n_val = int(total * val_fraction)
-        n_train = total - n_val
-        if n_val == 0 and val_fraction > 0:  # val_fraction=0 asks for no validation split: no warning then
-            warnings.warn(
-                f"the validation split is empty ({total} tokens x val_fraction {val_fraction} rounds down to 0); "
-                "raise val_fraction or add text",
-                stacklevel=2,
-            )
-        elif context_length is not None and n_val < context_length + 1:
-            warnings.warn(
-                f"the validation split has {n_val} tokens, fewer than context_length + 1 = {context_length + 1}: "
-                "it holds no full window; raise val_fraction or add text",
-                stacklevel=2,
-            )
-
-        # val.bin = the tail of the stream; train.bin = the stream truncated to its head (no second full copy).
-        stream = np.memmap(tmp_path, dtype=dtype, mode="r")
-        with atomic_write(out_dir / "val.bin", "wb") as f:
-            _copy_ids(stream[n_train:], f)
-        del stream
-        with open(tmp_path, "r+b") as f:
-            f.truncate(n_train * dtype.itemsize)
-            os.fsync(f.fileno())
-        _default_mode(tmp_path)
-        os.replace(tmp_path, out_dir / "train.bin")
-
-        tokenizer_dir = out_dir / "tokenizer"
-        staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out_dir))
-        try:
-            tokenizer.save(staging)
-            _default_mode(staging, directory=True)
-            if tokenizer_dir.exists():
-                shutil.rmtree(tokenizer_dir)
-            os.replace(staging, tokenizer_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-        meta: dict[str, Any] = {
-            "format_version": META_FORMAT_VERSION,
-            "tokenizer": {
-                "type": _saved_tokenizer_type(tokenizer_dir, tokenizer),
-                "path": "tokenizer",
-                "vocab_size": vocab_size,
-                "eot_token_id": eot,
-            },
-            "vocab_size": vocab_size,
-            "dtype": dtype.name,
-            "train_tokens": n_train,
-            "val_tokens": n_val,
-            "total_tokens": total,
-            "val_fraction": val_fraction,
-            "val_split": "last val_fraction of the token stream",
-            "documents": sum(1 for s in sources if s["tokens"]),
-            "eot_tokens": eot_count,
-            "sources": sources,
-        }
-        atomic_write_json(meta_path, meta)
-        return meta
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    return tokenizer
 
 
 def load_prepared(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -311,15 +462,13 @@ def load_prepared(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[s
         ValueError: ``meta.json`` is from another format version, or a ``.bin`` does not match its counts.
     """
     directory = Path(directory)
+    recover_directory(directory)  # a replacement a kill interrupted is finished (or rolled back) first
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
             f"{directory} is not a prepared corpus (no meta.json); create one with `llm-lab data prepare`"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path} is not valid JSON: {e}") from None
+    meta = load_json_file(meta_path)
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}; prepare the corpus again")
     version = meta.get("format_version")

@@ -25,6 +25,7 @@ from llm_lab.core.model.attention import build_attention_mask
 from llm_lab.core.model.block import Block
 from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.kv_cache import KVCache
+from llm_lab.core.model.memory import check_memory, estimate_memory
 from llm_lab.core.model.norms import LayerNorm, RMSNorm, build_norm
 from llm_lab.core.model.positional import LearnedPositions, build_positional_encoding
 from llm_lab.core.model.trace import ForwardTrace
@@ -100,12 +101,19 @@ class MiniGPT(nn.Module):
 
     Args:
         config: the architecture; kept as ``model.config``.
+
+    Raises:
+        ValueError: the weights alone would not fit in the memory of the default device (see
+            :mod:`llm_lab.core.model.memory`).
     """
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
         if not isinstance(config, MiniGPTConfig):
             raise ValueError(f"MiniGPT needs a MiniGPTConfig, got {type(config).__name__}")
+        # Refuse a model that cannot fit before allocating any of it (shapes on the meta device cost nothing).
+        if torch.get_default_device().type != "meta":
+            check_memory(estimate_memory(config), torch.get_default_device())
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.positions = build_positional_encoding(config)

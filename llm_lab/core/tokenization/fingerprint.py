@@ -1,8 +1,9 @@
-"""A tokenizer's fingerprint: a hash of what it means (which text each id stands for), not of its files.
+"""A tokenizer's fingerprint: a hash of what it means (which text each id stands for, how text is split), not
+of its files.
 
 Two tokenizers with the same fingerprint encode and decode every text the same way, whatever their files look
-like; swapping two ids in ``vocab.json`` changes it. A package manifest records it, so a tokenizer edited or
-permuted after the model was trained is refused instead of silently producing garbage.
+like; swapping two ids in ``vocab.json`` changes it. A prepared corpus (``meta.json``), a run (``run.json``) and a
+package manifest record it, so token ids are never read with a tokenizer other than the one that made them.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ def _update(digest: Any, *parts: bytes) -> None:
         digest.update(part)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """``"sha256:<hex>"`` over the tokenizer's kind, every id's bytes, its merges, pattern and special tokens."""
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """A sha256 (hex) over the tokenizer's kind, the bytes of every id in order, the end-of-text id, and what
+    decides how text is split into ids: BPE merges and pattern, a character tokenizer's unknown-character policy,
+    the special tokens.
+
+    ``None`` for an object without ``decode_bytes`` (a stand-in tokenizer): nothing can be checked then.
+    """
+    decode_bytes = getattr(tokenizer, "decode_bytes", None)
+    if decode_bytes is None:
+        return None
     digest = hashlib.sha256()
-    _update(digest, type(tokenizer).__name__.encode())
-    if hasattr(tokenizer, "merges"):  # byte-level BPE: id -> bytes, merge order, pre-tokenisation pattern
-        for i in range(tokenizer.vocab_size):
-            _update(digest, tokenizer.token_bytes(i))
-        for left, right in tokenizer.merges:
-            _update(digest, left, right)
-        _update(digest, str(getattr(tokenizer, "pattern", "")).encode())
-    else:  # characters: the vocabulary and the unknown-character policy
-        for ch, i in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1]):
-            _update(digest, str(i).encode(), ch.encode("utf-8", "surrogatepass"))
-        _update(digest, repr(getattr(tokenizer, "unk_token_id", None)).encode())
+    _update(digest, type(tokenizer).__name__.encode(), f"{tokenizer.vocab_size} {tokenizer.eot_token_id}".encode())
+    for i in range(tokenizer.vocab_size):
+        _update(digest, decode_bytes([i]))
+    for left, right in getattr(tokenizer, "merges", ()):
+        _update(digest, bytes(left), bytes(right))
+    _update(digest, str(getattr(tokenizer, "pattern", "")).encode())
+    _update(digest, repr(getattr(tokenizer, "unk_token_id", None)).encode())
     specials = dict(getattr(tokenizer, "special_tokens", {}) or {})
     _update(digest, json.dumps(sorted(specials.items())).encode())
-    return "sha256:" + digest.hexdigest()
+    return digest.hexdigest()

@@ -16,17 +16,24 @@ plus an optional ``"format_version": 1``. The run directory (see the README's "T
 
     RUN_DIR/run.json  tokenizer/  metrics.csv  samples.txt  checkpoints/last.pt  checkpoints/best_val.pt
 
-:func:`prepare_run` checks everything (config, data, tokenizer, out directory, checkpoint) before any file is
-written, so a mistake never damages an earlier run; :meth:`PreparedRun.start` then writes the run directory and
-returns the :class:`~llm_lab.core.train.trainer.Trainer`.
+``run.json`` carries the marker ``"kind": "llm-lab run"``, the data's record (path, split sizes, the content's and
+the tokenizer's fingerprints) and the list of the tokenizer's files; only a directory with that marker and nothing
+but a run's files is ever replaced (:func:`check_run_directory`).
+
+:func:`prepare_run` checks everything (out directory, device, data, tokenizer, split lengths, the checkpoint and
+data of a resumed run, the memory estimate, the model and its precision) before any file is written, so a mistake
+never damages an earlier run; :meth:`PreparedRun.start` then builds the
+:class:`~llm_lab.core.train.trainer.Trainer` and only then writes the run directory (a new run is built beside
+the old one and swapped in).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
+import hashlib
 import random
-import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -35,23 +42,37 @@ import numpy as np
 import torch
 
 from llm_lab.core.data import LanguageModelingDataset
-from llm_lab.core.data.prepare import load_prepared
+from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
+from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import CheckpointError, load_resume_checkpoint, run_checkpoint_path
 from llm_lab.core.train.config import TrainerConfig
+from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
-from llm_lab.core.train.trainer import SampleCallback, Trainer
+from llm_lab.core.train.trainer import RUNTIME_FILE, SampleCallback, Trainer
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
+from llm_lab.utils.dirswap import (
+    holds_working_directory,
+    recover_directory,
+    remove_stale_temp_files,
+    staged_directory,
+    unexpected_files,
+)
 from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.json_input import load_json_file
 
 __all__ = [
     "RUN_FORMAT_VERSION",
+    "RUN_KIND",
     "DataConfig",
     "InitSource",
     "PreparedRun",
     "RunConfig",
     "TokenizerSpec",
+    "check_run_directory",
+    "check_training_memory",
     "load_run_config",
     "prepare_run",
     "resolve_run_config",
@@ -59,8 +80,13 @@ __all__ = [
 ]
 
 RUN_FORMAT_VERSION = 1
+RUN_KIND = "llm-lab run"  # run.json's marker: only a directory whose run.json carries it may be replaced
 # Keys of run.json that describe where a run came from; they are recorded, not configured.
-_RECORD_KEYS = ("format_version", "description", "data_source", "init_from")
+_RECORD_KEYS = ("kind", "format_version", "description", "data_source", "init_from", "files")
+_TOKENIZER_DIR = "tokenizer"
+# Files a run writes besides run.json, its tokenizer (listed in run.json's "files") and checkpoints/*.pt:
+# the metrics and samples of the Trainer, and the default figure of `llm-lab plot`.
+_RUN_FILES = frozenset({"run.json", RUNTIME_FILE, "metrics.csv", "samples.txt", "loss.png"})
 
 
 @dataclass
@@ -158,11 +184,7 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(load_json_file(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": RUN_FORMAT_VERSION} | {
@@ -247,9 +269,11 @@ class InitSource:
     path: str
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path) -> tuple[str, str]:
+    """The text of a UTF-8 file and the sha256 of its bytes (the corpus's fingerprint)."""
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); convert it or prepare it first") from None
 
@@ -262,19 +286,232 @@ def _build_tokenizer(spec: TokenizerSpec, text: str) -> Any:
     return SubwordTokenizer.train(text, spec.vocab_size)
 
 
-def _same_tokenizer(a: Any, b: Any) -> bool:
-    """Whether two tokenizers map every id to the same bytes (so prepared ids mean the same text)."""
-    if a.vocab_size != b.vocab_size:
-        return False
-    return all(a.decode_bytes([i]) == b.decode_bytes([i]) for i in range(a.vocab_size))
-
-
 def _check_split(name: str, n_tokens: int, context_length: int, hint: str) -> None:
     if n_tokens < context_length + 1:
         raise ValueError(
             f"the {name} split has {n_tokens} tokens, fewer than one window of context_length + 1 = "
             f"{context_length + 1}; {hint}"
         )
+
+
+# ------------------------------------------------------------------------------------------ the run directory
+
+
+def _is_run_file(name: str, listed: set[str]) -> bool:
+    """Whether ``name`` (relative POSIX path) is a file the project writes into a run directory."""
+    if name in _RUN_FILES or name in listed:
+        return True
+    folder, _, file = name.partition("/")
+    return folder == "checkpoints" and "/" not in file and file.endswith(".pt") and not file.startswith(".")
+
+
+def _recognised_run(out: Path) -> dict[str, Any]:
+    """``run.json`` of ``out`` when this project wrote it (marker and format version), else ``ValueError``."""
+    run_json = out / "run.json"
+    data = load_json_file(run_json)
+    if not isinstance(data, dict) or data.get("kind") != RUN_KIND or data.get("format_version") != RUN_FORMAT_VERSION:
+        raise ValueError(
+            f"{run_json} was not written by this version of llm-lab (no \"kind\": \"{RUN_KIND}\" with "
+            f"format_version {RUN_FORMAT_VERSION}), so --overwrite will not replace {out}; nothing was changed"
+        )
+    return data
+
+
+def check_run_directory(
+    out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, clean_up: bool = True
+) -> None:
+    """May ``out_dir`` receive this run? Raise if not; change nothing but what killed writers left behind.
+
+    A new run needs a missing or empty directory. ``overwrite`` replaces only a run this project wrote and can
+    recognise: ``run.json`` with ``"kind": "llm-lab run"`` and this format version, and nothing but the files a run
+    writes (``run.json``, the tokenizer files it lists, ``metrics.csv``, ``samples.txt``, ``loss.png``,
+    ``checkpoints/*.pt``). Anything else is refused with the first foreign file named, and stays untouched.
+
+    With ``clean_up`` (one process of a group does it), interrupted replacements of ``out_dir`` are finished or
+    rolled back, and temporary files of killed writes (``.last.pt.PID.XXXX.tmp``) are removed, first.
+
+    Raises:
+        ValueError: contradictory options, ``out_dir`` a file, or a directory that may not be replaced.
+    """
+    out = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pick one")
+    if clean_up:
+        recover_directory(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker))
+    if not resume and holds_working_directory(out):
+        raise ValueError(
+            f"--out {out} is the current directory (or holds it); a run is written beside it and swapped in, so "
+            "give a sub-directory or run from elsewhere"
+        )
+    if not out.is_dir():
+        return
+    if clean_up:
+        remove_stale_temp_files(out)
+        remove_stale_temp_files(out / "checkpoints")
+    if resume:
+        return  # resolve_run_config and the checkpoint check cover it
+    found = unexpected_files(out, ())
+    if not found:
+        return
+    if not (out / "run.json").is_file():
+        raise ValueError(
+            f"--out {out} is not empty and holds no llm-lab run (found {found[0]}); choose a new or empty directory"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"--out {out} already holds a run (run.json); pass --resume to continue it or --overwrite to replace it"
+        )
+    listed = _recognised_run(out).get("files")
+    listed = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
+    foreign = [name for name in found if not _is_run_file(name, listed)]
+    if foreign:
+        raise ValueError(
+            f"--out {out} holds {foreign[0]}, which llm-lab did not write; move it out (or choose another --out) "
+            "before --overwrite replaces the run"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- run preparation
+
+
+@dataclass
+class _Corpus:
+    """Token ids of both splits, the tokenizer they belong to, and where they came from (``data_source``)."""
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    tokenizer: Any
+    source: dict[str, Any]
+    hint: str  # what to change when a split is too short
+
+
+def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> _Corpus:
+    """Step: token ids from a prepared directory (its own tokenizer) or a text file (tokenised here).
+
+    ``tokenizer`` is the one the run must use (resume, fine-tuning) or ``None`` (a new run decides it).
+    """
+    T = config.model.context_length
+    if data.is_dir():
+        train_ids, val_ids, meta = load_prepared(data)
+        data_tokenizer = load_corpus_tokenizer(data, meta)
+        if tokenizer is None:
+            tokenizer = data_tokenizer
+        elif tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(data_tokenizer):
+            raise ValueError(
+                f"{data} was prepared with another tokenizer than {origin} (its ids mean other text); prepare it "
+                "with that tokenizer (llm-lab data prepare --tokenizer DIR) or pass a text file"
+            )
+        source = {"path": str(data), "format": "prepared", "fingerprint": corpus_fingerprint(meta)}
+        hint = f"prepare {data} from more text or lower model.context_length ({T})"
+    elif data.is_file():
+        text, digest = _read_text(data)
+        if not text:
+            raise ValueError(f"{data} is empty; give a text file with at least context_length + 1 = {T + 1} tokens")
+        n_val_chars = int(len(text) * config.data.val_fraction)
+        if tokenizer is None:
+            # Only the training part trains a tokenizer; char vocabularies must also cover validation.
+            train_text = text if config.tokenizer.type == "char" else text[: len(text) - n_val_chars]
+            tokenizer = _build_tokenizer(config.tokenizer, train_text)
+        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        n_val = int(len(ids) * config.data.val_fraction)
+        train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        source = {"path": str(data), "format": "text", "val_fraction": config.data.val_fraction, "fingerprint": digest}
+        hint = (
+            f"use a longer corpus, lower model.context_length ({T}) or raise data.val_fraction "
+            f"({config.data.val_fraction})"
+        )
+    else:
+        raise FileNotFoundError(f"--data {data} does not exist (give a text file or a prepared directory)")
+    source |= {
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+    return _Corpus(train_ids, val_ids, tokenizer, source, hint)
+
+
+def _saved_data_source(out: Path) -> dict[str, Any]:
+    try:
+        saved = load_json_file(out / "run.json").get("data_source")
+    except (ValueError, AttributeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _check_resume(
+    out: Path, data: Path, config: RunConfig, source: dict[str, Any], dist_info: DistributedInfo
+) -> dict[str, Any]:
+    """Step: the checkpoint to resume, read and checked against this invocation (nothing is written yet).
+
+    The data must be the run's own (same format, split sizes, content fingerprint and tokenizer), the model the
+    checkpoint's, ``train.max_steps`` not below the checkpoint's step, the process count the same.
+    """
+    last = run_checkpoint_path(out, "last")
+    checkpoint = load_resume_checkpoint(out)  # also repairs best_val.pt after a kill at the final evaluation
+    saved = _saved_data_source(out)
+    for key in ("format", "train_tokens", "val_tokens"):
+        if key in saved and saved[key] != source[key]:
+            raise ValueError(
+                f"cannot resume: --data {data} gives {key}={source[key]!r} but the run was trained on "
+                f"{saved.get('path')} with {key}={saved[key]!r}; pass the same data"
+            )
+    for key, what in (("fingerprint", "content"), ("tokenizer_fingerprint", "tokenizer")):
+        if saved.get(key) is not None and source[key] is not None and saved[key] != source[key]:
+            raise ValueError(
+                f"cannot resume: --data {data} has the same length as the run's data ({saved.get('path')}) but "
+                f"another {what} (fingerprint {source[key][:12]} vs {saved[key][:12]}); pass the same data"
+            )
+    model_config = config_to_dict(config.model)
+    if checkpoint["model_config"] != model_config:
+        diff = _differences(checkpoint["model_config"], model_config)
+        raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / 'run.json'}")
+    if int(checkpoint["rng"]["world_size"]) != dist_info.world_size:
+        raise CheckpointError(
+            f"{last} was written by {checkpoint['rng']['world_size']} process(es); resume with the same number"
+        )
+    if config.train.max_steps < int(checkpoint["step"]):
+        raise ValueError(
+            f"cannot resume: train.max_steps={config.train.max_steps} is below the checkpoint's step "
+            f"{int(checkpoint['step'])}; set train.max_steps to at least {int(checkpoint['step'])}"
+        )
+    return checkpoint
+
+
+def _warn_about_schedule(train: TrainerConfig) -> None:
+    """Step: a schedule that cannot do what it says trains, but not silently."""
+    if train.warmup_steps > train.max_steps:
+        warnings.warn(
+            f"train.warmup_steps ({train.warmup_steps}) is greater than train.max_steps ({train.max_steps}): the "
+            f"learning rate only reaches {train.max_steps / train.warmup_steps:.0%} of train.lr ({train.lr:g}) and "
+            "never decays; lower train.warmup_steps",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_training_memory(model_config: MiniGPTConfig, train: TrainerConfig, device: torch.device) -> MemoryEstimate:
+    """Step: refuse a run whose weights, optimizer state and one micro-batch's activations cannot fit on ``device``.
+
+    Returns:
+        The estimate (:func:`llm_lab.core.model.memory.estimate_memory`).
+
+    Raises:
+        ValueError: one line with the estimate and the device's memory.
+    """
+    estimate = estimate_memory(model_config, batch_size=train.batch_size, training=True)
+    check_memory(
+        estimate,
+        device,
+        what=f"training with train.batch_size={train.batch_size} x context_length={model_config.context_length}",
+        hint="lower train.batch_size (raise train.grad_accum_steps to keep the tokens per step) or make the model "
+        "smaller (model.n_layer, model.n_embd)",
+    )
+    return estimate
 
 
 @dataclass
@@ -292,62 +529,52 @@ class PreparedRun:
     overwrite: bool
     init_from: str | None
     dist: DistributedInfo
+    memory: MemoryEstimate | None = None
 
-    def run_json(self) -> dict[str, Any]:
-        return self.config.to_dict() | {"data_source": self.data_source, "init_from": self.init_from}
+    def run_json(self, files: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+        """The content of ``run.json``: the config, the marker, the data's record and the tokenizer's files."""
+        return (
+            {"kind": RUN_KIND}
+            | self.config.to_dict()
+            | {"data_source": self.data_source, "init_from": self.init_from, "files": sorted(files)}
+        )
 
     def start(self, sample_callbacks: list[SampleCallback] | tuple[SampleCallback, ...] = (), **trainer_kwargs: Any):
-        """Write the run directory (rank 0) and return a :class:`Trainer` ready to ``train()``.
+        """Build the :class:`Trainer`, then write the run directory (rank 0), and return the trainer.
 
-        A new run (or ``overwrite``) starts from an empty directory with ``run.json`` and ``tokenizer/``; a
-        resumed run keeps its files (rows of ``metrics.csv`` after the checkpoint are dropped by the trainer).
+        The trainer (device, precision, optimizer, the resumed state) is built *before* anything is written, so a
+        failure there leaves the directory as it was. A new run (or ``overwrite``) is written in a hidden
+        directory beside ``out_dir`` (``run.json`` and ``tokenizer/``) and swapped in whole; the old run is gone
+        only once the new one is in place. A resumed run keeps its files and gets its ``run.json`` updated (rows
+        of ``metrics.csv`` after the checkpoint are dropped by the trainer).
         """
-        out = self.out_dir
-        if self.dist.is_main:
-            if self.overwrite and (out / "run.json").is_file():
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            if self.resume_checkpoint is None:
-                self.tokenizer.save(out / "tokenizer")
-            atomic_write_json(out / "run.json", self.run_json())
-        if self.dist.enabled:
-            torch.distributed.barrier()
         trainer = Trainer(
             self.model,
             self.config.train,
             self.train_data,
             self.val_data,
-            out_dir=out,
+            out_dir=self.out_dir,
             sample_callbacks=sample_callbacks,
             **trainer_kwargs,
         )
         if self.resume_checkpoint is not None:
             trainer.load_state(self.resume_checkpoint)
+        if self.dist.is_main:
+            self._write_run_directory()
+        if self.dist.enabled:
+            torch.distributed.barrier()
         return trainer
 
-
-def _saved_data_source(out: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads((out / "run.json").read_text(encoding="utf-8")).get("data_source")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
-
-
-def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other; pick one")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory")
-    if resume:
-        return  # resolve_run_config and the checkpoint check cover it
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "run.json").is_file():
-            raise ValueError(f"--out {out} is not empty and holds no llm-lab run; choose a new or empty directory")
-        if not overwrite:
-            raise ValueError(
-                f"--out {out} already holds a run (run.json); pass --resume to continue it or --overwrite to replace it"
-            )
+    def _write_run_directory(self) -> None:
+        out = self.out_dir
+        if self.resume_checkpoint is not None:
+            files = [f"{_TOKENIZER_DIR}/{name}" for name in unexpected_files(out / _TOKENIZER_DIR, ())]
+            atomic_write_json(out / "run.json", self.run_json(files))
+            return
+        check_run_directory(out, overwrite=self.overwrite)  # nothing foreign appeared since prepare_run
+        with staged_directory(out) as staged:
+            self.tokenizer.save(staged / _TOKENIZER_DIR)
+            atomic_write_json(staged / "run.json", self.run_json(unexpected_files(staged, ())))
 
 
 def prepare_run(
@@ -361,13 +588,18 @@ def prepare_run(
 ) -> PreparedRun:
     """Check and build everything a run needs, writing nothing.
 
+    The steps, in order: the options and the out directory (:func:`check_run_directory`); the device; the
+    tokenizer and token ids (:func:`_load_corpus`); the model config and the split lengths; the resume checkpoint
+    against this invocation (:func:`_check_resume`); the schedule; each process's share of the data; the memory
+    of training (:func:`check_training_memory`) before the model is built; the model and its precision.
+
     Args:
         config: the run config (see :func:`resolve_run_config`).
         data: a UTF-8 text file (tokenised here; validation = its last ``data.val_fraction``) or a directory
             made by ``llm-lab data prepare`` (its own tokenizer and split).
         out_dir: the run directory.
         resume: continue the run in ``out_dir`` from ``checkpoints/last.pt``.
-        overwrite: replace the run in ``out_dir``.
+        overwrite: replace the run in ``out_dir`` (only a run this project wrote, see :func:`check_run_directory`).
         init_from: start from these weights (fine-tuning); the model config and tokenizer are theirs.
 
     Returns:
@@ -375,109 +607,66 @@ def prepare_run(
 
     Raises:
         ValueError: (one line, saying what to change) an empty or too short corpus, a validation split without
-            one full window, an out directory holding another run, a missing, truncated or foreign checkpoint,
-            a checkpoint of another model, contradictory options.
+            one full window, an out directory holding another run or files llm-lab did not write, a missing,
+            truncated or foreign checkpoint, a checkpoint of another model, data other than the resumed run's,
+            ``train.max_steps`` below the resumed step, an unavailable device or precision, a run too large for
+            the device's memory, contradictory options.
         FileNotFoundError: ``data`` does not exist.
     """
     out = Path(out_dir)
     data = Path(data)
-    _check_out_dir(out, resume=resume, overwrite=overwrite)
+    dist_info = current_info()
+    check_run_directory(out, resume=resume, overwrite=overwrite, clean_up=dist_info.is_main)
     if resume and init_from is not None:
         raise ValueError("--init-from starts a new run from other weights; it cannot be combined with --resume")
-    dist_info = current_info()
-    T = config.model.context_length
+    device = select_device(config.train.device, dist_info.local_rank)
 
-    # --- tokenizer and token ids
     if resume:
-        tokenizer = load_tokenizer(out / "tokenizer")
+        tokenizer, origin = load_tokenizer(out / _TOKENIZER_DIR), "the run being resumed"
     elif init_from is not None:
-        tokenizer = init_from.tokenizer
+        tokenizer, origin = init_from.tokenizer, f"--init-from {init_from.path}"
     else:
-        tokenizer = None
-    if data.is_dir():
-        train_ids, val_ids, meta = load_prepared(data)
-        data_tokenizer = load_tokenizer(data / "tokenizer")
-        if tokenizer is None:
-            tokenizer = data_tokenizer
-        elif not _same_tokenizer(tokenizer, data_tokenizer):
-            origin = "the run being resumed" if resume else f"--init-from {init_from.path}"  # type: ignore[union-attr]
-            raise ValueError(
-                f"{data} was prepared with another tokenizer than {origin}; prepare it with that tokenizer "
-                "(llm-lab data prepare --tokenizer DIR) or pass a text file"
-            )
-        source = {"path": str(data), "format": "prepared"}
-        hint = f"prepare {data} from more text or lower model.context_length ({T})"
-    elif data.is_file():
-        text = _read_text(data)
-        if not text:
-            raise ValueError(f"{data} is empty; give a text file with at least context_length + 1 = {T + 1} tokens")
-        n_val_chars = int(len(text) * config.data.val_fraction)
-        if tokenizer is None:
-            # Only the training part trains a tokenizer; char vocabularies must also cover validation.
-            train_text = text if config.tokenizer.type == "char" else text[: len(text) - n_val_chars]
-            tokenizer = _build_tokenizer(config.tokenizer, train_text)
-        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-        n_val = int(len(ids) * config.data.val_fraction)
-        train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
-        source = {"path": str(data), "format": "text", "val_fraction": config.data.val_fraction}
-        hint = (
-            f"use a longer corpus, lower model.context_length ({T}) or raise data.val_fraction "
-            f"({config.data.val_fraction})"
-        )
-    else:
-        raise FileNotFoundError(f"--data {data} does not exist (give a text file or a prepared directory)")
-    # --- model config: the tokenizer decides the vocabulary; fine-tuning keeps the source's architecture
+        tokenizer, origin = None, ""
+    corpus = _load_corpus(config, data, tokenizer, origin)
+
+    # The tokenizer decides the vocabulary; fine-tuning keeps the source's architecture.
     if init_from is not None:
         model_config = init_from.model_config
     else:
-        model_config = dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size)
+        model_config = dataclasses.replace(config.model, vocab_size=corpus.tokenizer.vocab_size)
     T = model_config.context_length
-    _check_split("training", len(train_ids), T, hint)
-    _check_split("validation", len(val_ids), T, hint)
-    source |= {"train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids))}
+    _check_split("training", len(corpus.train_ids), T, corpus.hint)
+    _check_split("validation", len(corpus.val_ids), T, corpus.hint)
     config = dataclasses.replace(config, model=model_config)
 
-    # --- resume checkpoint: read and checked now, so a bad one stops the run before anything is written
-    checkpoint = None
-    if resume:
-        last = run_checkpoint_path(out, "last")
-        checkpoint = load_resume_checkpoint(out)
-        saved_source = _saved_data_source(out)
-        for key in ("format", "train_tokens", "val_tokens"):
-            if key in saved_source and saved_source[key] != source[key]:
-                raise ValueError(
-                    f"cannot resume: --data {data} gives {key}={source[key]!r} but the run was trained on "
-                    f"{saved_source.get('path')} with {key}={saved_source[key]!r}; pass the same data"
-                )
-        if checkpoint["model_config"] != config_to_dict(model_config):
-            diff = _differences(checkpoint["model_config"], config_to_dict(model_config))
-            raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / 'run.json'}")
-        if int(checkpoint["rng"]["world_size"]) != dist_info.world_size:
-            raise CheckpointError(
-                f"{last} was written by {checkpoint['rng']['world_size']} process(es); resume with the same number"
-            )
+    checkpoint = _check_resume(out, data, config, corpus.source, dist_info) if resume else None
+    _warn_about_schedule(config.train)
 
-    # --- each process trains on its own contiguous part of the training tokens (disjoint data under DDP)
+    # Each process trains on its own contiguous part of the training tokens (disjoint data under DDP).
+    train_ids = corpus.train_ids
     if dist_info.enabled:
         per_rank = len(train_ids) // dist_info.world_size
         start = dist_info.rank * per_rank
         train_ids = train_ids[start : start + per_rank]
-        _check_split(f"training (rank {dist_info.rank}'s share)", len(train_ids), T, hint)
+        _check_split(f"training (rank {dist_info.rank}'s share)", len(train_ids), T, corpus.hint)
 
+    memory = check_training_memory(model_config, config.train, device)
     seed_everything(config.train.seed)
     model = MiniGPT(model_config)
     if init_from is not None:
         model.load_state_dict(init_from.state_dict)
+    resolve_precision(config.train.precision, device, model)  # fp16 off CUDA, bf16 on an old GPU: refused now
     return PreparedRun(
         config=config,
-        tokenizer=tokenizer,
+        tokenizer=corpus.tokenizer,
         model=model,
         train_data=LanguageModelingDataset(train_ids, T),
-        val_data=LanguageModelingDataset(val_ids, T),
+        val_data=LanguageModelingDataset(corpus.val_ids, T),
         out_dir=out,
-        data_source=source,
+        data_source=corpus.source,
         resume_checkpoint=checkpoint,
         overwrite=overwrite,
         init_from=init_from.path if init_from is not None else None,
         dist=dist_info,
+        memory=memory,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,15 @@ import pytest
 from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.data.prepare import (
     build_char_tokenizer,
+    corpus_fingerprint,
     dtype_for_vocab,
     iter_text_chunks,
+    load_corpus_tokenizer,
     load_prepared,
     prepare_corpus,
 )
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
+from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 
 
 class ByteTokenizer:
@@ -43,7 +47,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+    """Hidden entries inside ``directory`` (if it exists) and beside it (where a new corpus is staged)."""
+    places = [directory, directory.parent] if directory.is_dir() else [directory.parent]
+    return sorted(p.name for place in places for p in place.iterdir() if p.name.startswith("."))
 
 
 def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
@@ -62,7 +68,9 @@ def test_two_documents_eot_between_and_last_fraction_is_val(tmp_path):
     assert meta["train_tokens"] == 11 and meta["val_tokens"] == 3 and meta["total_tokens"] == 14
     assert meta["eot_tokens"] == 1 and meta["documents"] == 2
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257
-    assert meta["tokenizer"] == {"type": "bytes-stub", "path": "tokenizer", "vocab_size": 257, "eot_token_id": 256}
+    assert meta["tokenizer"] == {
+        "type": "bytes-stub", "path": "tokenizer", "vocab_size": 257, "eot_token_id": 256, "fingerprint": None
+    }  # a stand-in without decode_bytes has no fingerprint
     assert [s["sha256"] for s in meta["sources"]] == [
         hashlib.sha256(b"hello\n").hexdigest(),
         hashlib.sha256(b"world!\n").hexdigest(),
@@ -127,7 +135,7 @@ def test_empty_corpus_is_an_error_and_leaves_no_corpus(tmp_path):
     out = tmp_path / "o"
     with pytest.raises(ValueError, match="corpus is empty"), pytest.warns(UserWarning, match="a.txt is empty"):
         prepare_corpus(ByteTokenizer(), [a], out, progress=False)
-    assert not (out / "meta.json").exists() and not (out / "train.bin").exists()
+    assert not out.exists()  # a corpus that could not be built leaves nothing, not even its directory
     assert _leftovers(out) == []
 
 
@@ -290,3 +298,170 @@ def test_tiny_shakespeare_char_corpus(tmp_path, shakespeare_path):
     text = shakespeare_path.read_text(encoding="utf-8")
     assert tok.decode(val.tolist()) == text[-111_539:]
     assert tok.decode(train[:100].tolist()) == text[:100]
+
+
+# --- replacing a corpus: only ours, only when the new one is complete ----------------------------------------------
+
+DEAD_PID = 99_999_999  # above Linux's largest pid: no process has it, so its leftovers are stale
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def old_corpus(tmp_path) -> Path:
+    out = tmp_path / "o"
+    prepare_corpus(CharTokenizer.from_text("abc\n"), [_write(tmp_path / "old.txt", "abcabc\n" * 20)], out,
+                   progress=False)
+    return out
+
+
+def _fail_to_save(self, directory):
+    Path(directory).mkdir(parents=True)
+    (Path(directory) / "vocab.json").write_text("{")  # half written
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    ("content", "tokenizer", "error", "message"),
+    [
+        (b"", "same", ValueError, "corpus is empty"),
+        ("caf\xe9".encode("latin-1"), "same", ValueError, r"new.txt is not UTF-8 text"),
+        (b"abcz", "same", ValueError, r"'z'"),  # a character the saved char tokenizer does not know
+        (b"abc", "failing", OSError, "No space left on device"),  # an exception mid-way, after tokenising
+    ],
+)
+def test_a_failing_overwrite_leaves_the_old_corpus(old_corpus, tmp_path, content, tokenizer, error, message):
+    before = _snapshot(old_corpus)
+    new = tmp_path / "new.txt"
+    new.write_bytes(content)
+    tok = load_tokenizer(old_corpus / "tokenizer")
+    if tokenizer == "failing":
+        tok.save = _fail_to_save.__get__(tok)
+    with pytest.raises(error, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the empty file's "skipped" warning
+        prepare_corpus(tok, [new], old_corpus, overwrite=True, progress=False)
+    assert _snapshot(old_corpus) == before
+    assert load_prepared(old_corpus)[0].size > 0
+    assert _leftovers(old_corpus) == []
+
+
+def test_overwrite_replaces_only_a_corpus_it_recognises(old_corpus, tmp_path):
+    new = _write(tmp_path / "new.txt", "cab\n" * 30)
+    (old_corpus / "notes.md").write_text("mine")
+    before = _snapshot(old_corpus)
+    tok = load_tokenizer(old_corpus / "tokenizer")
+    with pytest.raises(ValueError, match=r"o holds notes.md, which llm-lab did not write; move it out"):
+        prepare_corpus(tok, [new], old_corpus, overwrite=True, progress=False)
+    assert _snapshot(old_corpus) == before
+    (old_corpus / "notes.md").unlink()
+    meta = json.loads((old_corpus / "meta.json").read_text())
+    (old_corpus / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "kind"}))
+    with pytest.raises(ValueError, match=r"meta.json is not the manifest of a corpus this version of llm-lab "
+                       r"prepared \(no \"kind\": \"llm-lab prepared corpus\", format_version 1\); nothing replaced"):
+        prepare_corpus(tok, [new], old_corpus, overwrite=True, progress=False)
+    (old_corpus / "meta.json").write_text(json.dumps(meta | {"files": ["train.bin", "../../etc/passwd"]}))
+    with pytest.raises(ValueError, match=r"lists '../../etc/passwd', a path outside the corpus; nothing replaced"):
+        prepare_corpus(tok, [new], old_corpus, overwrite=True, progress=False)
+    (old_corpus / "meta.json").write_text(json.dumps(meta))
+    (old_corpus / f".meta.json.{DEAD_PID}.a1b2c3d4.tmp").write_text("{")  # a killed write's leftover: removed
+    prepare_corpus(tok, [new], old_corpus, overwrite=True, progress=False)
+    assert tok.decode(load_prepared(old_corpus)[0][:4].tolist()) == "cab\n"
+    assert _leftovers(old_corpus) == []
+
+
+def test_a_folder_that_is_no_corpus_is_never_filled(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "meta.json").write_text('{"name": "my thesis"}')
+    (project / "chapter1.tex").write_text("...")
+    text = _write(tmp_path / "t.txt", "abc")
+    with pytest.raises(FileExistsError, match="already holds a prepared corpus"):
+        prepare_corpus(ByteTokenizer(), [text], project, progress=False)
+    with pytest.raises(ValueError, match=r"meta.json is not the manifest of a corpus"):
+        prepare_corpus(ByteTokenizer(), [text], project, overwrite=True, progress=False)
+    (project / "meta.json").unlink()
+    with pytest.raises(ValueError, match=r"project is not empty and holds no prepared corpus \(found chapter1.tex\)"):
+        prepare_corpus(ByteTokenizer(), [text], project, overwrite=True, progress=False)
+    assert sorted(os.listdir(project)) == ["chapter1.tex"]
+    (tmp_path / "empty").mkdir()
+    prepare_corpus(ByteTokenizer(), [text], tmp_path / "empty", val_fraction=0.0, progress=False)
+    assert load_prepared(tmp_path / "empty")[0].tolist() == list(b"abc")
+
+
+def test_meta_json_lists_the_files_and_fingerprints_the_tokenizer(old_corpus):
+    meta = json.loads((old_corpus / "meta.json").read_text())
+    assert meta["kind"] == "llm-lab prepared corpus"
+    assert meta["files"] == ["tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "train.bin", "val.bin"]
+    assert meta["tokenizer"]["fingerprint"] == tokenizer_fingerprint(CharTokenizer.from_text("abc\n"))
+
+
+def test_a_tokenizer_replaced_after_preparation_is_detected(old_corpus):
+    _, _, meta = load_prepared(old_corpus)
+    assert load_corpus_tokenizer(old_corpus, meta).encode("cab") == [3, 1, 2]
+    CharTokenizer({"\n": 3, "c": 0, "b": 1, "a": 2}).save(old_corpus / "tokenizer")  # the same characters, permuted
+    with pytest.raises(ValueError, match=r"o/tokenizer is not the tokenizer that prepared .*o \(its ids map to other "
+                       r"text than meta.json records\); prepare the corpus again"):
+        load_corpus_tokenizer(old_corpus, meta)
+
+
+def test_load_prepared_finishes_a_replacement_a_kill_interrupted(old_corpus, tmp_path):
+    """A kill after ``o -> .o.old-*`` and before ``.o.new-* -> o``: the next reader puts the new corpus in place."""
+    new = tmp_path / "elsewhere"
+    prepare_corpus(ByteTokenizer(), [_write(tmp_path / "n.txt", "new text")], new, val_fraction=0.0, progress=False)
+    os.replace(old_corpus, tmp_path / f".o.old-{DEAD_PID}-0123abcd")
+    os.replace(new, tmp_path / f".o.new-{DEAD_PID}-0123abcd")
+    assert load_prepared(old_corpus)[0].tolist() == list(b"new text")
+    assert _leftovers(old_corpus) == []
+
+
+def test_corpus_fingerprint_names_the_content_not_the_paths(tmp_path):
+    a = _write(tmp_path / "a.txt", "same text")
+    b = _write(tmp_path / "b.txt", "same text")
+    c = _write(tmp_path / "c.txt", "same texT")
+    tokenizer = CharTokenizer.from_text("same txT")
+    metas = [prepare_corpus(tokenizer, [p], tmp_path / p.stem, 0.0, progress=False) for p in (a, b, c)]
+    fingerprints = [corpus_fingerprint(meta) for meta in metas]
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+
+
+@pytest.mark.slow
+def test_a_killed_overwrite_leaves_a_loadable_corpus(tmp_path):
+    """SIGKILL ``llm-lab data prepare --overwrite`` at different moments: the corpus at the path always loads, and
+    holds the old ids or the new ones, never a mixture or nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "corpus"
+    old = _write(tmp_path / "old.txt", "abc\n" * 50_000)
+    new = _write(tmp_path / "new.txt", "cba\n" * 3_000_000)  # 12 MB: about two seconds of tokenising
+    prepare_corpus(CharTokenizer.from_text("abc\n"), [old], out, progress=False)
+    old_ids = load_prepared(out)[0][:8].tolist()
+    command = [sys.executable, "-m", "llm_lab", "data", "prepare", "--tokenizer", str(out / "tokenizer"),
+               "--input", str(new), "--out", str(out), "--overwrite", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    outcomes = set()
+    for delay in (0.3, 0.8, 1.3, 1.8, 2.3, 2.8, 3.5):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        train, _, _ = load_prepared(out)  # finishes or rolls back a swap the kill interrupted
+        first = train[:8].tolist()
+        assert first in (old_ids, [3, 2, 1, 0] * 2), first  # "\n" a b c are ids 0 1 2 3
+        outcomes.add("new" if first != old_ids else "old")
+        assert train.size == (180_000 if first == old_ids else 10_800_000)
+        assert _leftovers(out) == [] or all(".tmp-" in name for name in _leftovers(out))
+    assert "old" in outcomes  # (how many kills land after the swap depends on the machine's speed)
+    subprocess.run(command, env=env, check=True)  # uninterrupted, it replaces the corpus and clears the leftovers
+    assert load_prepared(out)[0][:4].tolist() == [3, 2, 1, 0] and _leftovers(out) == []
+
+
+def test_the_current_directory_is_never_swapped_out(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(ValueError, match=r"--out \.\. is the current directory \(or holds it\); a corpus is built"):
+        prepare_corpus(ByteTokenizer(), [_write(tmp_path / "t.txt", "abc")], "..", progress=False)
