@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from llm_lab.core.train.loggers import validate_logger_names
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DistributedStrategy = Literal["ddp", "fsdp"]
@@ -59,6 +61,8 @@ class TrainerConfig:
         peak_flops: the hardware's peak FLOP/s for MFU; ``None`` measures a matmul peak once per process.
         distributed: under ``torchrun``: ``ddp`` (replicate the model) or ``fsdp`` (shard it with
             ``torch.distributed.fsdp.fully_shard``).
+        loggers: where logged rows go: ``csv`` (``metrics.csv``, required) plus ``tensorboard`` and/or ``wandb``
+            (offline); see :mod:`llm_lab.core.train.loggers`.
     """
 
     json_section: ClassVar[str] = "train"
@@ -86,6 +90,7 @@ class TrainerConfig:
     seed: int = 1337
     peak_flops: float | None = None
     distributed: DistributedStrategy = "ddp"
+    loggers: tuple[str, ...] = ("csv",)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval"):
@@ -127,6 +132,7 @@ class TrainerConfig:
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
+        validate_logger_names(self.loggers)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
 

@@ -41,6 +41,7 @@ from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_toke
 from llm_lab.core.train.checkpoint import CheckpointError, load_checkpoint
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.distributed import DistributedInfo, current_info
+from llm_lab.core.train.loggers import check_loggers
 from llm_lab.core.train.trainer import SampleCallback, Trainer
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
 from llm_lab.utils.io import atomic_write_json
@@ -385,6 +386,7 @@ def prepare_run(
     if resume and init_from is not None:
         raise ValueError("--init-from starts a new run from other weights; it cannot be combined with --resume")
     dist_info = current_info()
+    check_loggers(config.train.loggers)  # a missing tracker package stops the run before anything is written
     T = config.model.context_length
 
     # --- tokenizer and token ids
