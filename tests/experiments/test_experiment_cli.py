@@ -42,7 +42,7 @@ def test_posenc_then_collect(tmp_path, small_text, capsys):
 
     assert main(["experiment", "collect", str(tmp_path / "experiments")]) == 0
     report = read_csv(tmp_path / "experiments" / "report" / "report.csv")
-    assert sorted(r["run"] for r in report) == ["posenc/runs/learned", "posenc/runs/rope"]
+    assert sorted(r["run"] for r in report) == ["posenc/runs/learned-seed1337", "posenc/runs/rope-seed1337"]
     assert all(as_float(r["best_val_loss"]) > 0 for r in report)
 
 
@@ -83,4 +83,4 @@ def test_quick_study_on_tiny_shakespeare(shakespeare_path, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert collect.returncode == 0, collect.stderr[-2000:]
-    assert "runs/rope" in collect.stdout
+    assert "runs/rope-seed1337" in collect.stdout

@@ -64,7 +64,8 @@ def test_study_trains_every_encoding_and_writes_results(tmp_path, corpus, png_ok
             assert row["val_loss_2x"] == "" and row["val_loss_2x_beyond"] == ""
         else:
             assert 0 < as_float(row["val_loss_2x"]) < 10 and 0 < as_float(row["val_loss_2x_beyond"]) < 10
-        run_dir = study.out_dir / "runs" / row["pos_encoding"]
+        assert row["seeds"] == "1" and row["val_loss_std"] == ""  # one seed: no spread
+        run_dir = study.out_dir / "runs" / f"{row['pos_encoding']}-seed7"
         assert (run_dir / "run.json").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
 
     md = paths["md"].read_text()
@@ -72,7 +73,7 @@ def test_study_trains_every_encoding_and_writes_results(tmp_path, corpus, png_ok
     png_ok(paths["png"])
     # The study's run directories are ordinary runs: the collector reads all five.
     collected, _, skipped = collect_runs(study.out_dir)
-    assert sorted(r["run"] for r in collected) == sorted(f"runs/{e}" for e in POS_ENCODINGS) and not skipped
+    assert sorted(r["run"] for r in collected) == sorted(f"runs/{e}-seed7" for e in POS_ENCODINGS) and not skipped
 
 
 def test_extrapolation_loss_splits_into_seen_and_beyond_context():
