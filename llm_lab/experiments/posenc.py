@@ -236,7 +236,7 @@ def study_rows(study: PosEncStudy) -> list[dict[str, Any]]:
     """One row per encoding from the sweep's finished runs: the mean over seeds of every column."""
     from llm_lab.experiments.sweep_report import collect_sweep
 
-    _, runs, _ = collect_sweep(study.out_dir)
+    runs = collect_sweep(study.out_dir).rows
     rows = []
     for encoding in study.encodings:
         mine = [row for spec, row in runs if spec.setting.name == encoding]

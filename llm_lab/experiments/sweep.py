@@ -10,7 +10,7 @@ The sweep folder::
 
     DIR/sweep.json        the plan (base config, data, settings, seeds, budget, calibrated steps)
     DIR/runs/NAME/        one ordinary run directory per setting x seed
-    DIR/finished/NAME.json  written when a run has finished (its extra results, if any)
+    DIR/finished/NAME.json  written when a run has finished (its extra results; or that its loss diverged)
     DIR/logs/NAME.log     what the run printed
     DIR/report.md, results.csv, runs.csv, val_curves.png, val_loss.png   (see sweep_report)
 
@@ -46,6 +46,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 import warnings
@@ -57,6 +58,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llm_lab.core.train.run import PreparedRun, RunConfig, prepare_run
+from llm_lab.core.train.trainer import NonFiniteLossError
 from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
@@ -332,37 +334,49 @@ def scale_schedule(train: Any, steps: int) -> Any:
     )
 
 
-def measure_step_seconds(prepared: PreparedRun, probe_seconds: float = 1.0) -> tuple[float, float]:
-    """Time one training step and one evaluation of a prepared run on this machine (nothing is written).
+def measure_step_seconds(
+    prepared: Sequence[PreparedRun], rounds: int = 3, probe_seconds: float = 0.5
+) -> list[tuple[float, float]]:
+    """Time a training step and an evaluation of each prepared run on this machine (nothing is written).
 
-    Two warm-up steps first (allocation, kernel choice), then enough steps to fill about ``probe_seconds``.
+    The runs are timed in interleaved rounds (each round times every run once) and each gets the median of its
+    rounds, so a neighbour that slows the machine for a while slows every setting alike instead of one of them.
+    Each run first takes two warm-up steps (allocation, kernel choice); its probe is as many steps as fill about
+    ``probe_seconds``.
 
     Returns:
-        ``(seconds per optimizer step, seconds per evaluation)``.
+        ``[(seconds per optimizer step, seconds per evaluation)]``, one per run.
     """
     from llm_lab.core.train.trainer import Trainer
 
-    train = dataclasses.replace(prepared.config.train, loggers=("csv",), sample_interval=0, compile=False)
-    warm = 2
-    trainer = Trainer(prepared.model, dataclasses.replace(train, max_steps=warm), prepared.train_data,
-                      prepared.val_data, out_dir=None, progress=False)  # fmt: skip
-    with contextlib.redirect_stdout(open(os.devnull, "w")) as sink:  # noqa: SIM115 (closed below)
-        try:
+    trainers, probes = [], []
+    step_times: list[list[float]] = [[] for _ in prepared]
+    eval_times: list[list[float]] = [[] for _ in prepared]
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        for run in prepared:
+            train = dataclasses.replace(run.config.train, loggers=("csv",), sample_interval=0, compile=False)
+            # No validation data while training: train() would evaluate at its last step; evaluate() is timed alone.
+            trainer = Trainer(run.model, dataclasses.replace(train, max_steps=2), run.train_data, None,
+                              out_dir=None, progress=False)  # fmt: skip
             trainer.train()
             start = time.perf_counter()
-            trainer.evaluate()
-            eval_s = time.perf_counter() - start
-            steps, elapsed = 0, 0.0
-            while elapsed < probe_seconds and steps < 200:
-                more = max(1, steps)  # doubling: 1, 1, 2, 4, ... steps per probe
-                trainer.config = dataclasses.replace(train, max_steps=trainer.step + more, eval_interval=10**9)
+            trainer.config = dataclasses.replace(train, max_steps=trainer.step + 1)
+            trainer.train()
+            one_step = time.perf_counter() - start
+            trainers.append(trainer)
+            probes.append(max(1, min(200, round(probe_seconds / max(one_step, 1e-6)))))
+        for _ in range(rounds):
+            for i, (trainer, run) in enumerate(zip(trainers, prepared, strict=True)):
+                trainer.config = dataclasses.replace(trainer.config, max_steps=trainer.step + probes[i])
                 start = time.perf_counter()
-                trainer.train()  # its last step evaluates once: take that evaluation out of the time
-                elapsed += time.perf_counter() - start - eval_s
-                steps += more
-        finally:
-            sink.close()
-    return max(elapsed, 1e-9) / steps, eval_s
+                trainer.train()
+                step_times[i].append((time.perf_counter() - start) / probes[i])
+                trainer.val_data = run.val_data
+                start = time.perf_counter()
+                trainer.evaluate()
+                eval_times[i].append(time.perf_counter() - start)
+                trainer.val_data = None
+    return [(statistics.median(s), statistics.median(e)) for s, e in zip(step_times, eval_times, strict=True)]
 
 
 def budget_steps(train: Any, budget_s: float, step_s: float, eval_s: float) -> int:
@@ -584,9 +598,16 @@ def _train_one(task: _Task) -> str:
         print(f"=== {'resuming' if resume else 'starting'} {task.name} ===", flush=True)
         prepared = prepare_run(config, task.data, run_dir, resume=resume, overwrite=overwrite)
         trainer = prepared.start(progress=False)
-        trainer.train()
-        extra = task.evaluate(trainer, prepared) if task.evaluate is not None else {}
-    atomic_write_json(_finished_path(out_dir, task.name), {"run": task.name, "extra": extra})
+        record: dict[str, Any] = {"run": task.name, "extra": {}}
+        try:
+            trainer.train()
+        except NonFiniteLossError as e:
+            # A setting that diverges is a result, not a failure of the sweep: recorded, and the sweep goes on.
+            print(f"diverged: {e}", flush=True)
+            record["diverged"] = str(e)
+        else:
+            record["extra"] = task.evaluate(trainer, prepared) if task.evaluate is not None else {}
+    atomic_write_json(_finished_path(out_dir, task.name), record)
     return task.name
 
 
@@ -604,21 +625,22 @@ class SweepResult:
 
 def _precheck(plan: SweepPlan, specs: list[RunSpec], out_dir: Path, manifest: dict[str, Any], threads: int | None,
               progress: bool) -> tuple[list[RunSpec], int]:  # fmt: skip
-    """Prepare one run per setting (writing nothing): data, tokenizer and model checked for every setting, the
-    time budget calibrated where it has no step count yet. Returns the runs (with their final configs) and the
-    largest memory estimate."""
+    """Prepare one run per setting (writing nothing): data, tokenizer and model checked for every setting, and the
+    time budget calibrated for the settings without a step count yet. Returns the runs (with their final configs)
+    and the largest memory estimate."""
     import torch
 
     steps: dict[str, int] = manifest.setdefault("steps", {})
     probe_dir = out_dir / ".sweep-check-never-written"
     largest = 0
+    first: dict[str, RunSpec] = {}
+    for spec in specs:
+        first.setdefault(spec.setting.name, spec)
+    to_time: dict[str, PreparedRun] = {}
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        first: dict[str, RunSpec] = {}
-        for spec in specs:
-            first.setdefault(spec.setting.name, spec)
         for name, spec in tqdm(first.items(), desc="sweep: checking settings", unit="setting", disable=not progress,
                                leave=False, total=len(first)):  # fmt: skip
             try:
@@ -627,10 +649,17 @@ def _precheck(plan: SweepPlan, specs: list[RunSpec], out_dir: Path, manifest: di
                 raise ValueError(f"setting {name!r}: {e}") from None
             largest = max(largest, estimate_run_memory(prepared))
             if plan.time_budget_s is not None and name not in steps:
-                step_s, eval_s = measure_step_seconds(prepared)
-                # The evaluations of the scaled schedule are as many as the base schedule's.
-                steps[name] = budget_steps(spec.config.train, plan.time_budget_s, step_s, eval_s)
+                to_time[name] = prepared
             del prepared
+        if to_time:
+            if progress:
+                tqdm.write(f"sweep: timing {len(to_time)} setting(s) to fit the {plan.time_budget_s:g}s budget",
+                           file=sys.stderr)  # fmt: skip
+            speeds = measure_step_seconds(list(to_time.values()))
+            for (name, _), (step_s, eval_s) in zip(to_time.items(), speeds, strict=True):
+                # The scaled schedule makes as many evaluations as the base one.
+                budget = float(plan.time_budget_s)
+                steps[name] = budget_steps(first[name].config.train, budget, step_s, eval_s)
     finally:
         torch.set_num_threads(previous_threads)
     if plan.time_budget_s is not None:
@@ -744,10 +773,13 @@ def sweep_runs(out_dir: str | Path) -> tuple[SweepPlan, list[RunSpec]]:
     return plan, specs
 
 
-def finished_extra(out_dir: str | Path, name: str) -> dict[str, Any] | None:
-    """The extra results a finished run recorded (``{}`` when none), or ``None`` when it has not finished."""
+def finished_record(out_dir: str | Path, name: str) -> dict[str, Any] | None:
+    """What a finished run recorded (``extra`` results; ``diverged``: the error of a run whose loss became NaN or
+    infinite), or ``None`` when it has not finished."""
     path = _finished_path(Path(out_dir), name)
     if not path.is_file():
         return None
     record = load_json_file(path)
-    return dict(record.get("extra") or {}) if isinstance(record, dict) else {}
+    if not isinstance(record, dict) or not isinstance(record.get("extra", {}), dict):
+        raise ValueError(f"{path}: not a finished-run record of an llm-lab sweep")
+    return {"extra": dict(record.get("extra") or {}), "diverged": record.get("diverged")}

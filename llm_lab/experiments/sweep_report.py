@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llm_lab.experiments.plots import new_figure, save_figure
 from llm_lab.experiments.report import summarize_run
 from llm_lab.experiments.stats import SIGNIFICANCE_LEVEL, significance_marker, summarize, welch_t_test
-from llm_lab.experiments.sweep import RunSpec, SweepPlan, finished_extra, sweep_runs
+from llm_lab.experiments.sweep import RunSpec, SweepPlan, finished_record, sweep_runs
 from llm_lab.experiments.tables import format_value, markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import read_metric_columns
@@ -71,19 +72,33 @@ def run_row(spec: RunSpec, run_dir: Path) -> dict[str, Any] | None:
     }
 
 
-def collect_sweep(out_dir: str | Path) -> tuple[SweepPlan, list[tuple[RunSpec, dict[str, Any]]], list[str]]:
-    """The plan, the finished runs with their rows (and extra results under ``"extra"``), and unfinished names."""
+@dataclass
+class SweepRuns:
+    """A sweep's plan and its runs by state: finished (with their rows; extra results under ``"extra"``),
+    diverged (name -> the error) and not finished yet."""
+
+    plan: SweepPlan
+    rows: list[tuple[RunSpec, dict[str, Any]]] = field(default_factory=list)
+    diverged: dict[str, str] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
+
+
+def collect_sweep(out_dir: str | Path) -> SweepRuns:
+    """Read every run of the sweep in ``out_dir`` from its folder."""
     out_dir = Path(out_dir)
     plan, specs = sweep_runs(out_dir)
-    rows, unfinished = [], []
+    runs = SweepRuns(plan)
     for spec in specs:
-        extra = finished_extra(out_dir, spec.name)
-        row = run_row(spec, out_dir / "runs" / spec.name) if extra is not None else None
+        record = finished_record(out_dir, spec.name)
+        if record is not None and record["diverged"]:
+            runs.diverged[spec.name] = record["diverged"]
+            continue
+        row = run_row(spec, out_dir / "runs" / spec.name) if record is not None else None
         if row is None:
-            unfinished.append(spec.name)
+            runs.unfinished.append(spec.name)
         else:
-            rows.append((spec, row | {"extra": extra}))
-    return plan, rows, unfinished
+            runs.rows.append((spec, row | {"extra": record["extra"]}))  # type: ignore[index]
+    return runs
 
 
 def setting_results(plan: SweepPlan, rows: Sequence[tuple[RunSpec, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -216,7 +231,8 @@ def plot_final_losses(results: Sequence[dict[str, Any]], rows: Sequence[tuple[Ru
         ax.plot([mean], [y], marker="D", color=color, zorder=3)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("final validation loss (dots: seeds; bar: 95% interval of the mean; red: baseline)")
+    ax.set_xlabel("final validation loss")
+    ax.set_title("dots: seeds; diamond and bar: mean and 95% interval; red: baseline", fontsize="small")
     ax.grid(True, axis="x", alpha=0.3)
     return save_figure(fig, path)
 
@@ -249,7 +265,8 @@ def write_sweep_report(
     """
     out_dir = Path(out_dir)
     report_dir = Path(report_dir) if report_dir is not None else out_dir
-    plan, rows, unfinished = collect_sweep(out_dir)
+    runs = collect_sweep(out_dir)
+    plan, rows, unfinished = runs.plan, runs.rows, runs.unfinished
     if baseline is not None:
         names = [s.name for s in plan.settings]
         if baseline not in names:
@@ -274,10 +291,15 @@ def write_sweep_report(
         f"{SIGNIFICANCE_LEVEL}, `**` p < 0.01, `***` p < 0.001, `n.s.` not significant, `n/a` fewer than 2 seeds "
         "(no correction for testing several settings). Rows ranked by mean final validation loss.\n"
     )
+    if runs.diverged:
+        notes += "\nDiverged (loss became NaN or infinite; left out of the statistics): " + "; ".join(
+            f"{name} ({error})" for name, error in runs.diverged.items()
+        ) + ".\n"
     if unfinished:
         notes += f"\nNot finished yet (left out): {', '.join(unfinished)}.\n"
+    total = len(rows) + len(runs.diverged) + len(unfinished)
     text = (
-        f"# {title}\n\n{_plan_summary(plan)}\n{len(rows)} finished run(s) of {len(rows) + len(unfinished)}.\n\n"
+        f"# {title}\n\n{_plan_summary(plan)}\n{len(rows)} finished run(s) of {total}.\n\n"
         f"{markdown_results(results)}\n{notes}\n![validation curves](val_curves.png)\n\n"
         "![final validation loss](val_loss.png)\n"
     )

@@ -23,8 +23,9 @@ def files(tmp_path, small_text):
     (tmp_path / "file.json").write_text(json.dumps({"settings": {"a": {}, "b": {"model.n_layer": "x"}}}))
     other = tmp_path / "other"
     other.mkdir()
-    (other / "sweep.json").write_text('{"kind": "llm-lab sweep", "format_version": 1, "base": {}, "data": "x", '
-                                      '"time_budget_s": null, "settings": [], "seeds": [1], "baseline": "a"}')  # fmt: skip
+    manifest = {"kind": "llm-lab sweep", "format_version": 1, "base": {}, "data": "x", "time_budget_s": None,
+                "settings": [], "seeds": [1], "baseline": "a"}  # fmt: skip
+    (other / "sweep.json").write_text(json.dumps(manifest))
     return tmp_path
 
 

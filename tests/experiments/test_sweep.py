@@ -254,7 +254,7 @@ def test_report_numbers_worked_by_hand(tmp_path, corpus, png_ok):
     Setting b: 3.0, 3.1, 3.2 -> mean 3.1, std 0.1; Welch t = (3.1 - 2.2) / sqrt(0.01/3 + 0.04/3) = 6.9714,
     df = (0.05/3)^2 / ((0.01/3)^2/2 + (0.04/3)^2/2) = 2.9412; |t| lies between the table's t(0.995, 3) = 5.841 and
     t(0.9995, 3) = 12.92, so 0.001 < p < 0.01 -> '**'. b ranks third (c's one run is better).
-    Setting c has one run finished and one not: n/a, and the unfinished run is listed."""
+    Setting c has one run finished, one not and one diverged: n/a, and the other two are listed."""
     out = tmp_path / "sweep"
     settings = [Setting("a"), Setting("b", ("model.n_layer=2",)), Setting("c", ("model.mlp=\"swiglu\"",))]
     plan = SweepPlan(tiny_config(), corpus, settings, seeds=[1, 2, 3])
@@ -266,6 +266,8 @@ def test_report_numbers_worked_by_hand(tmp_path, corpus, png_ok):
         write_run(out, f"b-seed{seed}", [3.5, final], [1000, 50], [1, 10])
     write_run(out, "c-seed1", [2.1], [70], [4])
     (out / "runs" / "c-seed2").mkdir()  # started, not finished
+    write_run(out, "c-seed3", [2.0], [70], [4])  # diverged after that row: left out of the statistics
+    (out / "finished" / "c-seed3.json").write_text('{"run": "c-seed3", "extra": {}, "diverged": "loss became nan"}')
 
     paths = write_sweep_report(out)
     rows = {r["setting"]: r for r in read_csv(paths["csv"])}
@@ -285,7 +287,9 @@ def test_report_numbers_worked_by_hand(tmp_path, corpus, png_ok):
     assert 0.001 < float(b["p_value"]) < 0.01 and b["significance"] == "**"
     assert c["seeds"] == "1" and c["val_loss_std"] == "" and c["significance"] == "n/a"
     md = paths["md"].read_text()
-    assert "Welch's two-sided t-test" in md and "Not finished yet (left out): c-seed2, c-seed3" in md
+    assert "Welch's two-sided t-test" in md and "Not finished yet (left out): c-seed2." in md
+    assert "Diverged (loss became NaN or infinite; left out of the statistics): c-seed3 (loss became nan)" in md
+    assert "7 finished run(s) of 9" in md
     assert "| 2    | a " in md and "2.2 +- 0.2 [1.703, 2.697]" in md
     assert len(read_csv(paths["runs_csv"])) == 7
     png_ok(paths["curves_png"])
@@ -308,7 +312,7 @@ def test_time_budget_scales_the_schedule_of_every_run(tmp_path, corpus, monkeypa
     """With the machine's speed fixed at 0.1 s a step and 0.05 s an evaluation, a 1 s budget gives
     (1 - 2 x 0.05) / 0.1 = 9 steps (the base has 6 steps, evaluations at 3 and 6); the schedule x1.5:
     warmup 1 -> 2 (1.5 rounds to even), evaluation every 3 -> 4 (4.5 -> 4), logging every 2 -> 3."""
-    monkeypatch.setattr(sweep_module, "measure_step_seconds", lambda prepared: (0.1, 0.05))
+    monkeypatch.setattr(sweep_module, "measure_step_seconds", lambda prepared: [(0.1, 0.05)] * len(prepared))
     plan = SweepPlan(tiny_config(), corpus, [Setting("a")], seeds=[1], time_budget_s=1.0)
     result = run_sweep(plan, tmp_path / "out", progress=False)
     assert result.steps == {"a": 9}
