@@ -476,6 +476,18 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not an llm-lab sweep file")
     if data.get("format_version") != SWEEP_FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {data.get('format_version')!r} is from another version of llm-lab")
+    settings, seeds = data.get("settings"), data.get("seeds")
+    if (
+        not isinstance(data.get("base"), dict)
+        or not isinstance(data.get("data"), str)
+        or not isinstance(settings, list)
+        or not all(isinstance(x, dict) and isinstance(x.get("name"), str) and isinstance(x.get("overrides"), list)
+                   for x in settings)  # fmt: skip
+        or not isinstance(seeds, list)
+        or not all(isinstance(x, int) for x in seeds)
+        or not isinstance(data.get("steps", {}), dict)
+    ):
+        raise ValueError(f"{path} is damaged (base, data, settings, seeds or steps missing or of the wrong kind)")
     return data
 
 

@@ -52,6 +52,7 @@ def test_posenc_then_collect(tmp_path, small_text, capsys):
         (["experiment", "posenc", "--data", "missing.txt"], "does not exist"),
         (["experiment", "posenc", "--data", ".", "--encodings", "xpos"], "unknown positional encoding"),
         (["experiment", "posenc", "--data", ".", "--set", "train.nope=1"], "nope"),
+        (["experiment", "posenc", "--data", ".", "--seeds", "0"], "--seeds must be at least 1"),
         (["experiment", "collect", "nowhere"], "is not a directory"),
     ],
 )

@@ -227,6 +227,9 @@ def test_other_folders_are_refused(tmp_path, corpus):
     (busy / "sweep.json").write_text('{"kind": "something else"}')
     with pytest.raises(ValueError, match="is not an llm-lab sweep file"):
         run_sweep(plan, busy, progress=False)
+    (busy / "sweep.json").write_text('{"kind": "llm-lab sweep", "format_version": 1, "settings": 3}')
+    with pytest.raises(ValueError, match="sweep.json is damaged"):
+        run_sweep(plan, busy, progress=False)
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt", "sweep.json"]
     with pytest.raises(ValueError, match="--jobs must be at least 1"):
         run_sweep(plan, tmp_path / "new", jobs=0, progress=False)
@@ -415,3 +418,24 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, corpus):
     one = read_csv(write_sweep_report(tmp_path / "serial")["csv"])
     two = read_csv(write_sweep_report(tmp_path / "parallel")["csv"])
     assert deterministic(one) == deterministic(two)
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, corpus, monkeypatch):
+    from llm_lab.core.train.trainer import NonFiniteLossError, Trainer
+
+    train = Trainer.train
+
+    def diverge_on_seed_2(self):
+        if self.config.seed == 2:
+            raise NonFiniteLossError("the training loss became nan at step 3")
+        return train(self)
+
+    monkeypatch.setattr(Trainer, "train", diverge_on_seed_2)
+    plan = SweepPlan(tiny_config(), corpus, [Setting("a")], seeds=[1, 2, 3])
+    run_sweep(plan, tmp_path / "out", progress=False)
+    record = json.loads((tmp_path / "out" / "finished" / "a-seed2.json").read_text())
+    assert record["diverged"] == "the training loss became nan at step 3"
+    paths = write_sweep_report(tmp_path / "out")
+    assert read_csv(paths["csv"])[0]["seeds"] == "2"
+    assert "a-seed2 (the training loss became nan at step 3)" in paths["md"].read_text()
