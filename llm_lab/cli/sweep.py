@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a value shared by every run, e.g. --set train.max_steps=300 (repeatable)")
     sweep.add_argument("--seeds", type=int, default=None,
                        help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's)")
-    sweep.add_argument("--baseline", default=None, help="the setting the others are compared with (default: first)")
+    sweep.add_argument("--baseline", default=None, metavar="SETTING", help="the setting the others are compared with (default: first)")
     sweep.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="equal wall time per run: the schedule is scaled to the steps that fill it (default: "
                        "equal steps, the config's train.max_steps)")  # fmt: skip
@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=_run_sweep)
 
-    commands = sweep.add_subparsers(dest="sweep_command", metavar="report")
+    commands = sweep.add_subparsers(dest="sweep_command", metavar="[report DIR]", title="rebuilding the report")
     report = commands.add_parser("report", help="rebuild DIR/report.md, results.csv and the PNGs from the run folders")
     report.add_argument("dir", type=Path, help="the sweep folder")
-    report.add_argument("--baseline", dest="report_baseline", default=None,
+    report.add_argument("--baseline", dest="report_baseline", default=None, metavar="SETTING",
                         help="compare against this setting instead of the sweep's baseline")
     report.set_defaults(func=_run_report)
 
