@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a value shared by every run, e.g. --set train.max_steps=300 (repeatable)")
     sweep.add_argument("--seeds", type=int, default=None,
                        help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's)")
-    sweep.add_argument("--baseline", default=None, metavar="SETTING", help="the setting the others are compared with (default: first)")
+    sweep.add_argument("--baseline", default=None, metavar="SETTING",
+                       help="the setting the others are compared with (default: the first)")
     sweep.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="equal wall time per run: the schedule is scaled to the steps that fill it (default: "
                        "equal steps, the config's train.max_steps)")  # fmt: skip
