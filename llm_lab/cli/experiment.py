@@ -1,4 +1,5 @@
-"""``llm-lab experiment posenc|collect``: the positional-encoding study and the run report (parsing only)."""
+"""``llm-lab experiment posenc|collect``: the positional-encoding study (a sweep preset) and the run report (parsing
+only)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     posenc.add_argument("--encodings", nargs="+", default=None,
                         help="subset and order (default: learned sinusoidal rope alibi none)")
     posenc.add_argument("--factor", type=int, default=2, help="evaluate at this multiple of the context (default 2)")
+    posenc.add_argument("--seeds", type=int, default=1,
+                        help="train each encoding with this many seeds (train.seed, +1, ...); the report gives mean "
+                        "+- std, 95%% intervals and Welch's t-test against the first encoding (default 1)")
     posenc.add_argument("--quick", action="store_true", help="tiny model and budget: about a minute in all")
     posenc.set_defaults(func=_run_posenc)
 
@@ -59,12 +63,15 @@ def _run_posenc(args: argparse.Namespace) -> int:
                 "`llm-lab data download tiny_shakespeare`)"
             )
     config = load_study_config(args.config, args.overrides, quick=args.quick)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     study = PosEncStudy(
         base=config,
         data=data,
         out_dir=args.out,
         encodings=tuple(args.encodings) if args.encodings else POS_ENCODINGS,
         extrapolation_factor=args.factor,
+        seeds=[config.train.seed + i for i in range(args.seeds)],
     )
     paths = run_study(study)
     print(study_table(study), end="")

@@ -1,10 +1,11 @@
 """The positional-encoding study: the same model trained with each encoding, then tested at twice its context.
 
-Every run uses the same corpus, split, tokenizer, model shape, training budget and seed; only
-``model.pos_encoding`` changes (learned, sinusoidal, RoPE, ALiBi, none). Each run goes through the real
-training path (:func:`llm_lab.core.train.run.prepare_run` and the :class:`~llm_lab.core.train.Trainer`), so its
-directory is an ordinary run directory (``run.json``, ``metrics.csv``, ``checkpoints/``) under
-``OUT/runs/<encoding>/``.
+Every run uses the same corpus, split, tokenizer, model shape, training budget and seeds; only
+``model.pos_encoding`` changes (learned, sinusoidal, RoPE, ALiBi, none). The study is a preset of the sweep
+(:mod:`llm_lab.experiments.sweep`): one setting per encoding, each trained once per seed through the real training
+path, so every run is an ordinary run directory (``run.json``, ``metrics.csv``, ``checkpoints/``) under
+``OUT/runs/<encoding>-seed<N>/``, a killed study resumes where it stopped, and the sweep report (mean +- std over
+seeds, 95% intervals, Welch's t-test against the first encoding) is written to ``OUT/report/``.
 
 Length extrapolation: after training, encodings without a learned position table are rebuilt with
 ``max_seq_len = 2 * context_length`` (same weights) and evaluated on validation windows twice as long as in
@@ -12,31 +13,33 @@ training. Two numbers: the mean loss over the whole long window (``val_loss_2x``
 only, the positions never seen in training (``val_loss_2x_beyond``). Learned positions have no entries past
 the context, so their cells are empty.
 
-Outputs under ``OUT``: ``results.csv``, ``results.md`` and ``loss_curves.png`` (every run's train and validation
-loss against the step).
+Outputs under ``OUT``: ``results.csv``, ``results.md`` (one row per encoding: means over the seeds, plus the
+number of seeds and the standard deviation of the final validation loss) and ``loss_curves.png`` (every run's train
+and validation loss against the step), ``study_config.json``, and the sweep's own files (``sweep.json``,
+``report/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.model.config import EXTRAPOLATING_POS_ENCODINGS, POS_ENCODINGS, MiniGPTConfig
 from llm_lab.core.model.gpt import MiniGPT
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import autocast_context
-from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec, load_run_config, prepare_run
+from llm_lab.core.train.run import DataConfig, PreparedRun, RunConfig, TokenizerSpec, load_run_config
+from llm_lab.experiments.sweep import Setting, SweepPlan, run_sweep
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import plot_runs
@@ -53,6 +56,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "val_loss_2x_beyond",
     "tokens_per_second",
     "train_time_s",
+    "seeds",
+    "val_loss_std",
 )
 HEADERS = {
     "pos_encoding": "encoding",
@@ -63,6 +68,7 @@ HEADERS = {
     "val_loss_2x_beyond": "val loss @2x, 2nd half",
     "tokens_per_second": "tokens/s",
     "train_time_s": "train time (s)",
+    "val_loss_std": "final val loss std",
 }
 
 
@@ -106,6 +112,7 @@ class PosEncStudy:
         out_dir: where the run directories and the results go.
         encodings: which encodings, in order.
         extrapolation_factor: evaluate at this multiple of the training context (2 = twice).
+        seeds: train every encoding once per seed (default: the base config's ``train.seed``).
         progress: show progress bars.
     """
 
@@ -115,10 +122,12 @@ class PosEncStudy:
     encodings: Sequence[str] = POS_ENCODINGS
     extrapolation_factor: int = 2
     progress: bool = True
+    seeds: Sequence[int] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data, self.out_dir = Path(self.data), Path(self.out_dir)
+        self.seeds = tuple(self.seeds) if self.seeds is not None else (self.base.train.seed,)
         unknown = [e for e in self.encodings if e not in POS_ENCODINGS]
         if unknown or not self.encodings:
             raise ValueError(
@@ -194,52 +203,74 @@ def _median_tokens_per_second(history: Sequence[dict[str, Any]]) -> float | None
     return statistics.median(values) if values else None
 
 
-def run_one(study: PosEncStudy, encoding: str) -> dict[str, Any]:
-    """Train one encoding and evaluate it; returns its results row."""
-    config = dataclasses.replace(study.base, model=dataclasses.replace(study.base.model, pos_encoding=encoding))
-    run_dir = study.out_dir / "runs" / encoding
-    prepared = prepare_run(config, study.data, run_dir, overwrite=True)
-    trainer = prepared.start(progress=study.progress)
-    start = time.perf_counter()
-    result = trainer.train()
-    train_time = time.perf_counter() - start
+def extrapolation_results(factor: int, trainer: Any, prepared: PreparedRun) -> dict[str, Any]:
+    """The sweep's after-run evaluation for this study: the validation loss at ``factor`` times the context.
+
+    Learned positions have no entries past the context: their results are empty.
+    """
     model: MiniGPT = trainer.model
+    if model.config.pos_encoding not in EXTRAPOLATING_POS_ENCODINGS:
+        return {"val_loss_2x": None, "val_loss_2x_beyond": None}
     train_config = prepared.config.train
-    row: dict[str, Any] = {
-        "pos_encoding": encoding,
-        "parameters": model.num_parameters(),
-        "steps": result.step,
-        "tokens": result.tokens_seen,
-        "train_loss": result.train_loss,
-        "val_loss": result.val_loss,
-        "best_val_loss": result.best_val_loss,
-        "val_loss_2x": None,
-        "val_loss_2x_beyond": None,
-        "tokens_per_second": _median_tokens_per_second(result.history),
-        "train_time_s": train_time,
-    }
-    if encoding in EXTRAPOLATING_POS_ENCODINGS:
-        # The same number of tokens as a training-length evaluation: half as many windows, each twice as long.
-        max_batches = max(1, math.ceil(train_config.eval_batches / study.extrapolation_factor))
-        row["val_loss_2x"], row["val_loss_2x_beyond"] = extrapolation_losses(
-            model,
-            prepared.val_data.ids,
-            study.extrapolation_factor,
-            train_config.batch_size,
-            max_batches,
-            precision=trainer.precision,
-            device=trainer.device,
-        )
-    return row
+    # The same number of tokens as a training-length evaluation: half as many windows, each twice as long.
+    max_batches = max(1, math.ceil(train_config.eval_batches / factor))
+    whole, beyond = extrapolation_losses(
+        model, prepared.val_data.ids, factor, train_config.batch_size, max_batches,
+        precision=trainer.precision, device=trainer.device,
+    )  # fmt: skip
+    return {"val_loss_2x": whole, "val_loss_2x_beyond": beyond}
+
+
+def study_plan(study: PosEncStudy) -> SweepPlan:
+    """The sweep the study is: one setting per encoding (named by it), every seed, equal steps."""
+    settings = [Setting(e, (f"model.pos_encoding={json.dumps(e)}",)) for e in study.encodings]
+    return SweepPlan(base=study.base, data=study.data, settings=settings, seeds=study.seeds)
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def study_rows(study: PosEncStudy) -> list[dict[str, Any]]:
+    """One row per encoding from the sweep's finished runs: the mean over seeds of every column."""
+    from llm_lab.experiments.sweep_report import collect_sweep
+
+    runs = collect_sweep(study.out_dir).rows
+    rows = []
+    for encoding in study.encodings:
+        mine = [row for spec, row in runs if spec.setting.name == encoding]
+        if not mine:
+            continue
+        losses = [r["val_loss"] for r in mine if r["val_loss"] is not None]
+        row: dict[str, Any] = {
+            "pos_encoding": encoding,
+            "parameters": mine[0]["parameters"],
+            "steps": mine[0]["steps"],
+            "tokens": mine[0]["tokens"],
+            "seeds": len(mine),
+            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
+            "train_time_s": _mean([r["wall_time_s"] for r in mine]),
+        }
+        for column in ("train_loss", "val_loss", "best_val_loss", "tokens_per_second"):
+            row[column] = _mean([r[column] for r in mine])
+        for column in ("val_loss_2x", "val_loss_2x_beyond"):
+            row[column] = _mean([r["extra"].get(column) for r in mine])
+        rows.append(row)
+    return rows
 
 
 def run_study(study: PosEncStudy) -> dict[str, Path]:
-    """Train and evaluate every encoding, then write the results; returns the paths of what was written."""
-    study.out_dir.mkdir(parents=True, exist_ok=True)
-    study.rows = []
-    for encoding in tqdm(study.encodings, desc="posenc study", disable=not study.progress, unit="run"):
-        study.rows.append(run_one(study, encoding))
-    return write_study_results(study)
+    """Train and evaluate every encoding x seed as a sweep (resuming one that was interrupted), then write the
+    results; returns the paths of what was written."""
+    from llm_lab.experiments.sweep_report import write_sweep_report
+
+    evaluate = functools.partial(extrapolation_results, study.extrapolation_factor)
+    run_sweep(study_plan(study), study.out_dir, progress=study.progress, evaluate=evaluate)
+    study.rows = study_rows(study)
+    paths = write_study_results(study)
+    report = write_sweep_report(study.out_dir, study.out_dir / "report", title="Positional-encoding study")
+    return paths | {"report": report["md"]}
 
 
 def study_table(study: PosEncStudy) -> str:
@@ -258,7 +289,8 @@ def write_study_results(study: PosEncStudy) -> dict[str, Path]:
         f"tokens, last {base.data.val_fraction:.0%} for validation). Model: {m.n_layer} layers, {m.n_head} heads, "
         f"{m.n_embd} wide, context {m.context_length}, {m.norm}, {m.mlp}. Budget: {t.max_steps} steps of "
         f"{t.batch_size} x {m.context_length} tokens, lr {t.lr:g} (warmup {t.warmup_steps}, cosine to "
-        f"{t.min_lr:g}), seed {t.seed}, precision {t.precision}, device {t.device}. Validation: {t.eval_batches} "
+        f"{t.min_lr:g}), seeds {', '.join(map(str, study.seeds))} (numbers are means over the seeds), precision "
+        f"{t.precision}, device {t.device}. Validation: {t.eval_batches} "
         f"batches; at {factor}x context: windows of {factor * m.context_length} tokens (same number of tokens); "
         f"'2nd half' counts only the positions past the training context. Empty cells: learned positions cannot "
         f"run past their table.\n"
@@ -270,9 +302,12 @@ def write_study_results(study: PosEncStudy) -> dict[str, Path]:
         "config": out / "study_config.json",
     }
     atomic_write_text(paths["md"], "# Positional-encoding study\n\n" + summary + "\n" + study_table(study))
-    atomic_write_text(paths["config"], json.dumps(base.to_dict() | {"encodings": list(study.encodings)}, indent=2))
+    study_json = base.to_dict() | {"encodings": list(study.encodings), "seeds": list(study.seeds)}
+    atomic_write_text(paths["config"], json.dumps(study_json, indent=2))
+    labels = {e if len(study.seeds) == 1 else f"{e} seed {s}": out / "runs" / f"{Setting(e).slug}-seed{s}"
+              for e in study.encodings for s in study.seeds}  # fmt: skip
     plot_runs(
-        {row["pos_encoding"]: out / "runs" / row["pos_encoding"] for row in study.rows},
+        {label: run for label, run in labels.items() if (run / "metrics.csv").is_file()},
         paths["png"],
         x_axes=("step",),
         title=f"positional encodings: loss ({m.n_layer}x{m.n_embd}, context {m.context_length})",

@@ -42,7 +42,7 @@ def test_posenc_then_collect(tmp_path, small_text, capsys):
 
     assert main(["experiment", "collect", str(tmp_path / "experiments")]) == 0
     report = read_csv(tmp_path / "experiments" / "report" / "report.csv")
-    assert sorted(r["run"] for r in report) == ["posenc/runs/learned", "posenc/runs/rope"]
+    assert sorted(r["run"] for r in report) == ["posenc/runs/learned-seed1337", "posenc/runs/rope-seed1337"]
     assert all(as_float(r["best_val_loss"]) > 0 for r in report)
 
 
@@ -52,6 +52,7 @@ def test_posenc_then_collect(tmp_path, small_text, capsys):
         (["experiment", "posenc", "--data", "missing.txt"], "does not exist"),
         (["experiment", "posenc", "--data", ".", "--encodings", "xpos"], "unknown positional encoding"),
         (["experiment", "posenc", "--data", ".", "--set", "train.nope=1"], "nope"),
+        (["experiment", "posenc", "--data", ".", "--seeds", "0"], "--seeds must be at least 1"),
         (["experiment", "collect", "nowhere"], "is not a directory"),
     ],
 )
@@ -83,4 +84,4 @@ def test_quick_study_on_tiny_shakespeare(shakespeare_path, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert collect.returncode == 0, collect.stderr[-2000:]
-    assert "runs/rope" in collect.stdout
+    assert "runs/rope-seed1337" in collect.stdout

@@ -64,7 +64,8 @@ def test_study_trains_every_encoding_and_writes_results(tmp_path, corpus, png_ok
             assert row["val_loss_2x"] == "" and row["val_loss_2x_beyond"] == ""
         else:
             assert 0 < as_float(row["val_loss_2x"]) < 10 and 0 < as_float(row["val_loss_2x_beyond"]) < 10
-        run_dir = study.out_dir / "runs" / row["pos_encoding"]
+        assert row["seeds"] == "1" and row["val_loss_std"] == ""  # one seed: no spread
+        run_dir = study.out_dir / "runs" / f"{row['pos_encoding']}-seed7"
         assert (run_dir / "run.json").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
 
     md = paths["md"].read_text()
@@ -72,7 +73,7 @@ def test_study_trains_every_encoding_and_writes_results(tmp_path, corpus, png_ok
     png_ok(paths["png"])
     # The study's run directories are ordinary runs: the collector reads all five.
     collected, _, skipped = collect_runs(study.out_dir)
-    assert sorted(r["run"] for r in collected) == sorted(f"runs/{e}" for e in POS_ENCODINGS) and not skipped
+    assert sorted(r["run"] for r in collected) == sorted(f"runs/{e}-seed7" for e in POS_ENCODINGS) and not skipped
 
 
 def test_extrapolation_loss_splits_into_seen_and_beyond_context():
@@ -117,3 +118,30 @@ def test_bad_study_settings(tmp_path, corpus, kwargs, error, message):
         arguments["data"] = tmp_path / kwargs["data"]
     with pytest.raises(error, match=message):
         PosEncStudy(**arguments)
+
+
+@pytest.mark.slow
+def test_study_with_seeds_averages_the_runs_and_writes_the_sweep_report(tmp_path, corpus):
+    """Two encodings x two seeds: each row of results.csv is the mean of its two runs (recomputed from their
+    metrics.csv and the recorded extrapolation results), and report/ holds the sweep's statistics."""
+    import json
+
+    from llm_lab.core.train.metrics import read_metrics
+
+    study = PosEncStudy(tiny_study_config(), corpus, tmp_path / "study", encodings=("rope", "learned"), seeds=(7, 8),
+                        progress=False)  # fmt: skip
+    paths = run_study(study)
+    rows = {r["pos_encoding"]: r for r in read_csv(paths["csv"])}
+    for encoding in ("rope", "learned"):
+        finals = []
+        for seed in (7, 8):
+            metrics = read_metrics(study.out_dir / "runs" / f"{encoding}-seed{seed}" / "metrics.csv")
+            finals.append([float(r["val_loss"]) for r in metrics if r["val_loss"]][-1])
+        assert rows[encoding]["seeds"] == "2"
+        assert float(rows[encoding]["val_loss"]) == pytest.approx(sum(finals) / 2, rel=1e-12)
+    extras = [json.loads((study.out_dir / "finished" / f"rope-seed{s}.json").read_text())["extra"] for s in (7, 8)]
+    assert float(rows["rope"]["val_loss_2x"]) == pytest.approx(sum(e["val_loss_2x"] for e in extras) / 2, rel=1e-12)
+    assert rows["learned"]["val_loss_2x"] == ""
+    report = {r["setting"]: r for r in read_csv(study.out_dir / "report" / "results.csv")}
+    assert report["rope"]["significance"] == "baseline" and report["learned"]["p_value"] != ""
+    assert "seeds 7, 8" in paths["md"].read_text()

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from llm_lab.core.train.loggers import validate_logger_names
 from llm_lab.utils.threads import parse_threads
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -64,6 +65,8 @@ class TrainerConfig:
         threads: torch's CPU threads for this run: a number, ``auto`` (one per core idle at start-up, see
             :mod:`llm_lab.utils.threads`), or ``None`` to keep the process setting (which ``llm-lab``'s
             ``--threads`` made, ``auto`` by default).
+        loggers: where logged rows go: ``csv`` (``metrics.csv``, required) plus ``tensorboard`` and/or ``wandb``
+            (offline); see :mod:`llm_lab.core.train.loggers`.
     """
 
     json_section: ClassVar[str] = "train"
@@ -92,6 +95,7 @@ class TrainerConfig:
     peak_flops: float | None = None
     distributed: DistributedStrategy = "ddp"
     threads: int | Literal["auto"] | None = None
+    loggers: tuple[str, ...] = ("csv",)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval"):
@@ -135,6 +139,7 @@ class TrainerConfig:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
         if self.threads is not None:
             self.threads = parse_threads(self.threads)
+        validate_logger_names(self.loggers)
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
 

@@ -51,6 +51,7 @@ from llm_lab.core.train.checkpoint import CheckpointError, load_resume_checkpoin
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
+from llm_lab.core.train.loggers import check_loggers, is_logger_file
 from llm_lab.core.train.trainer import RUNTIME_FILE, SampleCallback, Trainer
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
 from llm_lab.utils.dirswap import (
@@ -299,7 +300,7 @@ def _check_split(name: str, n_tokens: int, context_length: int, hint: str) -> No
 
 def _is_run_file(name: str, listed: set[str]) -> bool:
     """Whether ``name`` (relative POSIX path) is a file the project writes into a run directory."""
-    if name in _RUN_FILES or name in listed:
+    if name in _RUN_FILES or name in listed or is_logger_file(name):
         return True
     folder, _, file = name.partition("/")
     return folder == "checkpoints" and "/" not in file and file.endswith(".pt") and not file.startswith(".")
@@ -620,6 +621,7 @@ def prepare_run(
     if resume and init_from is not None:
         raise ValueError("--init-from starts a new run from other weights; it cannot be combined with --resume")
     device = select_device(config.train.device, dist_info.local_rank)
+    check_loggers(config.train.loggers)  # a missing tracker package stops the run before anything is written
 
     if resume:
         tokenizer, origin = load_tokenizer(out / _TOKENIZER_DIR), "the run being resumed"

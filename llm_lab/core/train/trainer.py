@@ -52,7 +52,7 @@ from llm_lab.core.train.device import (
 )
 from llm_lab.core.train.distributed import current_info, shard_model
 from llm_lab.core.train.flops import measure_matmul_peak
-from llm_lab.core.train.metrics import MetricsLog
+from llm_lab.core.train.loggers import open_loggers
 from llm_lab.core.train.optim import build_optimizer
 from llm_lab.core.train.schedule import lr_at
 from llm_lab.utils.config_loader import config_to_dict
@@ -461,12 +461,13 @@ class Trainer:
         """
         c = self.config
         is_main = self.dist.is_main
-        metrics = (
-            MetricsLog(self.out_dir / "metrics.csv", keep_until_step=self.step)
+        # metrics.csv and any trackers in config.loggers (rank 0 only)
+        loggers = (
+            open_loggers(c.loggers, self.out_dir, start_step=self.step, config=config_to_dict(c))
             if (self.out_dir is not None and is_main)
-            else None
+            else []
         )
-        if metrics is not None:
+        if self.out_dir is not None and is_main:
             atomic_write_json(self.out_dir / RUNTIME_FILE, self.runtime())
         peak = self._peak_flops()
         self._segment_start = time.perf_counter()
@@ -517,8 +518,8 @@ class Trainer:
                             f"val perplexity {result.perplexity:.2f}"
                         )
                     self.history.append(row)
-                    if metrics is not None:
-                        metrics.write(row)
+                    for logger in loggers:
+                        logger.write(row)
                     bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
                     if show_rows:
                         self._print(
@@ -539,8 +540,8 @@ class Trainer:
                     window_start = time.perf_counter()
         finally:
             bar.close()
-            if metrics is not None:
-                metrics.close()
+            for logger in loggers:
+                logger.close()
         if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
             self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         return TrainResult(

@@ -1,0 +1,59 @@
+"""`llm-lab sweep` and `llm-lab sweep report`: every bad input is one line naming the fault, before any run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from llm_lab.cli import main
+
+TINY = {
+    "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+    "train": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 2,
+              "device": "cpu", "precision": "fp32"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def files(tmp_path, small_text):
+    (tmp_path / "corpus.txt").write_text(small_text)
+    (tmp_path / "base.json").write_text(json.dumps(TINY))
+    (tmp_path / "file.json").write_text(json.dumps({"settings": {"a": {}, "b": {"model.n_layer": "x"}}}))
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest = {"kind": "llm-lab sweep", "format_version": 1, "base": {}, "data": "x", "time_budget_s": None,
+                "settings": [], "seeds": [1], "baseline": "a"}  # fmt: skip
+    (other / "sweep.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+BASE = ["sweep", "--config", "base.json", "--data", "corpus.txt"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sweep", "--data", "corpus.txt", "--out", "o", "--grid", "model.norm=rmsnorm"], "a sweep needs --config"),
+        ([*BASE, "--out", "o"], "nothing to compare"),
+        ([*BASE, "--out", "o", "--grid", "model.nope=1,2"], "setting 'nope=1': .*unknown key 'nope'"),
+        ([*BASE, "--out", "o", "--grid", "model.n_layer=1,two"], "setting 'n_layer=two'"),
+        ([*BASE, "--out", "o", "--grid", "model.n_head=2,3"], "setting 'n_head=3'.*n_head"),
+        ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--seeds", "0"], "--seeds must be at least 1"),
+        ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--grid", "model.norm=layernorm"], "given twice"),
+        ([*BASE, "--out", "o", "--sweep-file", "file.json"], "setting 'b'"),
+        ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--baseline", "x"], "baseline 'x' is not a setting"),
+        ([*BASE, "--out", "other", "--grid", "model.norm=rmsnorm"], "other holds another sweep"),
+        ([*BASE, "--out", "o", "--grid", "train.seed=1,2"], "use --seeds"),
+        (["sweep", "report", "nowhere"], "nowhere holds no sweep"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_is_written(argv, message, files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-lab: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert sorted(p.relative_to(files) for p in files.rglob("*")) == before
