@@ -209,8 +209,8 @@ def test_nan_weights_are_a_one_line_error(capsys, tmp_path):
     path, model = make_package(tmp_path / "pkg", tok)
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
-    from llm_lab.cli.sample import sample_and_print
     from llm_lab.cli import build_parser
+    from llm_lab.cli.sample import sample_and_print
 
     # The sampler's own check (package loading refuses NaN weights on its own): the model reaches the sampler here.
     for flags in ([], ["--stream"], ["--temperature", "0"]):
