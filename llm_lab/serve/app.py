@@ -182,12 +182,9 @@ def estimate_request_memory(engine: CompletionEngine, rows: int, prompt_width: i
     return rows * positions * kv_per_position + rows * int(config.vocab_size) * 4 * _SCORE_COPIES
 
 
-def check_request_limits(
-    engine: CompletionEngine, limits: RequestLimits, request: CompletionRequest, prompt_ids: list[list[int]]
-) -> None:
+def check_request_limits(limits: RequestLimits, job: _CompletionJob) -> None:
     """Refuse (400, ``code: "request_limit_exceeded"``) a request whose batch is too much work or memory."""
-    n = request.n or 1
-    max_tokens = request.max_tokens if request.max_tokens is not None else 16
+    prompt_ids, n, max_tokens = job.prompt_ids, job.n, job.settings.max_new_tokens
     rows = len(prompt_ids) * n
     shape = f"{len(prompt_ids)} prompt(s) x n={n} x max_tokens={max_tokens}"
     total = rows * max_tokens
@@ -199,7 +196,7 @@ def check_request_limits(
             param="max_tokens",
             code="request_limit_exceeded",
         )
-    needed = estimate_request_memory(engine, rows, max(len(ids) for ids in prompt_ids), max_tokens)
+    needed = estimate_request_memory(job.engine, rows, max(len(ids) for ids in prompt_ids), max_tokens)
     if needed > limits.max_memory_bytes:
         raise APIError(
             400,
@@ -377,7 +374,7 @@ def create_app(
             _check_model(engine, completion.model)
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
         job = await asyncio.to_thread(_plan, engine, completion)
-        check_request_limits(engine, limits, completion, job.prompt_ids)
+        check_request_limits(limits, job)
         try:
             if completion.stream:
                 # Queued here, so a full queue is a plain 503 and not an error inside a started stream.
