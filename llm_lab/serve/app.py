@@ -200,12 +200,16 @@ def check_request_limits(limits: RequestLimits, job: _CompletionJob) -> None:
     if needed > limits.max_memory_bytes:
         raise APIError(
             400,
-            f"max_tokens: {shape} needs about {needed / 2**20:.0f} MiB for the KV cache and scores, more than this "
-            f"server allows in one request ({limits.max_memory_bytes / 2**20:.0f} MiB, --max-request-memory-mb); "
+            f"max_tokens: {shape} needs about {_size(needed)} for the KV cache and scores, more than this server "
+            f"allows in one request ({_size(limits.max_memory_bytes)}, --max-request-memory-mb); "
             "ask for fewer prompts, choices or tokens",
             param="max_tokens",
             code="request_limit_exceeded",
         )
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes} bytes"
 
 
 JSON_CONTENT_TYPES = ("application/json",)

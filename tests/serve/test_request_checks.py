@@ -61,8 +61,8 @@ def test_memory_of_a_request_is_bounded(loaded: Any) -> None:
         over = client.post("/v1/completions", json=body)
     assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
     assert over.json()["error"]["message"].startswith(
-        "max_tokens: 1 prompt(s) x n=4 x max_tokens=10 needs about 0 MiB for the KV cache and scores, more than this "
-        "server allows in one request (0 MiB, --max-request-memory-mb)"
+        "max_tokens: 1 prompt(s) x n=4 x max_tokens=10 needs about 26560 bytes for the KV cache and scores, more "
+        "than this server allows in one request (26559 bytes, --max-request-memory-mb)"
     )
 
 
