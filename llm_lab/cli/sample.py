@@ -23,12 +23,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt", default="", help="text to continue (default: start from the end-of-text token, if any)"
     )
-    parser.add_argument("--max-new-tokens", type=positive_int, default=200, metavar="N")
-    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (default: 1.0)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=200,
+        metavar="N",
+        help="most new tokens (default 200); at most what the model's context allows, or 100 windows of it for a "
+        "model that slides its window",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="0 (or below 1e-5) is greedy (default: 1.0)"
+    )
     parser.add_argument("--top-k", type=positive_int, default=None, metavar="K")
     parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling, in (0, 1]")
     parser.add_argument("--min-p", type=float, default=None, metavar="M", help="in [0, 1]")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="> 0; 1 disables it")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, metavar="R", help="in [0.01, 100]; 1 disables it"
+    )
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
@@ -63,13 +74,31 @@ def _run(args: argparse.Namespace) -> int:
     return sample_and_print(args, tokenizer, model)
 
 
+def check_max_new_tokens(max_new_tokens: int, config: Any, prompt_length: int) -> None:
+    """Raise ``ValueError`` when ``--max-new-tokens`` is more than the model can generate in one call."""
+    from llm_lab.core.decode.generate import default_overflow_policy
+    from llm_lab.core.decode.limits import SLIDING_WINDOWS_LIMIT, new_tokens_limit
+
+    limit = new_tokens_limit(config, prompt_length)
+    if max_new_tokens <= limit:
+        return
+    window = config.max_positions
+    if default_overflow_policy(config) == "slide":
+        why = f"{SLIDING_WINDOWS_LIMIT} windows of its {window}-token context, sliding the window past it"
+    else:
+        why = f"its context is {window} tokens and the prompt takes {prompt_length}"
+    raise ValueError(f"--max-new-tokens {max_new_tokens} is more than this model can generate: at most {limit} ({why})")
+
+
 def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> int:
     """Generate with the sampling flags in ``args`` (see :func:`add_sampling_arguments`) and print the texts.
 
-    Each sample is printed as prompt + new text; with ``--num-samples`` above 1 each gets a header line.
+    Each sample is printed as prompt + new text; with ``--num-samples`` above 1 each gets a header line. Without
+    ``--stream`` a progress bar counts the new tokens on stderr (in a terminal). Ctrl+C stops generating and
+    prints what was generated so far (exit code 130).
     """
     check_sampling_arguments(args)
-    from llm_lab.core.decode import generate, stream
+    from llm_lab.core.decode import stream
 
     eot = tokenizer.eot_token_id
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else []
@@ -77,9 +106,12 @@ def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> in
         if eot is None:
             raise ValueError("--prompt is empty and this tokenizer has no end-of-text token to start from; give text")
         prompt_ids = [eot]
-    prompt_text = args.prompt
+    check_max_new_tokens(args.max_new_tokens, model.config, len(prompt_ids))
     n = args.num_samples
-    kwargs = dict(
+    chunks = stream(
+        model,
+        [prompt_ids] * n,
+        args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -90,32 +122,88 @@ def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> in
         tokenizer=tokenizer,
         seed=args.seed,
     )
-    batch = [prompt_ids] * n
+    # The stream's pieces concatenate to generate()'s texts (same tokens, same seed), so printing them at the end
+    # or live gives the text of the batched call either way.
+    printer = _LivePrinter(args.prompt, n) if args.stream else _CollectingPrinter(args.prompt, n, args.max_new_tokens)
+    try:
+        for chunk in chunks:
+            printer.add(chunk)
+    except KeyboardInterrupt:
+        chunks.close()
+        printer.finish()
+        print(f"llm-lab: interrupted after {printer.new_tokens} new tokens; the text so far is above", file=sys.stderr)
+        return 130
+    printer.finish()
+    return 0
 
-    if not args.stream:
-        out = generate(model, batch, args.max_new_tokens, **kwargs)
-        for i, text in enumerate(out.texts or []):
-            print(_header(i, n) + prompt_text + text)
-        return 0
 
-    # Stream: rows are generated together; show row 0 live and hold the others back until their turn, so the
-    # tokens are those of the batched (non-streaming) call with the same seed.
-    held: list[list[str]] = [[] for _ in range(n)]
-    done = [False] * n
-    current = 0
-    sys.stdout.write(_header(0, n) + prompt_text)
-    for chunk in stream(model, batch, args.max_new_tokens, **kwargs):
-        if chunk.row == current:
+class _CollectingPrinter:
+    """Keeps each sample's pieces and prints them all at the end, with a token progress bar meanwhile."""
+
+    def __init__(self, prompt: str, n: int, max_new_tokens: int) -> None:
+        from tqdm import tqdm
+
+        self.prompt = prompt
+        self.pieces: list[list[str]] = [[] for _ in range(n)]
+        self.counts = [0] * n
+        self.new_tokens = 0  # the longest sample so far, in tokens
+        # disable=None: shown only on a terminal, so piped output and tests stay clean.
+        self.progress = tqdm(total=max_new_tokens, unit="tok", desc="sampling", leave=False, disable=None)
+
+    def add(self, chunk: Any) -> None:
+        self.pieces[chunk.row].append(chunk.text)
+        if chunk.token_id is not None:
+            self.counts[chunk.row] += 1
+            if self.counts[chunk.row] > self.new_tokens:
+                self.new_tokens = self.counts[chunk.row]
+                self.progress.update(1)
+
+    def finish(self) -> None:
+        self.progress.close()
+        n = len(self.pieces)
+        for i, pieces in enumerate(self.pieces):
+            print(_header(i, n) + self.prompt + "".join(pieces))
+        sys.stdout.flush()
+
+
+class _LivePrinter:
+    """Prints sample 0 as it is generated and holds the others back until their turn (they run in one batch)."""
+
+    def __init__(self, prompt: str, n: int) -> None:
+        self.prompt = prompt
+        self.held: list[list[str]] = [[] for _ in range(n)]
+        self.done = [False] * n
+        self.current = 0
+        self.counts = [0] * n
+        sys.stdout.write(_header(0, n) + prompt)
+
+    @property
+    def new_tokens(self) -> int:
+        return max(self.counts)
+
+    def add(self, chunk: Any) -> None:
+        n = len(self.held)
+        if chunk.token_id is not None:
+            self.counts[chunk.row] += 1
+        if chunk.row == self.current:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
         else:
-            held[chunk.row].append(chunk.text)
+            self.held[chunk.row].append(chunk.text)
         if chunk.finish_reason is not None:
-            done[chunk.row] = True
-            while current < n and done[current]:
+            self.done[chunk.row] = True
+            while self.current < n and self.done[self.current]:
                 sys.stdout.write("\n")
-                current += 1
-                if current < n:
-                    sys.stdout.write(_header(current, n) + prompt_text + "".join(held[current]))
-    sys.stdout.flush()
-    return 0
+                self.current += 1
+                if self.current < n:
+                    sys.stdout.write(_header(self.current, n) + self.prompt + "".join(self.held[self.current]))
+
+    def finish(self) -> None:
+        """Close the sample being shown and print the held text of the later ones (all of it on an interrupt)."""
+        n = len(self.held)
+        if self.current < n:
+            sys.stdout.write("\n")
+            for i in range(self.current + 1, n):
+                sys.stdout.write(_header(i, n) + self.prompt + "".join(self.held[i]) + "\n")
+            self.current = n
+        sys.stdout.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 from pathlib import Path
 
@@ -42,6 +41,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-pending", type=positive_int, default=64, help="queued requests before new ones get 503 (default 64)"
     )
+    parser.add_argument(
+        "--max-request-tokens",
+        type=positive_int,
+        default=32_768,
+        metavar="N",
+        help="most new tokens one request may ask for, prompts x n x max_tokens (default 32768)",
+    )
+    parser.add_argument(
+        "--max-request-memory-mb",
+        type=positive_int,
+        default=512,
+        metavar="MB",
+        help="most KV-cache and sampling memory one request may need (default 512)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable. Other cross-origin "
+        "requests get 403",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="accept requests whose Host header is NAME (besides loopback names and the bound address); repeatable",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=_run)
@@ -52,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from llm_lab.serve import create_app
+        from llm_lab.serve.app import RequestLimits
+        from llm_lab.serve.security import host_is_loopback
     except ModuleNotFoundError as error:
         raise ValueError(
             f"serving needs FastAPI and uvicorn ({error.name} is missing): pip install \"foundry-llm[serve]\" "
@@ -60,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     package = Path(args.package)
     if not package.exists():
         raise FileNotFoundError(f"no package or run directory at {package}")
-    if not _is_loopback(args.host):
+    if not host_is_loopback(args.host):
         logger.warning("binding %s: the server is reachable from other machines and has no authentication", args.host)
     app = create_app(
         package,
@@ -69,15 +99,10 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_pending=args.max_pending,
         device=args.device,
+        limits=RequestLimits(max_tokens=args.max_request_tokens, max_memory_bytes=args.max_request_memory_mb * 2**20),
+        bind_host=args.host,
+        allow_hosts=args.allow_host,
+        allow_origins=args.allow_origin,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

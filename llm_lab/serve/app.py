@@ -13,9 +13,15 @@ Routes:
 - ``GET /health``: liveness plus the queue depth.
 - ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
 
-Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON or
-does not fit the model's context, 422 for a value out of range or of the wrong type (``param`` names the field),
-404 for an unknown model, 413 for a body over the size limit, 503 when the queue is full.
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON
+(duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
+than one request may (:class:`RequestLimits`), 422 for a value out of range or of the wrong type (``param`` names
+the field; numbers must be JSON numbers, never strings), 404 for an unknown model, 413 for a body over the size
+limit, 415 for a body not sent as ``application/json``, 503 when the queue is full. A ``Host`` that does not name
+this server is 400 and a foreign ``Origin`` 403 (see ``security.py``). A model whose scores are NaN is a 500 that
+says so.
+
+A client that disconnects stops its generation after the current token, streamed or not.
 
 Every model call goes through one :class:`~llm_lab.serve.runner.ModelRunner` worker, so concurrent clients are
 answered one generation at a time and each gets exactly what it would get alone.
@@ -30,27 +36,32 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_lab.core.decode.processors import NonFiniteScoresError
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.schemas import CompletionRequest, InspectRequest, describe_validation_error
+from llm_lab.serve.security import AccessMiddleware, AccessPolicy
 from llm_lab.utils.json_input import loads_strict
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -142,6 +153,137 @@ class _BodyTooLargeError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on the work and memory of one completions request (``prompts x n`` rows generated as one batch).
+
+    Attributes:
+        max_tokens: the most new tokens one request may ask for in all (``prompts x n x max_tokens``). The default,
+            32768, is 16 choices of 2048 tokens: generous for a lab model, and a bound on the time one request
+            holds the only worker.
+        max_memory_bytes: the most memory the batch may need for its KV cache and its per-step scores (default
+            512 MiB): ``rows x positions x 2 x n_layer x n_kv_head x head_dim`` elements for the cache, plus
+            ``rows x vocab_size`` fp32 scores a few times over for sampling.
+    """
+
+    max_tokens: int = 32_768
+    max_memory_bytes: int = 512 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_request_tokens must be positive, got {self.max_tokens}")
+        if self.max_memory_bytes < 1:
+            raise ValueError(f"max_request_memory must be positive, got {self.max_memory_bytes}")
+
+
+# Sampling holds about this many (rows, vocab) fp32 tensors at once (logits, scores, probabilities, a filter mask).
+_SCORE_COPIES = 4
+
+
+def estimate_request_memory(engine: CompletionEngine, rows: int, prompt_width: int, max_tokens: int) -> int:
+    """Bytes the KV cache and the sampling scores of one batch need (``rows`` left-padded to ``prompt_width``)."""
+    config = engine.config
+    positions = min(prompt_width + max_tokens - 1, engine.context_window)
+    element = next(engine.model.parameters()).element_size()
+    kv_per_position = 2 * config.n_layer * config.n_kv_head * config.head_dim * element
+    return rows * positions * kv_per_position + rows * int(config.vocab_size) * 4 * _SCORE_COPIES
+
+
+def check_request_limits(limits: RequestLimits, job: _CompletionJob) -> None:
+    """Refuse (400, ``code: "request_limit_exceeded"``) a request whose batch is too much work or memory."""
+    prompt_ids, n, max_tokens = job.prompt_ids, job.n, job.settings.max_new_tokens
+    rows = len(prompt_ids) * n
+    shape = f"{len(prompt_ids)} prompt(s) x n={n} x max_tokens={max_tokens}"
+    total = rows * max_tokens
+    if total > limits.max_tokens:
+        raise APIError(
+            400,
+            f"max_tokens: {shape} = {total} new tokens, more than this server allows in one request "
+            f"({limits.max_tokens}, --max-request-tokens); ask for fewer prompts, choices or tokens",
+            param="max_tokens",
+            code="request_limit_exceeded",
+        )
+    needed = estimate_request_memory(job.engine, rows, max(len(ids) for ids in prompt_ids), max_tokens)
+    if needed > limits.max_memory_bytes:
+        raise APIError(
+            400,
+            f"max_tokens: {shape} needs about {_size(needed)} for the KV cache and scores, more than this server "
+            f"allows in one request ({_size(limits.max_memory_bytes)}, --max-request-memory-mb); "
+            "ask for fewer prompts, choices or tokens",
+            param="max_tokens",
+            code="request_limit_exceeded",
+        )
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes} bytes"
+
+
+JSON_CONTENT_TYPES = ("application/json",)
+
+
+def check_json_content_type(request: Request) -> None:
+    """Refuse (415) a body not declared as JSON: a web page can send ``text/plain`` cross-site without a preflight."""
+    declared = request.headers.get("content-type", "")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type not in JSON_CONTENT_TYPES:
+        shown = repr(declared) if declared else "none"
+        raise APIError(
+            415,
+            f"Content-Type must be application/json (got {shown}); send the body as JSON",
+            param="content-type",
+            code="unsupported_media_type",
+        )
+
+
+async def read_request(request: Request, schema: type[RequestModel]) -> RequestModel:
+    """The body of a JSON endpoint, checked in one place for every route: ``application/json`` (415), strict JSON
+    (400: duplicate keys, NaN, deep nesting), then the schema (422 naming the field)."""
+    check_json_content_type(request)
+    try:
+        payload = loads_strict(await request.body(), what="request body")
+    except ValueError as error:
+        raise APIError(400, str(error), code="invalid_json") from None
+    try:
+        return schema.model_validate(payload)
+    except ValidationError as error:
+        message, param = describe_validation_error(error)
+        raise APIError(422, message, param=param, code="invalid_value") from None
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has closed the connection (the body must have been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_unless_disconnected(request: Request, runner: ModelRunner, job: _CompletionJob) -> list[dict] | None:
+    """Run a non-streaming job; if the client disconnects first, stop it after the current token and return None."""
+    cancelled = threading.Event()
+    work = asyncio.ensure_future(runner.run(job.run, cancelled))
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if work.done():
+        return work.result()
+    cancelled.set()  # nobody will read the answer: free the worker
+    work.add_done_callback(lambda future: future.cancelled() or future.exception())  # nothing left to report to
+    return None
+
+
+def generation_failure(error: BaseException) -> APIError:
+    """The 500 for a model call that failed; a model whose scores are NaN says so, without a Python type name."""
+    if isinstance(error, NonFiniteScoresError):
+        return APIError(500, str(error), error_type="server_error", code="non_finite_scores")
+    return APIError(
+        500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error", code="internal_error"
+    )
+
+
 def create_app(
     package: str | os.PathLike[str] | tuple[Any, Any, Any] | CompletionEngine,
     *,
@@ -150,6 +292,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pending: int = 64,
     device: str | None = None,
+    limits: RequestLimits | None = None,
+    bind_host: str | None = None,
+    allow_hosts: Iterable[str] = (),
+    allow_origins: Iterable[str] = (),
 ) -> FastAPI:
     """Build the FastAPI app that serves one model.
 
@@ -162,12 +308,18 @@ def create_app(
         max_body_bytes: request bodies above this get 413.
         max_pending: requests queued or running at once before new ones get 503.
         device: where to run the model (``"cpu"``, ``"cuda"``); default: where the model already is.
+        limits: the most work and memory one request may ask for (default :class:`RequestLimits`).
+        bind_host: the address the server listens on; its ``Host`` is accepted besides the loopback names.
+        allow_hosts: more ``Host`` names to accept (e.g. this machine's name on a trusted network).
+        allow_origins: web origins whose pages may call the API (they also get CORS headers); others get 403.
 
     Returns:
         The app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)`` or ``llm-lab serve PACKAGE``.
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+    limits = limits if limits is not None else RequestLimits()
+    access = AccessPolicy(bind_host, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
     if isinstance(package, CompletionEngine):
         engine = package
     elif isinstance(package, tuple):
@@ -194,6 +346,11 @@ def create_app(
     app.state.engine = engine
     app.state.runner = runner
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    if access.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=access.allowed_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(AccessMiddleware, policy=access)  # outermost: a foreign Host or Origin gets nothing else
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(APIError)
@@ -207,9 +364,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _server_error(_request: Request, error: Exception) -> JSONResponse:
         # Still logged with its traceback by the server; the client gets the OpenAI shape, not a bare text page.
-        return APIError(
-            500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error", code="internal_error"
-        ).response()
+        return generation_failure(error).response()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -230,20 +385,12 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
-        try:
-            completion = CompletionRequest.model_validate(payload)
-        except ValidationError as error:
-            message, param = describe_validation_error(error)
-            raise APIError(422, message, param=param, code="invalid_value") from None
+        completion = await read_request(request, CompletionRequest)
         if completion.model is not None:
             _check_model(engine, completion.model)
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
         job = await asyncio.to_thread(_plan, engine, completion)
+        check_request_limits(limits, job)
         try:
             if completion.stream:
                 # Queued here, so a full queue is a plain 503 and not an error inside a started stream.
@@ -253,22 +400,18 @@ def create_app(
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            choices = await runner.run(job.run)
+            choices = await run_unless_disconnected(request, runner, job)
         except RunnerBusyError as error:
             raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
+        except NonFiniteScoresError as error:
+            raise generation_failure(error) from None
+        if choices is None:  # the client has gone; this answer reaches nobody
+            return Response(status_code=499)
         return JSONResponse(job.response(choices))
 
     @app.post("/v1/inspect", response_model=None)
     async def inspect(request: Request) -> Response:
-        try:
-            payload = loads_strict(await request.body(), what="request body")
-        except ValueError as error:
-            raise APIError(400, str(error), code="invalid_json") from None
-        try:
-            inspect_request = InspectRequest.model_validate(payload)
-        except ValidationError as error:
-            message, param = describe_validation_error(error)
-            raise APIError(422, message, param=param, code="invalid_value") from None
+        inspect_request = await read_request(request, InspectRequest)
         if inspect_request.model is not None:
             _check_model(engine, inspect_request.model)
         try:
@@ -366,8 +509,10 @@ class _CompletionJob:
                 pieces.append(None if scored is None else builder.add_all(ids, scored))
         return pieces
 
-    def run(self) -> list[dict[str, Any]]:
-        return self._choices(None, None)
+    def run(self, cancelled: threading.Event | None = None) -> list[dict[str, Any]]:
+        if cancelled is not None and cancelled.is_set():
+            return []  # the client left while this job was queued: do not touch the model
+        return self._choices(None, cancelled)
 
     def stream_job(self, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
         self._choices(emit, cancelled)
@@ -468,6 +613,5 @@ async def _sse(job: _CompletionJob, events: AsyncIterator[Any]) -> AsyncIterator
         if options is not None and options.include_usage:
             yield job.chunk([], usage=job.usage())
     except Exception as error:  # the stream has started: report in-band, then close it properly
-        failure = APIError(500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error")
-        yield f"data: {json.dumps(failure.body())}\n\n"
+        yield f"data: {json.dumps(generation_failure(error).body())}\n\n"
     yield "data: [DONE]\n\n"

@@ -1,9 +1,12 @@
 """Request validation for the completions API (the OpenAI completions shape, plus a few extensions).
 
 Parsing is strict on purpose: unknown fields, wrong types and out-of-range values are refused with a message that
-names the field, so a typo such as ``max_token`` fails loudly instead of being silently ignored. A few OpenAI fields
-that this server does not implement (``best_of``, ``suffix``, penalties, ``logit_bias``) are accepted only at their
-neutral value, so clients that always send them still work.
+names the field, so a typo such as ``max_token`` fails loudly instead of being silently ignored. One type rule for
+every field: numbers must be JSON numbers (``"0.5"`` or ``true`` is refused for ``temperature`` exactly as
+``"5"`` is for ``max_tokens``; an integer is a valid float), booleans JSON booleans, and text valid Unicode (a
+lone surrogate such as U+D800 is refused: it cannot be encoded, echoed or tokenized consistently). A few OpenAI
+fields that this server does not implement (``best_of``, ``suffix``, penalties, ``logit_bias``) are
+accepted only at their neutral value, so clients that always send them still work.
 
 Extensions beyond the OpenAI shape: ``top_k``, ``min_p`` and ``repetition_penalty``, and the body of
 ``POST /v1/inspect`` (:class:`InspectRequest`).
@@ -13,7 +16,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+from llm_lab.core.decode.processors import REPETITION_PENALTY_RANGE
 
 # OpenAI allows at most four stop sequences; the limit also bounds the work of the stop-string scan.
 MAX_STOP_SEQUENCES = 4
@@ -22,6 +37,22 @@ MAX_PROMPTS = 32
 MAX_CHOICES = 16
 MAX_LOGPROBS = 5  # OpenAI's cap on the completions API's logprobs
 MAX_INSPECT_CHARS = 20_000  # /v1/inspect: text longer than this is refused before it is encoded
+
+
+def _no_lone_surrogate(text: str) -> str:
+    # JSON can spell a lone surrogate ("\ud800"), but it is not a character: UTF-8 cannot encode it, so echoing it
+    # back failed (500) while the stream escaped it. Refused at validation, so every form of a request agrees.
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        raise ValueError(
+            f"contains a lone surrogate U+{ord(text[bad]):04X} (character {bad}), which is not valid Unicode; "
+            "send UTF-8 text"
+        )
+    return text
+
+
+# Text from a client: a string that is valid Unicode (what UTF-8 can encode).
+Text = Annotated[str, AfterValidator(_no_lone_surrogate)]
 
 
 class StreamOptions(BaseModel):
@@ -56,28 +87,34 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+    model: Text | None = None
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = 1.0
+    # 0 to 2 is OpenAI's range; below 1e-5 is greedy (llm_lab.core.decode.processors.MIN_SAMPLING_TEMPERATURE).
+    temperature: Annotated[StrictFloat, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
+    top_p: Annotated[StrictFloat, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = 1.0
     top_k: Annotated[StrictInt, Field(ge=0)] | None = None
-    min_p: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = 1.0
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    min_p: Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    repetition_penalty: (
+        Annotated[
+            StrictFloat, Field(ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1], allow_inf_nan=False)
+        ]
+        | None
+    ) = 1.0
+    stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = 1
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch.manual_seed takes
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     echo: StrictBool | None = False
-    user: str | None = None
+    user: Text | None = None
     logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     # OpenAI fields without an implementation here: only their neutral values are accepted.
     best_of: StrictInt | None = None
-    suffix: str | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    suffix: Text | None = None
+    presence_penalty: StrictFloat | None = None
+    frequency_penalty: StrictFloat | None = None
+    logit_bias: dict[str, StrictFloat] | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod

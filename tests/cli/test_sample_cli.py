@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 from pathlib import Path
 
@@ -186,3 +187,100 @@ def test_p1_sample_char_script_with_run_dir_and_vocab(capsys, tmp_path):
     assert capsys.readouterr().out == expected
     assert main_fn([str(run), "--vocab", str(tmp_path / "nope.json")]) == 2
     assert "--vocab: no such file or directory" in capsys.readouterr().err
+
+
+def test_tiny_temperature_is_greedy_and_tiny_penalty_is_refused(capsys, bpe_package):
+    """Both used to end in torch's "probability tensor contains inf/nan" traceback."""
+    path, tok, model = bpe_package
+    args = ["sample", str(path), "--prompt", "to be", "--max-new-tokens", "12"]
+    code, out, err = run_cli(capsys, *args, "--temperature", "1e-300", "--seed", "4")
+    assert code == 0 and err == ""
+    assert out == "to be" + generate_text(model, tok, "to be", 12, temperature=0) + "\n"
+    code, out, err = run_cli(capsys, *args, "--repetition-penalty", "1e-300")
+    assert code == 2 and out == ""
+    assert err == (
+        "llm-lab: error: repetition_penalty must be a number in [0.01, 100] (1 disables it; outside that range the "
+        "scores overflow), got 1e-300\n"
+    )
+
+
+def test_nan_weights_are_a_one_line_error(capsys, tmp_path):
+    tok = char_tokenizer()
+    path, model = make_package(tmp_path / "pkg", tok)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    from llm_lab.cli import build_parser
+    from llm_lab.cli.sample import sample_and_print
+
+    # The sampler's own check (package loading refuses NaN weights on its own): the model reaches the sampler here.
+    for flags in ([], ["--stream"], ["--temperature", "0"]):
+        args = build_parser().parse_args(["sample", str(path), "--prompt", "to", *flags])
+        with pytest.raises(ValueError, match=r"the model produced non-finite logits \(NaN or inf\) for row 0"):
+            sample_and_print(args, tok, model)
+    capsys.readouterr()
+    from llm_lab.core.package.io import save_model_package
+
+    save_model_package(tmp_path / "nan", model.config, tok, model)
+    code, out, err = run_cli(capsys, "sample", str(tmp_path / "nan"), "--prompt", "to")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert re.match(r"llm-lab: error: .*(NaN|non-finite)", err), err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, r"at most 3200 \(100 windows of its 32-token context, sliding the window past it\)"),
+        ({"pos_encoding": "rope"}, r"at most 31 \(its context is 32 tokens and the prompt takes 2\)"),
+    ],
+)
+def test_max_new_tokens_is_capped_by_the_model(capsys, tmp_path, overrides, message):
+    path, _ = make_package(tmp_path / "pkg", char_tokenizer(), **overrides)
+    code, out, err = run_cli(capsys, "sample", str(path), "--prompt", "to", "--max-new-tokens", "1000000000")
+    assert code == 2 and out == ""
+    assert re.fullmatch(r"llm-lab: error: --max-new-tokens 1000000000 is more than this model can generate: " + message
+                        + "\n", err), err  # fmt: skip
+    from llm_lab.cli.sample import check_max_new_tokens
+    from llm_lab.core.model.gpt import MiniGPTConfig
+
+    limit = 31 if overrides else 3200
+    config = MiniGPTConfig(vocab_size=40, context_length=32, n_layer=1, n_head=1, n_embd=8, **overrides)
+    check_max_new_tokens(limit, config, 2)  # the limit itself is allowed
+    with pytest.raises(ValueError, match=f"--max-new-tokens {limit + 1} is more than"):
+        check_max_new_tokens(limit + 1, config, 2)
+    if overrides:  # a model that stops at its context really gives that many tokens
+        argv = ["sample", str(path), "--prompt", "to", "--max-new-tokens", str(limit), "--temperature", "0"]
+        code, out, _ = run_cli(capsys, *argv)
+        assert code == 0 and len(out) == len("to") + limit + 1  # a character model: one character per token
+
+
+@pytest.mark.parametrize("stream_flag", [[], ["--stream"]])
+def test_ctrl_c_prints_the_text_so_far(capsys, monkeypatch, bpe_package, stream_flag):
+    """Ctrl+C during generation: every sample's text so far is printed, one line on stderr, exit code 130."""
+    import llm_lab.core.decode as decode
+
+    path, tok, model = bpe_package
+    real_stream = decode.stream
+    steps = 5
+
+    def interrupted_stream(*args, **kwargs):
+        def run():
+            for i, chunk in enumerate(real_stream(*args, **kwargs)):
+                if i == 2 * steps:  # two samples: two chunks per step
+                    raise KeyboardInterrupt
+                yield chunk
+
+        return run()
+
+    monkeypatch.setattr(decode, "stream", interrupted_stream)
+    argv = ["sample", str(path), "--prompt", "to", "--max-new-tokens", "50", "--num-samples", "2", "--seed", "9"]
+    code, out, err = run_cli(capsys, *argv, "--stop", "@@", *stream_flag)  # a stop string: no early finish
+    assert code == 130
+    assert err == f"llm-lab: interrupted after {steps} new tokens; the text so far is above\n"
+    full = generate(model, [tok.encode("to")] * 2, steps, seed=9, tokenizer=tok, eos_token_id=tok.eot_token_id)
+    texts = [tok.decode_bytes(ids).decode("utf-8", errors="replace") for ids in full.token_ids]
+    # Text held back (an incomplete UTF-8 character) may be missing at the cut, never anything else.
+    heads = out.split("--- sample 2/2 ---\n")
+    assert heads[0].startswith("--- sample 1/2 ---\nto") and len(heads) == 2
+    for shown, want in zip(heads, texts, strict=True):
+        shown = shown.removeprefix("--- sample 1/2 ---\n").removesuffix("\n")
+        assert shown.startswith("to") and want.startswith(shown[2:]) and len(shown) > 2

@@ -180,6 +180,14 @@ def test_twenty_concurrent_requests_all_answered_correctly(server: Any, referenc
         ({"prompt": "the", "temperature": 5}, 422, "temperature", r"temperature: .*less than or equal to 2"),
         ({"prompt": "the", "top_p": 0}, 422, "top_p", r"top_p: .*greater than 0"),
         ({"prompt": "the", "max_tokens": "ten"}, 422, "max_tokens", r"max_tokens: .*valid integer"),
+        # One type rule: a number in a string is refused for every numeric field, floats included.
+        ({"prompt": "the", "max_tokens": "5"}, 422, "max_tokens", r"max_tokens: Input should be a valid integer"),
+        ({"prompt": "the", "temperature": "0.5"}, 422, "temperature", r"temperature: Input should be a valid number"),
+        ({"prompt": "the", "top_p": "1"}, 422, "top_p", r"top_p: Input should be a valid number"),
+        ({"prompt": "the", "min_p": True}, 422, "min_p", r"min_p: Input should be a valid number"),
+        ({"prompt": "the", "repetition_penalty": "1.1"}, 422, "repetition_penalty", r"valid number"),
+        ({"prompt": "the", "presence_penalty": "0"}, 422, "presence_penalty", r"valid number"),
+        ({"prompt": "the", "repetition_penalty": 1e-300}, 422, "repetition_penalty", r"greater than or equal to 0.01"),
         ({"prompt": "the", "max_tokens": 0}, 422, "max_tokens", r"max_tokens: .*greater than or equal to 1"),
         ({"prompt": "the", "max_tokens": 65}, 422, "max_tokens", r"max_tokens: 65 is more than this server allows"),
         ({"prompt": "the", "n": 0}, 422, "n", r"n: "),
@@ -207,16 +215,31 @@ def test_bad_requests_name_the_field(server: Any, body: dict, status: int, param
     assert re.search(message, error["message"]), error["message"]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'"a prompt"'])
-def test_bad_json_is_400_or_422(server: Any, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", r"^request body: not valid JSON \(Expecting property name"),
+        (b"", r"^request body: not valid JSON"),
+        (b"\xff\xfe", r"^request body: not UTF-8 text \(byte 0\)"),
+        (b"[1, 2]", None),
+        (b'"a prompt"', None),
+        # Used to be a RecursionError (500); strict JSON refuses deep nesting and duplicate keys as invalid input.
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", r"^request body: JSON nested deeper than 64 levels"),
+        (b"[" * 100_000, r"^request body: JSON nested deeper than 64 levels"),
+        (b'{"prompt": "a", "max_tokens": 2, "max_tokens": 60}', r"^request body: duplicate key 'max_tokens'"),
+        (b'{"prompt": "a", "temperature": NaN}', r"^request body: NaN is not valid JSON"),
+    ],
+)
+def test_bad_json_is_400_or_422(server: Any, content: bytes, message: str | None) -> None:
     response = httpx.post(
         f"{server.base_url}/v1/completions", content=content, headers={"content-type": "application/json"}
     )
     error = response.json()["error"]
-    if content in (b"[1, 2]", b'"a prompt"'):  # valid JSON, but not an object
+    if message is None:  # valid JSON, but not an object
         assert response.status_code == 422 and error["message"].startswith("request body:")
     else:
-        assert response.status_code == 400 and "not valid JSON" in error["message"]
+        assert response.status_code == 400 and error["code"] == "invalid_json"
+        assert re.search(message, error["message"]), error["message"]
 
 
 def test_context_edge_is_exact(server: Any, reference: Any) -> None:
@@ -240,7 +263,9 @@ def test_body_over_the_limit_is_413(server: Any) -> None:
             yield b"x" * 10_000
         yield b'"}'
 
-    chunked = httpx.post(f"{server.base_url}/v1/completions", content=chunks())
+    chunked = httpx.post(
+        f"{server.base_url}/v1/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert chunked.status_code == 413
     # The server is still healthy afterwards.
     assert post(server, prompt="the", max_tokens=2, temperature=0).status_code == 200

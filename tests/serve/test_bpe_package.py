@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,37 @@ def test_streamed_pieces_are_whole_characters(bpe_server: Any) -> None:
         assert "".join(pieces) == plain["choices"][0]["text"]
         texts.append(plain["choices"][0]["text"])
     assert any(ord(ch) > 127 for text in texts for ch in text), "no non-ASCII text was generated at all"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        (b'{"prompt": "a\\ud800b", "max_tokens": 3, "echo": true', "prompt", r"prompt: contains a lone surrogate "
+         r"U\+D800 \(character 1\), which is not valid Unicode; send UTF-8 text"),
+        (b'{"prompt": ["ok", "\\udfff"], "max_tokens": 3, "echo": true', "prompt.1", r"prompt.1: contains a lone "
+         r"surrogate U\+DFFF \(character 0\)"),
+        (b'{"prompt": "ok", "max_tokens": 3, "stop": "\\ud83d"', "stop", r"stop: contains a lone surrogate U\+D83D"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_refused_streamed_or_not(bpe_server: Any, stream: bool, body: bytes, param: str,
+                                                     message: str) -> None:  # fmt: skip
+    """``echo`` with a lone surrogate was a 500 (UTF-8 cannot encode it) while the stream escaped it: both 422 now."""
+    base_url, _ = bpe_server
+    content = body + (b', "stream": true}' if stream else b"}")
+    response = httpx.post(
+        f"{base_url}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert re.match(message, error["message"]), error["message"]
+
+
+def test_a_surrogate_pair_is_one_character_and_echoes(bpe_server: Any) -> None:
+    base_url, _ = bpe_server
+    content = b'{"prompt": "\\ud83d\\ude42 ok", "max_tokens": 2, "temperature": 0, "echo": true}'
+    response = httpx.post(
+        f"{base_url}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 200 and response.json()["choices"][0]["text"].startswith("\U0001f642 ok")

@@ -116,17 +116,42 @@ def test_cli_warns_only_when_binding_beyond_loopback(
 ) -> None:
     """--host decides the warning; the server itself is replaced by a recorder (no socket is opened)."""
     runs: list[dict[str, Any]] = []
+    apps: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: runs.append(kwargs))
-    monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: "app")
+    monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
     warning = "the server is reachable from other machines and has no authentication"
+    loopbacks = ("127.0.0.1", "localhost", "::1", "127.1", "::ffff:127.0.0.1")  # the last two used to warn
     with caplog.at_level(logging.WARNING, logger="llm_lab.serve"):
-        for host in ("127.0.0.1", "localhost", "::1"):
+        for host in loopbacks:
             assert cli_main(["serve", str(package_dir), "--host", host]) == 0
         assert warning not in caplog.text
         assert cli_main(["serve", str(package_dir), "--host", "0.0.0.0", "--port", "9"]) == 0
     assert f"binding 0.0.0.0: {warning}" in caplog.text
     assert runs[-1] == {"host": "0.0.0.0", "port": 9, "log_level": "info"}
-    assert [run["host"] for run in runs] == ["127.0.0.1", "localhost", "::1", "0.0.0.0"]
+    assert [run["host"] for run in runs] == [*loopbacks, "0.0.0.0"]
+    assert apps[-1]["bind_host"] == "0.0.0.0" and apps[-1]["allow_origins"] == []
+
+
+def test_cli_passes_the_access_and_request_options(package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_lab.serve.app import RequestLimits
+
+    apps: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
+    argv = ["serve", str(package_dir), "--allow-origin", "http://localhost:3000", "--allow-origin", "https://a.example",
+            "--allow-host", "mybox.lan", "--max-request-tokens", "4096", "--max-request-memory-mb", "64"]  # fmt: skip
+    assert cli_main(argv) == 0
+    (kwargs,) = apps
+    assert kwargs["allow_origins"] == ["http://localhost:3000", "https://a.example"]
+    assert kwargs["allow_hosts"] == ["mybox.lan"] and kwargs["bind_host"] == "127.0.0.1"
+    assert kwargs["limits"] == RequestLimits(max_tokens=4096, max_memory_bytes=64 * 2**20)
+
+
+def test_cli_refuses_a_bad_origin(package_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", str(package_dir), "--allow-origin", "localhost:3000"]) == 2
+    assert capsys.readouterr().err == (
+        "llm-lab: error: an origin is scheme://host[:port] (e.g. http://localhost:3000), got 'localhost:3000'\n"
+    )
 
 
 def test_cli_refuses_a_bad_device(package_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,3 +105,13 @@ def test_a_response_over_the_size_limit_is_refused_before_running(server: Any, m
     assert error["code"] == "response_too_large" and error["param"] == "layers"
     assert "480 attention weights, over this server's limit of 150; ask for fewer layers or heads" in error["message"]
     assert inspect(server, text="the quick brown", layers=[0], heads=[1]).status_code == 200  # 120 weights
+
+
+def test_a_body_not_sent_as_json_is_refused_like_completions(server: Any) -> None:
+    """Both JSON endpoints read their body through one check: text/plain (which a foreign page can send without a
+    preflight) is a 415 before anything runs."""
+    response = httpx.post(
+        f"{server.base_url}/v1/inspect", content=b'{"text": "the"}', headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert "Content-Type must be application/json (got 'text/plain')" in response.json()["error"]["message"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -189,3 +190,34 @@ def test_engine_settings_are_checked(package_dir: Path) -> None:
         create_app(loaded, max_tokens_cap=0)
     with pytest.raises(ValueError, match="max_body_bytes must be positive, got 0"):
         create_app(loaded, max_body_bytes=0)
+
+
+def test_non_streaming_client_disconnect_stops_generation(slow_model: Any) -> None:
+    """A plain (non-streaming) request whose client goes away stops generating and frees the worker.
+
+    It used to run to the end (38 s measured) while the next request waited. 60 tokens at >= 20 ms each take over a
+    second here; the client leaves after a few tokens, so far fewer than 60 forward passes run.
+    """
+    config, tokenizer, model, calls = slow_model
+    with serve_in_thread(create_app((config, tokenizer, model), model_name="slow")) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        body = json.dumps({"prompt": "the", "max_tokens": 60, "temperature": 0}).encode()
+        request = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(request)
+            deadline = time.monotonic() + 20
+            while len(calls) < 3 and time.monotonic() < deadline:  # generation has started
+                time.sleep(0.01)
+            assert len(calls) >= 3, "the request never started generating"
+        # The socket is closed. The next request is answered once the worker is free again.
+        follow_up = httpx.post(
+            f"{server.base_url}/v1/completions", json={"prompt": "the", "max_tokens": 1, "temperature": 0}, timeout=60
+        )
+        assert follow_up.status_code == 200
+        passes_when_answered = len(calls)
+        assert httpx.get(f"{server.base_url}/health").json()["pending"] == 0
+    # 60 passes for the abandoned request had it run to the end, +1 for the follow-up.
+    assert passes_when_answered < 40, f"{passes_when_answered} forward passes: the worker kept generating"

@@ -36,7 +36,9 @@ the top-k/top-p/min-p filters (see :mod:`llm_lab.core.decode.logprobs`). Off by 
 top-k per step.
 
 Reproducibility: sampling draws only from ``generator`` (or a fresh one seeded with ``seed``), so the same
-seed, prompts and settings give the same tokens. ``temperature=0`` is greedy and needs no randomness.
+seed, prompts and settings give the same tokens. ``temperature=0`` is greedy and needs no randomness (so is any
+temperature below ``MIN_SAMPLING_TEMPERATURE``, 1e-5; see ``processors.py``). Scores that are NaN or ``+inf``
+(a model with NaN weights) end generation with a ``NonFiniteScoresError``, a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ from torch import nn
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, step_logprobs, to_token_logprobs
 from llm_lab.core.decode.processors import (
+    check_next_token_scores,
     check_sampling_args,
+    is_greedy,
     occurrence_flags,
     process_logits,
     sample_next_token,
@@ -397,9 +401,9 @@ class _Decoder:
         return logits[:, -1, :]
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature != 0:
+        if not is_greedy(self.temperature):
             logits = logits.float()  # sampling maths in fp32 whatever the model's dtype
-        logits = process_logits(
+        scores = process_logits(
             logits,
             temperature=self.temperature,
             top_k=self.top_k,
@@ -408,7 +412,8 @@ class _Decoder:
             repetition_penalty=self.penalty,
             seen=self.seen,
         )
-        return sample_next_token(logits, self.temperature, self.generator)
+        check_next_token_scores(scores, logits)  # NaN weights or an overflow: a ValueError, never a NaN draw
+        return sample_next_token(scores, self.temperature, self.generator)
 
     def step(self) -> torch.Tensor:
         """Run one forward pass and append one token per row; return the ``(B,)`` new tokens."""
@@ -447,6 +452,11 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def default_overflow_policy(config: Any) -> OverflowPolicy:
+    """``"slide"`` for learned positions (they cannot go past ``max_positions``), ``"stop"`` for the others."""
+    return "slide" if config.pos_encoding == "learned" else "stop"
+
+
 def _setup(
     model: nn.Module,
     input_ids: Any,
@@ -474,7 +484,7 @@ def _setup(
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     if on_overflow is None:
-        on_overflow = "slide" if config.pos_encoding == "learned" else "stop"
+        on_overflow = default_overflow_policy(config)
     if on_overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"on_overflow={on_overflow!r} is not supported; choose one of: {', '.join(OVERFLOW_POLICIES)}")
     if generator is not None and seed is not None:

@@ -4,13 +4,25 @@ Each function takes ``logits`` of shape ``(B, V)`` (one row per sequence, one co
 returns a tensor of the same shape; tokens that may no longer be drawn get ``-inf``. They compose in the
 order :func:`process_logits` applies them, which is also Hugging Face's order:
 
-    repetition penalty -> temperature -> top-k -> top-p -> min-p -> sample (or argmax when temperature == 0)
+    repetition penalty -> temperature -> top-k -> top-p -> min-p -> sample (or argmax when greedy)
 
 The filters read the *current* scores, so the order matters: top-p after top-k renormalises over the
 ``k`` kept tokens, min-p after top-p compares with the most likely token (which every filter keeps).
 
 Every filter keeps at least one token per row (the most likely one), so sampling never sees a row of only
 ``-inf``. Rows that are already all ``-inf`` are returned unchanged.
+
+Numerics (one rule, used by the library, ``llm-lab sample`` and the server):
+
+* A temperature below :data:`MIN_SAMPLING_TEMPERATURE` (``1e-5``) is greedy, exactly like ``0``. Dividing by a
+  tinier temperature overflows float32 to ``inf`` (``1e-300`` rounds to ``0`` in float32 altogether) and the
+  softmax turns that into NaN. Nothing is lost: at ``T = 1e-5`` a token whose logit is ``1e-3`` below the best
+  has relative probability ``exp(-100)``, below float32's resolution, so sampling already *is* the argmax
+  except between near-exact ties.
+* The repetition penalty lies in :data:`REPETITION_PENALTY_RANGE` (``[0.01, 100]``): it scales a logit by at most
+  100, so finite logits stay finite. Values outside are refused.
+* Scores that are NaN or ``+inf`` (a model with NaN weights, an overflow) are never sampled from:
+  :func:`check_next_token_scores` raises :class:`NonFiniteScoresError`, a ``ValueError`` that names the cause.
 
 References: nucleus sampling (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration");
 min-p sampling (Nguyen et al., 2024, "Turning Up the Heat: Min-p Sampling for Creative and Coherent LLM
@@ -24,9 +36,14 @@ import math
 import torch
 
 __all__ = [
+    "MIN_SAMPLING_TEMPERATURE",
+    "REPETITION_PENALTY_RANGE",
+    "NonFiniteScoresError",
     "apply_repetition_penalty",
     "apply_temperature",
+    "check_next_token_scores",
     "check_sampling_args",
+    "is_greedy",
     "min_p_filter",
     "occurrence_flags",
     "penalize_seen",
@@ -35,6 +52,21 @@ __all__ = [
     "top_k_filter",
     "top_p_filter",
 ]
+
+
+# Below this temperature decoding is greedy (see the module docs for why nothing is lost).
+MIN_SAMPLING_TEMPERATURE = 1e-5
+# The repetition penalty scales a seen token's logit by at most max(p, 1/p) = 100 inside this range.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+
+
+class NonFiniteScoresError(ValueError):
+    """The next-token scores hold NaN or ``+inf``, so no token can be drawn (a broken model or an overflow)."""
+
+
+def is_greedy(temperature: float) -> bool:
+    """Whether ``temperature`` means greedy decoding: ``0`` or anything below :data:`MIN_SAMPLING_TEMPERATURE`."""
+    return temperature < MIN_SAMPLING_TEMPERATURE
 
 
 def check_sampling_args(
@@ -47,11 +79,11 @@ def check_sampling_args(
     """Raise ``ValueError`` for sampling settings outside their documented ranges.
 
     Args:
-        temperature: ``>= 0`` (0 means greedy).
+        temperature: ``>= 0`` (0, or anything below :data:`MIN_SAMPLING_TEMPERATURE`, means greedy).
         top_k: ``None`` or an integer ``>= 1``.
         top_p: ``None`` or a float in ``(0, 1]``.
         min_p: ``None`` or a float in ``[0, 1]``.
-        repetition_penalty: ``> 0`` (1 disables it).
+        repetition_penalty: in :data:`REPETITION_PENALTY_RANGE` (1 disables it).
     """
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
@@ -63,30 +95,37 @@ def check_sampling_args(
         raise ValueError(f"top_p must be in (0, 1] (or None to disable it), got {top_p!r}")
     if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, int | float) or not 0.0 <= min_p <= 1.0):
         raise ValueError(f"min_p must be in [0, 1] (or None to disable it), got {min_p!r}")
-    if (
-        isinstance(repetition_penalty, bool)
-        or not isinstance(repetition_penalty, int | float)
-        or not math.isfinite(repetition_penalty)
-        or repetition_penalty <= 0
-    ):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 disables it), got {repetition_penalty!r}")
+    _check_repetition_penalty(repetition_penalty)
+
+
+def _check_repetition_penalty(penalty: float) -> None:
+    low, high = REPETITION_PENALTY_RANGE
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not low <= penalty <= high:
+        raise ValueError(
+            f"repetition_penalty must be a number in [{low:g}, {high:g}] (1 disables it; outside that range the "
+            f"scores overflow), got {penalty!r}"
+        )
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide the logits by ``temperature`` (``> 0``).
 
-    Below 1 the distribution sharpens, above 1 it flattens. ``temperature == 0`` (greedy) is not a division:
-    :func:`sample_next_token` handles it with an argmax, so it is rejected here.
+    Below 1 the distribution sharpens, above 1 it flattens. A greedy temperature (``0`` or below
+    :data:`MIN_SAMPLING_TEMPERATURE`) is not a division: :func:`sample_next_token` handles it with an argmax, so it
+    is rejected here.
 
     Args:
         logits: ``(B, V)`` scores.
-        temperature: a positive number.
+        temperature: at least :data:`MIN_SAMPLING_TEMPERATURE`.
 
     Returns:
         ``logits / temperature`` (the input itself when ``temperature == 1``).
     """
-    if not temperature > 0:
-        raise ValueError(f"apply_temperature needs temperature > 0, got {temperature}; 0 means greedy (argmax)")
+    if is_greedy(temperature):
+        raise ValueError(
+            f"apply_temperature needs temperature >= {MIN_SAMPLING_TEMPERATURE:g}, got {temperature}; "
+            "smaller temperatures mean greedy decoding (argmax)"
+        )
     if temperature == 1.0:
         return logits
     return logits / temperature
@@ -209,8 +248,7 @@ def apply_repetition_penalty(
     Returns:
         A new ``(B, V)`` tensor.
     """
-    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {penalty!r}")
+    _check_repetition_penalty(penalty)
     if previous_ids.dim() != 2 or previous_ids.shape[0] != logits.shape[0]:
         raise ValueError(
             f"previous_ids must be (B, T) with B = {logits.shape[0]} rows like logits, got {tuple(previous_ids.shape)}"
@@ -252,8 +290,8 @@ def process_logits(
 ) -> torch.Tensor:
     """Chain the processors in the documented order: penalty, temperature, top-k, top-p, min-p.
 
-    With ``temperature == 0`` (greedy) only the repetition penalty is applied: the filters never remove the
-    most likely token, so they cannot change an argmax.
+    With a greedy temperature (see :func:`is_greedy`) only the repetition penalty is applied: the filters never
+    remove the most likely token, so they cannot change an argmax.
 
     Args:
         logits: ``(B, V)`` next-token scores.
@@ -271,7 +309,7 @@ def process_logits(
         if seen is None:
             raise ValueError("repetition_penalty != 1 needs `seen`, the (B, V) flags of tokens already in context")
         logits = penalize_seen(logits, seen, repetition_penalty)
-    if temperature == 0:
+    if is_greedy(temperature):
         return logits
     logits = apply_temperature(logits, temperature)
     if top_k is not None:
@@ -286,20 +324,50 @@ def process_logits(
 def sample_next_token(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Pick one token per row from processed scores: argmax when ``temperature == 0``, else a draw.
+    """Pick one token per row from processed scores: argmax for a greedy temperature, else a draw.
 
     The draw is ``torch.multinomial(softmax(logits), 1, generator=generator)``, so the same generator state
     gives the same tokens. Greedy ties go to the lowest token id (``torch.argmax``).
 
     Args:
         logits: ``(B, V)`` scores (already processed).
-        temperature: only its being 0 matters here.
+        temperature: only whether it is greedy (:func:`is_greedy`) matters here.
         generator: random source for sampling; ``None`` uses torch's global generator.
 
     Returns:
         ``(B,)`` int64 token ids.
     """
-    if temperature == 0:
+    if is_greedy(temperature):
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits.float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_next_token_scores(scores: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+    """Raise :class:`NonFiniteScoresError` unless every row of ``scores`` can be sampled from.
+
+    A row can be sampled from when it holds no NaN and no ``+inf`` and at least one finite score (``-inf`` is a
+    token the filters removed): exactly when its maximum is finite, since ``amax`` propagates NaN. So the happy
+    path costs one reduction (and one host sync); the cause is worked out only when the check fails.
+
+    Args:
+        scores: ``(B, V)`` processed scores, about to be sampled (or argmaxed).
+        logits: the model's raw ``(B, V)`` logits, to tell a broken model from an overflow in the message.
+
+    Raises:
+        NonFiniteScoresError: a row holds NaN or ``+inf``, or nothing finite.
+    """
+    row_is_fine = torch.isfinite(scores.amax(dim=-1))
+    if bool(row_is_fine.all()):
+        return
+    bad_rows = ~row_is_fine
+    row = int(bad_rows.nonzero()[0, 0])
+    if logits is not None and not bool(torch.isfinite(logits[row]).all()):
+        raise NonFiniteScoresError(
+            f"the model produced non-finite logits (NaN or inf) for row {row}: its weights or its inputs are "
+            "broken (a package with NaN weights, an fp16 overflow); check the package"
+        )
+    raise NonFiniteScoresError(
+        f"the next-token scores of row {row} overflowed to NaN or inf after the repetition penalty and temperature; "
+        "use a temperature closer to 1 or a repetition penalty closer to 1"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_lab.core.decode import generate
+from llm_lab.core.decode import generate, stream
 from llm_lab.core.decode.processors import min_p_filter, occurrence_flags, penalize_seen, top_k_filter, top_p_filter
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 
@@ -299,7 +299,8 @@ def test_texts_with_a_tokenizer():
         (([1, 2],), {"top_p": 1.01}, r"top_p must be in \(0, 1\]"),
         (([1, 2],), {"top_k": 0}, "top_k must be an integer >= 1"),
         (([1, 2],), {"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
-        (([1, 2],), {"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+        (([1, 2],), {"repetition_penalty": 0.0}, r"repetition_penalty must be a number in \[0.01, 100\]"),
+        (([1, 2],), {"repetition_penalty": 1e-300}, r"repetition_penalty must be a number in \[0.01, 100\]"),
         (([1, 61],), {}, r"token ids must lie in \[0, vocab_size=61\); got 61"),
         (([[1, -1]],), {}, r"token ids must lie in \[0, vocab_size=61\); got -1"),
         ((torch.tensor([[1.0, 2.0]]),), {}, "input_ids must hold integer token ids"),
@@ -337,3 +338,25 @@ def test_bad_input_is_a_value_error(args, kwargs, match):
     max_new = kwargs.pop("max_new_tokens", 3)
     with pytest.raises(ValueError, match=match):
         generate(model, *args, max_new, **kwargs)
+
+
+def test_a_tiny_temperature_generates_the_greedy_text():
+    """``temperature=1e-300`` used to end in torch's "probability tensor contains inf/nan"; it is greedy now."""
+    model = tiny()
+    greedy = generate(model, [[1, 2, 3], [4, 5]], 12, temperature=0)
+    assert generate(model, [[1, 2, 3], [4, 5]], 12, temperature=1e-300, seed=3).token_ids == greedy.token_ids
+    penalized = generate(model, [[1, 2, 3], [4, 5]], 12, temperature=1e-300, repetition_penalty=0.01)
+    plain = generate(model, [[1, 2, 3], [4, 5]], 12, temperature=0, repetition_penalty=0.01)
+    assert penalized.token_ids == plain.token_ids
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_model_with_nan_weights_is_a_value_error(temperature):
+    model = tiny()
+    with torch.no_grad():
+        model.lm_head.weight[3, 0] = float("nan")  # one NaN weight: every row's logit for token 3 is NaN
+    with pytest.raises(ValueError, match=r"the model produced non-finite logits \(NaN or inf\) for row 0"):
+        generate(model, [1, 2], 5, temperature=temperature, seed=0)
+    chunks = stream(model, [1, 2], 5, temperature=temperature, seed=0)
+    with pytest.raises(ValueError, match=r"non-finite logits"):
+        next(chunks)

@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from llm_lab.core.decode.processors import (
+    MIN_SAMPLING_TEMPERATURE,
+    NonFiniteScoresError,
     apply_repetition_penalty,
     apply_temperature,
+    check_next_token_scores,
     check_sampling_args,
+    is_greedy,
     min_p_filter,
     occurrence_flags,
     process_logits,
@@ -150,8 +154,10 @@ def test_temperature_divides_and_one_is_identity():
     logits = torch.tensor([[2.0, -4.0]])
     assert torch.equal(apply_temperature(logits, 0.5), torch.tensor([[4.0, -8.0]]))
     assert apply_temperature(logits, 1.0) is logits
-    with pytest.raises(ValueError, match="temperature > 0"):
+    with pytest.raises(ValueError, match=r"temperature >= 1e-05, got 0.0; smaller temperatures mean greedy"):
         apply_temperature(logits, 0.0)
+    with pytest.raises(ValueError, match=r"temperature >= 1e-05, got 1e-300"):
+        apply_temperature(logits, 1e-300)
 
 
 def test_filters_match_hugging_face_warpers_on_random_logits():
@@ -202,7 +208,10 @@ def test_sampling_draws_only_kept_tokens_and_is_reproducible():
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         ({"min_p": -0.1}, r"min_p must be in \[0, 1\]"),
         ({"min_p": 1.1}, r"min_p must be in \[0, 1\]"),
-        ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+        ({"repetition_penalty": 0.0}, r"repetition_penalty must be a number in \[0.01, 100\]"),
+        ({"repetition_penalty": 1e-300}, r"repetition_penalty must be a number in \[0.01, 100\] .* got 1e-300"),
+        ({"repetition_penalty": 101.0}, r"repetition_penalty must be a number in \[0.01, 100\]"),
+        ({"repetition_penalty": float("inf")}, r"repetition_penalty must be a number in \[0.01, 100\]"),
     ],
 )
 def test_bad_sampling_arguments(kwargs, match):
@@ -218,5 +227,42 @@ def test_filters_reject_bad_arguments():
         top_p_filter(logits, 0.0)
     with pytest.raises(ValueError, match=r"min_p must be in \[0, 1\]"):
         min_p_filter(logits, 2.0)
-    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+    with pytest.raises(ValueError, match=r"repetition_penalty must be a number in \[0.01, 100\]"):
         apply_repetition_penalty(logits, torch.zeros(1, 1, dtype=torch.long), -1.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-300, 5e-324, MIN_SAMPLING_TEMPERATURE / 2])
+def test_a_temperature_below_the_floor_is_greedy(temperature):
+    """1e-300 rounds to 0 in float32 and dividing by it gave NaN scores; below the floor it is an exact argmax."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.4]])
+    assert is_greedy(temperature)
+    scores = process_logits(logits, temperature=temperature, top_k=2, top_p=0.5)
+    assert torch.equal(scores, logits)  # greedy: the filters cannot change an argmax, so they are skipped
+    generator = torch.Generator().manual_seed(0)
+    assert sample_next_token(scores, temperature, generator).tolist() == [1, 0]
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # no draw was made
+
+
+def test_the_floor_itself_samples():
+    assert not is_greedy(MIN_SAMPLING_TEMPERATURE)
+    scores = process_logits(torch.tensor([[0.0, 1e-4]]), temperature=MIN_SAMPLING_TEMPERATURE)
+    assert torch.isfinite(scores).all() and scores[0, 1] - scores[0, 0] == pytest.approx(10.0, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("scores", "logits", "match"),
+    [
+        ([[float("nan"), 1.0]], [[float("nan"), 1.0]], r"the model produced non-finite logits .* for row 0"),
+        ([[1.0, 2.0], [float("inf"), 1.0]], [[1.0, 2.0], [1e38, 1.0]], r"scores of row 1 overflowed to NaN or inf"),
+        ([[float("-inf"), float("-inf")]], None, r"scores of row 0 overflowed"),
+    ],
+)
+def test_non_finite_scores_are_a_value_error(scores, logits, match):
+    logits_tensor = None if logits is None else torch.tensor(logits)
+    with pytest.raises(NonFiniteScoresError, match=match) as caught:
+        check_next_token_scores(torch.tensor(scores), logits_tensor)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_finite_scores_and_filtered_tokens_pass():
+    check_next_token_scores(torch.tensor([[float("-inf"), 0.5, -3.0]]))  # -inf is a token a filter removed
