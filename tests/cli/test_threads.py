@@ -125,8 +125,9 @@ def test_sample_stream_into_head_exits_quietly(tmp_path):
     from package_helpers import char_tokenizer, make_package
 
     package, _ = make_package(tmp_path / "pkg", char_tokenizer())
+    # 3000 new tokens: within the model's cap (100 windows of its 32-token context), and far more than head reads
     command = (
-        f"{sys.executable} -m llm_lab sample {package} --prompt 'the ' --stream --max-new-tokens 20000 "
+        f"{sys.executable} -m llm_lab sample {package} --prompt 'the ' --stream --max-new-tokens 3000 "
         "--temperature 0 --threads 1 | head -c 20"
     )
     result = subprocess.run(
