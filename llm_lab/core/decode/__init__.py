@@ -1,5 +1,5 @@
-"""Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``, ``stream``, ``generate_text``) and
-log-probabilities (``score_tokens``, ``TokenLogprob``)."""
+"""Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``,
+``stream``, ``generate_text``) and log-probabilities (``score_tokens``, ``TokenLogprob``)."""
 
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream

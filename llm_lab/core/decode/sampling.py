@@ -220,9 +220,7 @@ class SamplingConfig(Mapping[str, Any]):
         params = {param.name: param for param in sampling_params()}
         unknown = sorted(set(settings) - set(params))
         if unknown:
-            raise TypeError(
-                f"unknown sampling setting {unknown[0]!r}; the settings are: {', '.join(sorted(params))}"
-            )
+            raise TypeError(f"unknown sampling setting {unknown[0]!r}; the settings are: {', '.join(sorted(params))}")
         values = {}
         for name, param in params.items():
             value = param.check(settings.get(name, param.default))
@@ -249,9 +247,7 @@ class SamplingConfig(Mapping[str, Any]):
         """The processors that change anything under these settings, in chain order (greedy: only penalties)."""
         greedy = self.greedy
         return [
-            cls(self)
-            for cls in ordered_processors()
-            if cls.is_enabled(self) and (cls.runs_when_greedy or not greedy)
+            cls(self) for cls in ordered_processors() if cls.is_enabled(self) and (cls.runs_when_greedy or not greedy)
         ]
 
     def __getattr__(self, name: str) -> Any:
