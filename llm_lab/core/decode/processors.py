@@ -291,7 +291,7 @@ class RepetitionPenalty(LogitsProcessor):
             neutral=1.0,
             note="1 disables it; outside that range the scores overflow",
             requirement=f"a number in [{REPETITION_PENALTY_RANGE[0]:g}, {REPETITION_PENALTY_RANGE[1]:g}]",
-            help="penalise tokens already in the text: > 1 repeats less, 1 disables it",
+            help="penalise tokens already in the text (> 1 repeats less)",
             control=(0.5, 2.0, 0.05, 1.0),
         ),
     )
@@ -317,7 +317,7 @@ class Temperature(LogitsProcessor):
             low=0.0,
             neutral=1.0,
             note="0 means greedy",
-            help="0 (or below 1e-5) is greedy; higher flattens the distribution",
+            help="divide the logits by it: higher flattens the distribution, 0 (or below 1e-5) is greedy",
             api_high=2.0,  # OpenAI's range
             control=(0.0, 2.0, 0.05, 0.8),
         ),
@@ -362,7 +362,7 @@ class TopP(LogitsProcessor):
             high=1.0,
             low_open=True,
             neutral=1.0,
-            help="nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1]",
+            help="nucleus sampling: keep the most likely tokens up to this probability mass",
             control=(0.05, 1.0, 0.05, 1.0),
         ),
     )
@@ -384,7 +384,7 @@ class MinP(LogitsProcessor):
             low=0.0,
             high=1.0,
             neutral=0.0,
-            help="drop tokens below this fraction of the top token's probability, in [0, 1]",
+            help="drop tokens below this fraction of the top token's probability",
             control=(0.0, 1.0, 0.01, 0.0),
         ),
     )
