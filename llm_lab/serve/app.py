@@ -58,6 +58,7 @@ from llm_lab.core.decode.sampling import describe_sampling
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
+from llm_lab.serve.playground import playground_html
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.schemas import (
     CompletionRequestBase,
@@ -378,7 +379,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
-        return HTMLResponse((STATIC_DIR / "playground.html").read_text(encoding="utf-8"))
+        return HTMLResponse(playground_html())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -340,7 +340,7 @@ class TopK(LogitsProcessor):
             low=1,
             help="keep only the K most likely tokens",
             api_off=0,  # 0 and null both mean "no top-k", as in most OpenAI-compatible servers
-            control=(0, 200, 1, 0),
+            control=(0, "vocab_size", 1, 0),  # the slider reaches the model's vocabulary size
         ),
     )
     order = 30

@@ -60,7 +60,8 @@ class SamplingParam:
         requirement: the range as error messages say it, when the generated wording is not the right one.
         api_high: a tighter upper bound for the HTTP API (the OpenAI range of ``temperature`` is ``[0, 2]``).
         api_off: a value clients of the HTTP API send to mean "off" (``top_k: 0``), mapped to ``default``.
-        control: ``(min, max, step, initial)`` of the playground's slider; ``None``: no control on the page.
+        control: ``(min, max, step, initial)`` of the playground's slider (``max`` may be ``"vocab_size"``: the served
+            model's vocabulary size); ``None``: no control on the page.
     """
 
     name: str
@@ -76,7 +77,7 @@ class SamplingParam:
     requirement: str | None = None
     api_high: float | None = None
     api_off: Any = None
-    control: tuple[float, float, float, float] | None = None
+    control: tuple[float, float | str, float, float] | None = None
 
     @property
     def nullable(self) -> bool:
