@@ -187,10 +187,12 @@ def register_processor(cls: type[LogitsProcessor]) -> type[LogitsProcessor]:
     """Class decorator: add ``cls`` to :data:`PROCESSORS`; its settings become part of :class:`SamplingConfig`."""
     if not (isinstance(cls, type) and issubclass(cls, LogitsProcessor)):
         raise ValueError(f"register_processor takes a LogitsProcessor subclass, got {cls!r}")
-    taken = {param.name for other in PROCESSORS.values() if other is not cls for param in other.params}
+    owners = {param.name: other for other in PROCESSORS.values() if other is not cls for param in other.params}
     for param in cls.params:
-        if param.name in taken:
-            raise ValueError(f"sampling setting {param.name!r} of {cls.__name__} is already owned by another processor")
+        if param.name in owners:
+            raise ValueError(
+                f"sampling setting {param.name!r} of {cls.__name__} is already owned by {owners[param.name].__name__}"
+            )
     PROCESSORS[cls.__name__] = cls
     return cls
 
