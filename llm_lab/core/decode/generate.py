@@ -578,10 +578,11 @@ def generate(
         ``prompt_lengths``, ``logprobs``).
 
     Raises:
-        ValueError: an empty prompt, ``max_new_tokens < 0``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
-            ``top_k < 1``, ``min_p`` outside ``[0, 1]``, ids outside the vocabulary, a mask that does not match
-            the ids or is not left padding, stop strings without a tokenizer, or an overflow with
-            ``on_overflow="error"``.
+        ValueError: an empty prompt, ``max_new_tokens < 0``, a sampling setting outside its range (the message
+            names it, see :class:`~llm_lab.core.decode.sampling.SamplingConfig`), ids outside the vocabulary, a
+            mask that does not match the ids or is not left padding, stop strings without a tokenizer, or an
+            overflow with ``on_overflow="error"``.
+        TypeError: an unknown keyword (a misspelled sampling setting is named, with the known ones).
     """
     decoder, lengths, stops = _setup(
         model,

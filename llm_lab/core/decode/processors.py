@@ -9,6 +9,12 @@ order :func:`process_logits` applies them, which is also Hugging Face's order:
 The filters read the *current* scores, so the order matters: top-p after top-k renormalises over the
 ``k`` kept tokens, min-p after top-p compares with the most likely token (which every filter keeps).
 
+Each function has a small :class:`~llm_lab.core.decode.sampling.LogitsProcessor` class below that declares its
+setting(s) (name, range, default, help) and its place in the chain; ``@register_processor`` puts it in the one
+registry from which :class:`~llm_lab.core.decode.sampling.SamplingConfig`, ``generate``, the server's schema, the
+``llm-lab sample`` flags and the playground's controls are derived. A new sampler is a function and a class here
+(see "Add a sampler" in ``CONTRIBUTING.md``).
+
 Every filter keeps at least one token per row (the most likely one), so sampling never sees a row of only
 ``-inf``. Rows that are already all ``-inf`` are returned unchanged.
 
