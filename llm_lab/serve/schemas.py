@@ -183,6 +183,9 @@ def completion_request_model() -> type[CompletionRequestBase]:
     """The full ``POST /v1/completions`` schema: :class:`CompletionRequestBase` plus one field per registered sampling
     setting. Built when an app is created, so a processor registered before that is part of its API."""
     fields = {param.name: _sampling_field(param) for param in sampling_params()}
+    clash = sorted(set(fields) & set(CompletionRequestBase.model_fields))
+    if clash:
+        raise ValueError(f"sampling setting {clash[0]!r} has the name of a completions request field; rename it")
     return create_model(
         "CompletionRequest", __base__=CompletionRequestBase, __doc__=CompletionRequestBase.__doc__, **fields
     )

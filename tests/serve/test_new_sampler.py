@@ -148,3 +148,15 @@ def test_the_playground_shows_a_slider_and_sends_it(served: tuple[str, Any]) -> 
     want = generate(model, tokenizer.encode("the quick"), 20, temperature=0, ban_token=banned, tokenizer=tokenizer)
     assert shown == want.texts[0]
     assert shown != generate(model, tokenizer.encode("the quick"), 20, temperature=0, tokenizer=tokenizer).texts[0]
+
+
+def test_a_setting_named_like_a_request_field_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_lab.serve.schemas import completion_request_model
+
+    class Seeded(LogitsProcessor):
+        params = (SamplingParam("seed", int, None),)
+
+    monkeypatch.setattr(sampling_module, "PROCESSORS", dict(sampling_module.PROCESSORS))
+    register_processor(Seeded)
+    with pytest.raises(ValueError, match="sampling setting 'seed' has the name of a completions request field"):
+        completion_request_model()

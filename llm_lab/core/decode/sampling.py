@@ -79,6 +79,13 @@ class SamplingParam:
     api_off: Any = None
     control: tuple[float, float | str, float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.name.startswith("_"):
+            raise ValueError(f"a sampling setting's name must be a public Python identifier, got {self.name!r}")
+        if self.kind not in (int, float):
+            raise ValueError(f"sampling setting {self.name!r}: kind must be int or float, got {self.kind!r}")
+        self.check(self.default)  # a default outside its own range is a bug in the declaration
+
     @property
     def nullable(self) -> bool:
         """Whether ``None`` is accepted (it turns the processor off)."""
@@ -187,6 +194,11 @@ def register_processor(cls: type[LogitsProcessor]) -> type[LogitsProcessor]:
     """Class decorator: add ``cls`` to :data:`PROCESSORS`; its settings become part of :class:`SamplingConfig`."""
     if not (isinstance(cls, type) and issubclass(cls, LogitsProcessor)):
         raise ValueError(f"register_processor takes a LogitsProcessor subclass, got {cls!r}")
+    for param in cls.params:
+        if hasattr(SamplingConfig, param.name):
+            raise ValueError(
+                f"sampling setting {param.name!r} of {cls.__name__} would hide SamplingConfig.{param.name}"
+            )
     owners = {param.name: other for other in PROCESSORS.values() if other is not cls for param in other.params}
     for param in cls.params:
         if param.name in owners:

@@ -168,3 +168,26 @@ def test_sampler_tracks_seen_tokens():
     sampler.advance(torch.tensor([4, 0]))
     assert sampler.seen.tolist() == [[False, True, True, False, True], [True, False, False, True, False]]
     assert Sampler(SamplingConfig(), ids, vocab_size=5).seen is None  # nothing needs it
+
+
+@pytest.mark.parametrize(
+    ("declare", "message"),
+    [
+        (lambda: SamplingParam("top-a", float, None), "must be a public Python identifier, got 'top-a'"),
+        (lambda: SamplingParam("top_a", str, None), "kind must be int or float"),
+        (lambda: SamplingParam("top_a", float, 2.0, low=0.0, high=1.0), r"top_a must be in \[0, 1\]"),
+    ],
+)
+def test_a_bad_declaration_is_refused(declare, message):
+    with pytest.raises(ValueError, match=message):
+        declare()
+
+
+def test_a_setting_cannot_hide_a_config_method(monkeypatch):
+    monkeypatch.setattr("llm_lab.core.decode.sampling.PROCESSORS", dict(PROCESSORS))
+
+    class Shadow(LogitsProcessor):
+        params = (SamplingParam("replace", float, None),)
+
+    with pytest.raises(ValueError, match="'replace' of Shadow would hide SamplingConfig.replace"):
+        register_processor(Shadow)
