@@ -18,8 +18,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling flags shared by ``llm-lab sample`` and the sampling scripts."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: bool = False) -> None:
+    """The sampling flags shared by ``llm-lab sample`` and the sampling scripts.
+
+    Args:
+        parser: the parser to add them to.
+        on_first_use: add the flags of the sampling settings only when ``parser`` first parses or prints its help.
+            They come from the processor registry, which imports torch; ``llm-lab`` builds every subcommand's parser
+            at start-up and must stay light (``llm-lab --help`` imports no torch).
+    """
     parser.add_argument(
         "--prompt", default="", help="text to continue (default: start from the end-of-text token, if any)"
     )
@@ -31,12 +38,38 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="most new tokens (default 200); at most what the model's context allows, or 100 windows of it for a "
         "model that slides its window",
     )
-    add_sampling_config_arguments(parser)
+    if on_first_use:
+        parser.__class__ = type(f"Sampling{type(parser).__name__}", (_SamplingFlagsOnFirstUse, type(parser)), {})
+    else:
+        add_sampling_config_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+
+
+class _SamplingFlagsOnFirstUse:
+    """Parser mixin: add the sampling settings' flags (:func:`add_sampling_config_arguments`) on first use."""
+
+    _sampling_flags_added = False
+
+    def _add_sampling_flags(self) -> None:
+        if not self._sampling_flags_added:
+            self._sampling_flags_added = True
+            add_sampling_config_arguments(self)  # type: ignore[arg-type]
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._add_sampling_flags()
+        return super().parse_known_args(args, namespace)  # type: ignore[misc]
+
+    def format_usage(self) -> str:
+        self._add_sampling_flags()
+        return super().format_usage()  # type: ignore[misc]
+
+    def format_help(self) -> str:
+        self._add_sampling_flags()
+        return super().format_help()  # type: ignore[misc]
 
 
 def add_sampling_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +103,7 @@ def sampling_config_from_args(args: argparse.Namespace) -> Any:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sample", help="generate text from a package or a run directory")
     parser.add_argument("path", metavar="PACKAGE_OR_RUN", help="a package directory or a Trainer run directory")
-    add_sampling_arguments(parser)
+    add_sampling_arguments(parser, on_first_use=True)
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.set_defaults(func=_run)
 
