@@ -3,9 +3,9 @@
 Routes:
 
 - ``POST /v1/completions``: the OpenAI completions shape (``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
-  ``stop``, ``n``, ``seed``, ``stream``, ...), plus ``top_k``, ``min_p`` and ``repetition_penalty`` (every
-  registered sampling setting, see ``GET /v1/sampling``). With
-  ``stream: true`` the answer is server-sent events, ``data: {...}`` chunks ending with ``data: [DONE]``.
+  ``stop``, ``n``, ``seed``, ``stream``, ...), plus every other registered sampling setting (``top_k``,
+  ``repetition_penalty``, ...; see ``GET /v1/sampling``). With ``stream: true`` the answer is server-sent events,
+  ``data: {...}`` chunks ending with ``data: [DONE]``.
   ``logprobs: N`` (0 to 5) adds OpenAI's ``logprobs`` object to each choice (and to each streamed chunk); with
   ``echo: true`` the prompt's tokens are scored too (see ``logprobs.py``).
 - ``POST /v1/inspect`` (extension): token probabilities, attention maps and the logit lens of one text

@@ -10,8 +10,8 @@ accepted only at their neutral value, so clients that always send them still wor
 
 The sampling fields are not written here: :func:`completion_request_model` adds one field per registered sampling
 setting (:func:`llm_lab.core.decode.sampling.sampling_params`), with its type, range and default, so a new sampler
-is accepted by the server without an edit to this file. Extensions beyond the OpenAI shape: ``top_k``, ``min_p``,
-``repetition_penalty`` (and any other registered setting), and the body of ``POST /v1/inspect``
+is accepted by the server without an edit to this file. Extensions beyond the OpenAI shape: the sampling settings
+OpenAI does not have (``top_k``, ``repetition_penalty``, ...), and the body of ``POST /v1/inspect``
 (:class:`InspectRequest`).
 """
 

@@ -554,10 +554,9 @@ def generate(
         sampling: the sampling settings as one
             :class:`~llm_lab.core.decode.sampling.SamplingConfig` (default: its defaults, temperature 1, no
             filters).
-        **sampling_settings: the same settings as keywords, replacing those of ``sampling``: ``temperature``
-            (``0`` is greedy), ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty`` (applied in greedy mode
-            too) and any other registered processor's; see ``processors.py``. Processing order: penalty,
-            temperature, top-k, top-p, min-p.
+        **sampling_settings: the same settings as keywords (``temperature=0.8, top_k=50``; ``0`` is greedy),
+            replacing those of ``sampling``: every registered processor's setting, see ``processors.py`` for
+            each one's rule and the order they apply in.
         eos_token_id: end token id(s); a row finishes after producing one. ``None``: no end token.
         stop: stop string(s), matched on the decoded new text (needs ``tokenizer``); the text is cut before it.
         attention_mask: ``(B, P)`` 0/1 mask for a tensor ``input_ids``: zeros then ones in each row (left
