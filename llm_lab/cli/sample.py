@@ -18,8 +18,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling flags shared by ``llm-lab sample`` and the sampling scripts."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: bool = False) -> None:
+    """The sampling flags shared by ``llm-lab sample`` and the sampling scripts.
+
+    Args:
+        parser: the parser to add them to.
+        on_first_use: add the flags of the sampling settings only when ``parser`` first parses or prints its help.
+            They come from the processor registry, which imports torch; ``llm-lab`` builds every subcommand's parser
+            at start-up and must stay light (``llm-lab --help`` imports no torch).
+    """
     parser.add_argument(
         "--prompt", default="", help="text to continue (default: start from the end-of-text token, if any)"
     )
@@ -31,15 +38,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="most new tokens (default 200); at most what the model's context allows, or 100 windows of it for a "
         "model that slides its window",
     )
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, metavar="T", help="0 (or below 1e-5) is greedy (default: 1.0)"
-    )
-    parser.add_argument("--top-k", type=positive_int, default=None, metavar="K")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling, in (0, 1]")
-    parser.add_argument("--min-p", type=float, default=None, metavar="M", help="in [0, 1]")
-    parser.add_argument(
-        "--repetition-penalty", type=float, default=1.0, metavar="R", help="in [0.01, 100]; 1 disables it"
-    )
+    if on_first_use:
+        parser.__class__ = type(f"Sampling{type(parser).__name__}", (_SamplingFlagsOnFirstUse, type(parser)), {})
+    else:
+        add_sampling_config_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
@@ -47,19 +49,68 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
 
 
+class _SamplingFlagsOnFirstUse:
+    """Parser mixin: add the sampling settings' flags (:func:`add_sampling_config_arguments`) on first use."""
+
+    _sampling_flags_added = False
+
+    def _add_sampling_flags(self) -> None:
+        if not self._sampling_flags_added:
+            self._sampling_flags_added = True
+            add_sampling_config_arguments(self)  # type: ignore[arg-type]
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._add_sampling_flags()
+        return super().parse_known_args(args, namespace)  # type: ignore[misc]
+
+    def format_usage(self) -> str:
+        self._add_sampling_flags()
+        return super().format_usage()  # type: ignore[misc]
+
+    def format_help(self) -> str:
+        self._add_sampling_flags()
+        return super().format_help()  # type: ignore[misc]
+
+
+def add_sampling_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per registered sampling setting (``--temperature``, ``--top-k``, ...), from its ``SamplingParam``.
+
+    Types and ranges come from the registry too: an integer setting whose range starts at 1 takes
+    :func:`positive_int`, the others ``int`` or ``float``; ranges are checked by :func:`sampling_config_from_args`.
+    """
+    from llm_lab.core.decode.sampling import sampling_params
+
+    for param in sampling_params():
+        kind = (positive_int if param.low == 1 else int) if param.kind is int else float
+        default = "off" if param.default is None else f"{param.default:g}"
+        parser.add_argument(
+            param.flag,
+            dest=param.name,
+            type=kind,
+            default=param.default,
+            help=f"{param.help}; {param.range_text()} (default: {default})",
+        )
+
+
+def sampling_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~llm_lab.core.decode.sampling.SamplingConfig` of the sampling flags (``ValueError`` if out of
+    range, before any slow model loading)."""
+    from llm_lab.core.decode.sampling import SamplingConfig, sampling_params
+
+    return SamplingConfig(**{param.name: getattr(args, param.name) for param in sampling_params()})
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sample", help="generate text from a package or a run directory")
     parser.add_argument("path", metavar="PACKAGE_OR_RUN", help="a package directory or a Trainer run directory")
-    add_sampling_arguments(parser)
+    add_sampling_arguments(parser, on_first_use=True)
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.set_defaults(func=_run)
 
 
 def check_sampling_arguments(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` for out-of-range sampling flags (before any slow model loading)."""
-    from llm_lab.core.decode.processors import check_sampling_args
-
-    check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    sampling_config_from_args(args)
 
 
 def _header(i: int, n: int) -> str:
@@ -97,7 +148,7 @@ def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> in
     ``--stream`` a progress bar counts the new tokens on stderr (in a terminal). Ctrl+C stops generating and
     prints what was generated so far (exit code 130).
     """
-    check_sampling_arguments(args)
+    sampling = sampling_config_from_args(args)
     from llm_lab.core.decode import stream
 
     eot = tokenizer.eot_token_id
@@ -112,11 +163,7 @@ def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> in
         model,
         [prompt_ids] * n,
         args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
+        sampling=sampling,
         eos_token_id=eot,
         stop=args.stop,
         tokenizer=tokenizer,

@@ -3,13 +3,16 @@
 Routes:
 
 - ``POST /v1/completions``: the OpenAI completions shape (``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
-  ``stop``, ``n``, ``seed``, ``stream``, ...), plus ``top_k``, ``min_p`` and ``repetition_penalty``. With
-  ``stream: true`` the answer is server-sent events, ``data: {...}`` chunks ending with ``data: [DONE]``.
+  ``stop``, ``n``, ``seed``, ``stream``, ...), plus every other registered sampling setting (``top_k``,
+  ``repetition_penalty``, ...; see ``GET /v1/sampling``). With ``stream: true`` the answer is server-sent events,
+  ``data: {...}`` chunks ending with ``data: [DONE]``.
   ``logprobs: N`` (0 to 5) adds OpenAI's ``logprobs`` object to each choice (and to each streamed chunk); with
   ``echo: true`` the prompt's tokens are scored too (see ``logprobs.py``).
 - ``POST /v1/inspect`` (extension): token probabilities, attention maps and the logit lens of one text
   (see ``inspect.py``).
 - ``GET /v1/models`` (and ``/v1/models/{id}``): the one served model, with its context window.
+- ``GET /v1/sampling`` (extension): every sampling setting with its type, range, default and help (the
+  playground builds its controls from it; see ``llm_lab.core.decode.sampling.describe_sampling``).
 - ``GET /health``: liveness plus the queue depth.
 - ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
 
@@ -51,11 +54,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_lab.core.decode.processors import NonFiniteScoresError
+from llm_lab.core.decode.sampling import describe_sampling
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
+from llm_lab.serve.playground import playground_html
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
-from llm_lab.serve.schemas import CompletionRequest, InspectRequest, describe_validation_error
+from llm_lab.serve.schemas import (
+    CompletionRequestBase,
+    InspectRequest,
+    completion_request_model,
+    describe_validation_error,
+)
 from llm_lab.serve.security import AccessMiddleware, AccessPolicy
 from llm_lab.utils.json_input import loads_strict
 
@@ -332,6 +342,7 @@ def create_app(
             package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
         )
     runner = ModelRunner(max_pending=max_pending)
+    completion_schema = completion_request_model()  # every sampling setting registered by now
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -368,7 +379,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
-        return HTMLResponse((STATIC_DIR / "playground.html").read_text(encoding="utf-8"))
+        return HTMLResponse(playground_html())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -378,6 +389,10 @@ def create_app(
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [engine.describe()]}
 
+    @app.get("/v1/sampling")
+    async def sampling() -> dict[str, Any]:
+        return describe_sampling()
+
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
         _check_model(engine, model_id)
@@ -385,7 +400,7 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
-        completion = await read_request(request, CompletionRequest)
+        completion = await read_request(request, completion_schema)
         if completion.model is not None:
             _check_model(engine, completion.model)
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
@@ -442,7 +457,7 @@ class _CompletionJob:
     def __init__(
         self,
         engine: CompletionEngine,
-        request: CompletionRequest,
+        request: CompletionRequestBase,
         prompts: list[str],
         prompt_ids: list[list[int]],
         settings: SamplingSettings,
@@ -548,7 +563,7 @@ class _CompletionJob:
         return f"data: {json.dumps(body)}\n\n"
 
 
-def _plan(engine: CompletionEngine, request: CompletionRequest) -> _CompletionJob:
+def _plan(engine: CompletionEngine, request: CompletionRequestBase) -> _CompletionJob:
     """Check the request against the model's limits and encode its prompts (on the event loop: no model call)."""
     max_tokens = request.max_tokens if request.max_tokens is not None else 16
     if max_tokens > engine.max_tokens_cap:
@@ -581,14 +596,9 @@ def _plan(engine: CompletionEngine, request: CompletionRequest) -> _CompletionJo
             )
             raise APIError(400, message, param="max_tokens", code="context_length_exceeded")
         prompt_ids.append(ids)
-    top_k = request.top_k or None  # 0 and null both mean "no top-k", as in most OpenAI-compatible servers
     settings = SamplingSettings(
         max_new_tokens=max_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_k=top_k,
-        top_p=None if request.top_p in (None, 1.0) else request.top_p,
-        min_p=request.min_p or None,
-        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+        sampling=request.sampling_config(),
         stop=request.stop_strings,
         logprobs=request.logprobs,
     )

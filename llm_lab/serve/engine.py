@@ -20,6 +20,7 @@ import torch
 
 from llm_lab.core.decode import TokenLogprob, score_tokens
 from llm_lab.core.decode import stream as decode_stream
+from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.devices import resolve_device
 
 FinishReason = str  # "stop" (end-of-text token or a stop string) or "length" (max_tokens reached)
@@ -27,14 +28,11 @@ FinishReason = str  # "stop" (end-of-text token or a stop string) or "length" (m
 
 @dataclass
 class SamplingSettings:
-    """How to sample one choice (already validated by the request schema)."""
+    """How to generate one request's choices: a length, the sampling settings (one :class:`SamplingConfig`, passed
+    whole to the decoder), stop strings and log-probabilities."""
 
     max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # report each token's log-probability and this many alternatives
 
@@ -190,11 +188,7 @@ class CompletionEngine:
             self.model,
             rows,
             settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            min_p=settings.min_p,
-            repetition_penalty=settings.repetition_penalty,
+            sampling=settings.sampling,
             eos_token_id=self.eot_token_id,
             stop=settings.stop or None,
             generator=generator,

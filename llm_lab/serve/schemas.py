@@ -8,8 +8,11 @@ lone surrogate such as U+D800 is refused: it cannot be encoded, echoed or tokeni
 fields that this server does not implement (``best_of``, ``suffix``, penalties, ``logit_bias``) are
 accepted only at their neutral value, so clients that always send them still work.
 
-Extensions beyond the OpenAI shape: ``top_k``, ``min_p`` and ``repetition_penalty``, and the body of
-``POST /v1/inspect`` (:class:`InspectRequest`).
+The sampling fields are not written here: :func:`completion_request_model` adds one field per registered sampling
+setting (:func:`llm_lab.core.decode.sampling.sampling_params`), with its type, range and default, so a new sampler
+is accepted by the server without an edit to this file. Extensions beyond the OpenAI shape: the sampling settings
+OpenAI does not have (``top_k``, ``repetition_penalty``, ...), and the body of ``POST /v1/inspect``
+(:class:`InspectRequest`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    create_model,
     field_validator,
 )
 
-from llm_lab.core.decode.processors import REPETITION_PENALTY_RANGE
+from llm_lab.core.decode.sampling import SamplingConfig, SamplingParam, sampling_params
 
 # OpenAI allows at most four stop sequences; the limit also bounds the work of the stop-string scan.
 MAX_STOP_SEQUENCES = 4
@@ -63,18 +67,13 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class CompletionRequest(BaseModel):
-    """The body of ``POST /v1/completions``.
+class CompletionRequestBase(BaseModel):
+    """The body of ``POST /v1/completions``, less its sampling fields (see :func:`completion_request_model`).
 
     Attributes:
         model: the served model id; optional, and when given it must match (see ``GET /v1/models``).
         prompt: one prompt or a list of prompts; each list entry gets ``n`` choices.
         max_tokens: the most new tokens per choice (OpenAI's default: 16).
-        temperature: 0 is greedy decoding; higher flattens the distribution.
-        top_p: nucleus sampling mass, in (0, 1].
-        top_k: keep only the ``top_k`` most likely tokens (extension; 0 or null disables it).
-        min_p: drop tokens below ``min_p`` times the top probability (extension).
-        repetition_penalty: CTRL-style penalty on tokens already present (extension; 1 disables it).
         stop: up to four strings; generation ends before the first occurrence of any of them.
         n: choices per prompt.
         seed: makes sampling reproducible: the same request with the same seed gives the same text.
@@ -90,17 +89,6 @@ class CompletionRequest(BaseModel):
     model: Text | None = None
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
-    # 0 to 2 is OpenAI's range; below 1e-5 is greedy (llm_lab.core.decode.processors.MIN_SAMPLING_TEMPERATURE).
-    temperature: Annotated[StrictFloat, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
-    top_p: Annotated[StrictFloat, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = 1.0
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
-    min_p: Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
-    repetition_penalty: (
-        Annotated[
-            StrictFloat, Field(ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1], allow_inf_nan=False)
-        ]
-        | None
-    ) = 1.0
     stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = 1
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch.manual_seed takes
@@ -161,6 +149,50 @@ class CompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling_config(self) -> SamplingConfig:
+        """The request's sampling fields as one :class:`SamplingConfig` (``null`` and a setting's ``off`` value, such
+        as ``top_k: 0``, mean its default)."""
+        given = {}
+        for param in sampling_params():
+            value = getattr(self, param.name, None)
+            if value is not None and not (param.api_off is not None and value == param.api_off):
+                given[param.name] = value
+        return SamplingConfig(**given)
+
+
+def _sampling_field(param: SamplingParam) -> tuple[Any, Any]:
+    """The pydantic field of one sampling setting: strict JSON number, the setting's range, nullable."""
+    bounds: dict[str, Any] = {}
+    if param.low is not None:
+        if param.api_off is not None and param.api_off < param.low:
+            bounds["ge"] = param.api_off  # the "off" value is accepted too
+        else:
+            bounds["gt" if param.low_open else "ge"] = param.low
+    high = param.high if param.api_high is None else param.api_high
+    if high is not None:
+        bounds["lt" if param.high_open and param.api_high is None else "le"] = high
+    if param.kind is int:
+        number: Any = Annotated[StrictInt, Field(**bounds)]
+    else:
+        number = Annotated[StrictFloat, Field(**bounds, allow_inf_nan=False)]
+    return (number | None, Field(default=param.default, description=param.help))
+
+
+def completion_request_model() -> type[CompletionRequestBase]:
+    """The full ``POST /v1/completions`` schema: :class:`CompletionRequestBase` plus one field per registered sampling
+    setting. Built when an app is created, so a processor registered before that is part of its API."""
+    fields = {param.name: _sampling_field(param) for param in sampling_params()}
+    clash = sorted(set(fields) & set(CompletionRequestBase.model_fields))
+    if clash:
+        raise ValueError(f"sampling setting {clash[0]!r} has the name of a completions request field; rename it")
+    return create_model(
+        "CompletionRequest", __base__=CompletionRequestBase, __doc__=CompletionRequestBase.__doc__, **fields
+    )
+
+
+# The schema of the processors registered at import time (``create_app`` builds its own, see above).
+CompletionRequest = completion_request_model()
 
 
 class InspectRequest(BaseModel):

@@ -1,5 +1,5 @@
-"""Decoding: logits processors, KV-cached generation (``generate``, ``stream``, ``generate_text``) and
-log-probabilities (``score_tokens``, ``TokenLogprob``)."""
+"""Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``,
+``stream``, ``generate_text``) and log-probabilities (``score_tokens``, ``TokenLogprob``)."""
 
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
@@ -13,10 +13,14 @@ from llm_lab.core.decode.processors import (
     top_k_filter,
     top_p_filter,
 )
+from llm_lab.core.decode.sampling import LogitsProcessor, SamplingConfig, SamplingParam, register_processor
 
 __all__ = [
     "DecodeLinears",
     "GenerationOutput",
+    "LogitsProcessor",
+    "SamplingConfig",
+    "SamplingParam",
     "StreamChunk",
     "TokenLogprob",
     "apply_repetition_penalty",
@@ -25,6 +29,7 @@ __all__ = [
     "generate_text",
     "min_p_filter",
     "process_logits",
+    "register_processor",
     "sample_next_token",
     "score_tokens",
     "stream",

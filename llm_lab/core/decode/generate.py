@@ -54,14 +54,8 @@ from torch import nn
 
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, step_logprobs, to_token_logprobs
-from llm_lab.core.decode.processors import (
-    check_next_token_scores,
-    check_sampling_args,
-    is_greedy,
-    occurrence_flags,
-    process_logits,
-    sample_next_token,
-)
+from llm_lab.core.decode.processors import Sampler, check_next_token_scores
+from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.modules import eval_mode
 
 __all__ = [
@@ -311,11 +305,7 @@ class _Decoder:
         mask: torch.Tensor | None,
         max_new_tokens: int,
         *,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        min_p: float | None,
-        repetition_penalty: float,
+        sampling: SamplingConfig,
         eos_ids: list[int],
         pad_token_id: int,
         generator: torch.Generator | None,
@@ -331,11 +321,6 @@ class _Decoder:
         # Only the last position's logits are needed (MiniGPT skips the others; a stand-in model may not know how).
         knows_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.keep_last = {"logits_to_keep": 1} if knows_keep else {}
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-        self.min_p = min_p
-        self.penalty = float(repetition_penalty)
         self.generator = generator
         self.pad_token_id = pad_token_id
         self.logprobs = logprobs
@@ -375,9 +360,7 @@ class _Decoder:
         self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device) if eos_ids else None
         # Rows can finish early through an end token or (set from outside) a stop string.
         self.rows_can_finish = bool(eos_ids) or can_stop
-        self.seen: torch.Tensor | None = None
-        if self.penalty != 1.0:
-            self.seen = occurrence_flags(ids, config.vocab_size, mask)
+        self.sampler = Sampler(sampling, ids, config.vocab_size, mask)
 
     def _next_logits(self) -> torch.Tensor:
         """``(B, V)`` logits for the token after ``tokens[:, :length]``."""
@@ -401,19 +384,11 @@ class _Decoder:
         return logits[:, -1, :]
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if not is_greedy(self.temperature):
+        if not self.sampler.greedy:
             logits = logits.float()  # sampling maths in fp32 whatever the model's dtype
-        scores = process_logits(
-            logits,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            min_p=self.min_p,
-            repetition_penalty=self.penalty,
-            seen=self.seen,
-        )
+        scores = self.sampler.process(logits)
         check_next_token_scores(scores, logits)  # NaN weights or an overflow: a ValueError, never a NaN draw
-        return sample_next_token(scores, self.temperature, self.generator)
+        return self.sampler.pick(scores, self.generator)
 
     def step(self) -> torch.Tensor:
         """Run one forward pass and append one token per row; return the ``(B,)`` new tokens."""
@@ -430,8 +405,7 @@ class _Decoder:
                 self.finished |= torch.isin(token, self.eos)
         self.tokens[:, self.length] = token
         self.length += 1
-        if self.seen is not None:
-            self.seen.scatter_(1, token[:, None], True)
+        self.sampler.advance(token)
         return token
 
     def mark_finished(self, row: int) -> None:
@@ -462,11 +436,8 @@ def _setup(
     input_ids: Any,
     max_new_tokens: int,
     *,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    min_p: float | None,
-    repetition_penalty: float,
+    sampling: SamplingConfig | None,
+    settings: dict[str, Any],
     eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
     stop: str | Sequence[str] | None,
@@ -482,7 +453,7 @@ def _setup(
     config = model.config
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    sampling = SamplingConfig.from_kwargs(sampling, **settings)
     if on_overflow is None:
         on_overflow = default_overflow_policy(config)
     if on_overflow not in OVERFLOW_POLICIES:
@@ -509,11 +480,7 @@ def _setup(
         ids,
         mask,
         max_new_tokens,
-        temperature=float(temperature),
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
+        sampling=sampling,
         eos_ids=eos_ids,
         pad_token_id=pad_token_id,
         generator=generator,
@@ -563,11 +530,7 @@ def generate(
     input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
+    sampling: SamplingConfig | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     attention_mask: torch.Tensor | None = None,
@@ -577,6 +540,7 @@ def generate(
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
     logprobs: int | None = None,
+    **sampling_settings: Any,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens per prompt with a KV cache (prefill once, then one token a step).
 
@@ -587,12 +551,12 @@ def generate(
             (``list[list[int]]``: left-padded here with ``pad_token_id``), or a ``(B, P)`` tensor, left-padded
             when ``attention_mask`` is given.
         max_new_tokens: most new tokens per row (``>= 0``).
-        temperature: ``0`` is greedy (argmax); otherwise logits are divided by it before sampling.
-        top_k: keep the ``k`` most likely tokens (``>= 1``), see :func:`~llm_lab.core.decode.processors.top_k_filter`.
-        top_p: nucleus sampling, ``(0, 1]``, see :func:`~llm_lab.core.decode.processors.top_p_filter`.
-        min_p: keep tokens with at least ``min_p`` times the top probability, ``[0, 1]``.
-        repetition_penalty: ``> 0``; penalises every token already in the row (prompt padding excluded).
-            Applied in greedy mode too. Processing order: penalty, temperature, top-k, top-p, min-p.
+        sampling: the sampling settings as one
+            :class:`~llm_lab.core.decode.sampling.SamplingConfig` (default: its defaults, temperature 1, no
+            filters).
+        **sampling_settings: the same settings as keywords (``temperature=0.8, top_k=50``; ``0`` is greedy),
+            replacing those of ``sampling``: every registered processor's setting, see ``processors.py`` for
+            each one's rule and the order they apply in.
         eos_token_id: end token id(s); a row finishes after producing one. ``None``: no end token.
         stop: stop string(s), matched on the decoded new text (needs ``tokenizer``); the text is cut before it.
         attention_mask: ``(B, P)`` 0/1 mask for a tensor ``input_ids``: zeros then ones in each row (left
@@ -613,20 +577,18 @@ def generate(
         ``prompt_lengths``, ``logprobs``).
 
     Raises:
-        ValueError: an empty prompt, ``max_new_tokens < 0``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
-            ``top_k < 1``, ``min_p`` outside ``[0, 1]``, ids outside the vocabulary, a mask that does not match
-            the ids or is not left padding, stop strings without a tokenizer, or an overflow with
-            ``on_overflow="error"``.
+        ValueError: an empty prompt, ``max_new_tokens < 0``, a sampling setting outside its range (the message
+            names it, see :class:`~llm_lab.core.decode.sampling.SamplingConfig`), ids outside the vocabulary, a
+            mask that does not match the ids or is not left padding, stop strings without a tokenizer, or an
+            overflow with ``on_overflow="error"``.
+        TypeError: an unknown keyword (a misspelled sampling setting is named, with the known ones).
     """
     decoder, lengths, stops = _setup(
         model,
         input_ids,
         max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
+        sampling=sampling,
+        settings=sampling_settings,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         stop=stop,
@@ -698,11 +660,7 @@ def stream(
     input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
+    sampling: SamplingConfig | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     attention_mask: torch.Tensor | None = None,
@@ -712,6 +670,7 @@ def stream(
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
     logprobs: int | None = None,
+    **sampling_settings: Any,
 ) -> Iterator[StreamChunk]:
     """Like :func:`generate`, but yield :class:`StreamChunk` items as tokens are produced.
 
@@ -731,11 +690,8 @@ def stream(
         model,
         input_ids,
         max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
+        sampling=sampling,
+        settings=sampling_settings,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         stop=stop,

@@ -9,6 +9,12 @@ order :func:`process_logits` applies them, which is also Hugging Face's order:
 The filters read the *current* scores, so the order matters: top-p after top-k renormalises over the
 ``k`` kept tokens, min-p after top-p compares with the most likely token (which every filter keeps).
 
+Each function has a small :class:`~llm_lab.core.decode.sampling.LogitsProcessor` class below that declares its
+setting(s) (name, range, default, help) and its place in the chain; ``@register_processor`` puts it in the one
+registry from which :class:`~llm_lab.core.decode.sampling.SamplingConfig`, ``generate``, the server's schema, the
+``llm-lab sample`` flags and the playground's controls are derived. A new sampler is a function and a class here
+(see "Add a sampler" in ``CONTRIBUTING.md``).
+
 Every filter keeps at least one token per row (the most likely one), so sampling never sees a row of only
 ``-inf``. Rows that are already all ``-inf`` are returned unchanged.
 
@@ -31,14 +37,29 @@ Outputs"); repetition penalty (Keskar et al., 2019, "CTRL").
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
+
+from llm_lab.core.decode.sampling import (
+    MIN_SAMPLING_TEMPERATURE,
+    LogitsProcessor,
+    SamplingConfig,
+    SamplingParam,
+    is_greedy,
+    register_processor,
+)
 
 __all__ = [
     "MIN_SAMPLING_TEMPERATURE",
     "REPETITION_PENALTY_RANGE",
+    "MinP",
     "NonFiniteScoresError",
+    "RepetitionPenalty",
+    "Sampler",
+    "Temperature",
+    "TopK",
+    "TopP",
     "apply_repetition_penalty",
     "apply_temperature",
     "check_next_token_scores",
@@ -54,19 +75,12 @@ __all__ = [
 ]
 
 
-# Below this temperature decoding is greedy (see the module docs for why nothing is lost).
-MIN_SAMPLING_TEMPERATURE = 1e-5
 # The repetition penalty scales a seen token's logit by at most max(p, 1/p) = 100 inside this range.
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
 class NonFiniteScoresError(ValueError):
     """The next-token scores hold NaN or ``+inf``, so no token can be drawn (a broken model or an overflow)."""
-
-
-def is_greedy(temperature: float) -> bool:
-    """Whether ``temperature`` means greedy decoding: ``0`` or anything below :data:`MIN_SAMPLING_TEMPERATURE`."""
-    return temperature < MIN_SAMPLING_TEMPERATURE
 
 
 def check_sampling_args(
@@ -78,33 +92,20 @@ def check_sampling_args(
 ) -> None:
     """Raise ``ValueError`` for sampling settings outside their documented ranges.
 
-    Args:
-        temperature: ``>= 0`` (0, or anything below :data:`MIN_SAMPLING_TEMPERATURE`, means greedy).
-        top_k: ``None`` or an integer ``>= 1``.
-        top_p: ``None`` or a float in ``(0, 1]``.
-        min_p: ``None`` or a float in ``[0, 1]``.
-        repetition_penalty: in :data:`REPETITION_PENALTY_RANGE` (1 disables it).
+    Kept for callers of the keyword form; the rules themselves live on each processor's
+    :class:`~llm_lab.core.decode.sampling.SamplingParam` and :class:`~llm_lab.core.decode.sampling.SamplingConfig`
+    applies them (a temperature ``>= 0``, ``top_k >= 1``, ``top_p`` in ``(0, 1]``, ``min_p`` in ``[0, 1]``, the
+    repetition penalty in :data:`REPETITION_PENALTY_RANGE`).
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None to disable it), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] (or None to disable it), got {top_p!r}")
-    if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, int | float) or not 0.0 <= min_p <= 1.0):
-        raise ValueError(f"min_p must be in [0, 1] (or None to disable it), got {min_p!r}")
-    _check_repetition_penalty(repetition_penalty)
+    from llm_lab.core.decode.sampling import SamplingConfig
+
+    SamplingConfig(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty
+    )
 
 
 def _check_repetition_penalty(penalty: float) -> None:
-    low, high = REPETITION_PENALTY_RANGE
-    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not low <= penalty <= high:
-        raise ValueError(
-            f"repetition_penalty must be a number in [{low:g}, {high:g}] (1 disables it; outside that range the "
-            f"scores overflow), got {penalty!r}"
-        )
+    RepetitionPenalty.params[0].check(penalty)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -278,46 +279,190 @@ def occurrence_flags(
     return seen[:, :vocab_size]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The registered processors: each owns its settings (declared once, here) and applies one function above.
+
+
+@register_processor
+class RepetitionPenalty(LogitsProcessor):
+    """CTRL's repetition penalty on every token already in the row (see :func:`penalize_seen`)."""
+
+    params = (
+        SamplingParam(
+            "repetition_penalty",
+            float,
+            1.0,
+            low=REPETITION_PENALTY_RANGE[0],
+            high=REPETITION_PENALTY_RANGE[1],
+            neutral=1.0,
+            note="1 disables it; outside that range the scores overflow",
+            requirement=f"a number in [{REPETITION_PENALTY_RANGE[0]:g}, {REPETITION_PENALTY_RANGE[1]:g}]",
+            help="penalise tokens already in the text (> 1 repeats less)",
+            control=(0.5, 2.0, 0.05, 1.0),
+        ),
+    )
+    order = 10
+    runs_when_greedy = True  # it can change an argmax
+    needs_seen = True
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        if seen is None:
+            raise ValueError("repetition_penalty != 1 needs `seen`, the (B, V) flags of tokens already in context")
+        return penalize_seen(logits, seen, self.config.repetition_penalty)
+
+
+@register_processor
+class Temperature(LogitsProcessor):
+    """Divide by the temperature (below :data:`MIN_SAMPLING_TEMPERATURE` decoding is greedy and this is skipped)."""
+
+    params = (
+        SamplingParam(
+            "temperature",
+            float,
+            1.0,
+            low=0.0,
+            neutral=1.0,
+            note="0 means greedy",
+            help="divide the logits by it: higher flattens the distribution, 0 (or below 1e-5) is greedy",
+            api_high=2.0,  # OpenAI's range
+            control=(0.0, 2.0, 0.05, 0.8),
+        ),
+    )
+    order = 20
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        return apply_temperature(logits, self.config.temperature)
+
+
+@register_processor
+class TopK(LogitsProcessor):
+    """Keep the ``top_k`` most likely tokens (see :func:`top_k_filter`)."""
+
+    params = (
+        SamplingParam(
+            "top_k",
+            int,
+            None,
+            low=1,
+            help="keep only the K most likely tokens",
+            api_off=0,  # 0 and null both mean "no top-k", as in most OpenAI-compatible servers
+            control=(0, "vocab_size", 1, 0),  # the slider reaches the model's vocabulary size
+        ),
+    )
+    order = 30
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        return top_k_filter(logits, self.config.top_k)
+
+
+@register_processor
+class TopP(LogitsProcessor):
+    """Nucleus sampling (see :func:`top_p_filter`)."""
+
+    params = (
+        SamplingParam(
+            "top_p",
+            float,
+            None,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            neutral=1.0,
+            help="nucleus sampling: keep the most likely tokens up to this probability mass",
+            control=(0.05, 1.0, 0.05, 1.0),
+        ),
+    )
+    order = 40
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        return top_p_filter(logits, self.config.top_p)
+
+
+@register_processor
+class MinP(LogitsProcessor):
+    """Min-p sampling (see :func:`min_p_filter`)."""
+
+    params = (
+        SamplingParam(
+            "min_p",
+            float,
+            None,
+            low=0.0,
+            high=1.0,
+            neutral=0.0,
+            help="drop tokens below this fraction of the top token's probability",
+            control=(0.0, 1.0, 0.01, 0.0),
+        ),
+    )
+    order = 50
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        return min_p_filter(logits, self.config.min_p)
+
+
+class Sampler:
+    """The chain of one generation: :class:`SamplingConfig`'s enabled processors plus the per-row ``seen`` flags.
+
+    Args:
+        config: the settings.
+        context_ids: ``(B, T)`` prompt ids (for processors that look at the tokens already there).
+        vocab_size: the number of columns of the logits.
+        attention_mask: optional ``(B, T)``; padding does not count as a token already seen.
+    """
+
+    def __init__(
+        self,
+        config: SamplingConfig,
+        context_ids: torch.Tensor,
+        vocab_size: int,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
+        self.config = config
+        self.greedy = config.greedy
+        self.chain = config.processors()
+        self.seen: torch.Tensor | None = None
+        if any(processor.needs_seen for processor in self.chain):
+            self.seen = occurrence_flags(context_ids, vocab_size, attention_mask)
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply the chain to ``(B, V)`` logits."""
+        for processor in self.chain:
+            logits = processor(logits, self.seen)
+        return logits
+
+    def pick(self, scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One token per row from processed scores (argmax when greedy, else a draw from ``generator``)."""
+        return sample_next_token(scores, 0.0 if self.greedy else 1.0, generator)
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Record the ``(B,)`` new tokens (they now count as seen)."""
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+
+
 def process_logits(
     logits: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
     seen: torch.Tensor | None = None,
+    sampling: SamplingConfig | None = None,
+    **settings: Any,
 ) -> torch.Tensor:
-    """Chain the processors in the documented order: penalty, temperature, top-k, top-p, min-p.
+    """Chain the registered processors in their order: penalty, temperature, top-k, top-p, min-p.
 
     With a greedy temperature (see :func:`is_greedy`) only the repetition penalty is applied: the filters never
     remove the most likely token, so they cannot change an argmax.
 
     Args:
         logits: ``(B, V)`` next-token scores.
-        temperature: ``>= 0``.
-        top_k: ``None`` or ``>= 1``.
-        top_p: ``None`` or in ``(0, 1]``.
-        min_p: ``None`` or in ``[0, 1]``.
-        repetition_penalty: ``> 0``; needs ``seen`` when it is not 1.
-        seen: ``(B, V)`` boolean occurrence flags for the repetition penalty.
+        seen: ``(B, V)`` boolean occurrence flags, needed by the repetition penalty when it is not 1.
+        sampling: a :class:`SamplingConfig`; ``settings`` (``temperature=``, ``top_k=``, ...) replace its values.
 
     Returns:
         The processed ``(B, V)`` scores.
     """
-    if repetition_penalty != 1.0:
-        if seen is None:
-            raise ValueError("repetition_penalty != 1 needs `seen`, the (B, V) flags of tokens already in context")
-        logits = penalize_seen(logits, seen, repetition_penalty)
-    if is_greedy(temperature):
-        return logits
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    if min_p is not None:
-        logits = min_p_filter(logits, min_p)
+    config = SamplingConfig.from_kwargs(sampling, **settings)
+    for processor in config.processors():
+        logits = processor(logits, seen)
     return logits
 
 

@@ -3,15 +3,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const sliders = ["temperature", "top-k", "top-p", "max-tokens"];
+// The sampling sliders are rendered by the server from its registry of sampling settings (GET /v1/sampling): each
+// carries data-param (the request field), and optionally data-off (the value meaning "off") and data-max-from (a
+// model field that bounds it, e.g. vocab_size). Nothing here names a sampling setting.
+const samplingInputs = () => Array.from(document.querySelectorAll("input[data-param]"));
+const sliders = () => [...samplingInputs(), $("max-tokens")];
 let modelId = null;
 let modelInfo = null;
 let controller = null;
 
 function showSliderValues() {
-  for (const id of sliders) {
-    const value = $(id).value;
-    $(id + "-value").textContent = id === "top-k" && value === "0" ? "off" : value;
+  for (const input of sliders()) {
+    const off = input.dataset.off !== undefined && Number(input.value) === Number(input.dataset.off);
+    $(input.id + "-value").textContent = off ? "off" : input.value;
   }
 }
 
@@ -27,7 +31,9 @@ async function loadModel() {
     const maxTokens = $("max-tokens");
     maxTokens.max = model.max_tokens_cap;
     if (Number(maxTokens.value) > model.max_tokens_cap) maxTokens.value = model.max_tokens_cap;
-    $("top-k").max = model.vocab_size;
+    for (const input of samplingInputs()) {
+      if (input.dataset.maxFrom) input.max = model[input.dataset.maxFrom];
+    }
   } catch (error) {
     $("error").textContent = "could not read /v1/models: " + error;
   }
@@ -39,13 +45,13 @@ function requestBody() {
     model: modelId,
     prompt: $("prompt").value,
     max_tokens: Number($("max-tokens").value),
-    temperature: Number($("temperature").value),
-    top_p: Number($("top-p").value),
     stream: true,
     stream_options: { include_usage: true },
   };
-  const topK = Number($("top-k").value);
-  if (topK > 0) body.top_k = topK;
+  for (const input of samplingInputs()) {
+    const value = Number(input.value);
+    if (input.dataset.off === undefined || value !== Number(input.dataset.off)) body[input.dataset.param] = value;
+  }
   const seed = $("seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
   return body;
@@ -433,6 +439,6 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("prompt").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !controller) generate();
 });
-for (const id of sliders) $(id).addEventListener("input", showSliderValues);
+for (const input of sliders()) input.addEventListener("input", showSliderValues);
 setRunning(false);
 loadModel();
