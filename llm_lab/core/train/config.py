@@ -17,6 +17,7 @@ DistributedStrategy = Literal["ddp", "fsdp"]
 # They are spelled here as well so that loading a config neither imports torch nor accepts an unknown name.
 OptimizerName = Literal["adamw", "muon"]
 ScheduleName = Literal["cosine", "wsd", "linear"]
+MuonNSDtype = Literal["auto", "fp32", "bf16"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -54,6 +55,8 @@ class TrainerConfig:
         muon_momentum_warmup_steps: Muon's momentum rises linearly from 0.85 to ``muon_momentum`` over these
             steps (0: constant).
         muon_ns_steps: Newton-Schulz iterations per Muon update.
+        muon_ns_dtype: the Newton-Schulz iteration's dtype: ``auto`` (bf16 on CUDA and on CPUs with bf16 matrix
+            units, where it is about 2x faster; else fp32) | ``fp32`` | ``bf16``.
         weight_decay: AdamW decoupled weight decay, applied to matrices and embeddings only (never to biases
             or norm gains).
         beta1: AdamW first-moment decay.
@@ -108,6 +111,7 @@ class TrainerConfig:
     muon_momentum: float = 0.95
     muon_momentum_warmup_steps: int = 0
     muon_ns_steps: int = 5
+    muon_ns_dtype: MuonNSDtype = "auto"
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval")
@@ -150,6 +154,7 @@ class TrainerConfig:
             ("distributed", self.distributed, DISTRIBUTED_STRATEGIES),
             ("schedule", self.schedule, get_args(ScheduleName)),
             ("optimizer", self.optimizer, get_args(OptimizerName)),
+            ("muon_ns_dtype", self.muon_ns_dtype, get_args(MuonNSDtype)),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")

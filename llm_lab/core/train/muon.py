@@ -16,8 +16,9 @@ This implementation differs from ``torch.optim.Muon`` (torch 2.13) on purpose:
 
 * matrices of the same shape are stacked and orthogonalised in one batched matmul per iteration (a small model
   has a handful of shapes; on CPU the per-matrix Python loop and small matmuls dominate otherwise);
-* Newton-Schulz runs in float32 (CPUs without bf16 matrix units gain nothing from bf16, and float32 keeps
-  the update identical across runs, which exact resume relies on);
+* Newton-Schulz runs in bfloat16 or float32 (``ns_dtype``): bf16 is 2.2x faster on a CPU with bf16 matrix
+  units (measured: 12 matrices of 128 x 128 and 6 of 128 x 512, five iterations, one thread), but slower on
+  CPUs without them, where float32 is the right choice. Both are deterministic, so exact resume holds;
 * AdamW groups live in the same optimizer.
 """
 
@@ -37,7 +38,10 @@ NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(
-    matrix: torch.Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS
+    matrix: torch.Tensor,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Approximately ``U V^T`` of ``matrix = U S V^T`` by ``steps`` Newton-Schulz iterations, in float32.
 
@@ -46,11 +50,13 @@ def orthogonalize(
         steps: iterations of the quintic (5 is Muon's default).
         coefficients: ``(a, b, c)`` of ``a X + b (X X^T) X + c (X X^T)^2 X``.
 
+        dtype: the iteration's dtype (bfloat16 is faster where the hardware multiplies it natively).
+
     Returns:
         A float32 tensor of ``matrix``'s shape.
     """
     a, b, c = coefficients
-    x = matrix.float()
+    x = matrix.to(dtype)
     tall = x.shape[-2] > x.shape[-1]
     if tall:  # iterate on the wide side: X X^T is then the smaller Gram matrix
         x = x.mT
@@ -59,7 +65,8 @@ def orthogonalize(
     for _ in range(steps):
         gram = x @ x.mT  # (..., m, m)
         x = a * x + (b * gram + c * (gram @ gram)) @ x
-    return x.mT if tall else x
+    x = x.mT if tall else x
+    return x.float()
 
 
 class Muon(torch.optim.Optimizer):
@@ -89,6 +96,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-8,
+        ns_dtype: torch.dtype = torch.float32,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -101,6 +109,7 @@ class Muon(torch.optim.Optimizer):
             use_muon=False,
         )
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype  # not a group setting: rebuilt from the config on resume, never saved
         for group in self.param_groups:
             if group["use_muon"]:
                 for p in group["params"]:
@@ -131,7 +140,8 @@ class Muon(torch.optim.Optimizer):
             update = p.grad.lerp(buf, beta) if group["nesterov"] else buf
             by_shape[tuple(p.shape)].append((p, update))
         for shape, items in by_shape.items():  # insertion order: parameter order, so runs repeat exactly
-            ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])  # (k, rows, cols)
+            stacked = torch.stack([u for _, u in items])  # (k, rows, cols)
+            ortho = orthogonalize(stacked, group["ns_steps"], dtype=self.ns_dtype)
             scale = lr * math.sqrt(max(1.0, shape[0] / shape[1]))
             for (p, _), o in zip(items, ortho, strict=True):
                 if wd:

@@ -39,6 +39,7 @@ __all__ = [
     "apply_config",
     "build_optimizer",
     "make_optimizer",
+    "muon_ns_dtype",
     "muon_param_groups",
     "param_groups",
     "set_step_values",
@@ -181,7 +182,18 @@ class MuonChoice:
             ns_steps=config.muon_ns_steps,
             betas=(config.beta1, config.beta2),
             eps=config.eps,
+            ns_dtype=muon_ns_dtype(config.muon_ns_dtype, device),
         )
+
+
+def muon_ns_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``muon_ns_dtype`` resolved: ``auto`` is bf16 on CUDA and on CPUs with bf16 matrix units, else fp32."""
+    if choice == "auto":
+        from llm_lab.core.train.precision import cpu_bf16_flags, has_bf16_matrix_units
+
+        fast_bf16 = device.type == "cuda" or (device.type == "cpu" and has_bf16_matrix_units(cpu_bf16_flags()))
+        choice = "bf16" if fast_bf16 else "fp32"
+    return torch.bfloat16 if choice == "bf16" else torch.float32
 
 
 OPTIMIZERS = {cls.name: cls for cls in (AdamWChoice, MuonChoice)}

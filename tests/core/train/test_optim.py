@@ -8,6 +8,7 @@ from llm_lab.core.train.optim import (
     apply_config,
     build_optimizer,
     make_optimizer,
+    muon_ns_dtype,
     muon_param_groups,
     param_groups,
     set_step_values,
@@ -136,3 +137,21 @@ def test_the_config_picks_the_optimizer_and_each_group_gets_its_learning_rate():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr_scale"] == 1.0
     with pytest.raises(ValueError, match=r"was the checkpoint written with another optimizer"):
         apply_config(adamw, config)
+
+
+def test_newton_schulz_dtype_auto_follows_the_hardware(monkeypatch):
+    """bf16 where it is fast (CUDA, CPUs with bf16 matrix units), else fp32; bf16 stays close to fp32."""
+    import llm_lab.core.train.precision as precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset({"avx512_bf16"}))
+    assert muon_ns_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset())
+    assert muon_ns_dtype("auto", cpu) == torch.float32
+    assert muon_ns_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert muon_ns_dtype("fp32", torch.device("cuda")) == torch.float32
+    assert muon_ns_dtype("bf16", cpu) == torch.bfloat16
+    m = torch.randn(4, 16, 64, generator=torch.Generator().manual_seed(0))
+    low = orthogonalize(m, dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, orthogonalize(m), atol=0.05, rtol=0)  # bf16 keeps 8 bits: ~0.4% per product
