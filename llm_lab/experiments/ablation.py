@@ -4,7 +4,8 @@ fixed time budget, mean and standard deviation over seeds.
 Every arm is the base run config plus a few ``--set``-style overrides (one option switched); arms that change
 nothing about the base (e.g. ``optimizer=adamw`` when the base already uses AdamW) are dropped, the base itself
 is always the first arm. The arms come from the registries (every optimizer in ``OPTIMIZERS``, every schedule
-in ``SCHEDULES``) and from :data:`MODEL_OPTIONS` (the model's speed-run switches).
+in ``SCHEDULES``), from :data:`MODEL_OPTIONS` (the model's speed-run switches) and, over a Muon base, Muon's
+momentum warm-up.
 
 Two budgets, each with ``seeds`` runs per arm, one training at a time, in this process:
 
@@ -84,6 +85,9 @@ def default_arms(base: RunConfig) -> list[Arm]:
     candidates = [Arm(f"optimizer={name}", (f"train.optimizer={name}",)) for name in OPTIMIZERS]
     candidates += [Arm(f"schedule={name}", (f"train.schedule={name}",)) for name in SCHEDULES]
     candidates += [Arm(name, overrides) for name, overrides in MODEL_OPTIONS.items()]
+    if base.train.optimizer == "muon":  # Muon's momentum warm-up over the first quarter of the steps
+        warmup = max(1, base.train.max_steps // 4)
+        candidates.append(Arm("muon_momentum_warmup", (f"train.muon_momentum_warmup_steps={warmup}",)))
     arms = [Arm("base", ())]
     for arm in candidates:
         if base.with_overrides(list(arm.overrides)).to_dict() != base.to_dict():

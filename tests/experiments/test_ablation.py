@@ -23,6 +23,7 @@ def test_arms_cover_every_option_and_drop_those_equal_to_the_base():
     fast = [a.name for a in default_arms(load_run_config(FAST))]  # Muon, linear decay, bigram embedding
     assert "optimizer=adamw" in fast and "schedule=cosine" in fast and "optimizer=muon" not in fast
     assert "bigram_embedding" not in fast
+    assert "muon_momentum_warmup" in fast and "muon_momentum_warmup" not in names  # only over a Muon base
 
 
 def test_summary_by_hand():
