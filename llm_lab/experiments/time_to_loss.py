@@ -13,7 +13,9 @@ checkpointing all count. From the run's ``metrics.csv``:
   its last one it equals ``wall_s`` exactly.
 
 Runs alternate (baseline, fast, baseline, fast, ...) over ``repeats`` rounds, so load from other processes on
-a shared machine hits both alike; medians are reported. A run that never reaches the target has no time to
+a shared machine hits both alike; medians are reported. More configs can join the rotation (``--add
+LABEL=CONFIG``, e.g. the 60-second recipe); each gets its ratio to the baseline and its median final validation
+loss. A run that never reaches the target has no time to
 target; its wall time is then a lower bound, and the ratio is reported as an upper bound (``<=``).
 """
 
@@ -129,6 +131,8 @@ class TimeToLossSummary:
     ratio_is_upper_bound: bool
     wall_ratio: float | None
     environment: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    median_final_val_loss: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,6 +242,15 @@ def summarize(
         # A repeat that missed the target counts as slower than every one that hit it.
         ranked = sorted(times, key=lambda t: math.inf if t is None else t)
         median_time[name] = ranked[(len(ranked) - 1) // 2] if len(ranked) % 2 else _median_pair(ranked)
+    ratios: dict[str, float | None] = {}
+    for name in names:
+        if name != baseline:
+            mine, base = median_time[name], median_time.get(baseline)
+            ratios[name] = mine / (base if base is not None else median_wall[baseline]) if mine is not None else None
+    final_val = {}
+    for name in names:
+        losses = [run.final_val_loss for run in runs if run.name == name and run.final_val_loss is not None]
+        final_val[name] = statistics.median(losses) if losses else None
     ratio, upper = None, False
     fast_time, base_time = median_time.get(fast), median_time.get(baseline)
     if fast_time is not None and baseline in median_wall:
@@ -253,6 +266,8 @@ def summarize(
         ratio=ratio,
         ratio_is_upper_bound=upper,
         wall_ratio=wall_ratio,
+        ratios=ratios,
+        median_final_val_loss=final_val,
     )
 
 
@@ -325,7 +340,7 @@ def run_time_to_loss(
                     flush=True,
                 )
     names = list(configs)
-    summary = summarize(runs, target, baseline=names[0], fast=names[-1])
+    summary = summarize(runs, target, baseline=names[0], fast=names[1] if len(names) > 1 else names[0])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     summary.environment = {"threads": threads, "cpu_count": os.cpu_count(), "load_average_at_end": load}
     return summary
@@ -338,7 +353,12 @@ def format_summary(summary: TimeToLossSummary) -> str:
     for name, wall in summary.median_wall_s.items():
         t = summary.median_time_to_target_s[name]
         reached = f"{t:.1f} s" if t is not None else f"not reached (> {wall:.1f} s)"
-        lines.append(f"{name}: time to val loss {summary.target}: {reached}; process wall time {wall:.1f} s (median)")
+        final = summary.median_final_val_loss.get(name)
+        final_text = f"; final val loss {final:.4f}" if final is not None else ""
+        lines.append(
+            f"{name}: time to val loss {summary.target}: {reached}; process wall time {wall:.1f} s (median)"
+            f"{final_text}"
+        )
     if summary.ratio is not None:
         bound = "<= " if summary.ratio_is_upper_bound else ""
         lines.append(
@@ -347,6 +367,10 @@ def format_summary(summary: TimeToLossSummary) -> str:
         )
     else:
         lines.append(f"ratio: n/a (the fast config did not reach {summary.target})")
+    names = list(summary.median_wall_s)
+    for name in names[2:]:  # configs added with --add: each against the baseline
+        r = summary.ratios.get(name)
+        lines.append(f"ratio ({name} / {names[0]} time to {summary.target}): {'n/a' if r is None else f'{r:.3f}'}")
     if summary.wall_ratio is not None:
         lines.append(f"ratio of whole-process wall times: {summary.wall_ratio:.3f}")
     env = summary.environment
@@ -368,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the text corpus (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
     parser.add_argument("--baseline", type=Path, default=Path("configs/shakespeare_char.json"))
     parser.add_argument("--fast", type=Path, default=Path("configs/shakespeare_char_fast.json"))
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="LABEL=CONFIG",
+        help="another config in the rotation (repeatable), e.g. sixty=configs/shakespeare_char_60s.json",
+    )
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="validation loss to reach")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
     parser.add_argument(
@@ -391,10 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        data = args.data or default_corpus_path(Path(__file__).resolve().parents[2])
+        configs = {"baseline": args.baseline, "fast": args.fast}
+        for item in args.add:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path or label in configs:
+                raise ValueError(f"--add wants a new LABEL=CONFIG (not baseline/fast or a repeat), got {item!r}")
+            configs[label] = Path(path)
         summary = run_time_to_loss(
-            {"baseline": args.baseline, "fast": args.fast},
-            data,
+            configs,
+            args.data or default_corpus_path(Path(__file__).resolve().parents[2]),
             args.out,
             target=args.target,
             repeats=args.repeats,

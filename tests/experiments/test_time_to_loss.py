@@ -10,6 +10,7 @@ from llm_lab.core.train.run import RunConfig
 from llm_lab.experiments.time_to_loss import (
     TimeToLossRun,
     first_eval_at_or_below,
+    format_summary,
     main,
     run_time_to_loss,
     summarize,
@@ -18,6 +19,7 @@ from llm_lab.experiments.time_to_loss import (
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "configs" / "shakespeare_char.json"
 FAST = REPO / "configs" / "shakespeare_char_fast.json"
+SIXTY = REPO / "configs" / "shakespeare_char_60s.json"
 
 
 def _row(step, val=None, elapsed=0.0):
@@ -50,6 +52,18 @@ def test_summary_takes_medians_and_the_ratio_of_times_to_target():
     assert summary.median_wall_s == {"baseline": 110.0, "fast": 30.0}
     assert summary.ratio == pytest.approx(0.28) and not summary.ratio_is_upper_bound
     assert summary.wall_ratio == pytest.approx(30.0 / 110.0)
+    assert summary.ratios == {"fast": pytest.approx(0.28)}
+
+
+def test_added_configs_get_their_own_ratio_and_final_loss():
+    runs = [_run("baseline", 100.0, 90.0), _run("fast", 30.0, 27.0), _run("sixty", 50.0, 18.0)]
+    runs[2].final_val_loss = 1.65
+    summary = summarize(runs, 1.88, fast="fast")
+    assert summary.ratios == {"fast": pytest.approx(0.3), "sixty": pytest.approx(0.2)}
+    assert summary.median_final_val_loss == {"baseline": None, "fast": None, "sixty": 1.65}
+    text = format_summary(summary)
+    assert "ratio (sixty / baseline time to 1.88): 0.200" in text
+    assert "sixty: time to val loss 1.88: 18.0 s; process wall time 50.0 s (median); final val loss 1.6500" in text
 
 
 def test_a_missed_target_counts_as_slowest_and_bounds_the_ratio():
@@ -71,19 +85,21 @@ def test_quick_run_end_to_end(tmp_path, small_text, capsys):
     out = tmp_path / "bench"
     # A target every evaluation meets: the first evaluated row (step 3 of --quick) is the one reported.
     args = ["--data", str(data), "--out", str(out), "--baseline", str(BASELINE), "--fast", str(FAST)]
+    args += ["--add", f"sixty={SIXTY}"]
     assert main([*args, "--quick", "--target", "100", "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "baseline: time to val loss 100.0:" in text and "fast: time to val loss 100.0:" in text
     assert "ratio (fast / baseline time to 100.0):" in text
+    assert "ratio (sixty / baseline time to 100.0):" in text
     summary = json.loads((out / "summary.json").read_text())
-    assert [run["name"] for run in summary["runs"]] == ["baseline", "fast"]
+    assert [run["name"] for run in summary["runs"]] == ["baseline", "fast", "sixty"]
     for run in summary["runs"]:
         assert run["step_at_target"] == 3 and run["steps"] == 6
         # start-up and tear-down are counted: the time to target is positive and within the process time
         assert 0 < run["overhead_s"] < run["wall_s"]
         assert run["overhead_s"] < run["time_to_target_s"] <= run["wall_s"]
         assert (Path(run["out_dir"]) / "metrics.csv").is_file()
-    base, fast = (run["time_to_target_s"] for run in summary["runs"])
+    base, fast, _ = (run["time_to_target_s"] for run in summary["runs"])
     assert math.isclose(summary["ratio"], fast / base)
     assert (out / "runs.csv").is_file() and (out / "summary.md").read_text().startswith("# Time to validation loss")
 
@@ -110,6 +126,8 @@ def test_script_errors_are_one_line_and_exit_2(tmp_path, capsys):
     data.write_text("abc" * 100)
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--repeats", "0"]) == 2
     assert "error: repeats must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--add", "fast=x.json"]) == 2
+    assert "error: --add wants a new LABEL=CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written on a refusal
 
 

@@ -174,6 +174,7 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        value_embed: torch.Tensor | None = None,
         trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
         """Attend over ``x`` ``(B, T, C)`` (and the cached prefix); return ``(B, T, C)``.
@@ -183,10 +184,13 @@ class CausalSelfAttention(nn.Module):
             mask: from :func:`build_attention_mask`.
             rotary: RoPE ``(cos, sin)``, each ``(B, T, head_dim)``, or None.
             cache: a :class:`KVCache` to append to and read from, or None.
+            value_embed: ``(B, T, n_kv_head * hd)`` added to the values (``value_embeddings``), or None.
             trace: record this layer's attention probabilities there (through the written-out path), or None.
         """
         B, T, C = x.shape
         q, k, v = self.project_qkv(x)
+        if value_embed is not None:
+            v = v + value_embed.to(v.dtype)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)

@@ -34,7 +34,8 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        value_embed: torch.Tensor | None = None,
         trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask, rotary, cache, trace)  # (B, T, C)
+        x = x + self.attn(self.attn_norm(x), mask, rotary, cache, value_embed, trace)  # (B, T, C)
         return x + self.mlp(self.mlp_norm(x))  # (B, T, C)

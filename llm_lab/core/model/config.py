@@ -59,6 +59,14 @@ class MiniGPTConfig:
         max_seq_len: the longest sequence the model accepts; ``None`` means ``context_length``. Longer than the
             context only for encodings without a learned table (length extrapolation).
         attn_impl: ``sdpa`` (``scaled_dot_product_attention``) or ``reference`` (plain softmax, for tests).
+        zero_init_residual: initialise the residual output projections (attention ``o_proj``, MLP
+            ``down_proj``) at zero, so every block starts as the identity (the GPT speedruns' init).
+        zero_init_head: initialise the output head at zero (uniform predictions at step 0); needs
+            ``tie_embeddings=False``.
+        bigram_embedding: add an embedding of the previous token to the residual stream
+            (:class:`llm_lab.core.model.embeddings.PreviousTokenEmbedding`).
+        value_embeddings: add a per-layer embedding of the token to each layer's attention values
+            (:class:`llm_lab.core.model.embeddings.ValueEmbeddings`).
     """
 
     json_section: ClassVar[str] = "model"
@@ -83,6 +91,10 @@ class MiniGPTConfig:
     attention_type: AttentionType | None = None
     max_seq_len: int | None = None
     attn_impl: AttnImpl = "sdpa"
+    zero_init_residual: bool = False
+    zero_init_head: bool = False
+    bigram_embedding: bool = False
+    value_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -94,7 +106,15 @@ class MiniGPTConfig:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
         # Python callers bypass the JSON loader's type checks: bias="false" would be truthy, a string eps a TypeError.
-        for name in ("bias", "qk_norm", "tie_embeddings"):
+        for name in (
+            "bias",
+            "qk_norm",
+            "tie_embeddings",
+            "zero_init_residual",
+            "zero_init_head",
+            "bigram_embedding",
+            "value_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -108,6 +128,11 @@ class MiniGPTConfig:
         _check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
         if self.attention_type is not None:
             _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
+        if self.zero_init_head and self.tie_embeddings:
+            raise ValueError(
+                "zero_init_head=True needs tie_embeddings=False (a zero head tied to the token embedding would zero "
+                "the input too)"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm_eps <= 0:

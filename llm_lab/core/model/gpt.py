@@ -24,6 +24,7 @@ from torch import nn
 from llm_lab.core.model.attention import build_attention_mask
 from llm_lab.core.model.block import Block
 from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.embeddings import PreviousTokenEmbedding, ValueEmbeddings
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.memory import check_memory, estimate_memory
 from llm_lab.core.model.norms import LayerNorm, RMSNorm, build_norm
@@ -49,6 +50,11 @@ def init_weights(model: MiniGPT) -> None:
                                                                            add to the residual stream, so its
                                                                            variance stays ~ constant with depth
     linear biases                              zeros                       no preferred direction at the start
+    ``o_proj``, ``down_proj`` with             zeros                       every block starts as the identity; the
+    ``zero_init_residual``                                                 branches grow from the gradient (speedrun)
+    output head with ``zero_init_head``        zeros                       uniform predictions at step 0, exactly
+                                                                           ln(vocab) loss (speedrun)
+    previous-token and value embeddings        zeros                       the model starts as the plain one
     norm scales / shifts (incl. QK-norm)       ones / zeros                identity transform at the start
     =========================================  ==========================  ==========================================
     """
@@ -58,11 +64,16 @@ def init_weights(model: MiniGPT) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             is_residual = name.endswith("attn.o_proj") or name.endswith("mlp.down_proj")
-            nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+            if (is_residual and config.zero_init_residual) or (name == "lm_head" and config.zero_init_head):
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding | LearnedPositions):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, PreviousTokenEmbedding | ValueEmbeddings):
+            nn.init.zeros_(module.weight)
         elif isinstance(module, LayerNorm | RMSNorm):
             nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
@@ -121,6 +132,8 @@ class MiniGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.final_norm = build_norm(config.norm, config.n_embd, config.norm_eps, config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.prev_emb = PreviousTokenEmbedding(config) if config.bigram_embedding else None
+        self.value_embeds = ValueEmbeddings(config) if config.value_embeddings else None
         if config.tie_embeddings:
             # Weight tying (Press & Wolf, 2017): one tensor is both the input table and the output head.
             self.lm_head.weight = self.tok_emb.weight
@@ -281,6 +294,10 @@ class MiniGPT(nn.Module):
         key_positions = cache.update_positions(position_ids) if cache is not None else position_ids  # (B, S)
 
         x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.prev_emb is not None:
+            # The previous token of the first new one is in the cache: keep every id seen so far there.
+            seen = cache.update_tokens(input_ids) if cache is not None else input_ids  # (B, past_len + T)
+            x = x + self.prev_emb(seen, T, padding_mask).to(x.dtype)
         pos_emb = self.positions.embedding(position_ids, x.dtype)
         if pos_emb is not None:
             x = x + pos_emb
@@ -288,10 +305,11 @@ class MiniGPT(nn.Module):
         rotary = self.positions.rotary(position_ids, x.dtype)
         bias = self.positions.attention_bias(position_ids, key_positions)  # (B, n_head, T, S) or None
         mask = build_attention_mask(T, past_len + T, padding_mask, bias, x.device)
+        values = self.value_embeds(input_ids) if self.value_embeds is not None else None  # (L, B, T, kv width)
         if trace is not None:
             trace.hidden_states.append(x)
-        for block in self.blocks:
-            x = block(x, mask, rotary, cache, trace)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rotary, cache, None if values is None else values[i], trace)  # (B, T, C)
             if trace is not None:
                 trace.hidden_states.append(x)
         if cache is not None:
@@ -312,10 +330,14 @@ class MiniGPT(nn.Module):
         """
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            total -= self.tok_emb.weight.numel()
+            total -= self.tok_emb.weight.numel() + self._extra_lookup_parameters()
             if isinstance(self.positions, LearnedPositions):
                 total -= self.positions.weight.numel()
         return total
+
+    def _extra_lookup_parameters(self) -> int:
+        """Parameters of the optional previous-token and value embeddings: lookups, no matmul FLOPs."""
+        return sum(m.weight.numel() for m in (self.prev_emb, self.value_embeds) if m is not None)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): ``6 N + 12 L C T`` (Kaplan et al., 2020; PaLM, App. B).
@@ -337,4 +359,5 @@ class MiniGPT(nn.Module):
             n -= self.positions.weight.numel()
         if not self.config.tie_embeddings:
             n -= self.tok_emb.weight.numel()
+        n -= self._extra_lookup_parameters()
         return 6.0 * n + 12.0 * self.config.n_layer * self.config.n_embd * T

@@ -69,6 +69,7 @@ class KVCache:
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self.positions: torch.Tensor | None = None  # (B, max_len) long, once allocated
+        self.tokens: torch.Tensor | None = None  # (B, max_len) long ids, only for models that look back (bigram)
         self._owner: weakref.ref | None = None  # the model whose keys fill the cache (weak: never keeps it alive)
         if device is not None or dtype is not None:
             self._allocate(
@@ -160,6 +161,18 @@ class KVCache:
             self.positions = torch.zeros(self.batch_size, self.max_len, device=position_ids.device, dtype=torch.long)
         self.positions[:, self.length : self.length + T] = position_ids
         return self.positions[:, : self.length + T]
+
+    def update_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Record the ``(B, T)`` ids of the new tokens; return the ids of ``[0, length+T)``.
+
+        Only models with a previous-token embedding call this: the first new token's predecessor is cached.
+        """
+        T = input_ids.shape[1]
+        self.check_room(T)
+        if self.tokens is None:
+            self.tokens = torch.zeros(self.batch_size, self.max_len, device=input_ids.device, dtype=torch.long)
+        self.tokens[:, self.length : self.length + T] = input_ids
+        return self.tokens[:, : self.length + T]
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward, after every layer's ``update``)."""

@@ -133,11 +133,14 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
 
     Raises:
         ValueError: a setting neither family can express, naming the field (``pos_encoding``, ``norm``, ``mlp``,
-            ``bias``, ``qk_norm``, ``n_kv_head``).
+            ``bias``, ``qk_norm``, ``n_kv_head``, ``bigram_embedding``, ``value_embeddings``). The zero-init rules
+            (``zero_init_residual``, ``zero_init_head``) change only the starting weights and export like any model.
     """
     import transformers
 
     _require(not config.qk_norm, "qk_norm=True has no counterpart in GPT-2 or Llama; set qk_norm=False")
+    for name in ("bigram_embedding", "value_embeddings"):
+        _require(not getattr(config, name), f"{name}=True has no counterpart in GPT-2 or Llama; set {name}=False")
     common = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "initializer_range": config.init_std}
     if config.pos_encoding == "learned":
         _require(config.norm == "layernorm", f"norm={config.norm!r}: the GPT-2 family needs norm='layernorm'")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from llm_lab.core.train.loggers import validate_logger_names
 from llm_lab.utils.threads import parse_threads
@@ -16,6 +16,11 @@ from llm_lab.utils.threads import parse_threads
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DistributedStrategy = Literal["ddp", "fsdp"]
+# The registries (``optim.OPTIMIZERS``, ``schedule.SCHEDULES``) own these names; a test keeps the two in step.
+# They are spelled here as well so that loading a config neither imports torch nor accepts an unknown name.
+OptimizerName = Literal["adamw", "muon"]
+ScheduleName = Literal["cosine", "wsd", "linear"]
+MuonNSDtype = Literal["auto", "fp32", "bf16"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -39,9 +44,22 @@ class TrainerConfig:
             ``batch_size * grad_accum_steps * context_length * world_size``.
         max_steps: optimizer steps of the whole run; training stops there.
         lr: peak learning rate, reached at the end of warmup.
-        min_lr: the floor the cosine decay ends at.
+        min_lr: the floor the schedule's decay ends at.
         warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr``.
-        lr_decay_steps: step where the cosine reaches ``min_lr``; ``None`` means ``max_steps``.
+        lr_decay_steps: step where the schedule reaches ``min_lr``; ``None`` means ``max_steps``.
+        schedule: ``cosine`` | ``wsd`` (warm-up, stable, linear decay over the last ``decay_fraction``) |
+            ``linear`` (straight line to ``min_lr``); see :mod:`llm_lab.core.train.schedule`.
+        decay_fraction: ``wsd`` only: the final fraction of ``lr_decay_steps`` spent decaying, in (0, 1].
+        optimizer: ``adamw`` | ``muon`` (Muon for the blocks' matrices, AdamW for the rest; see
+            :mod:`llm_lab.core.train.optim`).
+        muon_lr: Muon's peak learning rate (its updates have a fixed size per step, so it is ~10x AdamW's);
+            the schedule scales it like ``lr``.
+        muon_momentum: Muon's momentum after warm-up.
+        muon_momentum_warmup_steps: Muon's momentum rises linearly from 0.85 to ``muon_momentum`` over these
+            steps (0: constant).
+        muon_ns_steps: Newton-Schulz iterations per Muon update.
+        muon_ns_dtype: the Newton-Schulz iteration's dtype: ``auto`` (bf16 on CUDA and on CPUs with bf16 matrix
+            units, where it is about 2x faster; else fp32) | ``fp32`` | ``bf16``.
         weight_decay: AdamW decoupled weight decay, applied to matrices and embeddings only (never to biases
             or norm gains).
         beta1: AdamW first-moment decay.
@@ -96,16 +114,26 @@ class TrainerConfig:
     distributed: DistributedStrategy = "ddp"
     threads: int | Literal["auto"] | None = None
     loggers: tuple[str, ...] = ("csv",)
+    schedule: ScheduleName = "cosine"
+    decay_fraction: float = 0.2
+    optimizer: OptimizerName = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_steps: int = 0
+    muon_ns_steps: int = 5
+    muon_ns_dtype: MuonNSDtype = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval"):
+        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval")
+        for name in (*positive, "muon_ns_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("warmup_steps", "sample_interval"):
+        for name in ("warmup_steps", "sample_interval", "muon_momentum_warmup_steps"):
             _positive_int(name, getattr(self, name), allow_zero=True)
         for name in ("lr_decay_steps", "checkpoint_interval"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "peak_flops"):
+        numbers = ("lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "peak_flops")
+        for name in (*numbers, "decay_fraction", "muon_lr", "muon_momentum"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -134,12 +162,28 @@ class TrainerConfig:
             ("precision", self.precision, PRECISIONS),
             ("device", self.device, DEVICES),
             ("distributed", self.distributed, DISTRIBUTED_STRATEGIES),
+            ("schedule", self.schedule, get_args(ScheduleName)),
+            ("optimizer", self.optimizer, get_args(OptimizerName)),
+            ("muon_ns_dtype", self.muon_ns_dtype, get_args(MuonNSDtype)),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
         if self.threads is not None:
             self.threads = parse_threads(self.threads)
         validate_logger_names(self.loggers)
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1] (the share that decays), got {self.decay_fraction}")
+        if not self.muon_lr > 0:
+            raise ValueError(f"muon_lr must be positive, got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.muon_ns_steps > 20:
+            raise ValueError(f"muon_ns_steps must be at most 20 (5 is the usual), got {self.muon_ns_steps}")
+        if self.optimizer == "muon" and self.distributed == "fsdp":
+            raise ValueError(
+                "optimizer='muon' does not run under distributed='fsdp' (Newton-Schulz needs whole matrices, FSDP "
+                "shards them); use distributed='ddp' or optimizer='adamw'"
+            )
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
 

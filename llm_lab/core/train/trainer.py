@@ -2,7 +2,8 @@
 
 One optimizer step is: set the scheduled learning rate; for each of ``grad_accum_steps`` micro-batches draw a
 random batch (only from the trainer's own ``torch.Generator``), run forward under autocast, and backpropagate
-``loss / grad_accum_steps``; check the loss is finite; unscale (fp16), clip the gradient norm, step AdamW.
+``loss / grad_accum_steps``; check the loss is finite; unscale (fp16), clip the gradient norm, step the
+optimizer (AdamW, or Muon + AdamW: ``train.optimizer``).
 Every ``eval_interval`` steps the model is evaluated on fixed validation batches and ``last.pt`` (and
 ``best_val.pt`` on improvement) is written; every ``log_interval`` steps a CSV row is appended.
 
@@ -53,8 +54,8 @@ from llm_lab.core.train.device import (
 from llm_lab.core.train.distributed import current_info, shard_model
 from llm_lab.core.train.flops import measure_matmul_peak
 from llm_lab.core.train.loggers import open_loggers
-from llm_lab.core.train.optim import build_optimizer
-from llm_lab.core.train.schedule import lr_at
+from llm_lab.core.train.optim import apply_config, make_optimizer, set_step_values
+from llm_lab.core.train.schedule import SCHEDULES
 from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_json
@@ -172,15 +173,7 @@ class Trainer:
         self._train_model = maybe_compile(wrapped, self.device) if config.compile else wrapped
         self._compile_checked = not config.compile
 
-        self.optimizer = build_optimizer(
-            self.model,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            betas=(config.beta1, config.beta2),
-            eps=config.eps,
-            device=self.device,
-            fused=not self._fsdp,
-        )
+        self.optimizer = make_optimizer(self.model, config, self.device, fused=not self._fsdp)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.data_generator = torch.Generator().manual_seed(config.seed + self.dist.rank)
 
@@ -325,8 +318,7 @@ class Trainer:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         # The config may have been changed on resume (e.g. betas); the loaded param groups must follow it.
-        for group, decay in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0), strict=False):
-            group.update(betas=(self.config.beta1, self.config.beta2), eps=self.config.eps, weight_decay=decay)
+        apply_config(self.optimizer, self.config)
         if self.scaler is not None and checkpoint.get("grad_scaler"):
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         self.step = int(checkpoint["step"])
@@ -380,8 +372,7 @@ class Trainer:
     def _train_step(self, lr: float) -> tuple[float, float]:
         """One optimizer step; returns ``(train_loss, grad_norm)``."""
         c = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_step_values(self.optimizer, c, self.step, lr)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(c.grad_accum_steps):
             x, y = self.train_data.get_batch(c.batch_size, self.data_generator, device=self.device)
@@ -481,7 +472,14 @@ class Trainer:
         window_start, window_tokens = time.perf_counter(), 0
         try:
             while self.step < c.max_steps:
-                lr = lr_at(self.step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, decay_steps=c.decay_steps)
+                lr = SCHEDULES[c.schedule].lr_at(
+                    self.step,
+                    lr=c.lr,
+                    min_lr=c.min_lr,
+                    warmup_steps=c.warmup_steps,
+                    decay_steps=c.decay_steps,
+                    decay_fraction=c.decay_fraction,
+                )
                 train_loss, grad_norm = self._train_step(lr)
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step

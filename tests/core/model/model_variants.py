@@ -55,3 +55,12 @@ def tiny_config(pos: str, norm: str, mlp: str, attn: str, **overrides) -> MiniGP
     )
     kwargs.update(overrides)
     return MiniGPTConfig(**kwargs)
+
+
+# The speedrun options: each is switched on over the base variant; the dict is what it sets.
+SPEEDRUN_OPTIONS = {
+    "zero_init_residual": {"zero_init_residual": True},
+    "zero_init_head": {"zero_init_head": True, "tie_embeddings": False},
+    "bigram_embedding": {"bigram_embedding": True},
+    "value_embeddings": {"value_embeddings": True},
+}

@@ -200,8 +200,19 @@ def test_round_trip_is_lossless(pair):
             tie_embeddings=False,
             max_seq_len=24,
         ),
+        # Init rules change only the starting weights: such a model exports like any other.
+        MiniGPTConfig(
+            vocab_size=VOCAB,
+            context_length=16,
+            n_layer=2,
+            n_head=4,
+            n_embd=32,
+            tie_embeddings=False,
+            zero_init_residual=True,
+            zero_init_head=True,
+        ),
     ],
-    ids=["gpt2-relu2", "llama"],
+    ids=["gpt2-relu2", "llama", "gpt2-zero-init"],
 )
 def test_minigpt_to_hf_matches(config):
     """The export direction: a trained-from-scratch MiniGPT gives the same logits as its HF copy."""
@@ -260,6 +271,8 @@ BASE = dict(vocab_size=VOCAB, context_length=16, n_layer=1, n_head=2, n_embd=16)
         (dict(pos_encoding="sinusoidal"), r"pos_encoding='sinusoidal' has no Hugging Face counterpart"),
         (dict(pos_encoding="none"), r"pos_encoding='none'"),
         (dict(qk_norm=True), r"qk_norm=True has no counterpart"),
+        (dict(bigram_embedding=True), r"bigram_embedding=True has no counterpart in GPT-2 or Llama"),
+        (dict(value_embeddings=True), r"value_embeddings=True has no counterpart in GPT-2 or Llama"),
         (dict(norm="rmsnorm"), r"norm='rmsnorm': the GPT-2 family needs norm='layernorm'"),
         (dict(bias=False), r"bias=False: the GPT-2 family has biases"),
         (dict(mlp="swiglu"), r"mlp='swiglu': the GPT-2 family supports mlp in gelu_tanh, gelu, relu2"),

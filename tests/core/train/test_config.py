@@ -30,6 +30,18 @@ def test_defaults_round_trip_through_json():
         ({"peak_flops": 0.0}, r"peak_flops must be positive or null"),
         ({"lr_decay_steps": 10, "warmup_steps": 20}, r"lr_decay_steps \(10\) must be at least warmup_steps \(20\)"),
         ({"distributed": "zero3"}, r"distributed='zero3' is not supported; choose one of: ddp, fsdp"),
+        ({"schedule": "step"}, r"schedule='step' is not supported; choose one of: cosine, wsd, linear"),
+        ({"optimizer": "sgd"}, r"optimizer='sgd' is not supported; choose one of: adamw, muon"),
+        ({"decay_fraction": 0.0}, r"decay_fraction must be in \(0, 1\]"),
+        ({"muon_lr": 0.0}, r"muon_lr must be positive"),
+        ({"muon_momentum": 1.0}, r"muon_momentum must be in \[0, 1\)"),
+        ({"muon_ns_steps": 0}, r"muon_ns_steps must be a positive integer"),
+        ({"muon_ns_steps": 100}, r"muon_ns_steps must be at most 20"),
+        ({"muon_momentum_warmup_steps": -1}, r"muon_momentum_warmup_steps must be a non-negative integer"),
+        (
+            {"optimizer": "muon", "distributed": "fsdp"},
+            r"optimizer='muon' does not run under distributed='fsdp' \(Newton-Schulz needs whole matrices",
+        ),
     ],
 )
 def test_bad_values_say_what_to_change(changes, message):
@@ -55,3 +67,15 @@ def test_threads_is_a_count_auto_or_unset():
     for bad in (0, -1, "many"):
         with pytest.raises(ValueError, match=r"threads must be 'auto' or a positive integer"):
             TrainerConfig(threads=bad)
+
+
+def test_the_config_names_are_the_registries_names():
+    """The config spells the names so loading stays torch-free; the registries are the truth."""
+    from typing import get_args
+
+    from llm_lab.core.train.config import OptimizerName, ScheduleName
+    from llm_lab.core.train.optim import OPTIMIZERS
+    from llm_lab.core.train.schedule import SCHEDULES
+
+    assert get_args(OptimizerName) == tuple(OPTIMIZERS)
+    assert get_args(ScheduleName) == tuple(SCHEDULES)

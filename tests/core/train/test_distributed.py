@@ -107,3 +107,27 @@ def test_ddp_on_two_cpu_processes_matches_one_process_at_the_same_global_batch(t
     columns = ("step", "tokens", "lr", "train_loss", "val_loss", "grad_norm")
     rows_straight = [[r[c] for c in columns] for r in read_metrics(fsdp / "metrics.csv")]
     assert [[r[c] for c in columns] for r in read_metrics(half / "metrics.csv")] == rows_straight
+
+
+@pytest.mark.slow
+def test_muon_under_ddp_matches_one_process_and_fsdp_refuses_it_in_one_line(tmp_path, small_text):
+    """Muon's update is computed from the all-reduced gradient on every process, so DDP follows the single-process
+    run as closely as AdamW does (same tolerance as above)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(small_text)
+    muon = ("--set", "train.optimizer=muon", "--set", "train.muon_lr=0.02")
+    single, _ = _run(tmp_path, "single", corpus, 1, 8, 1, *muon)
+    ddp, _ = _run(tmp_path, "ddp", corpus, 2, 2, 2, *muon)
+    one, two = _val_losses(single), _val_losses(ddp)
+    assert one[60] < one[20] - 0.3
+    for step in one:
+        assert abs(one[step] - two[step]) < 0.1, (step, one[step], two[step])
+    config = tmp_path / "single.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_lab", "train", "--config", str(config), "--data", str(corpus), "--out",
+         str(tmp_path / "fsdp"), *muon, "--set", "train.distributed=fsdp"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "optimizer='muon' does not run under distributed='fsdp'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

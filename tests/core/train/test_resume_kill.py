@@ -49,11 +49,13 @@ def _rows(path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, small_text):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, small_text, optimizer):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(small_text)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(CONFIG))
+    extra = {"optimizer": "muon", "muon_momentum_warmup_steps": 100, "schedule": "wsd"} if optimizer == "muon" else {}
+    config.write_text(json.dumps(CONFIG | {"train": CONFIG["train"] | extra}))
 
     straight = subprocess.run(_command(config, corpus, tmp_path / "straight"), env=_env(), capture_output=True,
                               text=True, timeout=600)  # fmt: skip

@@ -83,11 +83,22 @@ class _Killed(BaseException):
     """Stands in for a kill: raised from a sample callback, after the step's CSV row is written."""
 
 
+OPTIMIZER_SCHEDULES = [
+    {"optimizer": "adamw", "schedule": "cosine"},
+    {"optimizer": "muon", "schedule": "wsd", "muon_momentum_warmup_steps": 10, "decay_fraction": 0.5},
+    {"optimizer": "muon", "schedule": "linear", "min_lr": 0.0},
+]
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_resume_from_a_checkpoint_gives_bitwise_the_same_losses(tiny_model, tiny_config, char_data, tmp_path, dropout):
-    """12 steps straight vs a run stopped after step 10 and resumed from last.pt (step 8) to step 12."""
+@pytest.mark.parametrize("opt", OPTIMIZER_SCHEDULES, ids=lambda o: f"{o['optimizer']}-{o['schedule']}")
+def test_resume_from_a_checkpoint_gives_bitwise_the_same_losses(
+    tiny_model, tiny_config, char_data, tmp_path, dropout, opt
+):
+    """12 steps straight vs a run stopped after step 10 and resumed from last.pt (step 8) to step 12, for each
+    optimizer and schedule (Muon's momentum buffers and AdamW's moments both live in the checkpoint)."""
     train, val, vocab = char_data
-    cfg = tiny_config(max_steps=12, grad_accum_steps=2, eval_interval=4, sample_interval=10)
+    cfg = tiny_config(max_steps=12, grad_accum_steps=2, eval_interval=4, sample_interval=10, **opt)
     straight = Trainer(tiny_model(vocab, dropout=dropout), cfg, train, val, out_dir=tmp_path / "a")
     straight.train()
 
