@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from llm_lab.cli import run_command
 from llm_lab.core.train.run import RunConfig
 from llm_lab.experiments.time_to_loss import (
     TimeToLossRun,
     first_eval_at_or_below,
-    main,
     run_time_to_loss,
     summarize,
 )
@@ -18,6 +18,11 @@ from llm_lab.experiments.time_to_loss import (
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "configs" / "shakespeare_char.json"
 FAST = REPO / "configs" / "shakespeare_char_fast.json"
+
+
+def main(argv: list[str]) -> int:
+    """``scripts/bench_time_to_loss.py``: ``llm-lab bench time-to-loss`` under the script's name."""
+    return run_command(["bench", "time-to-loss"], argv, prog="bench_time_to_loss.py")
 
 
 def _row(step, val=None, elapsed=0.0):
