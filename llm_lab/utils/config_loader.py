@@ -36,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "load_json_config",
     "parse_override_value",
+    "replace_config",
 ]
 
 
@@ -151,6 +152,15 @@ def _given_values(config: Any) -> dict[str, Any]:
         for f in dataclasses.fields(config)
         if f.init
     }
+
+
+def replace_config(config: T, **changes: Any) -> T:
+    """``dataclasses.replace`` from the values ``config`` was given, so a field it derived derives again.
+
+    ``dataclasses.replace`` reads every other field back through its attribute, which turns a derived value
+    (``MiniGPTConfig.n_kv_head`` of an MHA model) into a given one that would then go stale. Validated again.
+    """
+    return type(config)(**{**_given_values(config), **changes})
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
