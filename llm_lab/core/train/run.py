@@ -243,8 +243,10 @@ def resolve_run_config(
     saved = load_run_config(run_json, overrides)
     if config_path is not None:
         given = load_run_config(config_path, overrides)
-        given = dataclasses.replace(given, model=dataclasses.replace(given.model, vocab_size=saved.model.vocab_size))
-        diff = _differences(saved.to_dict(), given.to_dict())
+        given = dataclasses.replace(given, model=replace_config(given.model, vocab_size=saved.model.vocab_size))
+        # Compare the configs as built (resolved: n_kv_head=null and n_kv_head=n_head are the same model).
+        built = [{name: dataclasses.asdict(getattr(c, name)) for name in c.SECTIONS} for c in (saved, given)]
+        diff = _differences(*built)
         if diff:
             raise ValueError(
                 f"cannot resume: {config_path} differs from the run in {out_dir} ({', '.join(diff)}); resume "
