@@ -1,15 +1,16 @@
 """``MiniGPTConfig``: the one validated description of a MiniGPT model.
 
 Every architectural choice is a field here; variants are picked by name through small registries in the
-model modules (see ``llm_lab.core.model``). The JSON form is ``dataclasses.asdict`` verbatim, and loading
-rejects unknown keys by name (``llm_lab.utils.config_loader``).
+model modules (see ``llm_lab.core.model``). The JSON form is ``config_to_dict`` (``dataclasses.asdict``, with the
+two fields below as given), and loading rejects unknown keys by name (``llm_lab.utils.config_loader``).
 
 Two fields may be left out and worked out from the others: ``n_kv_head`` (default: ``n_head``, or 1 for
 ``attention_type="mqa"``) and ``attention_type`` (from the head counts). The instance keeps what the caller
-gave (``None`` for "work it out", see :class:`GivenOrDerived`) and reading the attribute resolves it, so a
-``--set model.n_head=8`` override re-derives them like any other property. ``asdict`` writes the resolved
-values; such a file loads back to an equal config (both values are checked against the head counts), and since
-it names ``n_kv_head``, that count then stays fixed under a later ``n_head`` override.
+gave (``None`` for "work it out", see :class:`GivenOrDerived`) and reading the attribute resolves it, so JSON
+stores ``null`` and a ``--set model.n_head=8`` override re-derives both like any other property. Files that hold
+the resolved values (written before this rule, or with ``dataclasses.asdict``) load back to an equal config, both
+values checked against the head counts; since such a file names ``n_kv_head``, that count stays fixed under a
+later ``n_head`` override (drop the two keys, or set them to null, to have them follow).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class GivenOrDerived:
     Why a descriptor rather than a plain field rewritten in ``__post_init__``: a rewritten field forgets that it
     was derived, so ``MiniGPTConfig(n_head=4)`` overridden with ``n_head=2`` would keep four KV heads. Here the
     given value stays in the instance ``__dict__`` (what :func:`~llm_lab.utils.config_loader.apply_overrides`
-    rebuilds from) and the attribute is a property computed by ``derive(config, given)``.
+    rebuilds from) and the attribute is a property computed by ``derive(config, given)``. ``dataclasses.replace``
+    reads the resolved value back and so freezes it; ``llm_lab.utils.config_loader.replace_config`` does not.
     """
 
     def __init__(self, derive: Callable[[Any, Any], Any]) -> None:
