@@ -5,12 +5,18 @@
     python scripts/bench_generate.py --repeats 7 --json out.json
 
 Prints greedy tokens/s (ours, HF, ratio, whether both produced the same tokens) and the per-token decode time
-at each context length. A thin wrapper over ``llm_lab.core.decode.benchmark`` (needs ``transformers``).
+at each context length. A thin wrapper over ``llm-lab bench generate`` (``llm_lab.experiments.generate_bench``;
+needs ``transformers``).
 """
 
 import sys
 
-from llm_lab.core.decode.benchmark import main
+from llm_lab.cli import run_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(["bench", "generate"], argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,12 +5,18 @@ Both run as whole ``llm-lab train`` processes (start-up, tokenisation and evalua
 
     python scripts/bench_time_to_loss.py --data tiny_shakespeare.txt --repeats 3 --threads 1
 
-The library behind it is ``llm_lab.experiments.time_to_loss``; ``--help`` lists the options.
+A thin wrapper over ``llm-lab bench time-to-loss`` (``llm_lab.experiments.time_to_loss``); ``--help`` lists the
+options.
 """
 
 import sys
 
-from llm_lab.experiments.time_to_loss import main
+from llm_lab.cli import run_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(["bench", "time-to-loss"], argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

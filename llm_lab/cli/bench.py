@@ -1,4 +1,5 @@
-"""``llm-lab bench env|attention|step|threads``: the machine check and the benchmarks (parsing only)."""
+"""``llm-lab bench env|attention|step|threads|generate|tokenizer|time-to-loss``: the machine check and the
+benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import dataclasses
 import json
 from pathlib import Path
 
+from llm_lab.utils.errors import CLIError
+
 DEFAULT_BENCH_DIR = Path("experiments") / "bench"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where the default corpus is looked for (default_corpus_path)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8; got {text!r}") from None
 
 
 def _check_device(device: str | None) -> None:
@@ -18,7 +29,9 @@ def _check_device(device: str | None) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="machine check and benchmarks (env, attention, step)")
+    bench = subparsers.add_parser(
+        "bench", help="machine check and benchmarks (env, attention, step, threads, generate, tokenizer, time-to-loss)"
+    )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
     env = commands.add_parser("env", help="devices, working dtypes, bf16 matrix units, torch.compile, matmul peak")
@@ -71,6 +84,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="default: idle busy (busy starts a spinning background process and stops it)")
     threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help="output directory")
     threads.set_defaults(func=_run_threads)
+
+    gen = commands.add_parser(
+        "generate", help="KV-cached generate vs Hugging Face generate on the same converted weights (tokens/s)"
+    )
+    gen.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test)")
+    gen.add_argument("--repeats", type=int, help="timed runs per measurement (median reported)")
+    gen.add_argument("--new-tokens", type=int, help="new tokens per throughput run (default 256)")
+    gen.add_argument("--batch-sizes", type=_int_list, help="comma-separated batch sizes (default 1,8)")
+    gen.add_argument("--contexts", type=_int_list, help="comma-separated prompt lengths for per-token time "
+                     "(default 64,1024)")  # fmt: skip
+    gen.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
+    gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    gen.set_defaults(func=_run_generate)
+
+    tok = commands.add_parser(
+        "tokenizer", help="our byte-level BPE vs HF tokenizers (training) and tiktoken (encoding, same ranks)"
+    )
+    tok.add_argument("--data", type=Path, default=None,
+                     help="UTF-8 text file (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
+    tok.add_argument("--vocab-sizes", type=int, nargs="+", default=[1024, 4096])
+    tok.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
+    tok.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
+    tok.set_defaults(func=_run_tokenizer)
+
+    ttl = commands.add_parser(
+        "time-to-loss",
+        help="whole `llm-lab train` processes of a baseline and a fast config, timed to a target validation loss",
+        description="Time whole `llm-lab train` processes of a baseline and a fast config to a target validation "
+        "loss, alternating over repeats, and print each run's time and the ratio. --threads also goes to every "
+        "training run alike (default: inherited).",
+    )
+    ttl.add_argument("--data", type=Path, default=None,
+                     help="the text corpus (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
+    ttl.add_argument("--baseline", type=Path, default=Path("configs/shakespeare_char.json"))
+    ttl.add_argument("--fast", type=Path, default=Path("configs/shakespeare_char_fast.json"))
+    ttl.add_argument("--add", action="append", default=[], metavar="LABEL=CONFIG",
+                     help="another config in the rotation (repeatable), e.g. sixty=configs/shakespeare_char_60s.json")
+    ttl.add_argument("--target", type=float, default=None, help="validation loss to reach (default 1.88)")
+    ttl.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
+    ttl.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help="output directory")
+    ttl.add_argument("--quick", action="store_true",
+                     help="tiny model, a few steps (checks the output format in seconds; not a benchmark)")
+    ttl.set_defaults(func=_run_time_to_loss)
 
 
 def _run_env(args: argparse.Namespace) -> int:
@@ -176,4 +233,75 @@ def _run_threads(args: argparse.Namespace) -> int:
     paths = write_thread_results(rows, args.out, note=note)
     print(thread_table(rows), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.generate_bench import BenchSettings, format_report, run_benchmark
+    from llm_lab.utils.io import atomic_write_json
+
+    chosen = {
+        "device": args.device,
+        "repeats": args.repeats,
+        "new_tokens": args.new_tokens,
+        "batch_sizes": args.batch_sizes,
+        "contexts": args.contexts,
+        "vocab_size": args.vocab_size,
+    }
+    base = BenchSettings.quick() if args.quick else BenchSettings()
+    # replace() validates the settings again: a bad value is one line, before any model is built.
+    settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    results = run_benchmark(settings)
+    print(format_report(results))
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    import sys
+
+    from llm_lab.core.data.download import default_corpus_path
+    from llm_lab.experiments.tokenizer_bench import format_table, run_tokenizer_benchmark
+    from llm_lab.utils.io import atomic_write_text
+
+    data = args.data or default_corpus_path(REPO_ROOT)
+    rows = run_tokenizer_benchmark(data, args.vocab_sizes, args.repeats, log=lambda msg: print(msg, file=sys.stderr))
+    print(f"data: {data} ({data.stat().st_size:,} bytes), repeats: {args.repeats}")
+    print(format_table(rows))
+    if args.json:
+        atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    return 0
+
+
+def _run_time_to_loss(args: argparse.Namespace) -> int:
+    from llm_lab.core.data.download import default_corpus_path
+    from llm_lab.experiments.time_to_loss import (
+        DEFAULT_TARGET,
+        QUICK_OVERRIDES,
+        format_summary,
+        run_time_to_loss,
+        write_time_to_loss_results,
+    )
+
+    configs = {"baseline": args.baseline, "fast": args.fast}
+    for item in args.add:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path or label in configs:
+            raise ValueError(f"--add wants a new LABEL=CONFIG (not baseline/fast or a repeat), got {item!r}")
+        configs[label] = Path(path)
+    try:
+        summary = run_time_to_loss(
+            configs,
+            args.data or default_corpus_path(REPO_ROOT),
+            args.out,
+            target=DEFAULT_TARGET if args.target is None else args.target,
+            repeats=args.repeats,
+            overrides=QUICK_OVERRIDES if args.quick else (),
+            threads=args.threads,
+        )
+    except RuntimeError as e:  # a failed training process: its message, not a traceback
+        raise CLIError(str(e)) from None
+    print(format_summary(summary))
+    write_time_to_loss_results(summary, args.out)
     return 0

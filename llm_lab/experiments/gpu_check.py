@@ -12,7 +12,7 @@ tests         42%    ``pytest -m device --devices cuda``: the CUDA legs of the d
                      packages, trainer precisions/resume/grad scaler/compile, generate, server, DDP with nccl)
 step          24%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: fp32/bf16, eager/compiled,
                      against the plain baseline
-generate      13%    :mod:`~llm_lab.core.decode.benchmark`: KV-cached ``generate`` vs HF ``generate`` on the GPU
+generate      13%    :mod:`~llm_lab.experiments.generate_bench`: KV-cached ``generate`` vs HF ``generate`` on the GPU
 time_to_loss  17%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline and fast configs as whole ``llm-lab
                      train`` processes on the GPU (the real recipes on ``--data``; without it, quick mode on
                      self-made text)
@@ -354,7 +354,7 @@ def _stage_step(out: Path, device: str = "cuda", quick: bool = False) -> None:
 
 
 def _stage_generate(out: Path, device: str = "cuda", quick: bool = False) -> None:
-    from llm_lab.core.decode.benchmark import BenchSettings, format_report, run_benchmark
+    from llm_lab.experiments.generate_bench import BenchSettings, format_report, run_benchmark
 
     settings = dataclasses.replace(BenchSettings.quick() if quick else BenchSettings(repeats=3), device=device)
     results = run_benchmark(settings)
@@ -510,7 +510,7 @@ def write_report(
 
     md += ["", "## Generate", ""]
     if generate is not None:
-        from llm_lab.core.decode.benchmark import format_report
+        from llm_lab.experiments.generate_bench import format_report
 
         md += ["```text", format_report(generate), "```"]
     md += _missing("generate", generate, by_name, out_dir)

@@ -21,7 +21,6 @@ target; its wall time is then a lower bound, and the ratio is reported as an upp
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -34,10 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.train.metrics import read_metrics
 from llm_lab.experiments.tables import markdown_table, write_csv
-from llm_lab.utils.errors import USER_ERRORS, report_user_error
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
 from llm_lab.utils.threads import THREADS_ENV, parse_threads
 
@@ -46,12 +43,11 @@ __all__ = [
     "QUICK_OVERRIDES",
     "TimeToLossRun",
     "TimeToLossSummary",
-    "build_parser",
     "first_eval_at_or_below",
-    "main",
     "run_training_process",
     "run_time_to_loss",
     "summarize",
+    "write_time_to_loss_results",
 ]
 
 DEFAULT_TARGET = 1.88
@@ -382,68 +378,11 @@ def format_summary(summary: TimeToLossSummary) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments of ``scripts/bench_time_to_loss.py``."""
-    parser = argparse.ArgumentParser(
-        description="Time whole `llm-lab train` processes of a baseline and a fast config to a target "
-        "validation loss, alternating over repeats, and print each run's time and the ratio.",
-    )
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the text corpus (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
-    parser.add_argument("--baseline", type=Path, default=Path("configs/shakespeare_char.json"))
-    parser.add_argument("--fast", type=Path, default=Path("configs/shakespeare_char_fast.json"))
-    parser.add_argument(
-        "--add",
-        action="append",
-        default=[],
-        metavar="LABEL=CONFIG",
-        help="another config in the rotation (repeatable), e.g. sixty=configs/shakespeare_char_60s.json",
-    )
-    parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="validation loss to reach")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
-    parser.add_argument(
-        "--threads", default=None, metavar="N|auto", help="--threads of every run alike (default: inherited)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help="output directory")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny model, a few steps (checks the output format in seconds; not a benchmark)",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark, print the summary and write ``runs.csv``, ``summary.json``, ``summary.md``.
-
-    Returns:
-        0, or 2 after a one-line error (missing data or config, bad ``--repeats``/``--threads``, a failed run).
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        configs = {"baseline": args.baseline, "fast": args.fast}
-        for item in args.add:
-            label, sep, path = item.partition("=")
-            if not sep or not label or not path or label in configs:
-                raise ValueError(f"--add wants a new LABEL=CONFIG (not baseline/fast or a repeat), got {item!r}")
-            configs[label] = Path(path)
-        summary = run_time_to_loss(
-            configs,
-            args.data or default_corpus_path(Path(__file__).resolve().parents[2]),
-            args.out,
-            target=args.target,
-            repeats=args.repeats,
-            overrides=QUICK_OVERRIDES if args.quick else (),
-            threads=args.threads,
-        )
-    except (*USER_ERRORS, RuntimeError) as e:
-        # A missing file, a bad setting or a failed training process: the message, not a traceback.
-        return report_user_error(parser.prog, e)
-    text = format_summary(summary)
-    print(text)
-    out = Path(args.out)
-    write_csv(out / "runs.csv", [asdict(run) for run in summary.runs])
-    atomic_write_json(out / "summary.json", summary.to_dict())
-    atomic_write_text(out / "summary.md", "# Time to validation loss\n\n" + text + "\n")
-    return 0
+def write_time_to_loss_results(summary: TimeToLossSummary, out: str | Path) -> dict[str, Path]:
+    """Write ``runs.csv`` (one row per run), ``summary.json`` and ``summary.md`` under ``out``; return their paths."""
+    out = Path(out)
+    paths = {"runs": out / "runs.csv", "summary": out / "summary.json", "markdown": out / "summary.md"}
+    write_csv(paths["runs"], [asdict(run) for run in summary.runs])
+    atomic_write_json(paths["summary"], summary.to_dict())
+    atomic_write_text(paths["markdown"], "# Time to validation loss\n\n" + format_summary(summary) + "\n")
+    return paths

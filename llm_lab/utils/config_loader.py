@@ -11,12 +11,15 @@ itself in ``__post_init__``. This module is the one place that turns JSON into t
   and a file without sections is taken as the config itself.
 * ``apply_overrides(sections, ["train.lr=3e-4", ...])`` applies ``--set`` style overrides with the same checks.
 
-JSON is written with :func:`config_to_dict`, which is ``dataclasses.asdict`` verbatim.
+JSON is written with :func:`config_to_dict`, which is ``dataclasses.asdict`` except for one generic rule: a field
+backed by a data descriptor (``MiniGPTConfig.n_kv_head``, whose attribute reads back a value derived when none was
+given) is written and overridden as it was given, so a derived value is never stored and goes stale.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 import typing
@@ -33,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "load_json_config",
     "parse_override_value",
+    "replace_config",
 ]
 
 
@@ -131,9 +135,40 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str | None = 
     return cls(**kwargs)
 
 
+def _derived_when_omitted(cls: type, name: str) -> bool:
+    """Whether field ``name`` of ``cls`` is a data descriptor that derives its value when given ``None``."""
+    return hasattr(type(inspect.getattr_static(cls, name, None)), "__set__")
+
+
+def _given_values(config: Any) -> dict[str, Any]:
+    """The init fields of ``config`` as the caller gave them.
+
+    A plain field reads back what was given. A field backed by a data descriptor may derive its value when given
+    ``None`` (see ``llm_lab.core.model.config.GivenOrDerived``); the given value sits in the instance dict, and
+    that is what JSON and overrides keep, so the derived value follows the other fields.
+    """
+    return {
+        f.name: vars(config).get(f.name) if _derived_when_omitted(type(config), f.name) else getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.init
+    }
+
+
+def replace_config(config: T, **changes: Any) -> T:
+    """``dataclasses.replace`` from the values ``config`` was given, so a field it derived derives again.
+
+    ``dataclasses.replace`` reads every other field back through its attribute, which turns a derived value
+    (``MiniGPTConfig.n_kv_head`` of an MHA model) into a given one that would then go stale. Validated again.
+    """
+    return type(config)(**{**_given_values(config), **changes})
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """The JSON form of a config dataclass: ``dataclasses.asdict`` with tuples as lists."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """The JSON form of a config dataclass: ``dataclasses.asdict`` with tuples as lists, derived-when-omitted
+    fields as given (``null`` for "derive it")."""
+    data = dataclasses.asdict(config)
+    data.update({k: v for k, v in _given_values(config).items() if _derived_when_omitted(type(config), k)})
+    return json.loads(json.dumps(data))
 
 
 def _read_json(path: str | Path) -> Any:
@@ -196,7 +231,8 @@ def apply_overrides(sections: dict[str, Any], overrides: list[str] | tuple[str, 
     result = dict(sections)
     for section, changes in updates.items():
         current = sections[section]
-        data = {f.name: getattr(current, f.name) for f in dataclasses.fields(current) if f.init}
+        # Rebuild from what the config was given, so a value it derived (MiniGPTConfig.n_kv_head) is derived afresh.
+        data = _given_values(current)
         valid = set(data)
         for key in changes:
             if key not in valid:
@@ -204,9 +240,5 @@ def apply_overrides(sections: dict[str, Any], overrides: list[str] | tuple[str, 
                     f"--set {section}.{key}: unknown key {key!r}; valid keys for {section}: {', '.join(data)}"
                 )
         data.update(changes)
-        # A config may re-derive values it resolved from defaults (MiniGPTConfig: n_kv_head follows n_head).
-        rederive = getattr(type(current), "rederive_after_override", None)
-        if rederive is not None:
-            data = rederive(data, set(changes))
         result[section] = config_from_dict(type(current), data, where=f"--set {section}")
     return result

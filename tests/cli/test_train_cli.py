@@ -187,6 +187,26 @@ def test_resume_continues_and_extends(config, corpus, tmp_path):
     assert load_checkpoint(run)["step"] == 12
 
 
+def test_derived_head_values_stay_derived_in_the_run_and_resume_compares_the_built_model(
+    config, corpus, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert _train("--config", config, "--data", corpus, "--out", run) == 0
+    saved = json.loads((run / "run.json").read_text())["model"]
+    assert (saved["n_kv_head"], saved["attention_type"]) == (None, None)  # derived, not frozen at n_head
+    assert load_checkpoint(run)["model_config"]["n_kv_head"] is None
+    # A config that names the same head values spells the same model: resuming with it is accepted.
+    n_head = saved["n_head"]
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({**TINY, "model": {**TINY["model"], "n_kv_head": n_head, "attention_type": "mha"}}))
+    assert _train("--config", named, "--data", corpus, "--out", run, "--resume", "--set", "train.max_steps=7") == 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY, "model": {**TINY["model"], "n_kv_head": 1}}))
+    assert _train("--config", other, "--data", corpus, "--out", run, "--resume", "--set", "train.max_steps=8") == 2
+    err = _error(capsys)
+    assert "differs from the run in" in err and "(model.attention_type, model.n_kv_head)" in err
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

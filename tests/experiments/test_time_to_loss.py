@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from llm_lab.cli import run_command
 from llm_lab.core.train.run import RunConfig
 from llm_lab.experiments.time_to_loss import (
     TimeToLossRun,
     first_eval_at_or_below,
     format_summary,
-    main,
     run_time_to_loss,
     summarize,
 )
@@ -20,6 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "configs" / "shakespeare_char.json"
 FAST = REPO / "configs" / "shakespeare_char_fast.json"
 SIXTY = REPO / "configs" / "shakespeare_char_60s.json"
+
+
+def main(argv: list[str]) -> int:
+    """``scripts/bench_time_to_loss.py``: ``llm-lab bench time-to-loss`` under the script's name."""
+    return run_command(["bench", "time-to-loss"], argv, prog="bench_time_to_loss.py")
 
 
 def _row(step, val=None, elapsed=0.0):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -71,3 +72,17 @@ def test_overriding_n_head_keeps_the_attention_type():
         apply_overrides(gqa, ["model.n_head=6"])
     both = apply_overrides(mha, ["model.n_head=8", "model.n_kv_head=2"])["model"]
     assert (both.n_kv_head, both.attention_type) == (2, "gqa")
+
+
+def test_replace_config_derives_again_where_dataclasses_replace_would_freeze():
+    from llm_lab.utils.config_loader import replace_config
+
+    mha = MiniGPTConfig(n_head=4, n_embd=32)
+    wider = replace_config(mha, n_head=8, n_embd=64)
+    assert (wider.n_kv_head, wider.attention_type, config_to_dict(wider)["n_kv_head"]) == (8, "mha", None)
+    assert config_to_dict(replace_config(mha, vocab_size=99)) == {**config_to_dict(mha), "vocab_size": 99}
+    # dataclasses.replace reads n_kv_head back resolved (4), so the same change is refused there.
+    with pytest.raises(ValueError, match=r"attention_type='mha' disagrees with n_kv_head=4 and n_head=8"):
+        dataclasses.replace(mha, n_head=8, n_embd=64)
+    with pytest.raises(ValueError, match=r"n_head \(3\) must be divisible by n_kv_head \(2\)"):
+        replace_config(MiniGPTConfig(n_head=4, n_kv_head=2, n_embd=24), n_head=3)

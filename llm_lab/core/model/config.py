@@ -1,14 +1,23 @@
 """``MiniGPTConfig``: the one validated description of a MiniGPT model.
 
 Every architectural choice is a field here; variants are picked by name through small registries in the
-model modules (see ``llm_lab.core.model``). The JSON form is ``dataclasses.asdict`` verbatim, and loading
-rejects unknown keys by name (``llm_lab.utils.config_loader``).
+model modules (see ``llm_lab.core.model``). The JSON form is ``config_to_dict`` (``dataclasses.asdict``, with the
+two fields below as given), and loading rejects unknown keys by name (``llm_lab.utils.config_loader``).
+
+Two fields may be left out and worked out from the others: ``n_kv_head`` (default: ``n_head``, or 1 for
+``attention_type="mqa"``) and ``attention_type`` (from the head counts). The instance keeps what the caller
+gave (``None`` for "work it out", see :class:`GivenOrDerived`) and reading the attribute resolves it, so JSON
+stores ``null`` and a ``--set model.n_head=8`` override re-derives both like any other property. Files that hold
+the resolved values (written before this rule, or with ``dataclasses.asdict``) load back to an equal config, both
+values checked against the head counts; since such a file names ``n_kv_head``, that count stays fixed under a
+later ``n_head`` override (drop the two keys, or set them to null, to have them follow).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +42,50 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
 
 
+class GivenOrDerived:
+    """A dataclass field that stores what the caller gave (``None`` = "derive it") and reads back the resolved value.
+
+    Why a descriptor rather than a plain field rewritten in ``__post_init__``: a rewritten field forgets that it
+    was derived, so ``MiniGPTConfig(n_head=4)`` overridden with ``n_head=2`` would keep four KV heads. Here the
+    given value stays in the instance ``__dict__`` (what :func:`~llm_lab.utils.config_loader.apply_overrides`
+    rebuilds from) and the attribute is a property computed by ``derive(config, given)``. ``dataclasses.replace``
+    reads the resolved value back and so freezes it; ``llm_lab.utils.config_loader.replace_config`` does not.
+    """
+
+    def __init__(self, derive: Callable[[Any, Any], Any]) -> None:
+        self._derive = derive
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:  # class access: the dataclass reads this as the field's default
+            return None
+        return self._derive(obj, obj.__dict__.get(self._name))
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._name] = value
+
+
+def _attention_type_for(n_head: int, n_kv_head: int) -> str:
+    if n_kv_head == n_head:
+        return "mha"
+    if n_kv_head == 1:
+        return "mqa"
+    return "gqa"
+
+
+def _derive_n_kv_head(config: MiniGPTConfig, given: int | None) -> int:
+    if given is not None:
+        return given
+    return 1 if config.__dict__.get("attention_type") == "mqa" else config.n_head
+
+
+def _derive_attention_type(config: MiniGPTConfig, given: str | None) -> str:
+    return given if given is not None else _attention_type_for(config.n_head, config.n_kv_head)
+
+
 @dataclass
 class MiniGPTConfig:
     """Architecture of a decoder-only Transformer.
@@ -42,7 +95,8 @@ class MiniGPTConfig:
         context_length: the training context (and the size of the learned position table).
         n_layer: Transformer blocks.
         n_head: query heads.
-        n_kv_head: key/value heads; ``None`` means ``n_head`` (MHA). ``1`` is MQA, anything between is GQA.
+        n_kv_head: key/value heads; ``None`` means ``n_head`` (MHA), or 1 when ``attention_type="mqa"``. ``1`` is
+            MQA, anything between is GQA. Reads back resolved (never ``None``).
         n_embd: model width; must be divisible by ``n_head``.
         mlp_hidden: MLP inner width; ``None`` means ``4 * n_embd``.
         dropout: dropout on attention weights, residual branches and embeddings (0 disables it).
@@ -56,6 +110,7 @@ class MiniGPTConfig:
         tie_embeddings: share the token embedding with the output projection.
         init_std: standard deviation of the normal weight init (see ``init_weights``).
         attention_type: ``mha`` | ``gqa`` | ``mqa``; ``None`` infers it from ``n_kv_head``. Must agree with it.
+            Reads back resolved (never ``None``).
         max_seq_len: the longest sequence the model accepts; ``None`` means ``context_length``. Longer than the
             context only for encodings without a learned table (length extrapolation).
         attn_impl: ``sdpa`` (``scaled_dot_product_attention``) or ``reference`` (plain softmax, for tests).
@@ -75,7 +130,7 @@ class MiniGPTConfig:
     context_length: int = 256
     n_layer: int = 6
     n_head: int = 6
-    n_kv_head: int | None = None
+    n_kv_head: int | None = GivenOrDerived(_derive_n_kv_head)  # type: ignore[assignment]
     n_embd: int = 384
     mlp_hidden: int | None = None
     dropout: float = 0.0
@@ -88,7 +143,7 @@ class MiniGPTConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
-    attention_type: AttentionType | None = None
+    attention_type: AttentionType | None = GivenOrDerived(_derive_attention_type)  # type: ignore[assignment]
     max_seq_len: int | None = None
     attn_impl: AttnImpl = "sdpa"
     zero_init_residual: bool = False
@@ -101,8 +156,9 @@ class MiniGPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        given_kv_head, given_type = self.__dict__["n_kv_head"], self.__dict__["attention_type"]
         for name in ("n_kv_head", "mlp_hidden", "max_seq_len"):
-            value = getattr(self, name)
+            value = given_kv_head if name == "n_kv_head" else getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
         # Python callers bypass the JSON loader's type checks: bias="false" would be truthy, a string eps a TypeError.
@@ -126,8 +182,8 @@ class MiniGPTConfig:
         _check_choice("norm", self.norm, NORM_TYPES)
         _check_choice("mlp", self.mlp, MLP_TYPES)
         _check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
-        if self.attention_type is not None:
-            _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
+        if given_type is not None:
+            _check_choice("attention_type", given_type, ATTENTION_TYPES)
         if self.zero_init_head and self.tie_embeddings:
             raise ValueError(
                 "zero_init_head=True needs tie_embeddings=False (a zero head tied to the token embedding would zero "
@@ -148,24 +204,19 @@ class MiniGPTConfig:
             )
 
         # Key/value heads and the attention type must tell the same story.
-        if self.n_kv_head is None:
-            if self.attention_type == "mqa":
-                self.n_kv_head = 1
-            elif self.attention_type == "gqa":
-                raise ValueError("attention_type='gqa' needs n_kv_head (a divisor of n_head between 1 and n_head)")
-            else:
-                self.n_kv_head = self.n_head
+        if given_kv_head is None and given_type == "gqa":
+            raise ValueError("attention_type='gqa' needs n_kv_head (a divisor of n_head between 1 and n_head)")
         if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
             raise ValueError(
                 f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
                 "each key/value head serves a whole group of query heads"
             )
-        inferred = self._attention_type_for(self.n_kv_head)
-        if self.attention_type is None:
-            self.attention_type = inferred
-        elif self.attention_type != inferred and not (self.n_head == 1 and self.attention_type in ("mha", "mqa")):
+        inferred = _attention_type_for(self.n_head, self.n_kv_head)
+        if given_type is not None and given_type != inferred and not (
+            self.n_head == 1 and given_type in ("mha", "mqa")
+        ):
             raise ValueError(
-                f"attention_type={self.attention_type!r} disagrees with n_kv_head={self.n_kv_head} "
+                f"attention_type={given_type!r} disagrees with n_kv_head={self.n_kv_head} "
                 f"and n_head={self.n_head} (that is {inferred!r}); mha needs n_kv_head == n_head, mqa needs "
                 "n_kv_head == 1, gqa anything in between"
             )
@@ -189,30 +240,6 @@ class MiniGPTConfig:
                     f"{self.context_length} entries"
                 )
 
-    @staticmethod
-    def rederive_after_override(data: dict[str, Any], changed: set[str]) -> dict[str, Any]:
-        """Re-derive what ``__post_init__`` resolved, after ``--set`` changed the head counts.
-
-        ``n_kv_head`` and ``attention_type`` are stored resolved. So when an override changes ``n_head`` or
-        ``n_kv_head`` but names no ``attention_type``, the type is inferred again from the new counts, and an
-        MHA model's ``n_kv_head`` follows a new ``n_head`` (MHA stays MHA; MQA keeps its single kv head; a GQA
-        count stays and is checked against the new ``n_head``).
-        """
-        if "attention_type" in changed or not changed & {"n_head", "n_kv_head"}:
-            return data
-        was_mha = data.get("attention_type") == "mha"
-        data = {**data, "attention_type": None}
-        if was_mha and "n_kv_head" not in changed:
-            data["n_kv_head"] = None
-        return data
-
-    def _attention_type_for(self, n_kv_head: int) -> str:
-        if n_kv_head == self.n_head:
-            return "mha"
-        if n_kv_head == 1:
-            return "mqa"
-        return "gqa"
-
     # Derived values: properties, never stored.
     @property
     def head_dim(self) -> int:
@@ -231,4 +258,4 @@ class MiniGPTConfig:
     @property
     def n_rep(self) -> int:
         """Query heads per key/value head."""
-        return self.n_head // self.n_kv_head  # type: ignore[operator]
+        return self.n_head // self.n_kv_head

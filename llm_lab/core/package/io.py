@@ -27,6 +27,7 @@ Run directories written by the Trainer (``run.json``, ``tokenizer/``, ``checkpoi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -794,7 +795,8 @@ def describe_package(path: str | Path) -> dict[str, Any]:
         "format_version": manifest.get("format_version"),
         "library_version": manifest.get("library_version"),
         "created": manifest.get("created"),
-        "config": config_to_dict(config),
+        # For reading, not reloading: the resolved values (n_kv_head=4, attention_type="mha"), never null.
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
         "num_parameters": _num_parameters(model),
         "num_non_embedding_parameters": num_non_embedding,
         "tokenizer": {

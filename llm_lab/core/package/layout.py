@@ -4,7 +4,7 @@ A package is a directory::
 
     <package>/
       package.json          manifest (see below), written last
-      config.json           the MiniGPTConfig, ``dataclasses.asdict`` verbatim
+      config.json           the MiniGPTConfig as ``config_to_dict`` writes it (derived head values null)
       model.safetensors     the weights (loaded first: safetensors cannot execute code)
       tokenizer/            ``tokenizer.save(...)`` output (vocab.json + merges.txt for BPE, the vocabulary for chars)
       checkpoints/

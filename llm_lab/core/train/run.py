@@ -53,7 +53,7 @@ from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
 from llm_lab.core.train.loggers import check_loggers, is_logger_file
 from llm_lab.core.train.trainer import RUNTIME_FILE, SampleCallback, Trainer
-from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
+from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict, replace_config
 from llm_lab.utils.dirswap import (
     holds_working_directory,
     recover_directory,
@@ -243,8 +243,10 @@ def resolve_run_config(
     saved = load_run_config(run_json, overrides)
     if config_path is not None:
         given = load_run_config(config_path, overrides)
-        given = dataclasses.replace(given, model=dataclasses.replace(given.model, vocab_size=saved.model.vocab_size))
-        diff = _differences(saved.to_dict(), given.to_dict())
+        given = dataclasses.replace(given, model=replace_config(given.model, vocab_size=saved.model.vocab_size))
+        # Compare the configs as built (resolved: n_kv_head=null and n_kv_head=n_head are the same model).
+        built = [{name: dataclasses.asdict(getattr(c, name)) for name in c.SECTIONS} for c in (saved, given)]
+        diff = _differences(*built)
         if diff:
             raise ValueError(
                 f"cannot resume: {config_path} differs from the run in {out_dir} ({', '.join(diff)}); resume "
@@ -635,7 +637,7 @@ def prepare_run(
     if init_from is not None:
         model_config = init_from.model_config
     else:
-        model_config = dataclasses.replace(config.model, vocab_size=corpus.tokenizer.vocab_size)
+        model_config = replace_config(config.model, vocab_size=corpus.tokenizer.vocab_size)  # n_kv_head stays derived
     T = model_config.context_length
     _check_split("training", len(corpus.train_ids), T, corpus.hint)
     _check_split("validation", len(corpus.val_ids), T, corpus.hint)

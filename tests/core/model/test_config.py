@@ -46,3 +46,24 @@ def test_invalid_configs_say_what_to_change(kwargs, message):
 def test_extrapolating_encodings_may_run_past_the_context():
     cfg = MiniGPTConfig(context_length=64, max_seq_len=128, pos_encoding="rope", n_head=2, n_embd=32)
     assert cfg.max_positions == 128
+
+
+def test_derived_head_values_are_not_stored_and_old_resolved_files_still_load():
+    from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict
+
+    cfg = MiniGPTConfig(n_head=8, n_embd=64)
+    data = config_to_dict(cfg)
+    assert (data["n_kv_head"], data["attention_type"]) == (None, None)  # "derive it", never a stale count
+    assert config_from_dict(MiniGPTConfig, data) == cfg
+    # Files written before (and dataclasses.asdict today) hold the resolved values: they load to an equal config,
+    # checked against the head counts, and the count they name stays fixed under a later n_head override.
+    old = {**data, "n_kv_head": 8, "attention_type": "mha"}
+    assert config_from_dict(MiniGPTConfig, old) == cfg
+    with pytest.raises(ValueError, match=r"attention_type='mha' disagrees with n_kv_head=2"):
+        config_from_dict(MiniGPTConfig, {**old, "n_kv_head": 2})
+    with pytest.raises(ValueError, match=r"attention_type='mha' disagrees with n_kv_head=8 and n_head=16"):
+        apply_overrides({"model": config_from_dict(MiniGPTConfig, old)}, ["model.n_head=16"])
+    assert apply_overrides({"model": cfg}, ["model.n_head=16"])["model"].n_kv_head == 16
+    # Attribute reads, equality and repr see the resolved values.
+    assert cfg == MiniGPTConfig(n_head=8, n_embd=64, n_kv_head=8, attention_type="mha")
+    assert "n_kv_head=8" in repr(cfg) and "attention_type='mha'" in repr(cfg)

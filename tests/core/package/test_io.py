@@ -194,6 +194,9 @@ def test_describe_package(package):
     path, cfg, model = package
     info = describe_package(path)
     assert info["config"]["n_embd"] == 16
+    # config.json keeps null for the derived head values; the description shows them resolved.
+    assert (info["config"]["n_kv_head"], info["config"]["attention_type"]) == (cfg.n_kv_head, cfg.attention_type)
+    assert info["config"]["n_kv_head"] is not None and info["config"]["attention_type"] in ("mha", "gqa", "mqa")
     assert info["num_parameters"] == model.num_parameters()
     assert info["num_non_embedding_parameters"] == model.num_parameters(non_embedding=True)
     assert info["tokenizer"]["type"] == "char" and info["tokenizer"]["vocab_size"] == cfg.vocab_size

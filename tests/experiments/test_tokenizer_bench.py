@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_lab.core.tokenization.benchmark import format_table, run_tokenizer_benchmark
+from llm_lab.experiments.tokenizer_bench import format_table, run_tokenizer_benchmark
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("tiktoken")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_rows_and_table(tmp_path, small_text):

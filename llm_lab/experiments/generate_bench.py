@@ -10,14 +10,12 @@ load from other processes hits both alike:
 * per-token decode time after a prompt of each context length: the median gap between consecutive new tokens
   (so the prefill is excluded), ours through :func:`~llm_lab.core.decode.stream`, HF through a streamer.
 
-``transformers`` is a development dependency, imported only here. ``scripts/bench_generate.py`` is the
-command-line wrapper of :func:`main`.
+``transformers`` is a development dependency, imported only here. The command line is
+``llm-lab bench generate`` (``scripts/bench_generate.py`` runs it under its own name).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +27,8 @@ import torch
 from llm_lab.core.decode.fast_linear import DecodeLinears
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
-from llm_lab.utils.io import atomic_write_json
 
-__all__ = ["BenchSettings", "build_parser", "format_report", "main", "run_benchmark"]
+__all__ = ["BenchSettings", "format_report", "run_benchmark"]
 
 
 @dataclass
@@ -307,66 +304,3 @@ def format_report(results: dict[str, Any]) -> str:
             f"{row['hf_vs_shortest']:>7.2f}x"
         )
     return "\n".join(lines)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8; got {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments of ``scripts/bench_generate.py``."""
-    parser = argparse.ArgumentParser(
-        description="Decoding benchmark: KV-cached generate vs Hugging Face generate on the same converted weights."
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test)")
-    parser.add_argument("--repeats", type=int, help="timed runs per measurement (median reported)")
-    parser.add_argument("--new-tokens", type=int, help="new tokens per throughput run (default 256)")
-    parser.add_argument("--batch-sizes", type=_int_list, help="comma-separated batch sizes (default 1,8)")
-    parser.add_argument(
-        "--contexts", type=_int_list, help="comma-separated prompt lengths for per-token time (default 64,1024)"
-    )
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    # The shared --threads option: this main is a command-line edge even though it lives in the library.
-    from llm_lab.cli.threads import add_threads_argument
-
-    add_threads_argument(parser)
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark from command-line arguments, print the report and optionally write JSON.
-
-    Returns:
-        0; bad arguments exit with status 2 and a one-line message before any model is built.
-    """
-    from llm_lab.cli.threads import apply_threads_option
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    chosen = {
-        "device": args.device,
-        "repeats": args.repeats,
-        "new_tokens": args.new_tokens,
-        "batch_sizes": args.batch_sizes,
-        "contexts": args.contexts,
-        "vocab_size": args.vocab_size,
-    }
-    base = BenchSettings.quick() if args.quick else BenchSettings()
-    try:
-        # dataclasses.replace validates the settings again: a bad value is one line, before any model is built.
-        settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
-        apply_threads_option(args.threads)
-    except ValueError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-
-    results = run_benchmark(settings)
-    print(format_report(results))
-    if args.json:
-        atomic_write_json(args.json, results)
-    return 0

@@ -1,7 +1,8 @@
 """Side-by-side timing of ``SubwordTokenizer`` against HF ``tokenizers`` (training) and ``tiktoken`` (encoding).
 
-Used by ``scripts/bench_tokenizer.py``. Each time is the median of ``repeats`` runs, interleaved so that a change
-in machine load hits both sides alike. The references are dev dependencies, imported only here.
+Behind ``llm-lab bench tokenizer`` (``scripts/bench_tokenizer.py``). Each time is the median of ``repeats`` runs,
+interleaved so that a change in machine load hits both sides alike. The references are dev dependencies,
+imported only here.
 
 Training, both sides from the same file with the GPT-2 split, ``<|endoftext|>`` special and ``min_frequency=2``:
 

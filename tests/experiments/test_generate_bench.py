@@ -1,4 +1,5 @@
-"""scripts/bench_generate.py --quick runs end to end and reports consistent numbers; bad settings are refused."""
+"""scripts/bench_generate.py (`llm-lab bench generate`) --quick runs end to end with consistent numbers; bad
+settings are refused."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_lab.core.decode.benchmark import BenchSettings
+from llm_lab.experiments.generate_bench import BenchSettings
 
-SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "bench_generate.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_generate.py"
 
 
 @pytest.mark.slow
@@ -75,7 +76,7 @@ def test_script_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--quick", *argv])
+        sys.exit(script.main(["--quick", *argv]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
