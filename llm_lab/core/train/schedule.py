@@ -44,6 +44,13 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_steps
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _linear_decay(step: int, *, lr: float, min_lr: float, start: int, end: int) -> float:
+    """A straight line from ``lr`` at ``start`` to ``min_lr`` at ``end`` (``start <= step < end``): the decay of
+    both the linear and the WSD schedule, which differ only in where it starts."""
+    progress = (step - start) / (end - start)
+    return lr + (min_lr - lr) * progress
+
+
 class CosineSchedule:
     """Warm-up, then cosine decay to ``min_lr`` at ``decay_steps`` (:func:`lr_at`)."""
 
@@ -66,8 +73,7 @@ class LinearSchedule:
             return warm
         if step >= decay_steps:
             return min_lr
-        progress = (step - warmup_steps) / (decay_steps - warmup_steps)
-        return lr + (min_lr - lr) * progress
+        return _linear_decay(step, lr=lr, min_lr=min_lr, start=warmup_steps, end=decay_steps)
 
 
 class WSDSchedule:
@@ -93,8 +99,7 @@ class WSDSchedule:
         start = cls.decay_start(warmup_steps=warmup_steps, decay_steps=decay_steps, decay_fraction=decay_fraction)
         if step < start:
             return lr
-        progress = (step - start) / (decay_steps - start)
-        return lr + (min_lr - lr) * progress
+        return _linear_decay(step, lr=lr, min_lr=min_lr, start=start, end=decay_steps)
 
 
 SCHEDULES = {cls.name: cls for cls in (CosineSchedule, WSDSchedule, LinearSchedule)}
