@@ -51,6 +51,11 @@ class CsvLogger:
 
     package: ClassVar[str | None] = None
 
+    @staticmethod
+    def owns(name: str) -> bool:
+        """``metrics.csv`` is one of the run's own files (run preparation lists it), not a tracker's."""
+        return False
+
     def __init__(self, run_dir: Path, run_name: str, start_step: int, config: dict[str, Any]) -> None:
         self._log = MetricsLog(run_dir / "metrics.csv", keep_until_step=start_step)
 
@@ -124,7 +129,7 @@ LOGGERS: dict[str, type[CsvLogger | TensorBoardLogger | WandbLogger]] = {
 def is_logger_file(name: str) -> bool:
     """Whether ``name`` (a relative POSIX path in a run directory) is a file one of the trackers writes, so that
     ``train --overwrite`` may replace it with the run. ``metrics.csv`` is a run file of its own."""
-    return any(owns(name) for owns in (getattr(cls, "owns", None) for cls in LOGGERS.values()) if owns is not None)
+    return any(cls.owns(name) for cls in LOGGERS.values())
 
 
 def validate_logger_names(names: Any) -> None:
