@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import _error, _snapshot, _train
 
 import llm_lab.cli
 from llm_lab.cli import main
@@ -55,20 +56,6 @@ def corpus(tmp_path, small_text) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(small_text)
     return path
-
-
-def _train(*args) -> int:
-    return main(["train", *map(str, args), "--quiet"])
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_train_writes_the_run_directory(config, corpus, tmp_path, capsys):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import _error, _snapshot, _train
 
 import llm_lab.cli
 import llm_lab.core.train.run as run_module
-from llm_lab.cli import main
 from llm_lab.core.data.prepare import prepare_corpus
 from llm_lab.core.tokenization import CharTokenizer
 from llm_lab.core.train import load_checkpoint
@@ -79,20 +79,6 @@ def run(_trained_once, tmp_path, capsys) -> Path:
     shutil.copytree(_trained_once, out)
     capsys.readouterr()
     return out
-
-
-def _train(*args) -> int:
-    return main(["train", *map(str, args), "--quiet"])
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def _hidden(directory: Path) -> list[str]:
