@@ -64,3 +64,17 @@ SPEEDRUN_OPTIONS = {
     "bigram_embedding": {"bigram_embedding": True},
     "value_embeddings": {"value_embeddings": True},
 }
+
+
+def incremental_logits(model, x, prefix: int = 5):
+    """Logits of ``x`` (B, T) computed the decoding way: the first ``prefix`` tokens at once into a KV cache, then
+    one token at a time. Returns ``(logits (B, T, V), cache)``; the caller compares them with the full forward."""
+    import torch
+
+    with torch.no_grad():
+        step, cache = model(x[:, :prefix], use_cache=True)
+        pieces = [step]
+        for t in range(prefix, x.shape[1]):
+            step, cache = model(x[:, t : t + 1], past_key_values=cache)
+            pieces.append(step)
+    return torch.cat(pieces, dim=1), cache

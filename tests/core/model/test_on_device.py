@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from model_variants import tiny_config, variant_id
+from model_variants import incremental_logits, tiny_config, variant_id
 
 from llm_lab.core.model import MiniGPT
 
@@ -60,13 +60,9 @@ def test_kv_cache_equals_the_full_forward(device, dtype, variant, assert_within_
     x = _ids().to(device)
     with torch.no_grad():
         full, _ = model(x)
-        step, cache = model(x[:, :5], use_cache=True)
-        pieces = [step]
-        for t in range(5, T):
-            step, cache = model(x[:, t : t + 1], past_key_values=cache)
-            pieces.append(step)
+    cached, cache = incremental_logits(model, x, prefix=5)
     assert cache.length == T
-    assert_within_tolerance(torch.cat(pieces, dim=1), full, dtype)
+    assert_within_tolerance(cached, full, dtype)
 
 
 def _padding_mask(device: torch.device) -> torch.Tensor:

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from model_variants import FULL_PRODUCT, PAIRWISE, SPEEDRUN_OPTIONS, tiny_config, variant_id
+from model_variants import FULL_PRODUCT, PAIRWISE, SPEEDRUN_OPTIONS, incremental_logits, tiny_config, variant_id
 
 from llm_lab.core.model import MiniGPT, lm_loss
 
@@ -39,13 +39,9 @@ def _check_variant(variant: tuple[str, ...], **overrides) -> None:
     model.eval()
     with torch.no_grad():
         full, _ = model(x)
-        step, cache = model(x[:, :5], use_cache=True)
-        pieces = [step]
-        for t in range(5, T):
-            step, cache = model(x[:, t : t + 1], past_key_values=cache)
-            pieces.append(step)
-        assert cache.length == T
-        torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    cached, cache = incremental_logits(model, x, prefix=5)
+    assert cache.length == T
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
     # A few AdamW steps overfit one batch.
     model.train()
