@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--batch-size", type=int, default=None, help="default: the config's, else 16")
     step.add_argument("--device", default="cpu")
     step.add_argument("--precisions", nargs="+", default=None, help="fp32 bf16 (default: both where they work)")
+    step.add_argument("--optimizers", nargs="+", default=None, help="adamw muon (default: adamw)")
     step.add_argument("--no-compile", action="store_true", help="eager only")
     step.add_argument("--no-baseline", action="store_true", help="skip the plain fp32 eager baseline")
     step.add_argument("--steps", type=int, default=None, help="timed steps per setting (median reported)")
@@ -196,6 +197,8 @@ def _run_step(args: argparse.Namespace) -> int:
         config.batch_size = args.batch_size
     if args.precisions is not None:
         config.precisions = tuple(args.precisions)
+    if args.optimizers is not None:
+        config.optimizers = tuple(args.optimizers)
     if args.no_compile:
         config.compile_modes = (False,)
     if args.no_baseline:

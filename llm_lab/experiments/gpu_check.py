@@ -10,11 +10,11 @@ env           4%     GPU name and count, torch, CUDA and cuDNN versions, the mea
                      products in bf16, fp16 and fp32), the denominator of every MFU in the report
 tests         42%    ``pytest -m device --devices cuda``: the CUDA legs of the device tests (model, HF parity,
                      packages, trainer precisions/resume/grad scaler/compile, generate, server, DDP with nccl)
-step          24%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: fp32/bf16, eager/compiled,
-                     against the plain baseline
+step          24%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: AdamW and Muon, fp32/bf16
+                     eager and bf16 compiled, against the plain baseline
 generate      13%    :mod:`~llm_lab.experiments.generate_bench`: KV-cached ``generate`` vs HF ``generate`` on the GPU
-time_to_loss  17%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline and fast configs as whole ``llm-lab
-                     train`` processes on the GPU (the real recipes on ``--data``; without it, quick mode on
+time_to_loss  17%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline, fast and 60 s configs as whole
+                     ``llm-lab train`` processes on the GPU (the real recipes on ``--data``; without it, quick mode on
                      self-made text)
 ============  =====  ==============================================================================================
 
@@ -152,12 +152,13 @@ def build_stages(settings: GpuCheckSettings) -> list[Stage]:
     return [
         Stage("env", 0.04, "GPU, torch/CUDA versions, measured matmul peaks", _worker("env", out, device=device)),
         Stage("tests", 0.42, "pytest -m device --devices cuda (DDP with nccl included)", tests),
-        Stage("step", 0.24, "training step, 10M model: fp32/bf16, eager/compiled", _worker("step", out, device=device)),
+        Stage("step", 0.24, "training step, 10M model: AdamW/Muon, fp32/bf16, eager/compiled",
+              _worker("step", out, device=device)),
         Stage("generate", 0.13, "generate vs HF generate", _worker("generate", out, device=device)),
         Stage(
             "time_to_loss",
             0.17,
-            f"baseline vs fast config, whole train processes ({ttl_mode})",
+            f"baseline vs fast and 60 s configs, whole train processes ({ttl_mode})",
             _worker("time_to_loss", out, device=device, data=data, repo_root=str(settings.repo_root.resolve())),
         ),
     ]
@@ -340,17 +341,29 @@ def _stage_step(out: Path, device: str = "cuda", quick: bool = False) -> None:
     )
 
     if quick:
-        configs = [quick_step_config(device)]
+        configs = [dataclasses.replace(quick_step_config(device), optimizers=("adamw", "muon"))]
     else:
         full = StepBenchConfig(model=default_10m_config(), batch_size=64, device=device, warmup=3, steps=10,
-                               rounds=2, peak_repeats=3)  # fmt: skip
-        # Eager settings first (seconds), then all of them with the compiled ones (compiling takes most of the
-        # stage): if the stage is ended for its time while compiling, the eager numbers are already written.
-        configs = [dataclasses.replace(full, compile_modes=(False,)), full]
+                               rounds=2, peak_repeats=3, optimizers=("adamw", "muon"))  # fmt: skip
+        # Eager settings first (seconds), then the compiled bf16 ones (compiling takes most of the stage): if the
+        # stage is ended for its time while compiling, the eager numbers are already written.
+        configs = [
+            dataclasses.replace(full, compile_modes=(False,)),
+            dataclasses.replace(full, compile_modes=(True,), precisions=("bf16",), baseline=False),
+        ]
+    merged = None
     for config in configs:
         result = run_step_benchmark(config, progress=False)
-        write_step_results(result, out / "step")
-        atomic_write_json(out / STEP_FILE, dataclasses.asdict(result))
+        if merged is None:
+            merged = result
+        else:  # the compiled rows join the eager run's table, compared with its baseline
+            baseline = [row["tokens_per_second"] for row in merged.rows if row["setting"] == "baseline"]
+            for row in result.rows:
+                row["vs_baseline"] = row["tokens_per_second"] / baseline[0] if baseline else None
+            merged.rows += result.rows
+            merged.notes += result.notes
+        write_step_results(merged, out / "step")
+        atomic_write_json(out / STEP_FILE, dataclasses.asdict(merged))
 
 
 def _stage_generate(out: Path, device: str = "cuda", quick: bool = False) -> None:
@@ -375,7 +388,8 @@ def _stage_ttl(out: Path, device: str = "cuda", data: str | None = None, repo_ro
     configs = Path(repo_root) / "configs"
     target_dir = out / TIME_TO_LOSS_DIR
     summary = run_time_to_loss(
-        {"baseline": configs / "shakespeare_char.json", "fast": configs / "shakespeare_char_fast.json"},
+        {"baseline": configs / "shakespeare_char.json", "fast": configs / "shakespeare_char_fast.json",
+         "60s": configs / "shakespeare_char_60s.json"},
         data, target_dir, overrides=overrides, progress=False,
     )  # fmt: skip
     summary.environment["overrides"] = overrides
@@ -499,8 +513,8 @@ def write_report(
             f"({step['tokens_per_step']} tokens/step), {step['device']}; MFU against {source}."
         )
         md.append("")
-        columns = ("setting", "precision", "compile", "ms_per_step", "tokens_per_second", "tflops", "mfu_own_peak",
-                   "mfu_bf16_peak", "vs_baseline", "loss_first", "loss_last")  # fmt: skip
+        columns = ("setting", "precision", "compile", "optimizer", "ms_per_step", "tokens_per_second", "tflops",
+                   "mfu_own_peak", "mfu_bf16_peak", "vs_baseline", "loss_first", "loss_last")  # fmt: skip
         headers = {"ms_per_step": "ms/step", "tokens_per_second": "tokens/s", "tflops": "TFLOP/s",
                    "mfu_own_peak": "MFU (its dtype's peak)", "mfu_bf16_peak": "MFU (bf16 peak)",
                    "vs_baseline": "x baseline"}  # fmt: skip

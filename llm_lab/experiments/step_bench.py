@@ -4,7 +4,8 @@ Settings measured, on the same random batch of the same shape:
 
 - ``ours``: the Trainer's own loop (``Trainer.train()`` with one logged row per step and nothing written: its
   batch sampling, optimizer, autocast, gradient clipping and ``torch.compile`` wrapper), for each precision
-  (``fp32``, ``bf16``) and eager / compiled; the time per step is the one the Trainer logs as tokens/s;
+  (``fp32``, ``bf16``), eager / compiled and optimizer (``train.optimizer``: ``adamw``, ``muon``; Muon's
+  Newton-Schulz work is inside the step it times); the time per step is the one the Trainer logs as tokens/s;
 - ``baseline``: a plain GPT of the same shape run the way the well-known minimal GPT trainers run on a CPU:
   fp32, eager, and AdamW's per-parameter loop (``foreach=False, fused=False``). It is written out here (GPT-2
   architecture: learned positions, LayerNorm, GELU MLP, tied embedding, SDPA attention), not built from
@@ -73,6 +74,7 @@ class StepBenchConfig:
         device: ``cpu`` or ``cuda``.
         precisions: ``fp32`` and/or ``bf16`` for our step.
         compile_modes: ``False`` (eager) and/or ``True`` (``torch.compile``) for our step.
+        optimizers: ``train.optimizer`` names for our step (``adamw``, ``muon``).
         baseline: also run the plain fp32 eager baseline.
         warmup: untimed steps per setting first (compilation happens here).
         steps: timed steps per setting in all (split over ``rounds``).
@@ -86,6 +88,7 @@ class StepBenchConfig:
     device: str = "cpu"
     precisions: Sequence[str] = PRECISIONS
     compile_modes: Sequence[bool] = (False, True)
+    optimizers: Sequence[str] = ("adamw",)
     baseline: bool = True
     warmup: int = 2
     steps: int = 6
@@ -101,6 +104,12 @@ class StepBenchConfig:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or not self.precisions:
             raise ValueError(f"unknown precision(s) {unknown or list(self.precisions)}; choose from: fp32, bf16")
+        from llm_lab.core.train.optim import OPTIMIZERS
+
+        unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
+        if unknown or not self.optimizers:
+            choices = ", ".join(OPTIMIZERS)
+            raise ValueError(f"unknown optimizer(s) {unknown or list(self.optimizers)}; choose from: {choices}")
         if not self.compile_modes:
             raise ValueError("compile_modes must hold False (eager), True (compiled) or both")
         for name in ("batch_size", "steps", "rounds", "peak_repeats"):
@@ -232,7 +241,7 @@ class _Setting:
 
 
 def _ours_setting(
-    config: StepBenchConfig, precision: str, compiled: bool, data: LanguageModelingDataset, peak: float
+    config: StepBenchConfig, precision: str, compiled: bool, optimizer: str, data: LanguageModelingDataset, peak: float
 ) -> _Setting:
     """Our step is the Trainer's: ``Trainer.train()`` itself, one CSV-style row per step, nothing written."""
     torch.manual_seed(config.seed)
@@ -245,6 +254,7 @@ def _ours_setting(
         eval_interval=10**9,
         precision=precision,
         compile=compiled,
+        optimizer=optimizer,
         device=config.device,
         seed=config.seed,
         peak_flops=peak,
@@ -257,7 +267,10 @@ def _ours_setting(
         rows = trainer.train().history[-n_steps:]
         return [(trainer.tokens_per_step / row["tokens_per_second"], row["train_loss"]) for row in rows]
 
-    kind = "AdamW fused" if trainer.optimizer.defaults.get("fused") else "AdamW foreach"
+    if optimizer == "adamw":
+        kind = "AdamW fused" if trainer.optimizer.defaults.get("fused") else "AdamW foreach"
+    else:
+        kind = "Muon, NS in " + str(trainer.optimizer.ns_dtype).removeprefix("torch.")
     return _Setting("ours", precision, compiled, kind, run)
 
 
@@ -339,9 +352,10 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
     settings = []
     if config.baseline:
         settings.append(_baseline_setting(config, data))
-    for precision in config.precisions:
-        for compiled in compile_modes:
-            settings.append(_ours_setting(config, precision, compiled, data, peaks[precision]))
+    for optimizer in config.optimizers:
+        for precision in config.precisions:
+            for compiled in compile_modes:
+                settings.append(_ours_setting(config, precision, compiled, optimizer, data, peaks[precision]))
 
     per_round = max(1, math.ceil(config.steps / config.rounds))
     total = len(settings) * (config.warmup + per_round * config.rounds)

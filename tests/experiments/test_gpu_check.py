@@ -255,7 +255,7 @@ def test_the_report_holds_the_machine_every_number_and_mfu_against_the_measured_
     # MFU from tokens/s x FLOPs/token over the env stage's peak, not the step benchmark's own (2 GFLOP/s) one.
     table_row = next(line for line in text.splitlines() if line.startswith("| ours"))
     cells = [cell.strip() for cell in table_row.strip("|").split("|")]
-    assert cells[:8] == ["ours", "bf16", "yes", "16.4", "1.00e+06", "2", "0.0025", "0.0025"]
+    assert cells[:9] == ["ours", "bf16", "yes", "AdamW fused", "16.4", "1.00e+06", "2", "0.0025", "0.0025"]
     assert "MFU against the env stage's 8192-wide matmul peak" in text
     assert "    1        700.0       350.0    2.00x" in text  # the decode benchmark's own report
     assert "ratio (fast / baseline time to 1.88): 0.400 (speed-up 2.50x)" in text

@@ -6,8 +6,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.core.train.optim import muon_ns_dtype
 from llm_lab.experiments.step_bench import (
     CSV_COLUMNS,
     PlainGPT,
@@ -53,6 +55,19 @@ def test_quick_step_benchmark_rows_are_consistent(tmp_path):
     assert "matmul peak measured in this run" in md and "| x baseline |" in md
 
 
+def test_muon_settings_time_the_trainer_step_with_muon():
+    config = quick_step_config()
+    config.optimizers, config.precisions, config.baseline = ("adamw", "muon"), ("fp32",), False
+    result = run_step_benchmark(config, progress=False)
+    muon = "Muon, NS in " + str(muon_ns_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    rows = [(r["precision"], r["optimizer"]) for r in result.rows]
+    assert rows == [("fp32", "AdamW fused"), ("fp32", muon)]
+    # Both start from the same init and batch, and each keeps training (the step is real, not a no-op).
+    first = {r["optimizer"]: r["loss_first"] for r in result.rows}
+    assert first["AdamW fused"] == pytest.approx(first[muon], abs=1e-5)
+    assert all(r["loss_last"] < r["loss_first"] for r in result.rows)
+
+
 def test_config_loading_and_overrides(tmp_path):
     model, batch = load_step_model_config(None)
     assert (model.n_layer, model.n_head, model.n_embd, model.context_length, batch) == (6, 6, 384, 256, 16)
@@ -87,6 +102,8 @@ def test_a_bad_config_file_is_named(tmp_path, text, message):
     [
         ({"precisions": ("fp8",)}, "unknown precision"),
         ({"compile_modes": ()}, "compile_modes must hold"),
+        ({"optimizers": ("sgd",)}, r"unknown optimizer\(s\) \['sgd'\]; choose from: adamw, muon"),
+        ({"optimizers": ()}, r"unknown optimizer\(s\) \[\]"),
         ({"steps": 0}, "steps must be a positive integer"),
         ({"warmup": -1}, "warmup must be a non-negative integer"),
         ({"batch_size": True}, "batch_size must be a positive integer, got True"),

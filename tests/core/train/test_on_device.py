@@ -9,6 +9,9 @@
 * fp16's grad scaler skips a step whose gradients overflow (the weights stay bitwise the same, the scale halves)
   and training goes on, where without a scaler a non-finite gradient stops the run;
 * ``train.compile``: on CUDA the compiled step gives the eager losses.
+
+Each of these runs with both optimizers (``train.optimizer``: AdamW and Muon; Muon's Newton-Schulz runs in bf16 on
+CUDA, fp32 on CPUs without bf16 matrix units).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from llm_lab.core.train.device import precision_dtype
 from llm_lab.core.train.metrics import read_metrics
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _refusal(precision: str, device: torch.device) -> str | None:
@@ -38,16 +42,17 @@ def _losses(history: list[dict]) -> list[float]:
     return [row["train_loss"] for row in history]
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_a_few_steps_in_each_precision(device, precision, char_data, tiny_model, tiny_config,
+def test_a_few_steps_in_each_precision(device, precision, optimizer, char_data, tiny_model, tiny_config,
                                        assert_within_tolerance):  # fmt: skip
     train, val, vocab = char_data
-    config = tiny_config(max_steps=8, eval_interval=8, precision=precision, device=device.type)
+    config = tiny_config(max_steps=8, eval_interval=8, precision=precision, device=device.type, optimizer=optimizer)
     if (message := _refusal(precision, device)) is not None:
         with pytest.raises(ValueError, match=message):
             Trainer(tiny_model(vocab), config, train, val)
         return
-    reference = Trainer(tiny_model(vocab), tiny_config(max_steps=1), train, val).train()  # fp32 on the CPU
+    reference = Trainer(tiny_model(vocab), tiny_config(max_steps=1, optimizer=optimizer), train, val).train()  # CPU
     trainer = Trainer(tiny_model(vocab), config, train, val)
     result = trainer.train()
     assert trainer.precision == precision
@@ -59,16 +64,17 @@ def test_a_few_steps_in_each_precision(device, precision, char_data, tiny_model,
     assert_within_tolerance(torch.tensor(losses[0]), torch.tensor(first), precision_dtype(precision))
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_resume_gives_the_losses_of_the_straight_run(device, precision, char_data, tiny_model, tiny_config, tmp_path,
-                                                     assert_within_tolerance):  # fmt: skip
+def test_resume_gives_the_losses_of_the_straight_run(device, precision, optimizer, char_data, tiny_model, tiny_config,
+                                                     tmp_path, assert_within_tolerance):  # fmt: skip
     if _refusal(precision, device) is not None:
         pytest.skip(f"{precision} does not run on {device.type} (the refusal is tested above)")
     train, val, vocab = char_data
 
     def config(max_steps: int):
         return tiny_config(max_steps=max_steps, lr_decay_steps=8, eval_interval=4, precision=precision,
-                           device=device.type, grad_accum_steps=2)  # fmt: skip
+                           device=device.type, grad_accum_steps=2, optimizer=optimizer)  # fmt: skip
 
     Trainer(tiny_model(vocab), config(8), train, val, out_dir=tmp_path / "straight").train()
     Trainer(tiny_model(vocab), config(4), train, val, out_dir=tmp_path / "resumed").train()
@@ -91,11 +97,13 @@ def test_resume_gives_the_losses_of_the_straight_run(device, precision, char_dat
         assert_within_tolerance(rows["resumed"][logged], rows["straight"][logged], precision_dtype(precision))
 
 
-def test_grad_scaler_skips_an_overflowing_step_with_fp16(device, char_data, tiny_model, tiny_config):
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_grad_scaler_skips_an_overflowing_step_with_fp16(device, optimizer, char_data, tiny_model, tiny_config):
     if device.type != "cuda":
         pytest.skip("fp16 and its grad scaler run on CUDA only (the refusal elsewhere is tested above)")
     train, val, vocab = char_data
-    trainer = Trainer(tiny_model(vocab), tiny_config(max_steps=1, precision="fp16", device="cuda"), train, val)
+    config = tiny_config(max_steps=1, precision="fp16", device="cuda", optimizer=optimizer)
+    trainer = Trainer(tiny_model(vocab), config, train, val)
     state = trainer.scaler.state_dict()
     trainer.scaler.load_state_dict(state | {"scale": 2.0**40})  # loss x 2^40: the fp16 backward overflows
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -114,18 +122,20 @@ def test_grad_scaler_skips_an_overflowing_step_with_fp16(device, char_data, tiny
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("precision", ("fp32", "bf16"))
-def test_compiled_training_matches_eager(device, precision, char_data, tiny_model, tiny_config,
+def test_compiled_training_matches_eager(device, precision, optimizer, char_data, tiny_model, tiny_config,
                                         assert_within_tolerance):  # fmt: skip
     if device.type == "cpu":
         pytest.skip("compiling on the CPU takes minutes here: tests/core/train/test_compile.py (slow) covers it")
     if _refusal(precision, device) is not None:
         pytest.skip(f"{precision} does not run on {device.type}")
     train, val, vocab = char_data
-    config = tiny_config(max_steps=4, precision=precision, device=device.type)
+    config = tiny_config(max_steps=4, precision=precision, device=device.type, optimizer=optimizer)
     eager = Trainer(tiny_model(vocab), config, train, val).train()
-    trainer = Trainer(tiny_model(vocab), tiny_config(max_steps=4, precision=precision, device=device.type,
-                                                     compile=True), train, val)  # fmt: skip
+    compiled_config = tiny_config(max_steps=4, precision=precision, device=device.type, optimizer=optimizer,
+                                  compile=True)  # fmt: skip
+    trainer = Trainer(tiny_model(vocab), compiled_config, train, val)
     if device.type == "mps":
         with pytest.warns(RuntimeWarning, match=r"train.compile=true ignored: torch.compile is not supported on MPS"):
             compiled = trainer.train()
