@@ -4,8 +4,8 @@ fixed time budget, mean and standard deviation over seeds.
 Every arm is the base run config plus a few ``--set``-style overrides (one option switched); arms that change
 nothing about the base (e.g. ``optimizer=adamw`` when the base already uses AdamW) are dropped, the base itself
 is always the first arm. The arms come from the registries (every optimizer in ``OPTIMIZERS``, every schedule
-in ``SCHEDULES``), from :data:`MODEL_OPTIONS` (the model's speed-run switches) and, over a Muon base, Muon's
-momentum warm-up.
+in ``SCHEDULES``), from :data:`MODEL_OPTIONS` (the model's speed-run switches: switched on, or off where the base
+has them on) and, over a Muon base, Muon's usual momentum (where the base's differs) and its momentum warm-up.
 
 Two budgets, each with ``seeds`` runs per arm, one training at a time, in this process:
 
@@ -77,14 +77,21 @@ class Arm:
 
 def default_arms(base: RunConfig) -> list[Arm]:
     """``base`` first, then one arm per optimizer, schedule and model option that differs from ``base``."""
+    from llm_lab.core.train.config import TrainerConfig
     from llm_lab.core.train.optim import OPTIMIZERS
     from llm_lab.core.train.schedule import SCHEDULES
 
     candidates = [Arm(f"optimizer={name}", (f"train.optimizer={name}",)) for name in OPTIMIZERS]
     candidates += [Arm(f"schedule={name}", (f"train.schedule={name}",)) for name in SCHEDULES]
-    candidates += [Arm(name, overrides) for name, overrides in MODEL_OPTIONS.items()]
-    if base.train.optimizer == "muon":  # Muon's momentum warm-up over the first quarter of the steps
-        warmup = max(1, base.train.max_steps // 4)
+    for name, overrides in MODEL_OPTIONS.items():
+        # An option the base already has is switched off instead: the arm then shows what it buys in the base.
+        on = getattr(base.model, name)
+        candidates.append(Arm(f"{name}=false", (f"model.{name}=false",)) if on else Arm(name, overrides))
+    if base.train.optimizer == "muon":
+        default_momentum = TrainerConfig.muon_momentum
+        if base.train.muon_momentum != default_momentum:  # the base's momentum against Muon's usual one
+            candidates.append(Arm(f"muon_momentum={default_momentum}", (f"train.muon_momentum={default_momentum}",)))
+        warmup = max(1, base.train.max_steps // 4)  # Muon's momentum warm-up over the first quarter of the steps
         candidates.append(Arm("muon_momentum_warmup", (f"train.muon_momentum_warmup_steps={warmup}",)))
     arms = [Arm("base", ())]
     for arm in candidates:

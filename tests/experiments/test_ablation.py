@@ -24,8 +24,14 @@ def test_arms_cover_every_option_and_drop_those_equal_to_the_base():
             "bigram_embedding", "value_embeddings"} <= set(names)  # fmt: skip
     fast = [a.name for a in default_arms(load_run_config(FAST))]  # Muon, linear decay, bigram embedding
     assert "optimizer=adamw" in fast and "schedule=cosine" in fast and "optimizer=muon" not in fast
-    assert "bigram_embedding" not in fast
+    # An option the base has is switched off: the arm shows what it buys in the fast recipe.
+    assert "bigram_embedding" not in fast and "bigram_embedding=false" in fast
+    arms = {arm.name: arm for arm in default_arms(load_run_config(FAST))}
+    assert arms["bigram_embedding=false"].overrides == ("model.bigram_embedding=false",)
     assert "muon_momentum_warmup" in fast and "muon_momentum_warmup" not in names  # only over a Muon base
+    # The fast recipe's low Muon momentum against Muon's usual 0.95.
+    assert arms["muon_momentum=0.95"].overrides == ("train.muon_momentum=0.95",)
+    assert not any(name.startswith("muon_momentum=") for name in names)
 
 
 def test_summary_by_hand():
