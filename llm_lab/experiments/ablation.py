@@ -5,7 +5,8 @@ Every arm is the base run config plus a few ``--set``-style overrides (one optio
 nothing about the base (e.g. ``optimizer=adamw`` when the base already uses AdamW) are dropped, the base itself
 is always the first arm. The arms come from the registries (every optimizer in ``OPTIMIZERS``, every schedule
 in ``SCHEDULES``), from :data:`MODEL_OPTIONS` (the model's speed-run switches: switched on, or off where the base
-has them on) and, over a Muon base, Muon's usual momentum (where the base's differs) and its momentum warm-up.
+has them on) and, over a Muon base, Muon's usual momentum (where the base's differs) and its momentum warm-up
+(where the base's momentum is above the warm-up's start, so that it changes something).
 
 Two budgets, each with ``seeds`` runs per arm, one training at a time, in this process:
 
@@ -79,7 +80,7 @@ def default_arms(base: RunConfig) -> list[Arm]:
     """``base`` first, then one arm per optimizer, schedule and model option that differs from ``base``."""
     from llm_lab.core.train.config import TrainerConfig
     from llm_lab.core.train.optim import OPTIMIZERS
-    from llm_lab.core.train.schedule import SCHEDULES
+    from llm_lab.core.train.schedule import MUON_MOMENTUM_START, SCHEDULES
 
     candidates = [Arm(f"optimizer={name}", (f"train.optimizer={name}",)) for name in OPTIMIZERS]
     candidates += [Arm(f"schedule={name}", (f"train.schedule={name}",)) for name in SCHEDULES]
@@ -91,8 +92,9 @@ def default_arms(base: RunConfig) -> list[Arm]:
         default_momentum = TrainerConfig.muon_momentum
         if base.train.muon_momentum != default_momentum:  # the base's momentum against Muon's usual one
             candidates.append(Arm(f"muon_momentum={default_momentum}", (f"train.muon_momentum={default_momentum}",)))
-        warmup = max(1, base.train.max_steps // 4)  # Muon's momentum warm-up over the first quarter of the steps
-        candidates.append(Arm("muon_momentum_warmup", (f"train.muon_momentum_warmup_steps={warmup}",)))
+        if base.train.muon_momentum > MUON_MOMENTUM_START:  # below the warm-up's start it changes nothing
+            warmup = max(1, base.train.max_steps // 4)  # Muon's momentum warm-up over the first quarter of the steps
+            candidates.append(Arm("muon_momentum_warmup", (f"train.muon_momentum_warmup_steps={warmup}",)))
     arms = [Arm("base", ())]
     for arm in candidates:
         if base.with_overrides(list(arm.overrides)).to_dict() != base.to_dict():
