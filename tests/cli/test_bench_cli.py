@@ -43,11 +43,20 @@ def test_bench_step_quick(tmp_path, capsys):
     assert "| baseline |" in text and "| ours     | fp32" in text and "| ours     | bf16" not in text
 
 
+def test_bench_step_quick_with_muon(tmp_path, capsys):
+    argv = ["bench", "step", "--quick", "--precisions", "fp32", "--optimizers", "adamw", "muon", "--no-baseline"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ours")]
+    optimizers = [row.split("|")[4].strip() for row in rows]
+    assert len(optimizers) == 2 and optimizers[0] == "AdamW fused" and optimizers[1].startswith("Muon, NS in ")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
+        (["bench", "step", "--quick", "--optimizers", "sgd"], "unknown optimizer(s) ['sgd']; choose from: adamw, muon"),
         (["bench", "step", "--config", "missing.json"], "config file not found"),
         (["bench", "env", "--device", "foo", "--no-peak"], "device 'foo' is not a device name"),
         (["bench", "attention", "--quick", "--device", "gpu"], "device 'gpu' is not a device name"),
