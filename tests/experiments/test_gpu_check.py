@@ -304,7 +304,8 @@ def test_the_stage_workers_write_what_the_report_reads(tmp_path):
     outcomes = [StageOutcome(name, "ok", 60, 1, 0) for name in ("env", "step", "generate", "time_to_loss")]
     text = write_report(tmp_path, outcomes, budget_s=240).read_text()
     assert "torch " + torch.__version__ in text
-    assert text.count("| ours ") == 2 and "| baseline " in text  # fp32 and bf16 rows, and the baseline
+    # fp32 and bf16 rows for each optimizer (AdamW, Muon), and the baseline
+    assert text.count("| ours ") == 4 and text.count("| Muon, NS in ") == 2 and "| baseline " in text
     assert "greedy throughput" in text and "ratio of whole-process wall times" in text
     assert "no result" not in text
     assert gpu_check.ENV_FILE in os.listdir(tmp_path)
