@@ -11,6 +11,7 @@ never copied whole into memory.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,23 @@ class LanguageModelingDataset:
     def num_tokens(self) -> int:
         """The length of the token stream."""
         return int(self.ids.size)
+
+    @functools.cached_property
+    def max_id(self) -> int:
+        """The largest id in the stream (one pass over it, on first use; a memmap is read, not copied)."""
+        return int(self.ids.max())
+
+    def check_vocab_size(self, vocab_size: int) -> None:
+        """Raise ``ValueError`` unless every id of the stream lies in ``[0, vocab_size)``.
+
+        Checking the stream once, where it enters training, lets the training step skip the model's per-batch
+        range check (a host-device sync on a GPU). Ids are never negative (see the constructor).
+        """
+        if self.max_id >= vocab_size:
+            raise ValueError(
+                f"the token stream holds id {self.max_id}, outside the model's vocabulary: ids must lie in "
+                f"[0, vocab_size={vocab_size}); was it prepared with another tokenizer?"
+            )
 
     def __getitem__(self, index: int) -> Batch:
         n = len(self)

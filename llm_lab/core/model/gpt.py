@@ -1,9 +1,11 @@
 """MiniGPT: a decoder-only Transformer language model (GPT-2, Radford et al., 2019, and its descendants).
 
 The model reads top to bottom: token embedding (+ positions) -> ``n_layer`` pre-norm blocks -> final norm ->
-output head. Every architectural choice comes from :class:`MiniGPTConfig` through small registries (norms,
-positional encodings, MLPs, attention implementations); see ``norms.py``, ``positional.py``, ``mlp.py``,
-``attention.py``, ``block.py``. Weight initialisation is one function, :func:`init_weights`.
+output head; ``forward`` is that compute path, after one call that checks its arguments
+(:func:`~llm_lab.core.model.inputs.check_forward_inputs`). Every architectural choice comes from
+:class:`MiniGPTConfig` through small registries (norms, positional encodings, MLPs, attention implementations);
+see ``norms.py``, ``positional.py``, ``mlp.py``, ``attention.py``, ``block.py``. Weight initialisation is one
+function, :func:`init_weights`.
 
 Usage::
 
@@ -25,6 +27,7 @@ from llm_lab.core.model.attention import build_attention_mask
 from llm_lab.core.model.block import Block
 from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.embeddings import PreviousTokenEmbedding, ValueEmbeddings
+from llm_lab.core.model.inputs import check_forward_inputs
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.memory import check_memory, estimate_memory
 from llm_lab.core.model.norms import LayerNorm, RMSNorm, build_norm
@@ -139,81 +142,6 @@ class MiniGPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         init_weights(self)
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Input checks: every wrong input is a ValueError that says what to change, never a silent wrong answer.
-
-    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor):
-            raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must be an integer tensor (e.g. torch.long), got dtype {input_ids.dtype}")
-        if input_ids.dim() != 2:
-            hint = " (for a single sequence use input_ids[None])" if input_ids.dim() == 1 else ""
-            raise ValueError(f"input_ids must be 2-D (batch, seq_len), got shape {tuple(input_ids.shape)}{hint}")
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must hold at least one token, got shape {tuple(input_ids.shape)}")
-        # One reduction; on a GPU it syncs, but an out-of-range id would otherwise be a device-side assert.
-        # Skipped while torch.compile traces (a data-dependent branch would break the graph).
-        if torch.compiler.is_compiling():
-            return
-        if ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); got values in [{lo}, {hi}]"
-            )
-
-    def _check_attention_mask(self, attention_mask: torch.Tensor, batch: int, total_len: int) -> torch.Tensor:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise ValueError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-        if tuple(attention_mask.shape) != (batch, total_len):
-            raise ValueError(
-                f"attention_mask must have shape (batch, past_len + seq_len) = ({batch}, {total_len}), "
-                f"got {tuple(attention_mask.shape)}; pass the mask of the whole sequence so far, 1 for real "
-                "tokens and 0 for padding"
-            )
-        # An additive mask (0 / -inf, another common convention) would turn into the inverse of what was meant.
-        if attention_mask.dtype != torch.bool and not torch.compiler.is_compiling():
-            other = (attention_mask != 0) & (attention_mask != 1)
-            if other.any():
-                raise ValueError(
-                    f"attention_mask must hold only 1 (real token) and 0 (padding), got the value "
-                    f"{attention_mask[other][0].item()}; an additive mask (0 / -inf) is not accepted"
-                )
-        return attention_mask.to(torch.bool)
-
-    def _position_ids(
-        self,
-        position_ids: torch.Tensor | None,
-        padding_mask: torch.Tensor | None,
-        batch: int,
-        seq_len: int,
-        past_len: int,
-        device: torch.device,
-    ) -> torch.Tensor:
-        if position_ids is None:
-            if padding_mask is not None:
-                # Count real tokens so a left-padded row gets the positions of the same text run unpadded.
-                full = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past_len + T)
-                return full[:, -seq_len:]
-            return torch.arange(past_len, past_len + seq_len, device=device).expand(batch, seq_len)
-        if not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point():
-            raise ValueError("position_ids must be an integer tensor of shape (batch, seq_len)")
-        if position_ids.dim() == 1:
-            position_ids = position_ids[None]
-        if position_ids.dim() != 2 or position_ids.shape[1] != seq_len or position_ids.shape[0] not in (1, batch):
-            raise ValueError(
-                f"position_ids must have shape ({batch}, {seq_len}) (or (1, {seq_len})), "
-                f"got {tuple(position_ids.shape)}"
-            )
-        if ((position_ids < 0) | (position_ids >= self.config.max_positions)).any():
-            raise ValueError(
-                f"position_ids must lie in [0, max_positions={self.config.max_positions}); got values in "
-                f"[{int(position_ids.min())}, {int(position_ids.max())}]"
-            )
-        return position_ids.to(device=device, dtype=torch.long).expand(batch, seq_len)
-
-    # ----------------------------------------------------------------------------------------------------------
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -223,6 +151,8 @@ class MiniGPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int | None = None,
         trace: ForwardTrace | None = None,
+        *,
+        check_id_range: bool = True,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Next-token logits for every position.
 
@@ -243,6 +173,9 @@ class MiniGPT(nn.Module):
             trace: a :class:`ForwardTrace` to record what happens inside (each layer's attention probabilities,
                 through the written-out attention path, and the residual stream); None (the default) records
                 nothing and runs the configured attention implementation.
+            check_id_range: check that every id lies in ``[0, vocab_size)``, a reduction that is a host-device
+                sync on a GPU. ``False`` is for callers that checked their ids where they entered (the trainer
+                checks its dataset once); an out-of-range id is then undefined behaviour.
 
         Returns:
             ``(logits, past)``: logits ``(B, T, vocab_size)`` (``(B, min(T, logits_to_keep), vocab_size)`` with
@@ -253,59 +186,25 @@ class MiniGPT(nn.Module):
             ValueError: wrong dtype/shape/range of ``input_ids``, ``logits_to_keep`` not an integer >= 0, a
                 mask of the wrong shape or with values other than 0/1, a sequence longer than
                 ``config.max_positions`` or the cache's ``max_len``, or a cache built for another model shape or
-                batch size, filled by another model, or of another dtype/device.
+                batch size, filled by another model, or of another dtype/device. All checked up front, in
+                :func:`~llm_lab.core.model.inputs.check_forward_inputs`.
         """
-        self._check_input_ids(input_ids)
-        if input_ids.dtype not in (torch.long, torch.int32):
-            input_ids = input_ids.long()  # the embedding lookup takes only these two (uint8, int16 ids are fine too)
-        B, T = input_ids.shape
-        if logits_to_keep is not None and (
-            isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0
-        ):
-            raise ValueError(
-                f"logits_to_keep must be an integer >= 0 (0: all positions) or None, got {logits_to_keep!r}"
-            )
-        cache = past_key_values
-        if cache is not None and not isinstance(cache, KVCache):
-            raise ValueError(
-                f"past_key_values must be a KVCache (from a previous call with use_cache=True), "
-                f"got {type(cache).__name__}"
-            )
-        if cache is None and use_cache:
-            cache = KVCache(self.config, B)  # device and dtype follow the first keys written
-        past_len = cache.length if cache is not None else 0
-        if past_len + T > self.config.max_positions:
-            room = self.config.max_positions - past_len
-            hint = f"crop the input to its last {room} tokens" if past_len == 0 else f"at most {room} more fit"
-            raise ValueError(
-                f"sequence too long: {past_len} cached + {T} new = {past_len + T} positions > "
-                f"max_positions={self.config.max_positions} (context_length={self.config.context_length}, "
-                f"max_seq_len={self.config.max_seq_len}); {hint}"
-            )
-        if cache is not None:
-            cache.check_compatible(self.config, B)
-            cache.check_room(T)
-            if not torch.compiler.is_compiling():  # bookkeeping on a Python object: keep it out of traced graphs
-                cache.check_owner(self)
-        padding_mask = None
-        if attention_mask is not None:
-            padding_mask = self._check_attention_mask(attention_mask, B, past_len + T).to(input_ids.device)
-        position_ids = self._position_ids(position_ids, padding_mask, B, T, past_len, input_ids.device)  # (B, T)
-        key_positions = cache.update_positions(position_ids) if cache is not None else position_ids  # (B, S)
+        ids, positions, padding, cache, past_len, keep = check_forward_inputs(
+            self, input_ids, attention_mask, past_key_values, use_cache, position_ids, logits_to_keep, check_id_range
+        )
+        T = ids.shape[1]
+        key_positions = cache.update_positions(positions) if cache is not None else positions  # (B, S), S = past + T
 
-        x = self.tok_emb(input_ids)  # (B, T, C)
-        if self.prev_emb is not None:
-            # The previous token of the first new one is in the cache: keep every id seen so far there.
-            seen = cache.update_tokens(input_ids) if cache is not None else input_ids  # (B, past_len + T)
-            x = x + self.prev_emb(seen, T, padding_mask).to(x.dtype)
-        pos_emb = self.positions.embedding(position_ids, x.dtype)
-        if pos_emb is not None:
-            x = x + pos_emb
-        x = self.drop(x)
-        rotary = self.positions.rotary(position_ids, x.dtype)
-        bias = self.positions.attention_bias(position_ids, key_positions)  # (B, n_head, T, S) or None
-        mask = build_attention_mask(T, past_len + T, padding_mask, bias, x.device)
-        values = self.value_embeds(input_ids) if self.value_embeds is not None else None  # (L, B, T, kv width)
+        x = self.tok_emb(ids)  # (B, T, C)
+        if self.prev_emb is not None:  # the first new token's predecessor is in the cache: keep every id seen there
+            seen = cache.update_tokens(ids) if cache is not None else ids  # (B, S)
+            x = x + self.prev_emb(seen, T, padding).to(x.dtype)  # (B, T, C)
+        pos_emb = self.positions.embedding(positions, x.dtype)  # (B, T, C), or None
+        x = self.drop(x if pos_emb is None else x + pos_emb)
+        rotary = self.positions.rotary(positions, x.dtype)  # (cos, sin), each (B, T, head_dim), or None
+        bias = self.positions.attention_bias(positions, key_positions)  # (B, n_head, T, S), or None
+        mask = build_attention_mask(T, past_len + T, padding, bias, x.device)  # (B, 1 or n_head, T, S), or None
+        values = self.value_embeds(ids) if self.value_embeds is not None else None  # (L, B, T, n_kv_head * hd)
         if trace is not None:
             trace.hidden_states.append(x)
         for i, block in enumerate(self.blocks):
@@ -314,9 +213,9 @@ class MiniGPT(nn.Module):
                 trace.hidden_states.append(x)
         if cache is not None:
             cache.advance(T)
-        if logits_to_keep and logits_to_keep < T:
-            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-        logits = self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
+        if 0 < keep < T:
+            x = x[:, -keep:]  # (B, keep, C)
+        logits = self.lm_head(self.final_norm(x))  # (B, T or keep, vocab_size)
         return logits, cache
 
     # ----------------------------------------------------------------------------------------------------------

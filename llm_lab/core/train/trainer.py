@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from llm_lab.core.model import lm_loss
+from llm_lab.core.model import MiniGPT, lm_loss
 from llm_lab.core.train.checkpoint import (
     BEST_FILE,
     CHECKPOINT_DIR,
@@ -118,7 +118,8 @@ class Trainer:
         model: a ``MiniGPT`` (any module mapping ``(B, T)`` ids to ``(logits, _)`` works; ``flops_per_token()``
             and ``config`` are used when present). It is moved to the trainer's device.
         config: the :class:`TrainerConfig`.
-        train_data: a ``LanguageModelingDataset``; batches come from ``get_batch(B, generator, device)``.
+        train_data: a ``LanguageModelingDataset``; batches come from ``get_batch(B, generator, device)``. Its ids
+            are checked against the model's vocabulary once, here (``check_vocab_size``), not on every step.
         val_data: a ``LanguageModelingDataset`` for evaluation, or ``None`` (no evaluation, no ``best_val.pt``).
         out_dir: the run directory for ``metrics.csv``, ``samples.txt`` and ``checkpoints/``; ``None`` keeps
             everything in memory (``TrainResult.history``).
@@ -129,6 +130,9 @@ class Trainer:
     Under ``torchrun`` (an initialised process group) the model is wrapped in DDP or sharded with FSDP
     (``config.distributed``); each process draws its own batches (generator seeded with ``seed + rank``, on its
     own part of the training data when the caller shards it), and rank 0 alone writes files.
+
+    Raises:
+        ValueError: an id of ``train_data`` or ``val_data`` lies outside the model's vocabulary.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.sample_callbacks = list(sample_callbacks)
         self.progress = progress
+        self._step_kwargs = self._check_token_ids(model)  # what the training step passes to the model
 
         self.model = model.to(self.device)  # the plain module: checkpoints, evaluation and sampling use it
         self.context_length = int(train_data.context_length)
@@ -185,6 +190,28 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         flops = getattr(self.model, "flops_per_token", None)
         self.flops_per_token: float | None = float(flops()) if callable(flops) else None
+
+    def _check_token_ids(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Check the data's ids against the model's vocabulary once, here where the data enters.
+
+        Returns the keyword arguments of the training step's forward call: ``check_id_range=False`` when every
+        training id is known to be in range (a ``MiniGPT`` on data that can check itself, a
+        ``LanguageModelingDataset``), so that no step pays for the model's per-call range check, a reduction that
+        is a host-device sync on a GPU. Evaluation keeps the model's own check.
+
+        Raises:
+            ValueError: an id of the training or validation data lies outside the vocabulary.
+        """
+        if not isinstance(model, MiniGPT):
+            return {}
+        for name, data in (("train_data", self.train_data), ("val_data", self.val_data)):
+            check = getattr(data, "check_vocab_size", None)
+            if check is not None:
+                try:
+                    check(model.config.vocab_size)
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e}") from None
+        return {"check_id_range": False} if hasattr(self.train_data, "check_vocab_size") else {}
 
     # ------------------------------------------------------------------------------------------------ paths
     @property
@@ -345,11 +372,11 @@ class Trainer:
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast_context(self.precision, self.device):
             if self._compile_checked:
-                logits, _ = self._train_model(x)
+                logits, _ = self._train_model(x, **self._step_kwargs)
             else:
                 self._compile_checked = True
                 try:
-                    logits, _ = self._train_model(x)
+                    logits, _ = self._train_model(x, **self._step_kwargs)
                 except Exception as e:  # noqa: BLE001 (any compiler failure means: run eagerly)
                     warnings.warn(
                         f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
@@ -358,7 +385,7 @@ class Trainer:
                         stacklevel=2,
                     )
                     self._train_model = self._eager_model
-                    logits, _ = self._train_model(x)
+                    logits, _ = self._train_model(x, **self._step_kwargs)
             return lm_loss(logits, y)
 
     def _sync_context(self, last_micro_step: bool) -> contextlib.AbstractContextManager[Any]:

@@ -165,6 +165,22 @@ def test_bad_text_and_batch_arguments():
         next(ds.eval_batches(2, rank=2, world_size=2))
 
 
+def test_check_vocab_size_finds_the_largest_id_of_a_memmap(tmp_path):
+    """One id of 70 000 (a uint32 file) anywhere in the stream is outside a vocabulary of 70 000, not of 70 001."""
+    ids = np.arange(1000, dtype=np.uint32) % 50
+    ids[617] = 70_000
+    ids.tofile(tmp_path / "train.bin")
+    ds = LanguageModelingDataset.from_bin(tmp_path / "train.bin", 8, dtype="uint32")
+    assert ds.max_id == 70_000
+    ds.check_vocab_size(70_001)
+    with pytest.raises(
+        ValueError,
+        match=r"holds id 70000, outside the model's vocabulary: ids must lie in \[0, vocab_size=70000\); was it "
+        r"prepared with another tokenizer\?",
+    ):
+        ds.check_vocab_size(70_000)
+
+
 def test_from_bin_errors_name_the_file(tmp_path):
     (tmp_path / "empty.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.bin: the token stream is empty"):
