@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 from llm_lab.core.train.loggers import validate_logger_names
+from llm_lab.core.train.optim import OPTIMIZERS
+from llm_lab.core.train.schedule import SCHEDULES
 from llm_lab.utils.threads import parse_threads
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DistributedStrategy = Literal["ddp", "fsdp"]
-# The registries (``optim.OPTIMIZERS``, ``schedule.SCHEDULES``) own these names; a test keeps the two in step.
-# They are spelled here as well so that loading a config neither imports torch nor accepts an unknown name.
-OptimizerName = Literal["adamw", "muon"]
-ScheduleName = Literal["cosine", "wsd", "linear"]
+# The registries (``optim.OPTIMIZERS``, ``schedule.SCHEDULES``) are the only lists of these names; the field types
+# (what JSON loading checks) and the validation below are built from them. Neither module imports this one at run
+# time. (Importing this module imports torch anyway: ``llm_lab.core.train`` loads the trainer.)
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 MuonNSDtype = Literal["auto", "fp32", "bf16"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")

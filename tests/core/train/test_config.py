@@ -70,7 +70,7 @@ def test_threads_is_a_count_auto_or_unset():
 
 
 def test_the_config_names_are_the_registries_names():
-    """The config spells the names so loading stays torch-free; the registries are the truth."""
+    """The config's choices (what JSON loading checks) are the registries' names, in their order."""
     from typing import get_args
 
     from llm_lab.core.train.config import OptimizerName, ScheduleName
