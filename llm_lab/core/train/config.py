@@ -18,9 +18,8 @@ from llm_lab.utils.threads import parse_threads
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DistributedStrategy = Literal["ddp", "fsdp"]
-# The registries (``optim.OPTIMIZERS``, ``schedule.SCHEDULES``) are the only lists of these names; the field types
-# (what JSON loading checks) and the validation below are built from them. Neither module imports this one at run
-# time. (Importing this module imports torch anyway: ``llm_lab.core.train`` loads the trainer.)
+# The registries (``optim.OPTIMIZERS``, ``schedule.SCHEDULES``) are the only lists of these names: the config's
+# choices (and so JSON validation and the error messages) are built from them, so a new entry is a new choice.
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 MuonNSDtype = Literal["auto", "fp32", "bf16"]

@@ -70,7 +70,7 @@ def test_threads_is_a_count_auto_or_unset():
 
 
 def test_the_config_names_are_the_registries_names():
-    """The config's choices (what JSON loading checks) are the registries' names, in their order."""
+    """The config's choices are built from the registries: the same names, in the same order."""
     from typing import get_args
 
     from llm_lab.core.train.config import OptimizerName, ScheduleName
