@@ -23,6 +23,7 @@ from llm_lab.cli import USER_ERRORS, report_user_error
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
+from llm_lab.core.model.config import POS_ENCODINGS
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.package.io import load_model_package, package_run
 from llm_lab.core.train import TrainerConfig
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=64)
-    p.add_argument("--pos-encoding", default="learned", help="learned, sinusoidal, rope, alibi, none")
+    p.add_argument("--pos-encoding", default="learned", help=f"one of: {', '.join(POS_ENCODINGS)}")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)

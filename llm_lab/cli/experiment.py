@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = experiment.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
 
     posenc = commands.add_parser(
-        "posenc", help="train learned/sinusoidal/rope/alibi/none on one corpus and budget; compare; test at 2x context"
+        "posenc", help="train each positional encoding on one corpus and budget; compare; test at 2x context"
     )
     posenc.add_argument("--data", type=Path, default=None,
                         help="text file or prepared directory (default: data/tiny_shakespeare.txt, yours first)")
@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     posenc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set train.max_steps=300 (repeatable)")
     posenc.add_argument("--encodings", nargs="+", default=None,
-                        help="subset and order (default: learned sinusoidal rope alibi none)")
+                        help="subset and order (default: every registered encoding, in registry order; an unknown "
+                        "name is refused with the list)")
     posenc.add_argument("--factor", type=int, default=2, help="evaluate at this multiple of the context (default 2)")
     posenc.add_argument("--seeds", type=int, default=1,
                         help="train each encoding with this many seeds (train.seed, +1, ...); the report gives mean "

@@ -1,13 +1,13 @@
 """The positional-encoding study: the same model trained with each encoding, then tested at twice its context.
 
 Every run uses the same corpus, split, tokenizer, model shape, training budget and seeds; only
-``model.pos_encoding`` changes (learned, sinusoidal, RoPE, ALiBi, none). The study is a preset of the sweep
-(:mod:`llm_lab.experiments.sweep`): one setting per encoding, each trained once per seed through the real training
-path, so every run is an ordinary run directory (``run.json``, ``metrics.csv``, ``checkpoints/``) under
-``OUT/runs/<encoding>-seed<N>/``, a killed study resumes where it stopped, and the sweep report (mean +- std over
-seeds, 95% intervals, Welch's t-test against the first encoding) is written to ``OUT/report/``.
+``model.pos_encoding`` changes (by default every entry of ``POSITIONAL_ENCODINGS``, in its order). The study is a
+preset of the sweep (:mod:`llm_lab.experiments.sweep`): one setting per encoding, each trained once per seed through
+the real training path, so every run is an ordinary run directory (``run.json``, ``metrics.csv``, ``checkpoints/``)
+under ``OUT/runs/<encoding>-seed<N>/``, a killed study resumes where it stopped, and the sweep report (mean +- std
+over seeds, 95% intervals, Welch's t-test against the first encoding) is written to ``OUT/report/``.
 
-Length extrapolation: after training, encodings without a learned position table are rebuilt with
+Length extrapolation: after training, encodings that extrapolate (their class says so) are rebuilt with
 ``max_seq_len = 2 * context_length`` (same weights) and evaluated on validation windows twice as long as in
 training. Two numbers: the mean loss over the whole long window (``val_loss_2x``) and over its second half
 only, the positions never seen in training (``val_loss_2x_beyond``). Learned positions have no entries past
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from llm_lab.core.data import LanguageModelingDataset
-from llm_lab.core.model.config import EXTRAPOLATING_POS_ENCODINGS, POS_ENCODINGS, MiniGPTConfig
+from llm_lab.core.model.config import POS_ENCODINGS, MiniGPTConfig
 from llm_lab.core.model.gpt import MiniGPT
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import autocast_context
@@ -170,7 +170,7 @@ def extrapolation_losses(
             no window of the longer length.
     """
     config = model.config
-    if config.pos_encoding not in EXTRAPOLATING_POS_ENCODINGS:
+    if not config.extrapolates:
         raise ValueError(f"pos_encoding={config.pos_encoding!r} has no positions past context_length")
     T = config.context_length
     long_config = dataclasses.replace(config, max_seq_len=factor * T)
@@ -209,7 +209,7 @@ def extrapolation_results(factor: int, trainer: Any, prepared: PreparedRun) -> d
     Learned positions have no entries past the context: their results are empty.
     """
     model: MiniGPT = trainer.model
-    if model.config.pos_encoding not in EXTRAPOLATING_POS_ENCODINGS:
+    if not model.config.extrapolates:
         return {"val_loss_2x": None, "val_loss_2x_beyond": None}
     train_config = prepared.config.train
     # The same number of tokens as a training-length evaluation: half as many windows, each twice as long.

@@ -21,12 +21,13 @@ Context overflow (``on_overflow``). ``W = config.max_positions`` positions fit i
 ``P`` (padded) tokens can get ``W - P + 1`` new tokens without ever showing the model more than ``W``
 positions. Beyond that:
 
-* ``"slide"`` (the default for ``learned`` positions): every further step recomputes the logits from the last
-  ``W`` tokens, uncached, with positions renumbered from 0 (nanoGPT's ``idx[:, -block_size:]``). A prompt
-  longer than ``W`` is cut to its last ``W`` tokens the same way. Exact but slow (a full window per token).
-* ``"stop"`` (the default for ``sinusoidal``/``rope``/``alibi``/``none``, which run up to ``max_positions``,
-  possibly beyond the training context): generation ends after ``W - P + 1`` tokens with finish reason
-  ``"length"``.
+* ``"slide"`` (the default for encodings that do not extrapolate, such as ``learned`` positions): every further
+  step recomputes the logits from the last ``W`` tokens, uncached, with positions renumbered from 0 (nanoGPT's
+  ``idx[:, -block_size:]``). A prompt longer than ``W`` is cut to its last ``W`` tokens the same way. Exact but
+  slow (a full window per token).
+* ``"stop"`` (the default for encodings whose class declares ``extrapolates``, such as RoPE or ALiBi, which run up
+  to ``max_positions``, possibly beyond the training context): generation ends after ``W - P + 1`` tokens with
+  finish reason ``"length"``.
 * ``"error"``: a ``ValueError`` before anything runs if ``P + max_new_tokens - 1 > W``.
 
 Log-probabilities (``logprobs=N``): each new token also gets a
@@ -427,8 +428,9 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def default_overflow_policy(config: Any) -> OverflowPolicy:
-    """``"slide"`` for learned positions (they cannot go past ``max_positions``), ``"stop"`` for the others."""
-    return "slide" if config.pos_encoding == "learned" else "stop"
+    """``"stop"`` for a positional encoding that extrapolates (``config.extrapolates``, declared by its class: it runs
+    up to ``max_positions``), ``"slide"`` for one that cannot go past the context (learned positions)."""
+    return "stop" if config.extrapolates else "slide"
 
 
 def _setup(

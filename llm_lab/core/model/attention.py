@@ -27,19 +27,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import build_norm
 from llm_lab.core.model.positional import apply_rotary
+from llm_lab.core.model.registry import lookup
 from llm_lab.core.model.trace import ForwardTrace
+
+if TYPE_CHECKING:  # config.py imports this module for ATTENTION_IMPLS and ATTENTION_TYPES
+    from llm_lab.core.model.config import MiniGPTConfig
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "ATTENTION_TYPES",
     "CausalSelfAttention",
     "attention_probs",
     "build_attention_mask",
@@ -129,6 +134,15 @@ def reference_attention(
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
 ATTENTION_IMPLS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "reference": reference_attention}
+"""The only list of attention implementations: ``MiniGPTConfig.attn_impl`` picks one."""
+
+ATTENTION_TYPES: dict[str, str] = {
+    "mha": "multi-head: one key/value head per query head (n_kv_head == n_head)",
+    "gqa": "grouped-query: each key/value head serves a group of query heads (1 < n_kv_head < n_head)",
+    "mqa": "multi-query: one key/value head for every query head (n_kv_head == 1)",
+}
+"""The only list of attention types, each with its head layout. One class serves all three: the type is a name for
+the relation between ``n_head`` and ``n_kv_head`` (``MiniGPTConfig.attention_type``), not a module of its own."""
 
 
 class CausalSelfAttention(nn.Module):
@@ -136,14 +150,17 @@ class CausalSelfAttention(nn.Module):
 
     Separate ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (Llama's names; GPT-2's fused ``c_attn`` is
     split on conversion), so the GQA shapes are visible in the weights.
+
+    Attributes:
+        residual_projections: the ``nn.Linear`` layers whose output is added to the residual stream (``init_weights``
+            gives them ``std / sqrt(2 * n_layer)``, or zeros with ``zero_init_residual``).
     """
+
+    residual_projections: ClassVar[tuple[str, ...]] = ("o_proj",)
 
     def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
         super().__init__()
-        if config.attn_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"attn_impl={config.attn_impl!r} is not supported; choose one of: {', '.join(ATTENTION_IMPLS)}"
-            )
+        attend = lookup(ATTENTION_IMPLS, "attn_impl", config.attn_impl)
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.n_rep = config.n_rep
@@ -156,7 +173,7 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = build_norm(config.norm, self.head_dim, config.norm_eps, bias=False)
         else:
             self.q_norm = self.k_norm = nn.Identity()
-        self.attend = ATTENTION_IMPLS[config.attn_impl]
+        self.attend = attend
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 

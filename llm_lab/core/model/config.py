@@ -1,7 +1,10 @@
 """``MiniGPTConfig``: the one validated description of a MiniGPT model.
 
 Every architectural choice is a field here; variants are picked by name through small registries in the
-model modules (see ``llm_lab.core.model``). The JSON form is ``config_to_dict`` (``dataclasses.asdict``, with the
+model modules (``NORMS``, ``POSITIONAL_ENCODINGS``, ``MLPS``, ``ATTENTION_IMPLS``, ``ATTENTION_TYPES``). Those
+registries are the only lists of the names: the fields' ``Literal`` types (what JSON loading checks), the validation
+here and its messages are built from them, and what depends on a variant (a shape rule, whether it runs past the
+context) is asked of its class. The JSON form is ``config_to_dict`` (``dataclasses.asdict``, with the
 two fields below as given), and loading rejects unknown keys by name (``llm_lab.utils.config_loader``).
 
 Two fields may be left out and worked out from the others: ``n_kv_head`` (default: ``n_head``, or 1 for
@@ -21,25 +24,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
-NormType = Literal["layernorm", "rmsnorm"]
-MLPType = Literal["gelu", "gelu_tanh", "swiglu", "relu2"]
-AttentionType = Literal["mha", "gqa", "mqa"]
-AttnImpl = Literal["sdpa", "reference"]
+# The registries do not import this module at run time (only for type hints), so there is no import cycle.
+from llm_lab.core.model.attention import ATTENTION_IMPLS
+from llm_lab.core.model.attention import ATTENTION_TYPES as _ATTENTION_TYPE_LAYOUTS
+from llm_lab.core.model.mlp import MLPS
+from llm_lab.core.model.norms import NORMS
+from llm_lab.core.model.positional import POSITIONAL_ENCODINGS
+from llm_lab.core.model.registry import check_choice
 
-POS_ENCODINGS: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "none")
-NORM_TYPES: tuple[str, ...] = ("layernorm", "rmsnorm")
-MLP_TYPES: tuple[str, ...] = ("gelu", "gelu_tanh", "swiglu", "relu2")
-ATTENTION_TYPES: tuple[str, ...] = ("mha", "gqa", "mqa")
-ATTN_IMPLS: tuple[str, ...] = ("sdpa", "reference")
+# The names as tuples, in registry order (public: the studies, the CLI and the tests iterate them).
+POS_ENCODINGS: tuple[str, ...] = tuple(POSITIONAL_ENCODINGS)
+NORM_TYPES: tuple[str, ...] = tuple(NORMS)
+MLP_TYPES: tuple[str, ...] = tuple(MLPS)
+ATTENTION_TYPES: tuple[str, ...] = tuple(_ATTENTION_TYPE_LAYOUTS)
+ATTN_IMPLS: tuple[str, ...] = tuple(ATTENTION_IMPLS)
 
-# Encodings that can run past the training context: they have no learned table of positions.
-EXTRAPOLATING_POS_ENCODINGS: tuple[str, ...] = ("sinusoidal", "rope", "alibi", "none")
+# Encodings that can run past the training context, as their classes declare (``extrapolates``).
+EXTRAPOLATING_POS_ENCODINGS: tuple[str, ...] = tuple(
+    name for name, encoding in POSITIONAL_ENCODINGS.items() if encoding.extrapolates
+)
 
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of: {', '.join(choices)}")
+# The field types, built from the same registries: ``llm_lab.utils.config_loader`` checks JSON values against them.
+PosEncoding = Literal[POS_ENCODINGS]  # type: ignore[valid-type]
+NormType = Literal[NORM_TYPES]  # type: ignore[valid-type]
+MLPType = Literal[MLP_TYPES]  # type: ignore[valid-type]
+AttentionType = Literal[ATTENTION_TYPES]  # type: ignore[valid-type]
+AttnImpl = Literal[ATTN_IMPLS]  # type: ignore[valid-type]
 
 
 class GivenOrDerived:
@@ -101,19 +111,20 @@ class MiniGPTConfig:
         mlp_hidden: MLP inner width; ``None`` means ``4 * n_embd``.
         dropout: dropout on attention weights, residual branches and embeddings (0 disables it).
         bias: biases in linear layers and LayerNorm (GPT-2 style) or none (Llama style).
-        pos_encoding: ``learned`` | ``sinusoidal`` | ``rope`` | ``alibi`` | ``none``.
+        pos_encoding: a key of ``POSITIONAL_ENCODINGS`` (``llm_lab.core.model.positional``).
         rope_theta: RoPE base frequency.
-        norm: ``layernorm`` | ``rmsnorm``.
+        norm: a key of ``NORMS`` (``llm_lab.core.model.norms``).
         norm_eps: epsilon of the norms.
-        mlp: ``gelu`` (exact erf) | ``gelu_tanh`` (GPT-2's approximation) | ``swiglu`` | ``relu2`` (squared ReLU).
+        mlp: a key of ``MLPS`` (``llm_lab.core.model.mlp``).
         qk_norm: normalise queries and keys per head before attention.
         tie_embeddings: share the token embedding with the output projection.
         init_std: standard deviation of the normal weight init (see ``init_weights``).
-        attention_type: ``mha`` | ``gqa`` | ``mqa``; ``None`` infers it from ``n_kv_head``. Must agree with it.
+        attention_type: a key of ``ATTENTION_TYPES`` (``mha``, ``gqa``, ``mqa``; ``llm_lab.core.model.attention``);
+            ``None`` infers it from ``n_kv_head``. Must agree with it.
             Reads back resolved (never ``None``).
         max_seq_len: the longest sequence the model accepts; ``None`` means ``context_length``. Longer than the
-            context only for encodings without a learned table (length extrapolation).
-        attn_impl: ``sdpa`` (``scaled_dot_product_attention``) or ``reference`` (plain softmax, for tests).
+            context only for encodings that extrapolate (:attr:`extrapolates`).
+        attn_impl: a key of ``ATTENTION_IMPLS`` (``llm_lab.core.model.attention``).
         zero_init_residual: initialise the residual output projections (attention ``o_proj``, MLP
             ``down_proj``) at zero, so every block starts as the identity (the GPT speedruns' init).
         zero_init_head: initialise the output head at zero (uniform predictions at step 0); needs
@@ -178,12 +189,12 @@ class MiniGPTConfig:
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        _check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
-        _check_choice("norm", self.norm, NORM_TYPES)
-        _check_choice("mlp", self.mlp, MLP_TYPES)
-        _check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
+        check_choice("pos_encoding", self.pos_encoding, POSITIONAL_ENCODINGS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("mlp", self.mlp, MLPS)
+        check_choice("attn_impl", self.attn_impl, ATTENTION_IMPLS)
         if given_type is not None:
-            _check_choice("attention_type", given_type, ATTENTION_TYPES)
+            check_choice("attention_type", given_type, _ATTENTION_TYPE_LAYOUTS)
         if self.zero_init_head and self.tie_embeddings:
             raise ValueError(
                 "zero_init_head=True needs tie_embeddings=False (a zero head tied to the token embedding would zero "
@@ -221,22 +232,16 @@ class MiniGPTConfig:
                 "n_kv_head == 1, gqa anything in between"
             )
 
-        if self.pos_encoding == "rope" and self.head_dim % 2 != 0:
-            raise ValueError(
-                f"RoPE rotates pairs of channels, so the head size must be even; "
-                f"n_embd / n_head = {self.head_dim} (change n_embd or n_head)"
-            )
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2 != 0:
-            raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        POSITIONAL_ENCODINGS[self.pos_encoding].check_config(self)  # its shape rules (RoPE: an even head size)
         if self.max_seq_len is not None and self.max_seq_len != self.context_length:
             if self.max_seq_len < self.context_length:
                 raise ValueError(
                     f"max_seq_len ({self.max_seq_len}) must be at least context_length ({self.context_length})"
                 )
-            if self.pos_encoding not in EXTRAPOLATING_POS_ENCODINGS:
+            if not self.extrapolates:
                 raise ValueError(
                     f"max_seq_len > context_length needs a position encoding that extrapolates "
-                    f"({', '.join(EXTRAPOLATING_POS_ENCODINGS)}); learned positions have only "
+                    f"({', '.join(EXTRAPOLATING_POS_ENCODINGS)}); {self.pos_encoding} positions have only "
                     f"{self.context_length} entries"
                 )
 
@@ -254,6 +259,11 @@ class MiniGPTConfig:
     def max_positions(self) -> int:
         """Longest sequence (prompt + generated) the model accepts."""
         return self.max_seq_len if self.max_seq_len is not None else self.context_length
+
+    @property
+    def extrapolates(self) -> bool:
+        """Whether the positional encoding runs past ``context_length`` (its class declares it: no position table)."""
+        return POSITIONAL_ENCODINGS[self.pos_encoding].extrapolates
 
     @property
     def n_rep(self) -> int:

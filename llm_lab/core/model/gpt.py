@@ -30,8 +30,8 @@ from llm_lab.core.model.embeddings import PreviousTokenEmbedding, ValueEmbedding
 from llm_lab.core.model.inputs import check_forward_inputs
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.memory import check_memory, estimate_memory
-from llm_lab.core.model.norms import LayerNorm, RMSNorm, build_norm
-from llm_lab.core.model.positional import LearnedPositions, build_positional_encoding
+from llm_lab.core.model.norms import Norm, build_norm
+from llm_lab.core.model.positional import LearnedPositions, PositionalEncoding, build_positional_encoding
 from llm_lab.core.model.trace import ForwardTrace
 
 __all__ = ["ForwardTrace", "KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]
@@ -40,47 +40,54 @@ __all__ = ["ForwardTrace", "KVCache", "MiniGPT", "MiniGPTConfig", "init_weights"
 def init_weights(model: MiniGPT) -> None:
     """Initialise every weight of ``model`` in place (called by ``MiniGPT.__init__``).
 
-    ``std`` is ``config.init_std`` (0.02, GPT-2's value); ``L`` is ``config.n_layer``.
+    ``std`` is ``config.init_std`` (0.02, GPT-2's value); ``L`` is ``config.n_layer``. What depends on a variant is
+    asked of its class, never found by name: attention and MLP modules list their ``residual_projections``, and
+    norms and positional encodings reset their own weights (``reset_parameters``).
 
     =========================================  ==========================  ==========================================
     weights                                    init                        why
     =========================================  ==========================  ==========================================
     token embedding (= output head when tied)  normal(0, std)              small logits at first: loss ~ ln(vocab)
     learned position table                     normal(0, std)              same scale as the token embedding
+                                                                           (``LearnedPositions.reset_parameters``)
     q/k/v projections, MLP up/gate, untied     normal(0, std)              GPT-2's default for every linear layer
     output head
-    attention ``o_proj``, MLP ``down_proj``    normal(0, std / sqrt(2L))   GPT-2's scaled residual init: 2L branches
-                                                                           add to the residual stream, so its
-                                                                           variance stays ~ constant with depth
+    residual projections (attention            normal(0, std / sqrt(2L))   GPT-2's scaled residual init: 2L branches
+    ``o_proj``, MLP ``down_proj``: each                                    add to the residual stream, so its
+    module's ``residual_projections``)                                     variance stays ~ constant with depth
     linear biases                              zeros                       no preferred direction at the start
-    ``o_proj``, ``down_proj`` with             zeros                       every block starts as the identity; the
+    residual projections with                  zeros                       every block starts as the identity; the
     ``zero_init_residual``                                                 branches grow from the gradient (speedrun)
     output head with ``zero_init_head``        zeros                       uniform predictions at step 0, exactly
                                                                            ln(vocab) loss (speedrun)
     previous-token and value embeddings        zeros                       the model starts as the plain one
     norm scales / shifts (incl. QK-norm)       ones / zeros                identity transform at the start
+                                                                           (``Norm.reset_parameters``)
     =========================================  ==========================  ==========================================
     """
     config = model.config
     std = config.init_std
     residual_std = std / math.sqrt(2 * config.n_layer)
+    residual = {
+        module.get_submodule(projection)
+        for module in model.modules()
+        for projection in getattr(module, "residual_projections", ())
+    }
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            is_residual = name.endswith("attn.o_proj") or name.endswith("mlp.down_proj")
+            is_residual = module in residual
             if (is_residual and config.zero_init_residual) or (name == "lm_head" and config.zero_init_head):
                 nn.init.zeros_(module.weight)
             else:
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding | LearnedPositions):
+        elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, PreviousTokenEmbedding | ValueEmbeddings):
             nn.init.zeros_(module.weight)
-        elif isinstance(module, LayerNorm | RMSNorm):
-            nn.init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        elif isinstance(module, Norm | PositionalEncoding):
+            module.reset_parameters()
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -23,10 +23,12 @@ Contract (the decoding code relies on it):
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
-from llm_lab.core.model.config import MiniGPTConfig
+if TYPE_CHECKING:  # config.py imports attention.py, which imports this module
+    from llm_lab.core.model.config import MiniGPTConfig
 
 __all__ = ["KVCache"]
 

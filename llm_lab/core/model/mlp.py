@@ -10,21 +10,53 @@
 
 The hidden width is ``config.hidden_dim`` (``mlp_hidden``, default ``4 * n_embd``) for every variant; for a
 SwiGLU with the parameter count of a 4x GELU MLP set ``mlp_hidden`` to about ``8/3 * n_embd``.
+
+Every MLP is an :class:`MLP` and declares what the rest of the lab needs to know about it, so that nothing there
+matches its name: ``residual_projections`` (the layers that write into the residual stream, which ``init_weights``
+gives the scaled residual init) and ``hf_activation`` (how Hugging Face's GPT-2 or Llama config names it, read by
+the HF export and import).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.registry import lookup
 
-__all__ = ["MLPS", "GeluMLP", "GeluTanhMLP", "ReLU2MLP", "SwiGLUMLP", "build_mlp"]
+if TYPE_CHECKING:  # config.py imports this module for MLPS
+    from llm_lab.core.model.config import MiniGPTConfig
+
+__all__ = ["MLP", "MLPS", "GeluMLP", "GeluTanhMLP", "ReLU2MLP", "SwiGLUMLP", "build_mlp"]
 
 
-class GeluMLP(nn.Module):
+class MLP(nn.Module):
+    """The base of every MLP: constructor ``(config)``, ``forward`` ``(B, T, C) -> (B, T, C)``, and declarations.
+
+    Attributes:
+        residual_projections: names of this module's ``nn.Linear`` layers whose output is added to the residual
+            stream (``init_weights`` gives them ``std / sqrt(2 * n_layer)``, or zeros with ``zero_init_residual``).
+        hf_activation: Hugging Face family (``"gpt2"``, ``"llama"``) -> that family's name of this MLP
+            (GPT-2's ``activation_function``, Llama's ``hidden_act``); a family missing here cannot hold it. Not
+            inherited: a subclass computes something else, so it is exportable only if it declares so itself.
+    """
+
+    residual_projections: ClassVar[tuple[str, ...]] = ("down_proj",)
+    hf_activation: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hf_activation" not in cls.__dict__:
+            cls.hf_activation = {}
+
+
+class GeluMLP(MLP):
     """``x -> down_proj(act(up_proj(x)))``; subclasses change only ``activation``."""
+
+    hf_activation = {"gpt2": "gelu"}
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
@@ -42,6 +74,8 @@ class GeluMLP(nn.Module):
 class GeluTanhMLP(GeluMLP):
     """GPT-2's MLP: GELU with the tanh approximation."""
 
+    hf_activation = {"gpt2": "gelu_new"}
+
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate="tanh")
 
@@ -49,12 +83,16 @@ class GeluTanhMLP(GeluMLP):
 class ReLU2MLP(GeluMLP):
     """Primer's squared-ReLU MLP."""
 
+    hf_activation = {"gpt2": "relu2"}
+
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()
 
 
-class SwiGLUMLP(nn.Module):
+class SwiGLUMLP(MLP):
     """Llama's gated MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+
+    hf_activation = {"llama": "silu"}
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
@@ -72,16 +110,15 @@ class SwiGLUMLP(nn.Module):
         return self.dropout(self.down_proj(F.silu(gate) * up))  # (B, T, C)
 
 
-MLPS: dict[str, type[nn.Module]] = {
+MLPS: dict[str, type[MLP]] = {
     "gelu": GeluMLP,
     "gelu_tanh": GeluTanhMLP,
-    "relu2": ReLU2MLP,
     "swiglu": SwiGLUMLP,
+    "relu2": ReLU2MLP,
 }
+"""The only list of MLP names: ``MiniGPTConfig.mlp`` picks one."""
 
 
-def build_mlp(config: MiniGPTConfig) -> nn.Module:
+def build_mlp(config: MiniGPTConfig) -> MLP:
     """The MLP named by ``config.mlp``."""
-    if config.mlp not in MLPS:
-        raise ValueError(f"mlp={config.mlp!r} is not supported; choose one of: {', '.join(MLPS)}")
-    return MLPS[config.mlp](config)
+    return lookup(MLPS, "mlp", config.mlp)(config)

@@ -17,16 +17,29 @@ each returns ``None`` when the encoding does not act at that place:
 * ``embedding(position_ids, dtype)``  -> ``(B, T, n_embd)`` added to the token embeddings;
 * ``rotary(position_ids, dtype)``     -> ``(cos, sin)``, each ``(B, T, head_dim)``, for :func:`apply_rotary`;
 * ``attention_bias(q_pos, k_pos)``    -> ``(B, n_head, T, S)`` float32 bias added to the attention scores.
+
+What depends on the encoding is declared by its class, never found by matching its name:
+
+* ``extrapolates``: whether it can run past the training context (``max_seq_len > context_length``, the
+  positional-encoding study's extrapolation columns, and generation's default overflow policy);
+* ``hf_family``: the Hugging Face family whose models use it (``"gpt2"``, ``"llama"``), which picks the family
+  of an HF export; ``None`` when no HF model can hold it;
+* ``check_config(config)``: its shape rules (RoPE needs an even head size), called by ``MiniGPTConfig``;
+* ``reset_parameters()``: the starting values of its weights, if it has any (called by ``init_weights``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
-from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.registry import lookup
+
+if TYPE_CHECKING:  # config.py imports this module for POSITIONAL_ENCODINGS
+    from llm_lab.core.model.config import MiniGPTConfig
 
 __all__ = [
     "POSITIONAL_ENCODINGS",
@@ -44,11 +57,33 @@ __all__ = [
 
 
 class PositionalEncoding(nn.Module):
-    """The base class: every hook returns ``None`` (the encoding does not act there)."""
+    """The base class: every hook returns ``None`` (the encoding does not act there).
+
+    Attributes:
+        extrapolates: True when the encoding gives sensible positions past ``context_length`` (no table of
+            positions). False here, the safe answer: a subclass that can says so.
+        hf_family: the Hugging Face family (``"gpt2"``, ``"llama"``) whose models use this encoding, or None. Not
+            inherited: a subclass computes something else, so it is exportable only if it declares so itself.
+    """
+
+    extrapolates: ClassVar[bool] = False
+    hf_family: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hf_family" not in cls.__dict__:
+            cls.hf_family = None
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
         self.config = config
+
+    @classmethod
+    def check_config(cls, config: MiniGPTConfig) -> None:
+        """Raise ``ValueError`` (saying what to change) if ``config`` has a shape this encoding cannot serve."""
+
+    def reset_parameters(self) -> None:
+        """Set the starting values of the encoding's own weights (none here)."""
 
     def embedding(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         return None
@@ -63,13 +98,21 @@ class PositionalEncoding(nn.Module):
 class NoPositions(PositionalEncoding):
     """``none``: no positional information at all."""
 
+    extrapolates = True
+
 
 class LearnedPositions(PositionalEncoding):
-    """A trained ``(context_length, n_embd)`` table; ``weight`` is GPT-2's ``wpe``."""
+    """A trained ``(context_length, n_embd)`` table; ``weight`` is GPT-2's ``wpe``. No entries past the context."""
+
+    hf_family = "gpt2"
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__(config)
         self.weight = nn.Parameter(torch.zeros(config.context_length, config.n_embd))
+
+    def reset_parameters(self) -> None:
+        """``normal(0, init_std)``, the scale of the token embedding it is added to."""
+        nn.init.normal_(self.weight, mean=0.0, std=self.config.init_std)
 
     def embedding(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return nn.functional.embedding(position_ids, self.weight)  # (B, T, n_embd)
@@ -85,6 +128,12 @@ class SinusoidalPositions(PositionalEncoding):
     """
 
     base: float = 10000.0
+    extrapolates = True
+
+    @classmethod
+    def check_config(cls, config: MiniGPTConfig) -> None:
+        if config.n_embd % 2 != 0:
+            raise ValueError(f"sinusoidal positions need an even n_embd, got {config.n_embd}")
 
     def embedding(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         n_embd = self.config.n_embd
@@ -114,6 +163,17 @@ def apply_rotary(
 
 class RotaryPositions(PositionalEncoding):
     """RoPE with base ``config.rope_theta``: ``inv_freq[i] = theta^(-2i / head_dim)``."""
+
+    extrapolates = True
+    hf_family = "llama"
+
+    @classmethod
+    def check_config(cls, config: MiniGPTConfig) -> None:
+        if config.head_dim % 2 != 0:
+            raise ValueError(
+                f"RoPE rotates pairs of channels, so the head size must be even; "
+                f"n_embd / n_head = {config.head_dim} (change n_embd or n_head)"
+            )
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         hd = self.config.head_dim
@@ -148,6 +208,8 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 class ALiBiPositions(PositionalEncoding):
     """ALiBi: head ``h`` adds ``-slope_h * (query_position - key_position)`` to its attention scores."""
 
+    extrapolates = True
+
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__(config)
         # Not a parameter, not a buffer: a function of n_head alone, recomputed in float32 so that model.half()
@@ -167,12 +229,9 @@ POSITIONAL_ENCODINGS: dict[str, type[PositionalEncoding]] = {
     "alibi": ALiBiPositions,
     "none": NoPositions,
 }
+"""The only list of positional-encoding names: ``MiniGPTConfig.pos_encoding`` picks one."""
 
 
 def build_positional_encoding(config: MiniGPTConfig) -> PositionalEncoding:
     """The positional encoding named by ``config.pos_encoding``."""
-    if config.pos_encoding not in POSITIONAL_ENCODINGS:
-        raise ValueError(
-            f"pos_encoding={config.pos_encoding!r} is not supported; choose one of: {', '.join(POSITIONAL_ENCODINGS)}"
-        )
-    return POSITIONAL_ENCODINGS[config.pos_encoding](config)
+    return lookup(POSITIONAL_ENCODINGS, "pos_encoding", config.pos_encoding)(config)

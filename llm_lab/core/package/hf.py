@@ -9,8 +9,13 @@
 
 ``config_from_hf`` and ``hf_config_from`` map the configs and raise ``ValueError`` naming the field that has
 no counterpart on the other side (e.g. ``pos_encoding='alibi'``, ``qk_norm=True``, a Llama ``rope_type`` other
-than ``default``). The tests in ``tests/core/package/test_hf.py`` prove the conversions on small random models:
-fp32 logits agree to 1e-4 with and without padding and through the KV cache, and a round trip is lossless.
+than ``default``). Which variants a family can hold is declared by the variant classes, never listed here: the
+positional encoding's ``hf_family`` picks the family, a norm's ``hf_families`` and an MLP's ``hf_activation`` say
+whether that family has it (and how the family names the MLP). So a new variant is refused by the export with no
+edit here, and becomes exportable by declaring its family.
+
+The tests in ``tests/core/package/test_hf.py`` prove the conversions on small random models: fp32 logits agree to
+1e-4 with and without padding and through the KV cache, and a round trip is lossless.
 
 ``transformers`` is a development dependency, imported only inside these functions.
 """
@@ -24,17 +29,58 @@ import torch
 
 from llm_lab.core.model.config import MiniGPTConfig
 from llm_lab.core.model.gpt import MiniGPT
+from llm_lab.core.model.mlp import MLPS
+from llm_lab.core.model.norms import NORMS
+from llm_lab.core.model.positional import POSITIONAL_ENCODINGS
 
 __all__ = ["config_from_hf", "from_hf_model", "hf_config_from", "to_hf_model"]
 
-# Activations of GPT-2's (ungated) MLP, Hugging Face name -> ours.
-_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu2": "relu2"}
-_OUR_GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu2": "relu2"}
+# The two families, as the variant classes name them, and as people do.
+GPT2, LLAMA = "gpt2", "llama"
+_FAMILY_TITLES = {GPT2: "GPT-2", LLAMA: "Llama"}
+# Hugging Face names that mean the same function as another of theirs (GPT-2's tanh GELU has two spellings).
+_HF_ACTIVATION_ALIASES = {"gelu_pytorch_tanh": "gelu_new"}
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _family_of(config: MiniGPTConfig) -> str | None:
+    """The HF family whose models use ``config``'s positional encoding (declared by its class), or None."""
+    return POSITIONAL_ENCODINGS[config.pos_encoding].hf_family
+
+
+def _hf_activations(family: str) -> dict[str, str]:
+    """Our MLP name -> the family's name of it, for every MLP whose class declares one (registry order)."""
+    return {name: mlp.hf_activation[family] for name, mlp in MLPS.items() if family in mlp.hf_activation}
+
+
+def _only(names: list[str], what: str, family: str) -> str:
+    """The one name of ``what`` that declares ``family``: the import needs exactly one."""
+    if len(names) != 1:
+        raise ValueError(f"the {_FAMILY_TITLES[family]} family maps to {len(names)} {what} values ({names}); need one")
+    return names[0]
+
+
+def _our_encoding(family: str) -> str:
+    found = [name for name, encoding in POSITIONAL_ENCODINGS.items() if encoding.hf_family == family]
+    return _only(found, "pos_encoding", family)
+
+
+def _our_norm(family: str) -> str:
+    return _only([name for name, norm in NORMS.items() if family in norm.hf_families], "norm", family)
+
+
+def _require_in_family(field: str, value: str, accepted: list[str], family: str) -> None:
+    """Refuse ``field=value`` unless it is one of the variants that declare ``family``, naming those."""
+    if value in accepted:
+        return
+    title = _FAMILY_TITLES[family]
+    if len(accepted) == 1:
+        raise ValueError(f"{field}={value!r}: the {title} family needs {field}={accepted[0]!r}")
+    raise ValueError(f"{field}={value!r}: the {title} family supports {field} in {', '.join(accepted)}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -48,19 +94,28 @@ def config_from_hf(hf_config: Any) -> MiniGPTConfig:
         ValueError: another model type, or a setting MiniGPT cannot express (the message names it).
     """
     model_type = getattr(hf_config, "model_type", None)
-    if model_type == "gpt2":
+    if model_type == GPT2:
         return _config_from_gpt2(hf_config)
-    if model_type == "llama":
+    if model_type == LLAMA:
         return _config_from_llama(hf_config)
-    raise ValueError(f"unsupported Hugging Face model_type={model_type!r}; supported: gpt2, llama")
+    raise ValueError(f"unsupported Hugging Face model_type={model_type!r}; supported: {', '.join(_FAMILY_TITLES)}")
+
+
+def _our_mlp(family: str, hf_activation: str, field: str) -> str:
+    """Our MLP whose class declares ``hf_activation`` for ``family``, or a ValueError naming HF's field."""
+    theirs = {hf: ours for ours, hf in _hf_activations(family).items()}
+    supported = list(theirs) + [alias for alias, name in _HF_ACTIVATION_ALIASES.items() if name in theirs]
+    activation = _HF_ACTIVATION_ALIASES.get(hf_activation, hf_activation)
+    _require(
+        activation in theirs,
+        f"{_FAMILY_TITLES[family]} {field}={hf_activation!r} has no MiniGPT counterpart; "
+        f"supported: {', '.join(supported)}",
+    )
+    return theirs[activation]
 
 
 def _config_from_gpt2(c: Any) -> MiniGPTConfig:
-    _require(
-        c.activation_function in _GPT2_ACTIVATIONS,
-        f"GPT-2 activation_function={c.activation_function!r} has no MiniGPT counterpart; "
-        f"supported: {', '.join(_GPT2_ACTIVATIONS)}",
-    )
+    mlp = _our_mlp(GPT2, c.activation_function, "activation_function")
     _require(c.scale_attn_weights, "GPT-2 scale_attn_weights=False is not supported (MiniGPT scales by 1/sqrt(d))")
     _require(not c.scale_attn_by_inverse_layer_idx, "GPT-2 scale_attn_by_inverse_layer_idx=True is not supported")
     _require(not getattr(c, "add_cross_attention", False), "GPT-2 add_cross_attention=True is not supported")
@@ -73,10 +128,10 @@ def _config_from_gpt2(c: Any) -> MiniGPTConfig:
         mlp_hidden=c.n_inner,  # both sides read None as 4 * n_embd
         dropout=float(c.resid_pdrop),
         bias=True,
-        pos_encoding="learned",
-        norm="layernorm",
+        pos_encoding=_our_encoding(GPT2),
+        norm=_our_norm(GPT2),
         norm_eps=c.layer_norm_epsilon,
-        mlp=_GPT2_ACTIVATIONS[c.activation_function],
+        mlp=mlp,
         tie_embeddings=bool(c.tie_word_embeddings),
         init_std=c.initializer_range,
     )
@@ -92,7 +147,7 @@ def _config_from_llama(c: Any) -> MiniGPTConfig:
     rope_type = rope.get("rope_type", "default")
     _require(rope_type == "default", f"Llama rope_type={rope_type!r} is not supported (only 'default' RoPE)")
     _require(rope.get("partial_rotary_factor", 1.0) == 1.0, "Llama partial_rotary_factor != 1 is not supported")
-    _require(c.hidden_act == "silu", f"Llama hidden_act={c.hidden_act!r} is not supported (only 'silu' = SwiGLU)")
+    mlp = _our_mlp(LLAMA, c.hidden_act, "hidden_act")
     _require(
         c.head_dim == c.hidden_size // c.num_attention_heads,
         f"Llama head_dim={c.head_dim} != hidden_size / num_attention_heads is not supported",
@@ -118,11 +173,11 @@ def _config_from_llama(c: Any) -> MiniGPTConfig:
         mlp_hidden=c.intermediate_size,
         dropout=float(c.attention_dropout or 0.0),
         bias=bool(c.attention_bias),
-        pos_encoding="rope",
+        pos_encoding=_our_encoding(LLAMA),
         rope_theta=float(rope.get("rope_theta", 10000.0)),
-        norm="rmsnorm",
+        norm=_our_norm(LLAMA),
         norm_eps=c.rms_norm_eps,
-        mlp="swiglu",
+        mlp=mlp,
         tie_embeddings=bool(c.tie_word_embeddings),
         init_std=c.initializer_range,
     )
@@ -142,13 +197,23 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
     for name in ("bigram_embedding", "value_embeddings"):
         _require(not getattr(config, name), f"{name}=True has no counterpart in GPT-2 or Llama; set {name}=False")
     common = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "initializer_range": config.init_std}
-    if config.pos_encoding == "learned":
-        _require(config.norm == "layernorm", f"norm={config.norm!r}: the GPT-2 family needs norm='layernorm'")
-        _require(config.bias, "bias=False: the GPT-2 family has biases in every linear layer and LayerNorm")
-        _require(
-            config.mlp in _OUR_GPT2_ACTIVATIONS,
-            f"mlp={config.mlp!r}: the GPT-2 family supports mlp in {', '.join(_OUR_GPT2_ACTIVATIONS)}",
+    family = _family_of(config)
+    if family is None:
+        usable = [
+            f"{name!r} ({_FAMILY_TITLES[encoding.hf_family]})"
+            for name, encoding in POSITIONAL_ENCODINGS.items()
+            if encoding.hf_family is not None
+        ]
+        raise ValueError(
+            f"pos_encoding={config.pos_encoding!r} has no Hugging Face counterpart here; use "
+            f"{' or '.join(usable)}"
         )
+    norms = [name for name, norm in NORMS.items() if family in norm.hf_families]
+    activations = _hf_activations(family)
+    if family == GPT2:
+        _require_in_family("norm", config.norm, norms, family)
+        _require(config.bias, "bias=False: the GPT-2 family has biases in every linear layer and LayerNorm")
+        _require_in_family("mlp", config.mlp, list(activations), family)
         _require(
             config.n_kv_head == config.n_head,
             f"n_kv_head={config.n_kv_head}: the GPT-2 family is multi-head only (n_kv_head == n_head)",
@@ -160,7 +225,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             n_layer=config.n_layer,
             n_head=config.n_head,
             n_inner=config.mlp_hidden,
-            activation_function=_OUR_GPT2_ACTIVATIONS[config.mlp],
+            activation_function=activations[config.mlp],
             resid_pdrop=config.dropout,
             embd_pdrop=config.dropout,
             attn_pdrop=config.dropout,
@@ -168,9 +233,9 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             tie_word_embeddings=config.tie_embeddings,
             **common,
         )
-    if config.pos_encoding == "rope":
-        _require(config.norm == "rmsnorm", f"norm={config.norm!r}: the Llama family needs norm='rmsnorm'")
-        _require(config.mlp == "swiglu", f"mlp={config.mlp!r}: the Llama family needs mlp='swiglu'")
+    if family == LLAMA:
+        _require_in_family("norm", config.norm, norms, family)
+        _require_in_family("mlp", config.mlp, list(activations), family)
         if config.dropout > 0:
             warnings.warn(
                 f"dropout={config.dropout}: Llama has attention dropout only; residual and embedding dropout "
@@ -185,7 +250,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             num_attention_heads=config.n_head,
             num_key_value_heads=config.n_kv_head,
             head_dim=config.head_dim,
-            hidden_act="silu",
+            hidden_act=activations[config.mlp],
             max_position_embeddings=config.max_positions,
             rms_norm_eps=config.norm_eps,
             rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
@@ -196,10 +261,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             **{CONTEXT_LENGTH_KEY: config.context_length},
             **common,
         )
-    raise ValueError(
-        f"pos_encoding={config.pos_encoding!r} has no Hugging Face counterpart here; use 'learned' (GPT-2) or "
-        "'rope' (Llama)"
-    )
+    raise ValueError(f"no export for the Hugging Face family {family!r} of pos_encoding={config.pos_encoding!r}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -292,7 +354,7 @@ def from_hf_model(hf_model: Any) -> MiniGPT:
     """
     config = config_from_hf(hf_model.config)
     sd = hf_model.state_dict()
-    if config.pos_encoding == "learned":
+    if _family_of(config) == GPT2:
         ours = _gpt2_state_from_hf(sd, config)
     else:
         names = _llama_names(config)
@@ -317,7 +379,7 @@ def to_hf_model(model: MiniGPT) -> Any:
 
     hf_config = hf_config_from(model.config)
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    if model.config.pos_encoding == "learned":
+    if _family_of(model.config) == GPT2:
         hf_model = transformers.GPT2LMHeadModel(hf_config)
         theirs = _gpt2_state_to_hf(sd, model.config)
     else:

@@ -1,16 +1,26 @@
-"""The variant matrix shared by the model tests: tiny configs and an all-pairs subset of the full product."""
+"""The variant matrix shared by the model tests: tiny configs and an all-pairs subset of the full product.
+
+The axes are the registries themselves, so a variant added to a registry runs through every matrix test with no
+edit here (``test_registries.py`` checks that each entry is in the default suite's subset).
+"""
 
 from __future__ import annotations
 
 import itertools
 
+from llm_lab.core.model.attention import ATTENTION_IMPLS
 from llm_lab.core.model.config import MiniGPTConfig
+from llm_lab.core.model.mlp import MLPS
+from llm_lab.core.model.norms import NORMS
+from llm_lab.core.model.positional import POSITIONAL_ENCODINGS
 
-POS = ("learned", "sinusoidal", "rope", "alibi", "none")
-NORM = ("layernorm", "rmsnorm")
-MLP = ("gelu", "gelu_tanh", "swiglu", "relu2")
-# attention type -> n_kv_head for n_head = 4
+POS = tuple(POSITIONAL_ENCODINGS)
+NORM = tuple(NORMS)
+MLP = tuple(MLPS)
+# attention type (a key of attention.ATTENTION_TYPES, a head layout) -> n_kv_head for n_head = 4
 ATTN = {"mha": 4, "gqa": 2, "mqa": 1}
+# Attention implementations: every one is compared with the written-out ``reference`` over the matrix.
+ATTN_IMPLS = tuple(ATTENTION_IMPLS)
 
 FULL_PRODUCT = list(itertools.product(POS, NORM, MLP, ATTN))
 

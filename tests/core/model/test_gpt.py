@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from model_variants import PAIRWISE, tiny_config, variant_id
 
 import llm_lab.core.model.gpt as gpt_module
-from llm_lab.core.model import KVCache, MiniGPT, MiniGPTConfig, lm_loss
+from llm_lab.core.model import KVCache, MiniGPT, MiniGPTConfig, init_weights, lm_loss
 
 
 def small(**overrides) -> MiniGPTConfig:
@@ -301,6 +302,60 @@ def test_init_follows_the_documented_table():
     assert model.lm_head.weight.std().item() == pytest.approx(std, rel=0.05)
     assert torch.count_nonzero(block.attn.q_proj.bias) == 0
     assert torch.equal(block.attn_norm.weight, torch.ones(256)) and torch.count_nonzero(block.attn_norm.bias) == 0
+
+
+def _init_by_names(model: MiniGPT) -> None:
+    """``init_weights`` as it was written before the variants declared their own rules: the residual projections
+    found by name (``attn.o_proj``, ``mlp.down_proj``), the norms and the learned table by a list of classes."""
+    from llm_lab.core.model.embeddings import PreviousTokenEmbedding, ValueEmbeddings
+    from llm_lab.core.model.norms import LayerNorm, RMSNorm
+    from llm_lab.core.model.positional import LearnedPositions
+
+    config = model.config
+    std = config.init_std
+    residual_std = std / math.sqrt(2 * config.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            is_residual = name.endswith("attn.o_proj") or name.endswith("mlp.down_proj")
+            if (is_residual and config.zero_init_residual) or (name == "lm_head" and config.zero_init_head):
+                torch.nn.init.zeros_(module.weight)
+            else:
+                torch.nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Embedding | LearnedPositions):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, PreviousTokenEmbedding | ValueEmbeddings):
+            torch.nn.init.zeros_(module.weight)
+        elif isinstance(module, LayerNorm | RMSNorm):
+            torch.nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
+INIT_OPTIONS = {
+    "plain": {},
+    "zero-init": {"zero_init_residual": True, "zero_init_head": True, "tie_embeddings": False},
+    "qk-norm-tables": {"qk_norm": True, "bigram_embedding": True, "value_embeddings": True},
+}
+
+
+@pytest.mark.parametrize("options", INIT_OPTIONS)
+@pytest.mark.parametrize("variant", PAIRWISE, ids=variant_id)
+def test_init_is_bitwise_the_rule_it_replaced(variant, options):
+    """Asking the modules (``residual_projections``, ``reset_parameters``) draws the same numbers, in the same
+    order, as matching names did: every tensor of the state dict is equal after both, from the same seed."""
+    model = MiniGPT(tiny_config(*variant, **INIT_OPTIONS[options]))
+    torch.manual_seed(11)
+    init_weights(model)
+    ours = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(11)
+    _init_by_names(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(ours[key], value), key
+    # Not vacuous: the residual projections did get the smaller std (or zeros).
+    block = model.blocks[0]
+    assert block.attn.o_proj.weight.std() < block.attn.q_proj.weight.std()
 
 
 def test_tied_embedding_is_one_tensor():

@@ -68,6 +68,6 @@ def test_mlp_registry_lists_valid_names():
     config = MiniGPTConfig(n_embd=8, n_head=2)
     config.mlp = "geglu"
     with pytest.raises(
-        ValueError, match=r"mlp='geglu' is not supported; choose one of: gelu, gelu_tanh, relu2, swiglu"
+        ValueError, match=r"mlp='geglu' is not supported; choose one of: gelu, gelu_tanh, swiglu, relu2"
     ):
         build_mlp(config)

@@ -10,7 +10,15 @@ import math
 
 import pytest
 import torch
-from model_variants import FULL_PRODUCT, PAIRWISE, SPEEDRUN_OPTIONS, incremental_logits, tiny_config, variant_id
+from model_variants import (
+    ATTN_IMPLS,
+    FULL_PRODUCT,
+    PAIRWISE,
+    SPEEDRUN_OPTIONS,
+    incremental_logits,
+    tiny_config,
+    variant_id,
+)
 
 from llm_lab.core.model import MiniGPT, lm_loss
 
@@ -74,10 +82,12 @@ def test_pairwise_subset_covers_every_pair():
     assert len(PAIRWISE) < len(FULL_PRODUCT) / 4
 
 
+@pytest.mark.parametrize("impl", [name for name in ATTN_IMPLS if name != "reference"])
 @pytest.mark.parametrize("variant", PAIRWISE, ids=variant_id)
-def test_sdpa_matches_reference_with_padding(variant):
-    """The fused path and the written-out softmax give the same logits, also with a padded batch."""
-    sdpa = MiniGPT(tiny_config(*variant)).eval()
+def test_sdpa_matches_reference_with_padding(variant, impl):
+    """The fused path (each attention implementation) and the written-out softmax give the same logits, also with a
+    padded batch."""
+    sdpa = MiniGPT(tiny_config(*variant, attn_impl=impl)).eval()
     ref = MiniGPT(tiny_config(*variant, attn_impl="reference")).eval()
     ref.load_state_dict(sdpa.state_dict())
     x = _batch(sdpa.config.vocab_size)[:, :-1]

@@ -275,7 +275,7 @@ BASE = dict(vocab_size=VOCAB, context_length=16, n_layer=1, n_head=2, n_embd=16)
         (dict(value_embeddings=True), r"value_embeddings=True has no counterpart in GPT-2 or Llama"),
         (dict(norm="rmsnorm"), r"norm='rmsnorm': the GPT-2 family needs norm='layernorm'"),
         (dict(bias=False), r"bias=False: the GPT-2 family has biases"),
-        (dict(mlp="swiglu"), r"mlp='swiglu': the GPT-2 family supports mlp in gelu_tanh, gelu, relu2"),
+        (dict(mlp="swiglu"), r"mlp='swiglu': the GPT-2 family supports mlp in gelu, gelu_tanh, relu2"),
         (dict(n_kv_head=1), r"n_kv_head=1: the GPT-2 family is multi-head only"),
         (dict(pos_encoding="rope", norm="rmsnorm", mlp="relu2"), r"mlp='relu2': the Llama family needs mlp='swiglu'"),
         (dict(pos_encoding="rope", mlp="swiglu"), r"norm='layernorm': the Llama family needs norm='rmsnorm'"),
@@ -284,6 +284,44 @@ BASE = dict(vocab_size=VOCAB, context_length=16, n_layer=1, n_head=2, n_embd=16)
 def test_unsupported_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         hf_config_from(MiniGPTConfig(**{**BASE, **kwargs}))
+
+
+def test_the_export_asks_the_variant_classes(monkeypatch):
+    """What HF can hold is declared by each class, not listed in hf.py: a registered variant with no declaration is
+    refused by name (also a subclass of an exportable one: declarations are not inherited); declaring the family
+    makes it exportable, with the logits of the HF model."""
+    import torch.nn.functional as F
+
+    from llm_lab.core.model.mlp import MLPS, SwiGLUMLP
+    from llm_lab.core.model.norms import NORMS, LayerNorm
+
+    class GeGLU(SwiGLUMLP):
+        def forward(self, x):
+            gate, up = self.project_gate_up(x)
+            return self.dropout(self.down_proj(F.gelu(gate) * up))
+
+    class SameLayerNorm(LayerNorm):
+        pass
+
+    class DeclaredLayerNorm(LayerNorm):
+        hf_families = frozenset({"gpt2"})
+
+    monkeypatch.setitem(MLPS, "geglu", GeGLU)
+    monkeypatch.setitem(NORMS, "same_ln", SameLayerNorm)
+    monkeypatch.setitem(NORMS, "declared_ln", DeclaredLayerNorm)
+    llama = dict(pos_encoding="rope", norm="rmsnorm", bias=False)
+    with pytest.raises(ValueError, match=r"mlp='geglu': the Llama family needs mlp='swiglu'"):
+        hf_config_from(MiniGPTConfig(**BASE, **llama, mlp="geglu"))
+    with pytest.raises(ValueError, match=r"norm='same_ln': the GPT-2 family supports norm in layernorm, declared_ln"):
+        hf_config_from(MiniGPTConfig(**BASE, norm="same_ln"))
+    ours = MiniGPT(MiniGPTConfig(**BASE, norm="declared_ln")).eval()
+    _randomize(ours, seed=2)
+    hf = to_hf_model(ours)
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(ids)[0] - hf(input_ids=ids).logits).abs().max().item() <= ATOL
+    with pytest.raises(ValueError, match=r"the GPT-2 family maps to 2 norm values \(\['layernorm', 'declared_ln'\]\)"):
+        config_from_hf(hf.config)  # importing needs one norm per family
 
 
 def test_unsupported_hf_settings_are_named():

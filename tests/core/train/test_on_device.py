@@ -24,9 +24,10 @@ import torch
 from llm_lab.core.train import Trainer
 from llm_lab.core.train.device import precision_dtype
 from llm_lab.core.train.metrics import read_metrics
+from llm_lab.core.train.optim import OPTIMIZERS as OPTIMIZER_REGISTRY
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)  # every registered optimizer runs on every device
 
 
 def _refusal(precision: str, device: torch.device) -> str | None:

@@ -90,6 +90,15 @@ OPTIMIZER_SCHEDULES = [
 ]
 
 
+def test_every_optimizer_and_schedule_is_in_the_resume_matrix():
+    """A new entry of ``OPTIMIZERS`` or ``SCHEDULES`` must be given a row above (its settings for a short run)."""
+    from llm_lab.core.train.optim import OPTIMIZERS
+    from llm_lab.core.train.schedule import SCHEDULES
+
+    assert {row["optimizer"] for row in OPTIMIZER_SCHEDULES} == set(OPTIMIZERS)
+    assert {row["schedule"] for row in OPTIMIZER_SCHEDULES} == set(SCHEDULES)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 @pytest.mark.parametrize("opt", OPTIMIZER_SCHEDULES, ids=lambda o: f"{o['optimizer']}-{o['schedule']}")
 def test_resume_from_a_checkpoint_gives_bitwise_the_same_losses(
