@@ -31,7 +31,7 @@ from llm_lab.core.model.inputs import check_forward_inputs
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.memory import check_memory, estimate_memory
 from llm_lab.core.model.norms import Norm, build_norm
-from llm_lab.core.model.positional import LearnedPositions, PositionalEncoding, build_positional_encoding
+from llm_lab.core.model.positional import PositionalEncoding, build_positional_encoding
 from llm_lab.core.model.trace import ForwardTrace
 
 __all__ = ["ForwardTrace", "KVCache", "MiniGPT", "MiniGPTConfig", "init_weights", "lm_loss"]
@@ -236,9 +236,7 @@ class MiniGPT(nn.Module):
         """
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            total -= self.tok_emb.weight.numel() + self._extra_lookup_parameters()
-            if isinstance(self.positions, LearnedPositions):
-                total -= self.positions.weight.numel()
+            total -= self.tok_emb.weight.numel() + self.positions.lookup_parameters() + self._extra_lookup_parameters()
         return total
 
     def _extra_lookup_parameters(self) -> int:
@@ -260,9 +258,7 @@ class MiniGPT(nn.Module):
             seq_len: the attention length ``T``; defaults to ``config.context_length``.
         """
         T = self.config.context_length if seq_len is None else seq_len
-        n = self.num_parameters()
-        if isinstance(self.positions, LearnedPositions):
-            n -= self.positions.weight.numel()
+        n = self.num_parameters() - self.positions.lookup_parameters()
         if not self.config.tie_embeddings:
             n -= self.tok_emb.weight.numel()
         n -= self._extra_lookup_parameters()

@@ -85,6 +85,11 @@ class PositionalEncoding(nn.Module):
     def reset_parameters(self) -> None:
         """Set the starting values of the encoding's own weights (none here)."""
 
+    def lookup_parameters(self) -> int:
+        """How many of its parameters are read by index (a table of positions): like the token embedding they
+        cost no matrix-multiply FLOPs and are left out of ``num_parameters(non_embedding=True)``. None here."""
+        return 0
+
     def embedding(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         return None
 
@@ -113,6 +118,9 @@ class LearnedPositions(PositionalEncoding):
     def reset_parameters(self) -> None:
         """``normal(0, init_std)``, the scale of the token embedding it is added to."""
         nn.init.normal_(self.weight, mean=0.0, std=self.config.init_std)
+
+    def lookup_parameters(self) -> int:
+        return self.weight.numel()  # the whole table is a lookup
 
     def embedding(self, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return nn.functional.embedding(position_ids, self.weight)  # (B, T, n_embd)

@@ -125,6 +125,19 @@ def test_extrapolates_is_what_the_encoding_can_do(name):
         assert default_overflow_policy(base) == "slide"
 
 
+@pytest.mark.parametrize("name", POSITIONAL_ENCODINGS)
+def test_an_encoding_s_lookup_parameters_are_counted_as_embeddings(name):
+    """``lookup_parameters`` (a position table read by index) leaves ``non_embedding`` counts and FLOPs alike."""
+    model = MiniGPT(tiny_config(name, "layernorm", "gelu", "mha"))
+    own = sum(p.numel() for p in model.positions.parameters())
+    lookups = model.positions.lookup_parameters()
+    assert lookups == (own if isinstance(model.positions, LearnedPositions) else 0)
+    assert model.num_parameters() - model.num_parameters(non_embedding=True) == model.tok_emb.weight.numel() + lookups
+    config = model.config
+    matmul = model.num_parameters() - lookups  # tied embedding: the head's matmul counts it
+    assert model.flops_per_token() == 6.0 * matmul + 12.0 * config.n_layer * config.n_embd * config.context_length
+
+
 def test_hugging_face_declarations_are_not_inherited():
     """A subclass computes something else: it is exportable only if it says so itself. What it still is (an
     encoding without a table extrapolates) is inherited."""
