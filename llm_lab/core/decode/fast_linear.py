@@ -48,10 +48,11 @@ from torch import nn
 __all__ = ["MIN_BLOCK_COLUMNS", "MIN_NEW_TOKENS", "DecodeLinear", "pays_to_prepare", "prepare_for_decode"]
 
 #: A generation of fewer new tokens than this decodes with the model as it is. Building the copy reads and rewrites
-#: every weight once: for the 6 x 384 model with GPT-2's vocabulary it took about 0.3 s on the development machine
-#: (under load), what about 20 one-row decode steps save (one thread: 21.7 ms a step through ``nn.Linear``, 7.4 ms
-#: through the copy). From batch 1 to 8 and for a 1024-token prefill the copy was never the slower one.
-MIN_NEW_TOKENS = 32
+#: every weight once: for the 6 x 384 model with GPT-2's vocabulary it took 0.15 s on the development machine (one
+#: thread, load about 1), what about 28 one-row decode steps save (13.1 ms a step through ``nn.Linear``, 7.8 ms
+#: through the copy); twice that many steps leaves a clear gain. From batch 1 to 8 and for a 1024-token prefill the
+#: copy was never the slower one.
+MIN_NEW_TOKENS = 64
 
 #: With several threads a weight is cut into this many columns or more per block, one block per thread: a
 #: matrix-vector product runs on one thread, a batch of them (``bmm``) on all.

@@ -563,7 +563,7 @@ def generate(
 
     Args:
         model: a ``MiniGPT`` (anything with ``.config`` and the model's forward contract). It is switched to
-            eval mode for the call and restored afterwards. On a CPU, a call of at least 32 new tokens decodes
+            eval mode for the call and restored afterwards. On a CPU, a call of at least 64 new tokens decodes
             through a fresh :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode` copy of it (the same
             tokens, faster); a model that is such a copy already is used as it is.
         input_ids: one prompt (``list[int]`` or a 1-D tensor), several prompts of any lengths
