@@ -138,10 +138,6 @@ class CausalSelfAttention(nn.Module):
     split on conversion), so the GQA shapes are visible in the weights.
     """
 
-    #: The projections that read the same input, in the order :meth:`project_qkv` returns them. A decode copy
-    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
-    fuse_for_decode: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
-
     def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
         super().__init__()
         if config.attn_impl not in ATTENTION_IMPLS:
@@ -164,6 +160,10 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.fused: nn.Module | None = None  # q/k/v as one product, set only on a decode copy
+
+    #: The projections that read the same input, in the order :meth:`project_qkv` returns them. A decode copy
+    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
+    fuse_for_decode: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(B, T, n_head * hd)``, keys and values ``(B, T, n_kv_head * hd)`` of ``x`` ``(B, T, C)``."""

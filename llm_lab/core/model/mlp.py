@@ -56,10 +56,6 @@ class ReLU2MLP(GeluMLP):
 class SwiGLUMLP(nn.Module):
     """Llama's gated MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
 
-    #: The projections that read the same input, in the order :meth:`project_gate_up` returns them. A decode copy
-    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
-    fuse_for_decode: tuple[str, ...] = ("gate_proj", "up_proj")
-
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
@@ -67,6 +63,10 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.fused: nn.Module | None = None  # gate/up as one product, set only on a decode copy
+
+    #: The projections that read the same input, in the order :meth:`project_gate_up` returns them. A decode copy
+    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
+    fuse_for_decode: tuple[str, ...] = ("gate_proj", "up_proj")
 
     def project_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``gate_proj(x)`` and ``up_proj(x)``, each ``(B, T, H)``."""
