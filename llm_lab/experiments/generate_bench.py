@@ -1,8 +1,9 @@
 """Decoding speed: :func:`~llm_lab.core.decode.generate` against Hugging Face ``generate`` on the same weights.
 
 A random GPT-2-style model (``GPT2LMHeadModel``) is converted with ``from_hf_model``, so both sides run the
-very same fp32 weights. Measured, each as the median of ``repeats`` runs, ours and theirs interleaved so that
-load from other processes hits both alike:
+very same fp32 weights. Ours decodes through a :func:`~llm_lab.core.decode.prepare_for_decode` copy made once
+(on a CPU), as a server does. Measured, each as the median of ``repeats`` runs, ours and theirs interleaved so
+that load from other processes hits both alike:
 
 * greedy tokens per second (``batch * new_tokens / wall time``, prefill included) per batch size, HF with
   ``do_sample=False, use_cache=True`` and its default cache, next to "matmul-only" tokens/s: the model's
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.decode.fast_linear import DecodeLinears
+from llm_lab.core.decode.fast_linear import DecodeLinear, pays_to_prepare, prepare_for_decode
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
 
@@ -142,9 +143,9 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
     """Seconds per decoding step spent in the model's linear layers alone (the unavoidable matmuls).
 
     Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input,
-    in both weight layouts (``nn.Linear``'s own and the ``(in, out)`` copy of
-    :class:`~llm_lab.core.decode.fast_linear.DecodeLinears`), and the faster total counts: a practical lower bound
-    on the time per token step with these fp32 weights on this machine.
+    in both weight layouts (``nn.Linear``'s own and the decode copy's of
+    :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`, fused groups as one product), and the faster
+    total counts: a practical lower bound on the time per token step with these fp32 weights on this machine.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, device=device) for m in layers}
@@ -154,19 +155,19 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
-    products = DecodeLinears(model).products()  # built once, as generate() does
+    products = [m for m in prepare_for_decode(model).modules() if isinstance(m, DecodeLinear)]
 
     def run_decode() -> None:
         with torch.inference_mode():
-            for product, width in products:  # fused groups as one product each, the other layers alone
-                product(inputs[width])
+            for product in products:  # fused groups as one product each, the other layers alone
+                product(inputs[product.in_features])
 
-    runs = (run_own, run_decode) if products else (run_own,)  # no copies off the CPU
+    runs = (run_own, run_decode)
     return min(_median_time(run, device, repeats) for run in runs)
 
 
 def _median_time(run: Callable[[], None], device: torch.device, repeats: int) -> float:
-    run()  # warm-up (and, for the decode layout, building the weight copies)
+    run()  # warm-up
     return statistics.median(_timed(run, device)[0] for _ in range(max(repeats, 5)))
 
 
@@ -177,6 +178,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     s.validate()  # fields may have changed since construction
     device = torch.device(s.device)
     hf, ours = _build_models(s)
+    # Prepared once, as `llm-lab serve` does (the weights never change here); see prepare_for_decode.
+    fast = prepare_for_decode(ours) if pays_to_prepare(ours) else ours
     gen = torch.Generator().manual_seed(s.seed)
     results: dict[str, Any] = {
         "settings": {k: v for k, v in vars(s).items() if k != "extra"},
@@ -191,7 +194,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         mask = torch.ones_like(ids)
 
         def run_ours(ids: torch.Tensor = ids) -> torch.Tensor:
-            return generate(ours, ids, s.new_tokens, temperature=0).sequences
+            return generate(fast, ids, s.new_tokens, temperature=0).sequences
 
         def run_hf(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
             with torch.inference_mode():
@@ -236,7 +239,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
 
     def ours_gap(ids: torch.Tensor) -> float:
         stamps = []
-        for chunk in stream(ours, ids, n, temperature=0):
+        for chunk in stream(fast, ids, n, temperature=0):
             if chunk.token_id is not None:
                 stamps.append(time.perf_counter())
         return _gap_times(stamps)

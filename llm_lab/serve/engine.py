@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.decode import TokenLogprob, score_tokens
+from llm_lab.core.decode import TokenLogprob, prepare_for_decode, score_tokens
 from llm_lab.core.decode import stream as decode_stream
+from llm_lab.core.decode.fast_linear import pays_to_prepare
 from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.devices import resolve_device
 
@@ -76,6 +77,8 @@ class CompletionEngine:
         self.model = model.to(device) if device is not None else model
         self.model.eval()
         self.device = next(self.model.parameters()).device
+        # Prepared once for every request (the weights never change here); scoring and inspection use the model.
+        self.decode_model = prepare_for_decode(self.model) if pays_to_prepare(self.model) else self.model
         self.model_name = model_name
         # The model sees at most this many positions. The last new token is never fed back, so a prompt of P tokens
         # can get up to context_window - P + 1 new tokens (see llm_lab.core.decode.generate).
@@ -185,7 +188,7 @@ class CompletionEngine:
         counts = [0] * len(rows)
         scored: list[list[TokenLogprob]] = [[] for _ in rows]
         chunks = decode_stream(
-            self.model,
+            self.decode_model,
             rows,
             settings.max_new_tokens,
             sampling=settings.sampling,

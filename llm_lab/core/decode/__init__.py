@@ -1,7 +1,8 @@
 """Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``,
-``stream``, ``generate_text``) and log-probabilities (``score_tokens``, ``TokenLogprob``)."""
+``stream``, ``generate_text``), a decode-only copy for speed (``prepare_for_decode``) and log-probabilities
+(``score_tokens``, ``TokenLogprob``)."""
 
-from llm_lab.core.decode.fast_linear import DecodeLinears
+from llm_lab.core.decode.fast_linear import prepare_for_decode
 from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
 from llm_lab.core.decode.logprobs import TokenLogprob, score_tokens
 from llm_lab.core.decode.processors import (
@@ -16,7 +17,6 @@ from llm_lab.core.decode.processors import (
 from llm_lab.core.decode.sampling import LogitsProcessor, SamplingConfig, SamplingParam, register_processor
 
 __all__ = [
-    "DecodeLinears",
     "GenerationOutput",
     "LogitsProcessor",
     "SamplingConfig",
@@ -28,6 +28,7 @@ __all__ = [
     "generate",
     "generate_text",
     "min_p_filter",
+    "prepare_for_decode",
     "process_logits",
     "register_processor",
     "sample_next_token",

@@ -1,4 +1,4 @@
-"""Decode-step linear layers that stream their weights fast on a CPU.
+"""A decode-only copy of a model whose linear layers stream their weights fast on a CPU: :func:`prepare_for_decode`.
 
 A decode step feeds one row per sequence through every weight matrix, so at small batch each ``nn.Linear`` is a
 matrix-vector product whose speed is how fast the weight streams from memory. Three things decide that on a
@@ -13,204 +13,220 @@ CPU, measured on the development machine (2-core AMD EPYC, weights not in cache)
   block per thread and run as one batched product (``bmm``), it uses them all. With two threads all the
   products of a 6 x 384 model with GPT-2's vocabulary took 5.1 ms per token instead of 7.3 ms.
 
-:class:`DecodeLinears` therefore, for the duration of one forward call, gives every ``nn.Linear`` of the model a
-forward that multiplies inputs of at most :data:`MAX_ROWS` rows by a cached ``(in, out)`` copy of its weight
-(cut into column blocks when torch has several threads), and fuses the projections that read the same input
-(the attention's ``project_qkv``, a gated MLP's ``project_gate_up``) into one product. Everything else (more
-rows, autograd, another device, a subclass of ``nn.Linear``) goes through the model's own code. Results equal
-the plain layers up to floating-point summation order.
+:func:`prepare_for_decode` turns a model into a copy built for that, once: every ``nn.Linear`` becomes a
+:class:`DecodeLinear` holding its weight as an ``(in, out)`` matrix (cut into column blocks when torch has several
+threads), and the projections that read the same input become one :class:`DecodeLinear` of several outputs.
+Which projections those are is declared by the module classes themselves, never found by name: a class with a
+``fuse_for_decode`` attribute (the attention's ``("q_proj", "k_proj", "v_proj")``, the gated MLP's
+``("gate_proj", "up_proj")``) names its projections in output order and computes them through its ``fused``
+child when that is set. Results equal the plain layers up to floating-point summation order.
 
-The copies cost one more copy of the linear weights in memory. They are kept between calls, so a server does not
-rebuild them on every request, and freed with the layer (or at once by :meth:`DecodeLinears.release`). A copy is
-rebuilt when the parameters it was made from are replaced (checked by identity) or changed in place through
-autograd-visible operations (an optimizer step, ``load_state_dict``), which bump the tensor's version counter.
-Writes through ``param.data`` bump nothing and cannot be seen: call :meth:`DecodeLinears.release` after them.
-Decode steps take the plain layers (correct, just not faster) when a fused layer has forward hooks, for a
-``torch.compile`` wrapper, and for parameters created under ``torch.inference_mode`` (no version counter).
+Why a copy, and a snapshot. The decode layout is derived from the weights, so it goes stale when they change.
+Torch offers no public way to see an in-place change (an optimizer step, ``load_state_dict``, ``p.mul_()``), so
+instead of watching the model the copy is a snapshot with a clear life: it is made from the weights as they are
+when :func:`prepare_for_decode` is called and never changes afterwards. It shares nothing with the source model
+(training the source cannot leave it half old, half new) and cannot be trained itself: its decode weights are
+buffers, every parameter is frozen, and ``train()`` on it raises. After training or loading new weights, prepare
+again. :func:`~llm_lab.core.decode.generate` and :func:`~llm_lab.core.decode.stream` do exactly that on every call
+that pays for it (a CPU model and at least :data:`MIN_NEW_TOKENS` new tokens, see :func:`pays_to_prepare`), so
+they always decode the current weights; a caller that decodes many times with fixed weights (the server, the
+benchmark, a notebook) prepares once and passes the copy, which they use as it is. Why not one copy per model,
+kept and rebuilt when stale: noticing an in-place change needs the tensors' private version counters (what the
+earlier implementation, which swapped methods onto the layers for each step, read), and a stale copy that goes
+unnoticed gives wrong text silently. The copy costs one more copy of the model's weights in memory while it
+lives, and forward hooks on the model's linear layers do not run in it.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from llm_lab.core.model.attention import CausalSelfAttention
-from llm_lab.core.model.mlp import SwiGLUMLP
+__all__ = ["MIN_BLOCK_COLUMNS", "MIN_NEW_TOKENS", "DecodeLinear", "pays_to_prepare", "prepare_for_decode"]
 
-__all__ = ["FUSED_PROJECTIONS", "MAX_ROWS", "MIN_BLOCK_COLUMNS", "DecodeLinears"]
-
-#: Inputs with at most this many rows (batch x new tokens) take the fast path. From about batch 8 the product is a
-#: real matrix multiply and both layouts ran alike (within 5%), so prefill and large batches keep ``nn.Linear``.
-MAX_ROWS = 4
+#: A generation of fewer new tokens than this decodes with the model as it is. Building the copy reads and rewrites
+#: every weight once: for the 6 x 384 model with GPT-2's vocabulary it took 0.15 s on the development machine (one
+#: thread, load about 1), what about 28 one-row decode steps save (13.1 ms a step through ``nn.Linear``, 7.8 ms
+#: through the copy); twice that many steps leaves a clear gain. From batch 1 to 8 and for a 1024-token prefill the
+#: copy was never the slower one.
+MIN_NEW_TOKENS = 64
 
 #: With several threads a weight is cut into this many columns or more per block, one block per thread: a
 #: matrix-vector product runs on one thread, a batch of them (``bmm``) on all.
 MIN_BLOCK_COLUMNS = 128
 
-#: Modules whose method applies several ``nn.Linear`` children to one input: the method, and those children in
-#: output order. A subclass that overrides the method keeps its own.
-FUSED_PROJECTIONS: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
-    CausalSelfAttention: ("project_qkv", ("q_proj", "k_proj", "v_proj")),
-    SwiGLUMLP: ("project_gate_up", ("gate_proj", "up_proj")),
-}
 
-
-class _Copy(NamedTuple):
-    sources: tuple[weakref.ref, ...]  # the parameters it was made from (weights and biases, in order) ...
-    versions: tuple[int, ...]  # ... and their version counters then
-    parts: int  # column blocks (1: a plain (in, out) matrix)
-    weight: torch.Tensor  # (in, out) or (parts, in, width)
-    bias: torch.Tensor | None  # (out,) or (parts, 1, width)
-
-
-# One copy per owner module (the fused module, or the lone layer). Weak keys: a module that goes away takes its
-# copy along.
-_COPIES: weakref.WeakKeyDictionary[nn.Module, _Copy] = weakref.WeakKeyDictionary()
-
-
-def _split_count(columns: int) -> int:
-    """How many column blocks to cut a weight into: one per thread, each at least :data:`MIN_BLOCK_COLUMNS`."""
+def _split_count(columns: int, device: torch.device) -> int:
+    """How many column blocks to cut a weight into: one per CPU thread, each at least :data:`MIN_BLOCK_COLUMNS`."""
+    if device.type != "cpu":
+        return 1
     return max(1, min(torch.get_num_threads(), columns // MIN_BLOCK_COLUMNS))
 
 
-def _is_current(copy: _Copy | None, params: list[torch.Tensor], versions: tuple[int, ...], parts: int) -> bool:
-    """Was ``copy`` made from exactly these tensors, unchanged since, for this many blocks?"""
-    return (
-        copy is not None
-        and copy.parts == parts
-        and copy.versions == versions
-        and len(copy.sources) == len(params)
-        and all(ref() is p for ref, p in zip(copy.sources, params, strict=True))
-    )
+class DecodeLinear(nn.Module):
+    """One or several linear layers that read the same input, as one product over an ``(in, out)`` weight copy.
 
+    ``forward(x)`` gives what the layers give (``x @ W.T + b`` each, up to summation order): one tensor for one
+    layer, a tuple in the layers' order for several. The weights are buffers (a copy for inference, not
+    parameters to train), laid out as ``(in, out)``, or on a CPU with several threads as ``(parts, in, width)``
+    column blocks, zero-padded to equal width, that one ``bmm`` runs on all threads.
 
-def _make_copy(layers: list[nn.Linear], params: list[torch.Tensor], versions: tuple[int, ...], parts: int) -> _Copy:
-    with torch.no_grad():
-        weight = torch.cat([layer.weight for layer in layers]).t()  # (in, total)
-        bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,)
-        if parts == 1:
-            weight = weight.contiguous()
-        else:
-            # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
-            total = weight.shape[1]
-            width = -(-total // parts)
-            padded = weight.new_zeros(weight.shape[0], parts * width)
-            padded[:, :total] = weight
-            weight = padded.view(-1, parts, width).transpose(0, 1).contiguous()
-            if bias is not None:
-                bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
-    return _Copy(tuple(weakref.ref(p) for p in params), versions, parts, weight, bias)
+    Args:
+        layers: exact ``nn.Linear`` layers with the same input width, all with a bias or all without.
 
+    Raises:
+        ValueError: no layers, a subclass of ``nn.Linear`` (its own forward would be skipped), different input
+            widths, or a mix of layers with and without a bias.
+    """
 
-def _fast_product(owner: nn.Module, names: tuple[str, ...] | None, slow: Callable) -> Callable:
-    """A replacement for ``slow(x)``: ``owner(x)`` for a lone layer (``names`` None), else the tuple of the
-    ``owner.<name>(x)``. The layers and parameters are looked up on every call, so replacing them is seen."""
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        if not layers or any(type(layer) is not nn.Linear for layer in layers):
+            raise ValueError("DecodeLinear needs one or more nn.Linear layers (not subclasses, whose forward differs)")
+        if len({layer.in_features for layer in layers}) != 1 or len({layer.bias is None for layer in layers}) != 1:
+            raise ValueError(
+                "layers fused into one DecodeLinear must share their input width and all have a bias or none"
+            )
+        self.in_features = layers[0].in_features
+        self.sizes = tuple(layer.out_features for layer in layers)
+        total = sum(self.sizes)
+        with torch.no_grad():
+            weights = [layer.weight for layer in layers]
+            weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).t()  # (in, total)
+            bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,), a copy
+            parts = _split_count(total, weight.device)
+            if parts == 1:
+                weight = weight.clone(memory_format=torch.contiguous_format)  # always a copy, never a view
+            else:
+                # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
+                width = -(-total // parts)
+                padded = weight.new_zeros(weight.shape[0], parts * width)
+                padded[:, :total] = weight
+                weight = padded.view(-1, parts, width).transpose(0, 1).contiguous()
+                if bias is not None:
+                    bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
+        # Not called weight/bias: code that reads a layer's ``weight`` expects ``(out, in)`` and must fail here, not
+        # compute with a transposed square matrix.
+        self.register_buffer("packed_weight", weight.detach(), persistent=False)
+        self.register_buffer("packed_bias", None if bias is None else bias.detach(), persistent=False)
+        self.train(False)
 
-    def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        rows = x.numel() // max(x.shape[-1], 1)
-        if rows > MAX_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return slow(x)
-        layers = [owner] if names is None else [getattr(owner, name) for name in names]
-        if names is not None and any(
-            type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in layers
-        ):
-            return slow(x)  # a fused product would skip a layer's hooks (or a replaced layer's own forward)
-        params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            return slow(x)  # autograd must see the real weights
-        try:
-            versions = tuple(p._version for p in params)
-        except RuntimeError:  # inference-mode parameters have no version counter: a change could not be seen
-            return slow(x)
-        sizes = [layer.out_features for layer in layers]
-        total = sum(sizes)
-        parts = _split_count(total)
-        copy = _COPIES.get(owner)
-        if not _is_current(copy, params, versions, parts):
-            copy = _COPIES[owner] = _make_copy(layers, params, versions, parts)
-        weight, bias = copy.weight, copy.bias
-        flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-        if parts == 1:  # weight (in, total)
+    @property
+    def parts(self) -> int:
+        """Column blocks the weight is cut into (1: a plain ``(in, out)`` matrix)."""
+        return 1 if self.packed_weight.dim() == 2 else self.packed_weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        weight, bias, total = self.packed_weight, self.packed_bias, sum(self.sizes)
+        flat = x.reshape(-1, self.in_features)  # (rows, in)
+        if weight.dim() == 2:  # (in, total)
             out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)  # (rows, total)
-        else:  # weight (parts, in, width): one block per thread
-            stacked = flat.expand(parts, *flat.shape)  # (parts, rows, in)
+        else:  # (parts, in, width): one block per thread
+            stacked = flat.expand(weight.shape[0], *flat.shape)  # (parts, rows, in)
             out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias, stacked, weight)
-            out = out.transpose(0, 1).reshape(rows, -1)[:, :total]  # (rows, total)
-        if names is None:
+            out = out.transpose(0, 1).reshape(flat.shape[0], -1)[:, :total]  # (rows, total)
+        if len(self.sizes) == 1:
             return out.view(*x.shape[:-1], total)
-        return tuple(part.view(*x.shape[:-1], size) for part, size in zip(out.split(sizes, dim=-1), sizes, strict=True))
+        return tuple(part.view(*x.shape[:-1], part.shape[-1]) for part in out.split(self.sizes, dim=-1))
 
-    return forward
+    def train(self, mode: bool = True) -> DecodeLinear:
+        """Only ``train(False)`` is allowed: a decode copy is a snapshot, training it would change nothing real."""
+        if mode:
+            raise ValueError(
+                "this model is a decode-only copy made by prepare_for_decode and cannot be trained; train the "
+                "original model and call prepare_for_decode again"
+            )
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        bias = self.packed_bias is not None
+        return f"in_features={self.in_features}, out_features={self.sizes}, bias={bias}, parts={self.parts}"
 
 
-class DecodeLinears:
-    """Context manager: within it, few-row inputs of the model's linear layers use fast fused ``(in, out)`` copies.
+def _fusions(model: nn.Module) -> dict[nn.Module, tuple[str, ...]]:
+    """The modules whose declared ``fuse_for_decode`` projections can become one product, with those names."""
+    found = {}
+    for module in model.modules():
+        names = getattr(type(module), "fuse_for_decode", ())
+        if not names:
+            continue
+        layers = [getattr(module, name, None) for name in names]
+        if (
+            all(type(layer) is nn.Linear for layer in layers)
+            and len({layer.in_features for layer in layers}) == 1
+            and len({layer.bias is None for layer in layers}) == 1
+        ):
+            found[module] = tuple(names)
+    return found
 
-    Build it once per generation (it finds the layers then) and enter it around each decode-step forward; entering
-    and leaving only swap a few attributes. On a model that is not on the CPU it changes nothing. Only exact
-    ``nn.Linear`` layers take part, and every replaced method is given back on exit.
+
+def prepare_for_decode(model: nn.Module) -> nn.Module:
+    """A decode-only copy of ``model`` with its linear layers as :class:`DecodeLinear` (see the module docs).
+
+    Every exact ``nn.Linear`` is replaced (subclasses keep their own forward and are copied as they are), and the
+    projections a module declares in ``fuse_for_decode`` become that module's ``fused`` product. Everything else
+    is copied unchanged. The copy is in eval mode, every parameter is frozen and ``train()`` raises; it does not
+    follow later changes to ``model``: prepare again after training or loading weights.
+
+    Idempotent: a model without an exact ``nn.Linear`` left (a prepared copy, or a model that never had one) is
+    returned as it is, not copied.
+
+    Args:
+        model: a ``MiniGPT`` or any module (on any device and dtype; the copy stays there).
+
+    Returns:
+        The decode copy, or ``model`` itself when it has nothing to replace.
 
     Example::
 
-        fast = DecodeLinears(model)
-        with fast:
-            logits, cache = model(next_ids, past_key_values=cache)
+        fast = prepare_for_decode(model)  # once; again after the weights change
+        out = generate(fast, prompt_ids, 200, temperature=0.8, seed=0)
     """
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not linears:
+        return model
+    if not _plain_parameters(model):
+        kinds = sorted({type(p).__name__ for p in model.parameters() if type(p) is not nn.Parameter})
+        raise ValueError(
+            f"prepare_for_decode needs a model whose parameters are plain tensors, got {', '.join(kinds)} (a "
+            "sharded or otherwise wrapped model); decode with the model loaded whole"
+        )
+    fusions = _fusions(model)
+    # Deep-copy everything but the linear layers (they are rebuilt in the decode layout below, not copied twice):
+    # the memo makes each of them copy to None, a free slot in its parent.
+    decode = copy.deepcopy(model, {id(layer): None for layer in linears})
+    for name, source in model.named_modules():
+        if type(source) is nn.Linear:
+            continue  # a slot filled from its parent
+        target = decode.get_submodule(name)
+        names = fusions.get(source, ())
+        if names:
+            target.fused = DecodeLinear([getattr(source, n) for n in names])
+            for n in names:
+                delattr(target, n)  # the fused product replaces them; a stray use fails loudly
+        for child_name, child in source.named_children():
+            if type(child) is nn.Linear and child_name not in names:
+                setattr(target, child_name, DecodeLinear([child]))
+    decode.requires_grad_(False)
+    return decode.eval()
 
-    def __init__(self, model: nn.Module) -> None:
-        self._swaps: list[tuple[nn.Module, str, Callable, int]] = []  # (module, method, replacement, input width)
-        self._active: list[tuple[nn.Module, str]] = []
-        first = next(model.parameters(), None)
-        if first is None or first.device.type != "cpu":
-            DecodeLinears.release(model)  # copies made before a move to another device would only hold memory
-            return
-        if hasattr(model, "_orig_mod"):
-            return  # a torch.compile wrapper: swapped methods would only make it recompile
-        fused: set[nn.Module] = set()
-        for module in model.modules():
-            for base, (method, names) in FUSED_PROJECTIONS.items():
-                if not isinstance(module, base) or getattr(type(module), method) is not getattr(base, method):
-                    continue
-                layers = [getattr(module, name) for name in names]
-                if all(type(m) is nn.Linear for m in layers) and len({m.bias is None for m in layers}) == 1:
-                    fast = _fast_product(module, names, getattr(module, method))
-                    self._swaps.append((module, method, fast, layers[0].in_features))
-                    fused.update(layers)
-        for module in model.modules():
-            if type(module) is nn.Linear and module not in fused:
-                self._swaps.append((module, "forward", _fast_product(module, None, module.forward), module.in_features))
 
-    def products(self) -> list[tuple[Callable[[torch.Tensor], Any], int]]:
-        """Each replacement product (callable on its own, inside the block or not) and its input width.
+def _plain_parameters(model: nn.Module) -> bool:
+    """Whether every parameter is an ordinary tensor (not a DTensor shard of FSDP, say), so copying it copies it all."""
+    return all(type(p) is nn.Parameter for p in model.parameters())
 
-        One decode step runs each of them once; the decoding benchmark times them alone as a bound.
-        """
-        return [(fast, width) for _, _, fast, width in self._swaps]
 
-    @staticmethod
-    def release(model: nn.Module) -> int:
-        """Drop the cached weight copies of ``model``'s layers now (they are rebuilt when next needed).
+def pays_to_prepare(model: nn.Module, new_tokens: int | None = None) -> bool:
+    """Whether a generation of ``new_tokens`` steps gains from :func:`prepare_for_decode`.
 
-        Returns:
-            How many copies were dropped.
-        """
-        owners = [m for m in model.modules() if m in _COPIES]
-        for owner in owners:
-            del _COPIES[owner]
-        return len(owners)
-
-    def __enter__(self) -> DecodeLinears:
-        for module, method, fast, _ in self._swaps:
-            if method not in vars(module):  # not replaced already (by an enclosing block or by the user)
-                setattr(module, method, fast)
-                self._active.append((module, method))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for module, method in self._active:
-            delattr(module, method)
-        self._active = []
+    Only on a CPU (the layouts are about a CPU's BLAS; elsewhere the model runs as it is) and for at least
+    :data:`MIN_NEW_TOKENS` steps, so that building the copy costs less than the steps save. ``new_tokens=None``
+    asks about a copy kept for many generations, whose cost is paid once. Never for a model whose parameters are
+    not plain tensors (an FSDP-sharded model decodes as it is).
+    """
+    first = next(model.parameters(), None)
+    on_cpu = first is not None and first.device.type == "cpu" and _plain_parameters(model)
+    return on_cpu and (new_tokens is None or new_tokens >= MIN_NEW_TOKENS)

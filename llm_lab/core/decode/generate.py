@@ -8,9 +8,13 @@ How a call runs:
 3. Prefill: one forward pass over the whole prompt fills the cache and gives the first next-token logits (the
    output head runs for the last position only: ``logits_to_keep=1``).
 4. Decode: one forward pass per new token, feeding only that token; the cache is written in place and nothing
-   of the prefix is recomputed. On a CPU these small-row passes multiply by weight copies laid out for
-   matrix-vector products (:class:`~llm_lab.core.decode.fast_linear.DecodeLinears`). Each step applies the
-   logits processors (``processors.py``) and picks a token.
+   of the prefix is recomputed. Each step applies the logits processors (``processors.py``) and picks a token.
+
+Speed on a CPU. A generation of enough new tokens first makes a decode copy of the model
+(:func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`: weights laid out for matrix-vector products, q/k/v
+and gate/up fused; :func:`~llm_lab.core.decode.fast_linear.pays_to_prepare` says when) and runs steps 3-4 through
+it. The copy is made per call, so a call always decodes the model's current weights, also between training steps.
+A model that is already such a copy is used as it is: prepare once to decode many times with fixed weights.
 
 Batches. Rows stop independently: once a row has produced an end token (or hit a stop string) it is
 *finished*; it still rides along in the batched forward pass (its logits are computed and discarded), but no
@@ -53,7 +57,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from llm_lab.core.decode.fast_linear import DecodeLinears
+from llm_lab.core.decode.fast_linear import pays_to_prepare, prepare_for_decode
 from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, step_logprobs, to_token_logprobs
 from llm_lab.core.decode.processors import Sampler, check_next_token_scores
 from llm_lab.core.decode.sampling import SamplingConfig
@@ -318,7 +322,6 @@ class _Decoder:
 
         config = model.config
         self.model = model
-        self.fast_linears = DecodeLinears(model)  # fast weight layout for the one-token steps (CPU only)
         # Only the last position's logits are needed (MiniGPT skips the others; a stand-in model may not know how).
         knows_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.keep_last = {"logits_to_keep": 1} if knows_keep else {}
@@ -369,14 +372,13 @@ class _Decoder:
         cache = self.cache
         if cache is not None and cache.max_len >= L:
             mask = None if self.mask is None else self.mask[:, :L]
-            with self.fast_linears:
-                logits, _ = self.model(
-                    self.tokens[:, cache.length : L],
-                    attention_mask=mask,
-                    past_key_values=cache,
-                    use_cache=True,
-                    **self.keep_last,
-                )
+            logits, _ = self.model(
+                self.tokens[:, cache.length : L],
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+                **self.keep_last,
+            )
         else:
             # Past the window: recompute over the last W tokens, positions renumbered from the mask.
             start = max(L - self.window, 0)
@@ -433,6 +435,18 @@ def default_overflow_policy(config: Any) -> OverflowPolicy:
     return "stop" if config.extrapolates else "slide"
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One validated call of :func:`generate` or :func:`stream`: the decoder, and what turning its tokens into
+    results needs."""
+
+    decoder: _Decoder
+    prompt_lengths: list[int]
+    stops: list[str]
+    eos_ids: frozenset[int]
+    tokenizer: Any
+
+
 def _setup(
     model: nn.Module,
     input_ids: Any,
@@ -449,7 +463,7 @@ def _setup(
     tokenizer: Any,
     on_overflow: str | None,
     logprobs: int | None = None,
-) -> tuple[_Decoder, list[int], list[str]]:
+) -> _Call:
     if not hasattr(model, "config"):
         raise ValueError("model must be a MiniGPT (or expose .config like one)")
     config = model.config
@@ -477,6 +491,8 @@ def _setup(
     ids, mask, lengths = _prepare_prompts(input_ids, attention_mask, pad_token_id, config.vocab_size, device)
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
+    if pays_to_prepare(model, new_tokens=max_new_tokens):
+        model = prepare_for_decode(model)  # a snapshot of the current weights, for this call only
     decoder = _Decoder(
         model,
         ids,
@@ -490,11 +506,12 @@ def _setup(
         can_stop=bool(stops),
         logprobs=logprobs,
     )
-    return decoder, lengths, stops
+    return _Call(decoder, lengths, stops, frozenset(eos_ids), tokenizer)
 
 
-def _chunks(decoder: _Decoder, tokenizer: Any, stops: list[str], eos_ids: set[int]) -> Iterator[StreamChunk]:
+def _chunks(call: _Call) -> Iterator[StreamChunk]:
     """Per-row chunks, one step at a time (the shared engine of :func:`stream` and stop-string ``generate``)."""
+    decoder, tokenizer, stops, eos_ids = call.decoder, call.tokenizer, call.stops, call.eos_ids
     B = decoder.tokens.shape[0]
     texts = [_RowText(tokenizer, stops) for _ in range(B)] if tokenizer is not None else None
     active = list(range(B))
@@ -548,7 +565,9 @@ def generate(
 
     Args:
         model: a ``MiniGPT`` (anything with ``.config`` and the model's forward contract). It is switched to
-            eval mode for the call and restored afterwards.
+            eval mode for the call and restored afterwards. On a CPU, a call of at least 64 new tokens decodes
+            through a fresh :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode` copy of it (the same
+            tokens, faster); a model that is such a copy already is used as it is.
         input_ids: one prompt (``list[int]`` or a 1-D tensor), several prompts of any lengths
             (``list[list[int]]``: left-padded here with ``pad_token_id``), or a ``(B, P)`` tensor, left-padded
             when ``attention_mask`` is given.
@@ -585,7 +604,7 @@ def generate(
             overflow with ``on_overflow="error"``.
         TypeError: an unknown keyword (a misspelled sampling setting is named, with the known ones).
     """
-    decoder, lengths, stops = _setup(
+    call = _setup(
         model,
         input_ids,
         max_new_tokens,
@@ -601,15 +620,15 @@ def generate(
         on_overflow=on_overflow,
         logprobs=logprobs,
     )
-    eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
-    B = len(lengths)
+    decoder, eos_ids = call.decoder, call.eos_ids
+    B = len(call.prompt_lengths)
     with eval_mode(model):
-        if stops:
+        if call.stops:
             token_ids: list[list[int]] = [[] for _ in range(B)]
             pieces: list[list[str]] = [[] for _ in range(B)]
             reasons: list[str] = [""] * B
             scored: list[list[TokenLogprob]] = [[] for _ in range(B)]
-            for chunk in _chunks(decoder, tokenizer, stops, eos_ids):
+            for chunk in _chunks(call):
                 if chunk.token_id is not None:
                     token_ids[chunk.row].append(chunk.token_id)
                 if chunk.logprob is not None:
@@ -639,7 +658,9 @@ def generate(
             if tokenizer is not None:
                 texts = [tokenizer.decode_bytes(ids).decode("utf-8", errors="replace") for ids in token_ids]
     sequences = decoder.tokens[:, : decoder.length].clone()
-    return GenerationOutput(sequences, token_ids, texts, reasons, lengths, scored if logprobs is not None else None)
+    return GenerationOutput(
+        sequences, token_ids, texts, reasons, call.prompt_lengths, scored if logprobs is not None else None
+    )
 
 
 def _stack_logprobs(
@@ -688,7 +709,7 @@ def stream(
         for chunk in stream(model, tok.encode("Hello"), 50, tokenizer=tok, eos_token_id=tok.eot_token_id):
             print(chunk.text, end="", flush=True)
     """
-    decoder, _, stops = _setup(
+    call = _setup(
         model,
         input_ids,
         max_new_tokens,
@@ -704,11 +725,10 @@ def stream(
         on_overflow=on_overflow,
         logprobs=logprobs,
     )
-    eos_ids = set(_token_list(eos_token_id, "eos_token_id", model.config.vocab_size))
 
     def run() -> Iterator[StreamChunk]:
         with eval_mode(model):
-            yield from _chunks(decoder, tokenizer, stops, eos_ids)
+            yield from _chunks(call)
 
     return run()
 

@@ -176,13 +176,16 @@ class CausalSelfAttention(nn.Module):
         self.attend = attend
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.fused: nn.Module | None = None  # q/k/v as one product, set only on a decode copy
+
+    #: The projections that read the same input, in the order :meth:`project_qkv` returns them. A decode copy
+    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
+    fuse_for_decode: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries ``(B, T, n_head * hd)``, keys and values ``(B, T, n_kv_head * hd)`` of ``x`` ``(B, T, C)``.
-
-        A method of its own so that the decoder can swap in one fused product of the three (see
-        :mod:`llm_lab.core.decode.fast_linear`).
-        """
+        """Queries ``(B, T, n_head * hd)``, keys and values ``(B, T, n_kv_head * hd)`` of ``x`` ``(B, T, C)``."""
+        if self.fused is not None:
+            return self.fused(x)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(

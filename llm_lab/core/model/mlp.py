@@ -100,9 +100,16 @@ class SwiGLUMLP(MLP):
         self.up_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
         self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.fused: nn.Module | None = None  # gate/up as one product, set only on a decode copy
+
+    #: The projections that read the same input, in the order :meth:`project_gate_up` returns them. A decode copy
+    #: (:func:`llm_lab.core.decode.fast_linear.prepare_for_decode`) holds them as one product in ``fused``.
+    fuse_for_decode: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
 
     def project_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``gate_proj(x)`` and ``up_proj(x)``, each ``(B, T, H)`` (the decoder may fuse the two products)."""
+        """``gate_proj(x)`` and ``up_proj(x)``, each ``(B, T, H)``."""
+        if self.fused is not None:
+            return self.fused(x)
         return self.gate_proj(x), self.up_proj(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
