@@ -322,9 +322,13 @@ class _Decoder:
 
         config = model.config
         self.model = model
-        # Only the last position's logits are needed (MiniGPT skips the others; a stand-in model may not know how).
-        knows_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.keep_last = {"logits_to_keep": 1} if knows_keep else {}
+        # Per step, MiniGPT is told two things a stand-in model may not know: only the last position's logits are
+        # needed, and the ids need no range check (the prompt was checked once, up front, and every new id is drawn
+        # from the model's own vocabulary), so a step on a GPU reads nothing back for it.
+        known = inspect.signature(model.forward).parameters
+        self.step_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in known else {}
+        if "check_id_range" in known:
+            self.step_kwargs["check_id_range"] = False
         self.generator = generator
         self.pad_token_id = pad_token_id
         self.logprobs = logprobs
@@ -355,8 +359,9 @@ class _Decoder:
         self.tokens[:, :P] = ids
         self.mask: torch.Tensor | None = None
         if mask is not None:
-            # New tokens are always real; finished rows' padding is never read back, so it stays 1 too.
-            self.mask = torch.ones(B, P + max_new_tokens, dtype=torch.long, device=device)
+            # New tokens are always real; finished rows' padding is never read back, so it stays 1 too. Boolean: the
+            # 0/1 values were checked up front, and a bool mask needs no per-step value check in the model.
+            self.mask = torch.ones(B, P + max_new_tokens, dtype=torch.bool, device=device)
             self.mask[:, :P] = mask
         cache_len = min(P + max_new_tokens - 1, W)
         self.cache = KVCache(config, B, max_len=cache_len) if P <= W and cache_len >= P else None
@@ -377,13 +382,13 @@ class _Decoder:
                 attention_mask=mask,
                 past_key_values=cache,
                 use_cache=True,
-                **self.keep_last,
+                **self.step_kwargs,
             )
         else:
             # Past the window: recompute over the last W tokens, positions renumbered from the mask.
             start = max(L - self.window, 0)
             mask = None if self.mask is None else self.mask[:, start:L]
-            logits, _ = self.model(self.tokens[:, start:L], attention_mask=mask, **self.keep_last)
+            logits, _ = self.model(self.tokens[:, start:L], attention_mask=mask, **self.step_kwargs)
         return logits[:, -1, :]
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:

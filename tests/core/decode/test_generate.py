@@ -159,6 +159,24 @@ def test_prefill_once_then_one_token_per_forward_pass(batched):
     assert all(len(row) == 6 for row in out.token_ids)
 
 
+@pytest.mark.parametrize("window", ["cached", "sliding"])
+def test_decode_steps_skip_the_model_s_per_call_value_checks(window):
+    """The prompt's ids and mask are checked once, up front; each step then tells the model to skip its id-range
+    check and hands it a boolean mask (no 0/1 value check), so on a GPU a step reads nothing back for them."""
+    model = tiny(context_length=8 if window == "sliding" else 32)  # sliding: learned positions past the context
+    calls = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    ids, mask = left_pad(PROMPTS)
+    generate(model, ids, 6, temperature=0, attention_mask=mask)
+    assert len(calls) == 6
+    assert all(kw["check_id_range"] is False and kw["logits_to_keep"] == 1 for kw in calls)
+    assert all(kw["attention_mask"].dtype == torch.bool for kw in calls)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size=61\); got 61"):
+        generate(model, [[1, 61]], 3)
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 0 \(padding\) and 1 \(real token\)"):
+        generate(model, ids, 3, attention_mask=mask * 2)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_cached_greedy_equals_the_uncached_reference(variant):
     model = tiny(**VARIANTS[variant])
