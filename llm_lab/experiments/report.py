@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llm_lab.core.train.checkpoint import RUN_FILE
 from llm_lab.core.train.trainer import RUNTIME_FILE
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
@@ -96,8 +97,8 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
     if not steps:
         return None
     run_json: dict[str, Any] = {}
-    if (run_dir / "run.json").is_file():
-        run_json = load_json_file(run_dir / "run.json")  # strict: duplicate keys, NaN, deep nesting refused
+    if (run_dir / RUN_FILE).is_file():
+        run_json = load_json_file(run_dir / RUN_FILE)  # strict: duplicate keys, NaN, deep nesting refused
         if not isinstance(run_json, dict):
             raise ValueError(f"{run_dir / 'run.json'}: expected a JSON object with 'model' and 'train' sections")
     summary, parameters, precision, batch_size = _config_summary(run_json)

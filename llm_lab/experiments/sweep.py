@@ -58,6 +58,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llm_lab.core.model.memory import estimate_memory
+from llm_lab.core.train.checkpoint import RUN_FILE, run_checkpoint_path
 from llm_lab.core.train.run import PreparedRun, RunConfig, prepare_run
 from llm_lab.core.train.trainer import NonFiniteLossError
 from llm_lab.utils.config_loader import parse_override_value
@@ -581,7 +582,7 @@ class _Task:
 
 def _clear_unstarted(run_dir: Path) -> None:
     """Remove a run directory that a kill left before it had a run.json (only the tokenizer the start writes)."""
-    if run_dir.is_dir() and not (run_dir / "run.json").exists():
+    if run_dir.is_dir() and not (run_dir / RUN_FILE).exists():
         if {p.name for p in run_dir.iterdir()} - {"tokenizer"}:
             raise ValueError(f"{run_dir} holds files that no llm-lab run wrote; move them away and rerun the sweep")
         shutil.rmtree(run_dir)
@@ -597,9 +598,9 @@ def _train_one(task: _Task) -> str:
     run_dir = out_dir / "runs" / task.name
     config = RunConfig.from_dict(task.config, where=f"{MANIFEST}: run {task.name}")
     _clear_unstarted(run_dir)
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = run_checkpoint_path(run_dir, "last").is_file()
     # A run killed before its first checkpoint has nothing to continue from: it starts over, in its own folder.
-    overwrite = not resume and (run_dir / "run.json").is_file()
+    overwrite = not resume and (run_dir / RUN_FILE).is_file()
     log = out_dir / "logs" / f"{task.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):

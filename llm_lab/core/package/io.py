@@ -65,6 +65,7 @@ from llm_lab.core.train.checkpoint import (
     BEST_FILE,
     CHECKPOINT_DIR,
     LAST_FILE,
+    RUN_FILE,
     CheckpointError,
     load_checkpoint,
     read_state_dict,
@@ -613,7 +614,7 @@ def _check_run_dir(run_dir: Path) -> dict[str, Any]:
     """``run.json`` of a run directory (which must exist), as a dict."""
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    run_json = run_dir / "run.json"
+    run_json = run_dir / RUN_FILE
     if not run_json.is_file():
         raise PackageError(f"{run_json}: missing, so {run_dir} is not a run directory")
     run_config = read_json(run_json)
@@ -677,7 +678,7 @@ def load_package_or_run(
         recover_directory(path)
     if not path.exists():
         raise FileNotFoundError(f"no package or run directory at {path}")
-    if (path / "run.json").is_file() and not is_package(path):
+    if (path / RUN_FILE).is_file() and not is_package(path):
         return load_run(path, checkpoint=checkpoint or "best", device=device)
     return load_model_package(path, checkpoint=checkpoint, device=device)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from llm_lab.core.train.checkpoint import BEST_FILE, CHECKPOINT_DIR, FILES, LAST_FILE
+from llm_lab.core.train.checkpoint import BEST_FILE, CHECKPOINT_DIR, FILES, LAST_FILE, RUN_FILE
 from llm_lab.utils.dirswap import unexpected_files
 from llm_lab.utils.json_input import loads_strict
 
@@ -154,7 +154,7 @@ def package_layout(path: str | Path) -> str:
     if not missing:
         return "spec"
     hint = ""
-    if (path / "run.json").is_file():
+    if (path / RUN_FILE).is_file():
         hint = f"; it looks like a run directory: `llm-lab package create {path} OUT` makes a package from it"
     raise PackageError(
         f"{path / MANIFEST_FILE}: missing, so {path} is not a complete package, nor one in the spec's layout "

@@ -52,6 +52,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "FORMAT_VERSION",
     "LAST_FILE",
+    "RUN_FILE",
     "CheckpointError",
     "UnsafePickleError",
     "capture_rng_state",
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# The names of a run directory: RUN_DIR/run.json (the run's record, written by llm_lab.core.train.run) and
+# RUN_DIR/checkpoints/{last.pt, best_val.pt}; runs, sweeps and packages all read them from here.
+RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_FILE = "last.pt"
 BEST_FILE = "best_val.pt"

@@ -47,7 +47,13 @@ from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
 from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
-from llm_lab.core.train.checkpoint import CheckpointError, load_resume_checkpoint, run_checkpoint_path
+from llm_lab.core.train.checkpoint import (
+    CHECKPOINT_DIR,
+    RUN_FILE,
+    CheckpointError,
+    load_resume_checkpoint,
+    run_checkpoint_path,
+)
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
@@ -87,7 +93,7 @@ _RECORD_KEYS = ("kind", "format_version", "description", "data_source", "init_fr
 _TOKENIZER_DIR = "tokenizer"
 # Files a run writes besides run.json, its tokenizer (listed in run.json's "files") and checkpoints/*.pt:
 # the metrics and samples of the Trainer, and the default figure of `llm-lab plot`.
-_RUN_FILES = frozenset({"run.json", RUNTIME_FILE, "metrics.csv", "samples.txt", "loss.png"})
+_RUN_FILES = frozenset({RUN_FILE, RUNTIME_FILE, "metrics.csv", "samples.txt", "loss.png"})
 
 
 @dataclass
@@ -237,7 +243,7 @@ def resolve_run_config(
         if config_path is None:
             raise ValueError("a new run needs --config FILE.json (or --resume to continue the run in --out)")
         return load_run_config(config_path, overrides)
-    run_json = Path(out_dir) / "run.json"
+    run_json = Path(out_dir) / RUN_FILE
     if not run_json.is_file():
         raise ValueError(f"cannot resume: {out_dir} holds no run (no run.json); drop --resume to start one there")
     saved = load_run_config(run_json, overrides)
@@ -305,12 +311,12 @@ def _is_run_file(name: str, listed: set[str]) -> bool:
     if name in _RUN_FILES or name in listed or is_logger_file(name):
         return True
     folder, _, file = name.partition("/")
-    return folder == "checkpoints" and "/" not in file and file.endswith(".pt") and not file.startswith(".")
+    return folder == CHECKPOINT_DIR and "/" not in file and file.endswith(".pt") and not file.startswith(".")
 
 
 def _recognised_run(out: Path) -> dict[str, Any]:
     """``run.json`` of ``out`` when this project wrote it (marker and format version), else ``ValueError``."""
-    run_json = out / "run.json"
+    run_json = out / RUN_FILE
     data = load_json_file(run_json)
     if not isinstance(data, dict) or data.get("kind") != RUN_KIND or data.get("format_version") != RUN_FORMAT_VERSION:
         raise ValueError(
@@ -355,13 +361,13 @@ def check_run_directory(
         return
     if clean_up:
         remove_stale_temp_files(out)
-        remove_stale_temp_files(out / "checkpoints")
+        remove_stale_temp_files(out / CHECKPOINT_DIR)
     if resume:
         return  # resolve_run_config and the checkpoint check cover it
     found = unexpected_files(out, ())
     if not found:
         return
-    if not (out / "run.json").is_file():
+    if not (out / RUN_FILE).is_file():
         raise ValueError(
             f"--out {out} is not empty and holds no llm-lab run (found {found[0]}); choose a new or empty directory"
         )
@@ -440,7 +446,7 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
 
 def _saved_data_source(out: Path) -> dict[str, Any]:
     try:
-        saved = load_json_file(out / "run.json").get("data_source")
+        saved = load_json_file(out / RUN_FILE).get("data_source")
     except (ValueError, AttributeError):
         return {}
     return saved if isinstance(saved, dict) else {}
@@ -472,7 +478,7 @@ def _check_resume(
     model_config = config_to_dict(config.model)
     if checkpoint["model_config"] != model_config:
         diff = _differences(checkpoint["model_config"], model_config)
-        raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / 'run.json'}")
+        raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / RUN_FILE}")
     if int(checkpoint["rng"]["world_size"]) != dist_info.world_size:
         raise CheckpointError(
             f"{last} was written by {checkpoint['rng']['world_size']} process(es); resume with the same number"
@@ -572,12 +578,12 @@ class PreparedRun:
         out = self.out_dir
         if self.resume_checkpoint is not None:
             files = [f"{_TOKENIZER_DIR}/{name}" for name in unexpected_files(out / _TOKENIZER_DIR, ())]
-            atomic_write_json(out / "run.json", self.run_json(files))
+            atomic_write_json(out / RUN_FILE, self.run_json(files))
             return
         check_run_directory(out, overwrite=self.overwrite)  # nothing foreign appeared since prepare_run
         with staged_directory(out) as staged:
             self.tokenizer.save(staged / _TOKENIZER_DIR)
-            atomic_write_json(staged / "run.json", self.run_json(unexpected_files(staged, ())))
+            atomic_write_json(staged / RUN_FILE, self.run_json(unexpected_files(staged, ())))
 
 
 def prepare_run(
