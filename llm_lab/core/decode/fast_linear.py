@@ -45,7 +45,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MIN_BLOCK_COLUMNS", "MIN_NEW_TOKENS", "DecodeLinear", "pays_to_prepare", "prepare_for_decode"]
+__all__ = [
+    "MIN_BLOCK_COLUMNS",
+    "MIN_NEW_TOKENS",
+    "DecodeLinear",
+    "is_decode_copy",
+    "pays_to_prepare",
+    "prepare_for_decode",
+]
 
 #: A generation of fewer new tokens than this decodes with the model as it is. Building the copy reads and rewrites
 #: every weight once: for the 6 x 384 model with GPT-2's vocabulary it took 0.15 s on the development machine (one
@@ -185,6 +192,8 @@ def prepare_for_decode(model: nn.Module) -> nn.Module:
         fast = prepare_for_decode(model)  # once; again after the weights change
         out = generate(fast, prompt_ids, 200, temperature=0.8, seed=0)
     """
+    if type(model) is nn.Linear:  # a bare layer: it is its own (only) product
+        return DecodeLinear([model])
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if not linears:
         return model
@@ -211,7 +220,23 @@ def prepare_for_decode(model: nn.Module) -> nn.Module:
             if type(child) is nn.Linear and child_name not in names:
                 setattr(target, child_name, DecodeLinear([child]))
     decode.requires_grad_(False)
+    # ``train()`` on the copy raises in its first DecodeLinear, after torch has already switched the modules before
+    # it to training mode; this hook keeps such a half-switched copy from decoding with dropout on.
+    decode.register_forward_pre_hook(_refuse_training_mode)
     return decode.eval()
+
+
+def is_decode_copy(model: nn.Module) -> bool:
+    """Whether ``model`` holds :class:`DecodeLinear` layers (a :func:`prepare_for_decode` copy or part of one)."""
+    return any(isinstance(m, DecodeLinear) for m in model.modules())
+
+
+def _refuse_training_mode(module: nn.Module, args: tuple) -> None:
+    if any(m.training for m in module.modules()):
+        raise ValueError(
+            "this decode-only copy (prepare_for_decode) is in training mode; call .eval() on it, or train the model "
+            "it was prepared from and prepare again"
+        )
 
 
 def _plain_parameters(model: nn.Module) -> bool:

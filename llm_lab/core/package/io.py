@@ -473,9 +473,16 @@ def save_model_package(
     Raises:
         FileExistsError: ``path`` exists and is not an llm-lab package holding only its own files (never
             clobbered), or is one and ``overwrite`` is False.
-        PackageError: the tokenizer has more tokens than the model's vocabulary.
+        PackageError: the tokenizer has more tokens than the model's vocabulary, or ``model`` is a decode-only copy.
     """
+    from llm_lab.core.decode.fast_linear import is_decode_copy
+
     path = Path(path)
+    if is_decode_copy(unwrap_model(model)):
+        raise PackageError(
+            "save_model_package: this is a decode-only copy (prepare_for_decode), whose weights are laid out for "
+            "decoding and not saved; save the model it was prepared from"
+        )
     config_from_model = getattr(unwrap_model(model), "config", None)
     if isinstance(config_from_model, MiniGPTConfig) and config_from_model != config:
         raise PackageError("save_model_package: `config` differs from model.config; pass the model's own config")

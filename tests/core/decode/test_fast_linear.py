@@ -122,8 +122,29 @@ def test_the_copy_cannot_be_trained():
     assert not any(t.requires_grad for t in [*fast.parameters(), *fast.buffers()])
     with pytest.raises(ValueError, match="decode-only copy made by prepare_for_decode and cannot be trained"):
         fast.train()
+    # torch switched the modules before the first DecodeLinear to training mode before the refusal: such a copy
+    # refuses to run (no decoding with dropout on) until it is put back in eval mode.
+    with pytest.raises(ValueError, match=r"decode-only copy \(prepare_for_decode\) is in training mode; call .eval"):
+        fast(torch.tensor([[1, 2, 3]]))
     fast.eval()  # eval mode still works (generate switches models to it and back)
     assert not any(m.training for m in fast.modules())
+    fast(torch.tensor([[1, 2, 3]]))
+
+
+def test_a_bare_linear_layer_and_saving_a_copy(tmp_path):
+    layer = torch.nn.Linear(3, 4)
+    fast = prepare_for_decode(layer)
+    assert isinstance(fast, DecodeLinear)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(fast(x), layer(x), rtol=1e-5, atol=1e-6)
+    from llm_lab.core.package.io import save_model_package
+    from llm_lab.core.tokenization import CharTokenizer
+
+    model = tiny("gpt2")
+    tokenizer = CharTokenizer.from_text("".join(chr(97 + i % 26) for i in range(model.config.vocab_size)))
+    with pytest.raises(ValueError, match=r"decode-only copy \(prepare_for_decode\).*save the model it was prepared"):
+        save_model_package(tmp_path / "pkg", model.config, tokenizer, prepare_for_decode(model))
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_generate_decodes_the_current_weights_after_training(prepared_calls):
