@@ -196,13 +196,6 @@ def extrapolation_losses(
     return total / n_total, beyond / n_beyond
 
 
-def _median_tokens_per_second(history: Sequence[dict[str, Any]]) -> float | None:
-    # The first logged row includes warm-up (first calls allocate and pick kernels): leave it out when possible.
-    values = [row["tokens_per_second"] for row in history if row.get("tokens_per_second")]
-    values = values[1:] if len(values) > 1 else values
-    return statistics.median(values) if values else None
-
-
 def extrapolation_results(factor: int, trainer: Any, prepared: PreparedRun) -> dict[str, Any]:
     """The sweep's after-run evaluation for this study: the validation loss at ``factor`` times the context.
 
