@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from llm_lab import __version__
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.utils.errors import USER_ERRORS, CLIError, report_user_error
+from llm_lab.utils.malloc import retain_freed_memory
 
 __all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error", "run_command"]
 
@@ -85,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
-    """Apply ``--threads`` and run the command; user errors become one line and exit code 2."""
+    """Apply ``--threads``, keep freed memory for reuse, run the command; user errors: one line and exit code 2."""
     try:
         apply_threads_option(args.threads)
+        retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         return report_user_error(prog, e)

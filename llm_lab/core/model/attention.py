@@ -7,9 +7,12 @@
 * Optional QK-norm (Dehghani et al., 2023, "Scaling Vision Transformers to 22 Billion Parameters"):
   queries and keys are normalised per head before the dot product, which keeps the logits bounded.
 
-Two interchangeable implementations of the softmax step, picked by ``config.attn_impl`` from
-``ATTENTION_IMPLS``: ``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels),
-``reference`` spells out ``softmax(q k^T / sqrt(d) + mask) v`` for tests and teaching.
+Interchangeable implementations of the softmax step, picked by ``config.attn_impl`` from ``ATTENTION_IMPLS``:
+``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch's fused kernels); ``chunked`` computes
+plain causal passes in query chunks with large batched products (:mod:`llm_lab.core.model.chunked_attention`, the
+fast choice for training on a CPU, where the backward of PyTorch's flash kernel is slow); ``auto`` (the default)
+takes ``chunked`` where it is the faster kernel and its memory is bounded, ``sdpa`` everywhere else; ``reference``
+spells out ``softmax(q k^T / sqrt(d) + mask) v`` for tests and teaching.
 
 Looking inside. A forward pass given a :class:`~llm_lab.core.model.trace.ForwardTrace` takes the written-out path
 whatever ``attn_impl`` says and records each layer's attention probabilities ``(B, n_head, T, S)``
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_lab.core.model.chunked_attention import MAX_TRAINING_POSITIONS, chunked_causal_attention
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import build_norm
 from llm_lab.core.model.positional import apply_rotary
@@ -47,7 +51,9 @@ __all__ = [
     "ATTENTION_TYPES",
     "CausalSelfAttention",
     "attention_probs",
+    "auto_attention",
     "build_attention_mask",
+    "chunked_attention",
     "reference_attention",
     "repeat_kv",
     "sdpa_attention",
@@ -132,8 +138,41 @@ def reference_attention(
     return probs @ v  # (B, n_head, T, hd)
 
 
+def chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """A plain causal pass (no mask, no dropout, as many keys as queries) through the chunked kernel; others: sdpa.
+
+    The chunked kernel (:func:`~llm_lab.core.model.chunked_attention.chunked_causal_attention`) knows only the
+    causal mask; a padding mask, a cached prefix or attention dropout goes to :func:`sdpa_attention`.
+    """
+    if mask is None and dropout_p == 0.0 and q.shape[-2] == k.shape[-2]:
+        return chunked_causal_attention(q, k, v)
+    return sdpa_attention(q, k, v, mask, dropout_p)
+
+
+def auto_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """:func:`chunked_attention` where it is the faster kernel and its memory is bounded, else :func:`sdpa_attention`.
+
+    Chunked: a plain causal pass on a CPU, and, when gradients are needed (it keeps the probabilities for the
+    backward), at most ``MAX_TRAINING_POSITIONS`` positions. Everything else (GPUs, padding masks, cached decoding,
+    attention dropout, long training sequences) runs PyTorch's fused kernels.
+    """
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type == "cpu" and not (training and q.shape[-2] > MAX_TRAINING_POSITIONS):
+        return chunked_attention(q, k, v, mask, dropout_p)
+    return sdpa_attention(q, k, v, mask, dropout_p)
+
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
-ATTENTION_IMPLS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "reference": reference_attention}
+ATTENTION_IMPLS: dict[str, AttentionFn] = {
+    "auto": auto_attention,
+    "sdpa": sdpa_attention,
+    "chunked": chunked_attention,
+    "reference": reference_attention,
+}
 """The only list of attention implementations: ``MiniGPTConfig.attn_impl`` picks one."""
 
 ATTENTION_TYPES: dict[str, str] = {

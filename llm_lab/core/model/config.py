@@ -124,7 +124,8 @@ class MiniGPTConfig:
             Reads back resolved (never ``None``).
         max_seq_len: the longest sequence the model accepts; ``None`` means ``context_length``. Longer than the
             context only for encodings that extrapolate (:attr:`extrapolates`).
-        attn_impl: a key of ``ATTENTION_IMPLS`` (``llm_lab.core.model.attention``).
+        attn_impl: a key of ``ATTENTION_IMPLS`` (``llm_lab.core.model.attention``); ``auto`` picks the fastest
+            kernel for each pass.
         zero_init_residual: initialise the residual output projections (attention ``o_proj``, MLP
             ``down_proj``) at zero, so every block starts as the identity (the GPT speedruns' init).
         zero_init_head: initialise the output head at zero (uniform predictions at step 0); needs
@@ -156,7 +157,7 @@ class MiniGPTConfig:
     init_std: float = 0.02
     attention_type: AttentionType | None = GivenOrDerived(_derive_attention_type)  # type: ignore[assignment]
     max_seq_len: int | None = None
-    attn_impl: AttnImpl = "sdpa"
+    attn_impl: AttnImpl = "auto"
     zero_init_residual: bool = False
     zero_init_head: bool = False
     bigram_embedding: bool = False

@@ -59,6 +59,7 @@ from llm_lab.core.train.schedule import SCHEDULES
 from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.malloc import retain_freed_memory
 from llm_lab.utils.modules import eval_mode
 from llm_lab.utils.threads import apply_threads
 
@@ -151,6 +152,8 @@ class Trainer:
         if config.threads is not None:
             apply_threads(config.threads)
         self.device = select_device(config.device, self.dist.local_rank)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # large temporaries are reused instead of faulted in each step (llm_lab.utils.malloc)
         self.precision = resolve_precision(config.precision, self.device, model)
         self.train_data = train_data
         self.val_data = val_data

@@ -22,7 +22,7 @@ def test_defaults_resolve_kv_heads_and_attention_type():
         ({"mlp": "tanh"}, r"mlp='tanh' is not supported; choose one of: gelu, gelu_tanh, swiglu, relu2"),
         ({"pos_encoding": "xpos"}, r"choose one of: learned, sinusoidal, rope, alibi, none"),
         ({"attention_type": "mla"}, r"attention_type='mla' is not supported; choose one of: mha, gqa, mqa"),
-        ({"attn_impl": "flash"}, r"attn_impl='flash' is not supported; choose one of: sdpa, reference"),
+        ({"attn_impl": "flash"}, r"attn_impl='flash' is not supported; choose one of: auto, sdpa, chunked, reference"),
         ({"n_head": 4, "n_embd": 32, "attention_type": "mha", "n_kv_head": 2}, r"disagrees with n_kv_head=2"),
         ({"n_head": 4, "n_embd": 32, "attention_type": "gqa"}, r"attention_type='gqa' needs n_kv_head"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),

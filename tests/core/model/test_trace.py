@@ -53,7 +53,7 @@ def pair(request):
     _randomize(hf)
     hf.eval()
     ours = from_hf_model(hf)
-    assert ours.config.attn_impl == "sdpa"  # the default fast path; the trace still gives the probabilities
+    assert ours.config.attn_impl == "auto"  # the default fast path; the trace still gives the probabilities
     return hf, ours
 
 

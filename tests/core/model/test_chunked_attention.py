@@ -1,0 +1,176 @@
+"""The chunked causal attention kernel against float64 references, and where ``auto`` sends each pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_variants import tiny_config
+
+from llm_lab.core.model import MiniGPT, lm_loss
+from llm_lab.core.model import attention as attention_module
+from llm_lab.core.model.attention import auto_attention, chunked_attention
+from llm_lab.core.model.chunked_attention import MAX_TRAINING_POSITIONS, chunked_causal_attention
+
+
+def _qkv(T: int, dtype: torch.dtype, seed: int = 0, B: int = 2, H: int = 3, hd: int = 16):
+    """q, k, v laid out as the model makes them: ``(B, T, H, hd)`` transposed to ``(B, H, T, hd)`` (not contiguous)."""
+    g = torch.Generator().manual_seed(seed)
+    base = [torch.randn(B, T, H, hd, generator=g) for _ in range(3)]
+    grad_out = torch.randn(B, H, T, hd, generator=g)
+    return base, grad_out
+
+
+def _run(attend, base, grad_out, dtype):
+    q, k, v = (x.to(dtype).transpose(1, 2).requires_grad_() for x in base)
+    out = attend(q, k, v)
+    out.backward(grad_out.to(dtype))
+    return out, (q.grad, k.grad, v.grad)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize(
+    ("T", "chunk"),
+    [(24, 8), (23, 8), (5, 128), (16, 1), (17, 16), (16, 16)],
+    ids=lambda x: str(x),
+)
+def test_float64_equals_sdpa_output_and_gradients(T, chunk):
+    """Exact arithmetic aside, the kernel is the same function: float64 agrees to 1e-12 in value and gradients.
+
+    Chunk sizes cover a length that is a multiple of the chunk, one that is not, one chunk longer than the sequence,
+    one-row chunks and a single chunk that is the whole sequence.
+    """
+    base, grad_out = _qkv(T, torch.float64)
+    out, grads = _run(lambda q, k, v: chunked_causal_attention(q, k, v, chunk=chunk), base, grad_out, torch.float64)
+    ref_out, ref_grads = _run(_sdpa, base, grad_out, torch.float64)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_float64():
+    """torch's numerical gradient check over all three inputs (a chunk that does not divide the length)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 7, 4, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: chunked_causal_attention(q, k, v, chunk=3), (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rounding_error_is_that_of_the_dtype(dtype):
+    """Against a float64 reference, the kernel's error in output and gradients stays within twice PyTorch's own
+    kernel's error at the same dtype (float32: about 1e-7; bf16: about 4e-3, the scores and probabilities are
+    rounded to bf16 as a flash kernel rounds its probabilities)."""
+    base, grad_out = _qkv(256, dtype, B=2, H=2, hd=32)
+    exact_out, exact_grads = _run(_sdpa, base, grad_out, torch.float64)
+    out, grads = _run(chunked_causal_attention, base, grad_out, dtype)
+    torch_out, torch_grads = _run(_sdpa, base, grad_out, dtype)
+    assert out.dtype == dtype
+    assert _rel(out, exact_out) <= 2 * _rel(torch_out, exact_out)
+    for grad, torch_grad, exact in zip(grads, torch_grads, exact_grads, strict=True):
+        assert _rel(grad, exact) <= 2 * _rel(torch_grad, exact)
+
+
+def test_under_autocast_the_inputs_are_cast_like_sdpa():
+    """Under CPU autocast, float32 queries (a norm's output) with bf16 keys and values compute in bf16."""
+    base, _ = _qkv(12, torch.float32)
+    q = base[0].transpose(1, 2)
+    k, v = (x.to(torch.bfloat16).transpose(1, 2) for x in base[1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = chunked_causal_attention(q, k, v, chunk=5)
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_without_gradients_the_same_values():
+    base, grad_out = _qkv(20, torch.float32)
+    q, k, v = (x.transpose(1, 2) for x in base)
+    with torch.no_grad():
+        plain = chunked_causal_attention(q, k, v, chunk=6)
+    out, _ = _run(lambda q, k, v: chunked_causal_attention(q, k, v, chunk=6), base, grad_out, torch.float32)
+    assert torch.equal(plain, out.detach())
+
+
+def test_bad_inputs_are_refused():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match=r"must share one \(B, n_head, T, hd\) shape, got \[\(1, 2, 4, 8\), "):
+        chunked_causal_attention(q, torch.randn(1, 2, 5, 8), q)
+    with pytest.raises(ValueError, match="must share one dtype, got torch.float32, torch.float64, torch.float32"):
+        chunked_causal_attention(q, q.double(), q)
+    for chunk in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"chunk must be a positive integer, got {chunk!r}"):
+            chunked_causal_attention(q, q, q, chunk=chunk)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which kernel each pass takes.
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Records which kernel ``chunked_attention`` / ``auto_attention`` handed each pass to."""
+    seen: list[str] = []
+    chunked, sdpa = attention_module.chunked_causal_attention, attention_module.sdpa_attention
+
+    def spy_chunked(*args, **kwargs):
+        seen.append("chunked")
+        return chunked(*args, **kwargs)
+
+    def spy_sdpa(*args, **kwargs):
+        seen.append("sdpa")
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "chunked_causal_attention", spy_chunked)
+    monkeypatch.setattr(attention_module, "sdpa_attention", spy_sdpa)
+    return seen
+
+
+def test_auto_trains_through_the_chunked_kernel_on_a_cpu(calls):
+    q = torch.randn(1, 2, 8, 4, requires_grad=True)
+    auto_attention(q, q, q, None, 0.0)
+    with torch.no_grad():
+        auto_attention(q, q, q, None, 0.0)  # inference passes too: a pass without gradients saves nothing
+    assert calls == ["chunked", "chunked"]
+
+
+def test_auto_takes_sdpa_where_the_chunked_kernel_does_not_apply(calls):
+    q = torch.randn(1, 2, 8, 4)
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
+    auto_attention(q, q, q, mask, 0.0)  # a padding mask
+    auto_attention(q[:, :, -1:], q, q, mask[..., -1:, :], 0.0)  # one new token over a cache
+    auto_attention(q, q, q, None, 0.1)  # attention dropout
+    long = torch.randn(1, 1, MAX_TRAINING_POSITIONS + 1, 2, requires_grad=True)
+    auto_attention(long, long, long, None, 0.0)  # training beyond the memory bound
+    assert calls == ["sdpa"] * 4
+    with torch.no_grad():
+        auto_attention(long, long, long, None, 0.0)  # without gradients only one chunk's scores are held
+    assert calls[-1] == "chunked"
+
+
+def test_chunked_falls_back_only_where_it_cannot_run(calls):
+    q = torch.randn(1, 2, 8, 4)
+    chunked_attention(q, q, q, None, 0.0)
+    chunked_attention(q, q, q, torch.ones(1, 1, 8, 8, dtype=torch.bool).tril(), 0.0)
+    assert calls == ["chunked", "sdpa"]
+
+
+@pytest.mark.parametrize(
+    "variant", [("rope", "rmsnorm", "swiglu", "gqa"), ("learned", "layernorm", "gelu", "mqa")], ids="-".join
+)
+def test_model_gradients_equal_the_written_out_attention(variant):
+    """A whole model trains the same through ``auto`` (the chunked kernel here) as through ``reference``."""
+    fast = MiniGPT(tiny_config(*variant, attn_impl="auto", qk_norm=True))
+    plain = MiniGPT(tiny_config(*variant, attn_impl="reference", qk_norm=True))
+    plain.load_state_dict(fast.state_dict())
+    data = torch.randint(0, fast.config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(0))
+    for model in (fast, plain):
+        lm_loss(model(data[:, :-1])[0], data[:, 1:]).backward()
+    for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
