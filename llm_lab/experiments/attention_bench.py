@@ -6,8 +6,11 @@ for how memory is measured on a CPU) of:
 
 - ``reference``: the model's plain path (``llm_lab.core.model.attention.reference_attention``: scores, causal
   mask, float32 softmax, weighted sum), which materialises the ``(B, H, T, T)`` score matrix;
-- ``sdpa``: the model's fast path (``scaled_dot_product_attention`` with ``is_causal=True``), whatever
+- ``sdpa``: PyTorch's fused path (``scaled_dot_product_attention`` with ``is_causal=True``), whatever
   kernel PyTorch's dispatcher picks;
+- ``chunked``: the chunked causal kernel (``llm_lab.core.model.chunked_attention``), which the default ``auto``
+  attention uses for CPU passes: large batched products over the causal part only, probabilities kept for the
+  backward;
 - ``sdpa_<kernel>``: each SDPA kernel this machine has, forced with ``torch.nn.attention.sdpa_kernel``
   (``math`` and ``flash`` on CPUs; ``efficient`` and ``cudnn`` as well on CUDA GPUs).
 
@@ -28,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llm_lab.core.model.attention import reference_attention, sdpa_attention
+from llm_lab.core.model.chunked_attention import chunked_causal_attention
 from llm_lab.experiments.measure import peak_memory_bytes, time_callable
 from llm_lab.experiments.plots import plot_attention_benchmark
 from llm_lab.experiments.tables import markdown_table, write_csv
@@ -105,7 +109,7 @@ class AttentionBenchConfig:
         if unknown or not self.modes:
             raise ValueError(f"unknown mode(s) {unknown or self.modes}; choose from: {', '.join(MODES)}")
         if self.backends is not None:
-            known = ("reference", "sdpa", *SDPA_KERNELS)
+            known = ("reference", "sdpa", "chunked", *SDPA_KERNELS)
             unknown = [b for b in self.backends if b not in known]
             if unknown or not self.backends:
                 raise ValueError(f"unknown backend(s) {unknown or self.backends}; choose from: {', '.join(known)}")
@@ -140,6 +144,8 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def _backend_fn(backend: str) -> AttentionFn:
     if backend == "reference":
         return lambda q, k, v: reference_attention(q, k, v, None, 0.0)
+    if backend == "chunked":
+        return chunked_causal_attention
     kernel = SDPA_KERNELS.get(backend)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -151,7 +157,7 @@ def _backend_fn(backend: str) -> AttentionFn:
 
 def available_backends(device: str = "cpu", dtypes: Sequence[str] = ("float32",)) -> list[str]:
     """Backends that run here for every one of ``dtypes`` (forward and backward on a small causal input)."""
-    found = ["reference", "sdpa"]
+    found = ["reference", "sdpa", "chunked"]
     for backend in SDPA_KERNELS:
         fn = _backend_fn(backend)
         try:

@@ -21,7 +21,7 @@ def test_quick_benchmark_writes_sensible_csv_md_and_png(tmp_path, png_ok):
     config = quick_attention_config()
     rows = run_attention_benchmark(config, progress=False)
     backends = available_backends("cpu", config.dtypes)
-    assert backends[:2] == ["reference", "sdpa"] and "sdpa_math" in backends
+    assert backends[:3] == ["reference", "sdpa", "chunked"] and "sdpa_math" in backends
     expected = len(backends) * len(config.dtypes) * len(config.modes) * len(config.seq_lens) * len(config.head_dims)
     assert len(rows) == expected
 
