@@ -46,53 +46,89 @@ MAX_TRAINING_POSITIONS = 1024
 (``n_head * T * (T + chunk) / 2`` values per sequence and layer) outgrow the rest of a layer's activations."""
 
 
-def _causal_chunk_mask(start: int, end: int, device: torch.device) -> torch.Tensor:
-    """``(n, n)`` bool for ``n = end - start``, True above the diagonal: the keys a query of the chunk may not see."""
-    n = end - start
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
-
-
 def _chunk_bounds(length: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, length)) for start in range(0, length, chunk)]
 
 
+def _causal_bias(start: int, end: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(end - start, end)``: 0 where query ``start + i`` may see key ``j`` (``j <= start + i``), else ``-inf``."""
+    rows = torch.arange(start, end, device=device)[:, None]  # (n, 1)
+    keys = torch.arange(end, device=device)[None, :]  # (1, end)
+    return torch.zeros(end - start, end, dtype=dtype, device=device).masked_fill_(keys > rows, float("-inf"))
+
+
+def _empty_like_projection(B: int, H: int, T: int, hd: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``(B, H, T, hd)`` tensor laid out as ``(B, T, H, hd)`` in memory.
+
+    That is the layout of a projection's output split into heads (``view(B, T, H, hd).transpose(1, 2)``), so
+    the caller's ``transpose(1, 2).reshape(B, T, C)`` of an output, and autograd's way back from a gradient to
+    the projection, are free views instead of copies.
+    """
+    return torch.empty_strided((B, H, T, hd), (T * H * hd, hd, H * hd, 1), dtype=like.dtype, device=like.device)
+
+
 class _ChunkedCausalAttention(torch.autograd.Function):
-    """The autograd function behind :func:`chunked_causal_attention` (inputs already ``(B * n_head, T, hd)``)."""
+    """The autograd function behind :func:`chunked_causal_attention`: ``(B, H, T, hd)`` inputs, any layout.
+
+    The batched products need each operand as ``(B * H, rows, hd)`` with one stride per batch entry (PyTorch's
+    CPU ``bmm`` copies anything else), so every operand is copied once into that form: each chunk of queries, the
+    keys and values (and their prefix up to a chunk's end, when it ends before ``T``), each chunk of the
+    gradient. Outputs and gradients are written straight into the projections' layout
+    (:func:`_empty_like_projection`). The ``1 / sqrt(hd)`` scale rides inside the products (``alpha``).
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, chunk: int):  # type: ignore[override]
-        # q, k, v: (BH, T, hd), contiguous, one dtype. q is pre-scaled by 1 / sqrt(hd).
-        BH, T, hd = q.shape
-        out = q.new_empty(BH, T, hd)
-        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        probs = []
+        B, H, T, hd = q.shape
+        BH, scale = B * H, 1.0 / math.sqrt(hd)
+        keys = k.reshape(BH, T, hd)  # (BH, T, hd); a copy unless k is already laid out so
+        values = v.reshape(BH, T, hd)  # (BH, T, hd)
+        out = _empty_like_projection(B, H, T, hd, q)
+        keep = any(ctx.needs_input_grad[:3])
+        saved = []
         for start, end in _chunk_bounds(T, chunk):
-            scores = torch.bmm(q[:, start:end], k[:, :end].mT)  # (BH, end - start, end)
-            scores[:, :, start:end].masked_fill_(_causal_chunk_mask(start, end, q.device), float("-inf"))
-            p = torch._softmax(scores, -1, False)  # (BH, end - start, end), float32 accumulation inside
-            out[:, start:end] = torch.bmm(p, v[:, :end])  # (BH, end - start, hd)
+            n = end - start
+            q_chunk = q[:, :, start:end].reshape(BH, n, hd)  # (BH, n, hd), compact
+            k_seen = keys if end == T else keys[:, :end].contiguous()  # (BH, end, hd): the keys these queries see
+            v_seen = values if end == T else values[:, :end].contiguous()  # (BH, end, hd)
+            bias = _causal_bias(start, end, q.dtype, q.device)  # (n, end): -inf above the diagonal
+            scores = torch.baddbmm(bias, q_chunk, k_seen.mT, alpha=scale)  # (BH, n, end): bias + q k^T / sqrt(hd)
+            probs = torch._softmax(scores, -1, False)  # (BH, n, end), float32 accumulation inside
+            out[:, :, start:end] = torch.bmm(probs, v_seen).view(B, H, n, hd)  # (B, H, n, hd)
             if keep:
-                probs.append(p)
+                saved += [q_chunk, k_seen, v_seen, probs]
         if keep:
-            ctx.save_for_backward(q, k, v, *probs)
+            ctx.save_for_backward(*saved)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, *probs = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        T = q.shape[1]
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
-        for (start, end), p in zip(_chunk_bounds(T, ctx.chunk), probs, strict=True):
-            g = grad_out[:, start:end]  # (BH, end - start, hd)
-            grad_v[:, :end] += torch.bmm(p.mT, g)  # (BH, end, hd)
-            grad_p = torch.bmm(g, v[:, :end].mT)  # (BH, end - start, end)
-            grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
-            grad_q[:, start:end] = torch.bmm(grad_s, k[:, :end])  # (BH, end - start, hd), in units of scaled q
-            grad_k[:, :end] += torch.bmm(grad_s.mT, q[:, start:end])  # (BH, end, hd); q already carries the scale
+        B, H, T, hd = grad_out.shape
+        BH, scale = B * H, 1.0 / math.sqrt(hd)
+        zero = grad_out.new_zeros(())  # the ignored ``input`` of a beta=0 baddbmm
+        grad_q = _empty_like_projection(B, H, T, hd, grad_out)
+        grad_k = _empty_like_projection(B, H, T, hd, grad_out)
+        grad_v = _empty_like_projection(B, H, T, hd, grad_out)
+        saved = ctx.saved_tensors
+        chunks = list(zip(_chunk_bounds(T, ctx.chunk), range(0, len(saved), 4), strict=True))
+        # The last chunk sees every key, so it writes the key and value gradients whole; the others add to them.
+        for (start, end), i in reversed(chunks):
+            q_chunk, k_seen, v_seen, probs = saved[i : i + 4]
+            n = end - start
+            g = grad_out[:, :, start:end].reshape(BH, n, hd)  # (BH, n, hd), compact
+            grad_v_part = torch.bmm(probs.mT, g).view(B, H, end, hd)  # (B, H, end, hd)
+            grad_probs = torch.bmm(g, v_seen.mT)  # (BH, n, end)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)  # (BH, n, end)
+            # The scores were q k^T / sqrt(hd): both gradients carry the scale (applied inside the products).
+            grad_k_part = torch.baddbmm(zero, grad_scores.mT, q_chunk, beta=0, alpha=scale).view(B, H, end, hd)
+            grad_q[:, :, start:end] = torch.baddbmm(zero, grad_scores, k_seen, beta=0, alpha=scale).view(B, H, n, hd)
+            if end == T:
+                grad_k.copy_(grad_k_part)
+                grad_v.copy_(grad_v_part)
+            else:
+                grad_k[:, :, :end] += grad_k_part
+                grad_v[:, :, :end] += grad_v_part
         return grad_q, grad_k, grad_v, None
 
 
@@ -127,11 +163,5 @@ def chunked_causal_attention(
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     elif not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    B, H, T, hd = q.shape
-    # The scale goes into q (a power of two for the usual head sizes, so exact); the products then need no alpha.
-    q3 = q.reshape(B * H, T, hd) * (1.0 / math.sqrt(hd))  # (BH, T, hd), a new contiguous tensor
-    k3 = k.reshape(B * H, T, hd).contiguous()  # (BH, T, hd)
-    v3 = v.reshape(B * H, T, hd).contiguous()  # (BH, T, hd)
     with torch.autocast(device_type, enabled=False):  # the products stay in the dtype chosen above
-        out = _ChunkedCausalAttention.apply(q3, k3, v3, chunk)  # (BH, T, hd)
-    return out.view(B, H, T, hd)
+        return _ChunkedCausalAttention.apply(q, k, v, chunk)  # (B, n_head, T, hd)
