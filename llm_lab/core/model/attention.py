@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_lab.core.model.chunked_attention import MAX_TRAINING_POSITIONS, chunked_causal_attention
+from llm_lab.core.model.chunked_attention import chunked_causal_attention, chunked_is_faster
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import build_norm
 from llm_lab.core.model.positional import apply_rotary
@@ -156,13 +156,16 @@ def auto_attention(
 ) -> torch.Tensor:
     """:func:`chunked_attention` where it is the faster kernel and its memory is bounded, else :func:`sdpa_attention`.
 
-    Chunked: a plain causal pass on a CPU, and, when gradients are needed (it keeps the probabilities for the
-    backward), at most ``MAX_TRAINING_POSITIONS`` positions. Everything else (GPUs, padding masks, cached decoding,
-    attention dropout, long training sequences) runs PyTorch's fused kernels.
+    Chunked: a plain causal pass on a CPU where :func:`~llm_lab.core.model.chunked_attention.chunked_is_faster`
+    says so (bf16 passes; float32 training passes of 256 positions and more; training only up to
+    ``MAX_TRAINING_POSITIONS``, as it keeps the probabilities for the backward). Everything else (GPUs, padding
+    masks, cached decoding, attention dropout, short float32 passes) runs PyTorch's fused kernels.
     """
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if q.device.type == "cpu" and not (training and q.shape[-2] > MAX_TRAINING_POSITIONS):
-        return chunked_attention(q, k, v, mask, dropout_p)
+    if q.device.type == "cpu" and mask is None and dropout_p == 0.0 and q.shape[-2] == k.shape[-2]:
+        training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        if chunked_is_faster(dtype, q.shape[-2], training):
+            return chunked_causal_attention(q, k, v)
     return sdpa_attention(q, k, v, mask, dropout_p)
 
 

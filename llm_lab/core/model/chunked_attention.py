@@ -19,9 +19,8 @@ few large batched matrix products). This module writes the computation out, with
 The price is memory: a training pass keeps every chunk's probabilities, ``B * n_head * T * (T + chunk) / 2``
 values per layer (about 12 MiB per layer for batch 16 x 256 positions x 6 heads in bf16), where the flash kernel
 keeps ``O(T)``. A pass without gradients keeps one chunk's scores at a time. The ``auto`` attention implementation
-(``llm_lab.core.model.attention``) therefore picks this kernel only where it is the faster one and its memory is
-bounded: CPU tensors, a plain causal pass, no attention dropout, and for training at most
-:data:`MAX_TRAINING_POSITIONS` positions.
+(``llm_lab.core.model.attention``) therefore picks this kernel only for plain causal CPU passes without attention
+dropout where it measured faster and its memory is bounded (:func:`chunked_is_faster`).
 
 Numerics: the products run in the input dtype (bf16 products accumulate in float32 and round their result), the
 softmax accumulates in float32 whatever the input dtype (PyTorch's CPU kernel), and the result matches
@@ -35,7 +34,13 @@ import math
 
 import torch
 
-__all__ = ["DEFAULT_CHUNK", "MAX_TRAINING_POSITIONS", "chunked_causal_attention"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MAX_TRAINING_POSITIONS",
+    "MIN_FP32_TRAINING_POSITIONS",
+    "chunked_causal_attention",
+    "chunked_is_faster",
+]
 
 DEFAULT_CHUNK = 128
 """Query rows per chunk. Smaller chunks skip more of the masked square (1/2 + chunk / 2T of it is computed) but
@@ -44,6 +49,34 @@ run smaller products; 128 measured best at 256 positions on the development CPU 
 MAX_TRAINING_POSITIONS = 1024
 """The longest sequence for which ``auto`` attention trains through this kernel: beyond it the saved probabilities
 (``n_head * T * (T + chunk) / 2`` values per sequence and layer) outgrow the rest of a layer's activations."""
+
+#: The shortest float32 sequence for which the chunked kernel trains faster than PyTorch's (see the table below).
+MIN_FP32_TRAINING_POSITIONS = 256
+
+
+def chunked_is_faster(dtype: torch.dtype, length: int, training: bool) -> bool:
+    """Whether ``auto`` attention should run a plain causal CPU pass of ``length`` positions through this kernel.
+
+    Measured against ``scaled_dot_product_attention`` (``bench attention``-style, one thread, 4096 tokens per
+    call, 6 heads of 64; the recipes' shape, 4 heads of 32 at 64 positions, in the first column; speed-up of the
+    chunked kernel, forward + backward / forward only under ``no_grad``):
+
+    ========  ============  ===========  ===========  ===========  ===========
+    dtype     64 (h32)      128          256          512          1024
+    ========  ============  ===========  ===========  ===========  ===========
+    bf16      5.7x / 1.3x   3.6x / 1.6x  2.7x / 1.8x  2.8x / 2.1x  2.0x / 1.7x
+    float32   0.9x / 0.8x   0.8x / 0.7x  1.1x / 0.9x  1.4x / 1.0x  1.2x / 0.8x
+    ========  ============  ===========  ===========  ===========  ===========
+
+    So: bf16 always (training up to :data:`MAX_TRAINING_POSITIONS`, for memory); float32 only for training at
+    :data:`MIN_FP32_TRAINING_POSITIONS` to :data:`MAX_TRAINING_POSITIONS` positions; other dtypes never (not
+    measured on a CPU).
+    """
+    if training and length > MAX_TRAINING_POSITIONS:
+        return False
+    if dtype == torch.bfloat16:
+        return True
+    return dtype == torch.float32 and training and length >= MIN_FP32_TRAINING_POSITIONS
 
 
 def _chunk_bounds(length: int, chunk: int) -> list[tuple[int, int]]:

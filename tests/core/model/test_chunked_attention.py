@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_variants import tiny_config
+from model_variants import PAIRWISE, tiny_config, variant_id
 
 from llm_lab.core.model import MiniGPT, lm_loss
 from llm_lab.core.model import attention as attention_module
 from llm_lab.core.model.attention import auto_attention, chunked_attention
-from llm_lab.core.model.chunked_attention import MAX_TRAINING_POSITIONS, chunked_causal_attention
+from llm_lab.core.model.chunked_attention import (
+    MAX_TRAINING_POSITIONS,
+    MIN_FP32_TRAINING_POSITIONS,
+    chunked_causal_attention,
+    chunked_is_faster,
+)
 
 
 def _qkv(T: int, dtype: torch.dtype, seed: int = 0, B: int = 2, H: int = 3, hd: int = 16):
@@ -132,26 +137,48 @@ def calls(monkeypatch):
     return seen
 
 
-def test_auto_trains_through_the_chunked_kernel_on_a_cpu(calls):
-    q = torch.randn(1, 2, 8, 4, requires_grad=True)
-    auto_attention(q, q, q, None, 0.0)
+def _attend(fn, dtype, T, training, **kwargs):
+    q = torch.randn(1, 2, T, 4, dtype=dtype, requires_grad=training)
+    if training:
+        return fn(q, q, q, None, 0.0, **kwargs)
     with torch.no_grad():
-        auto_attention(q, q, q, None, 0.0)  # inference passes too: a pass without gradients saves nothing
-    assert calls == ["chunked", "chunked"]
+        return fn(q, q, q, None, 0.0, **kwargs)
+
+
+def test_auto_picks_the_kernel_measured_faster(calls):
+    """bf16: chunked, with or without gradients; float32: chunked only for training at 256 positions or more."""
+    for dtype, T, training, expected in [
+        (torch.bfloat16, 8, True, "chunked"),
+        (torch.bfloat16, 8, False, "chunked"),
+        (torch.bfloat16, MAX_TRAINING_POSITIONS, True, "chunked"),
+        (torch.bfloat16, MAX_TRAINING_POSITIONS + 1, True, "sdpa"),  # the saved probabilities would be too large
+        (torch.bfloat16, MAX_TRAINING_POSITIONS + 1, False, "chunked"),  # without gradients: one chunk at a time
+        (torch.float32, MIN_FP32_TRAINING_POSITIONS, True, "chunked"),
+        (torch.float32, MIN_FP32_TRAINING_POSITIONS - 1, True, "sdpa"),
+        (torch.float32, MIN_FP32_TRAINING_POSITIONS, False, "sdpa"),
+        (torch.float64, 8, True, "sdpa"),
+    ]:
+        _attend(auto_attention, dtype, T, training)
+        assert calls[-1] == expected, (dtype, T, training)
+        assert chunked_is_faster(dtype, T, training) == (expected == "chunked")
+
+
+def test_auto_decides_by_the_autocast_dtype(calls):
+    """Under bf16 autocast a float32 query (a norm's output) computes in bf16, so bf16's rule applies."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _attend(auto_attention, torch.float32, 8, True)
+    assert calls == ["chunked"]
 
 
 def test_auto_takes_sdpa_where_the_chunked_kernel_does_not_apply(calls):
-    q = torch.randn(1, 2, 8, 4)
+    q = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
     auto_attention(q, q, q, mask, 0.0)  # a padding mask
     auto_attention(q[:, :, -1:], q, q, mask[..., -1:, :], 0.0)  # one new token over a cache
     auto_attention(q, q, q, None, 0.1)  # attention dropout
-    long = torch.randn(1, 1, MAX_TRAINING_POSITIONS + 1, 2, requires_grad=True)
-    auto_attention(long, long, long, None, 0.0)  # training beyond the memory bound
+    off_cpu = q.to("meta")  # any device but the CPU (meta tensors carry shapes only)
+    auto_attention(off_cpu, off_cpu, off_cpu, None, 0.0)
     assert calls == ["sdpa"] * 4
-    with torch.no_grad():
-        auto_attention(long, long, long, None, 0.0)  # without gradients only one chunk's scores are held
-    assert calls[-1] == "chunked"
 
 
 def test_chunked_falls_back_only_where_it_cannot_run(calls):
@@ -161,12 +188,10 @@ def test_chunked_falls_back_only_where_it_cannot_run(calls):
     assert calls == ["chunked", "sdpa"]
 
 
-@pytest.mark.parametrize(
-    "variant", [("rope", "rmsnorm", "swiglu", "gqa"), ("learned", "layernorm", "gelu", "mqa")], ids="-".join
-)
+@pytest.mark.parametrize("variant", PAIRWISE, ids=variant_id)
 def test_model_gradients_equal_the_written_out_attention(variant):
-    """A whole model trains the same through ``auto`` (the chunked kernel here) as through ``reference``."""
-    fast = MiniGPT(tiny_config(*variant, attn_impl="auto", qk_norm=True))
+    """A whole model of every variant has the same gradients through ``chunked`` as through ``reference``."""
+    fast = MiniGPT(tiny_config(*variant, attn_impl="chunked", qk_norm=True))
     plain = MiniGPT(tiny_config(*variant, attn_impl="reference", qk_norm=True))
     plain.load_state_dict(fast.state_dict())
     data = torch.randint(0, fast.config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(0))
