@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -137,6 +138,7 @@ class _ChunkedCausalAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the saved probabilities carry no graph: a second derivative would be silently zero
     def backward(ctx, grad_out):  # type: ignore[override]
         B, H, T, hd = grad_out.shape
         BH, scale = B * H, 1.0 / math.sqrt(hd)

@@ -199,3 +199,12 @@ def test_model_gradients_equal_the_written_out_attention(variant):
         lm_loss(model(data[:, :-1])[0], data[:, 1:]).backward()
     for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_second_derivative_is_refused_not_silently_zero():
+    """The saved probabilities carry no graph, so differentiating the backward is an error, not a zero."""
+    q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = chunked_causal_attention(q, k, v, chunk=4)
+    (grad_q,) = torch.autograd.grad((out * out).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+        grad_q.sum().backward()
