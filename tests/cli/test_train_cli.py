@@ -285,8 +285,7 @@ def test_non_finite_loss_stops_with_the_step(config, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--set", "train.lr=10000", "--set", "train.min_lr=10000", "--set", "train.warmup_steps=0"]
     assert _train("--config", config, "--data", corpus, "--out", run, *args) == 2
-    # The step it happens at depends on the attention kernel's arithmetic with huge weights; the message does not.
-    assert re.search(r"became nan at step \d+; training stopped, no checkpoint was written", _error(capsys))
+    assert "became nan at step 2; training stopped, no checkpoint was written" in _error(capsys)
     assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
 
 
