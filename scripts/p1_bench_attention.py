@@ -1,4 +1,4 @@
-"""Attention micro-benchmark: reference attention vs scaled_dot_product_attention (time, peak memory; CSV + PNG).
+"""Attention micro-benchmark: reference vs scaled_dot_product_attention vs chunked (time, peak memory; CSV + PNG).
 
 A thin wrapper over ``llm-lab bench attention``; ``python scripts/p1_bench_attention.py --help`` lists the options.
 """

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env.set_defaults(func=_run_env)
 
     attention = commands.add_parser(
-        "attention", help="reference attention vs scaled_dot_product_attention: time and peak memory"
+        "attention", help="reference attention vs scaled_dot_product_attention and chunked: time and peak memory"
     )
     attention.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "attention", help="output directory")
     attention.add_argument("--seq-lens", type=int, nargs="+", default=None, help="default: 128 256 512 1024")

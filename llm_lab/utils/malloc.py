@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "restore_malloc_defaults", "retain_freed_memory"]
 
@@ -46,9 +47,11 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 2**10
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library of this process if it is glibc (it has ``gnu_get_libc_version``), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(None)
-    except OSError:  # Windows: no handle to the process's own symbols
+        libc = ctypes.CDLL(None)  # the symbols of the process itself, its C library among them
+    except (OSError, TypeError):  # no handle to the process's own symbols (TypeError: Windows' ctypes)
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return None

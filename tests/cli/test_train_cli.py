@@ -222,6 +222,19 @@ def test_bad_checkpoint_on_resume(config, corpus, tmp_path, capsys, damage, mess
     assert _snapshot(run) == before
 
 
+def test_resume_under_another_attention_kernel(corpus, tmp_path):
+    """A run saved with attn_impl "sdpa" (the default before "auto") resumes with a config that says "auto": the
+    kernel is an execution choice, the same weights give the same values. The run keeps its own choice."""
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(TINY | {"model": TINY["model"] | {"attn_impl": "sdpa"}}))
+    run = tmp_path / "run"
+    assert _train("--config", old, "--data", corpus, "--out", run) == 0
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(TINY | {"model": TINY["model"] | {"attn_impl": "auto"}}))
+    assert _train("--config", new, "--data", corpus, "--out", run, "--resume", "--set", "train.max_steps=7") == 0
+    assert json.loads((run / "run.json").read_text())["model"]["attn_impl"] == "sdpa"
+
+
 def test_resume_with_another_config_or_nothing_to_resume(config, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train("--config", config, "--data", corpus, "--out", tmp_path / "empty", "--resume") == 2

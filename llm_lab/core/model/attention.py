@@ -163,7 +163,8 @@ def auto_attention(
     """
     if q.device.type == "cpu" and mask is None and dropout_p == 0.0 and q.shape[-2] == k.shape[-2]:
         training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        autocast = torch.is_autocast_enabled("cpu") and q.dtype != torch.float64  # autocast leaves float64 alone
+        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype
         if chunked_is_faster(dtype, q.shape[-2], training):
             return chunked_causal_attention(q, k, v)
     return sdpa_attention(q, k, v, mask, dropout_p)

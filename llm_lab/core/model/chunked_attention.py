@@ -17,10 +17,12 @@ few large batched matrix products). This module writes the computation out, with
                              dq_c = dS k_{:end} / sqrt(hd),  dk_{:end} += dS^T q_c / sqrt(hd)
 
 The price is memory: a training pass keeps every chunk's probabilities, ``B * n_head * T * (T + chunk) / 2``
-values per layer (about 12 MiB per layer for batch 16 x 256 positions x 6 heads in bf16), where the flash kernel
-keeps ``O(T)``. A pass without gradients keeps one chunk's scores at a time. The ``auto`` attention implementation
-(``llm_lab.core.model.attention``) therefore picks this kernel only for plain causal CPU passes without attention
-dropout where it measured faster and its memory is bounded (:func:`chunked_is_faster`).
+values per layer, and the compact copies the products read (each chunk's queries, and the keys and values it
+saw): 21 MiB per layer for batch 16 x 256 positions x 6 heads of 64 in bf16 (9 MiB of probabilities, 12 MiB of
+copies), where the flash kernel keeps ``O(T)``. A pass without gradients keeps one chunk's scores at a time.
+The ``auto`` attention implementation (``llm_lab.core.model.attention``) therefore picks this kernel only for
+plain causal CPU passes without attention dropout where it measured faster and its memory is bounded
+(:func:`chunked_is_faster`).
 
 Numerics: the products run in the input dtype (bf16 products accumulate in float32 and round their result), the
 softmax accumulates in float32 whatever the input dtype (PyTorch's CPU kernel), and the result matches
@@ -49,8 +51,9 @@ run smaller products and copy more key prefixes; on the 10M model's bf16 step (2
 within 0.5% of each other, and 128 keeps the products larger for longer sequences."""
 
 MAX_TRAINING_POSITIONS = 1024
-"""The longest sequence for which ``auto`` attention trains through this kernel: beyond it the saved probabilities
-(``n_head * T * (T + chunk) / 2`` values per sequence and layer) outgrow the rest of a layer's activations."""
+"""The longest sequence for which ``auto`` attention trains through this kernel: beyond it what it saves for the
+backward (``n_head * T * (T + chunk) / 2`` probabilities per sequence and layer, plus the copies of queries, keys
+and values) outgrows the rest of a layer's activations."""
 
 #: The shortest float32 sequence for which the chunked kernel trains faster than PyTorch's (see the table below).
 MIN_FP32_TRAINING_POSITIONS = 256
@@ -168,6 +171,14 @@ class _ChunkedCausalAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None
 
 
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast(t: torch.Tensor, device_type: str) -> torch.Tensor:
+    """``t`` in the autocast dtype if autocast would cast it (not float64, as for every autocast op)."""
+    return t.to(torch.get_autocast_dtype(device_type)) if t.dtype in _AUTOCAST_ELIGIBLE else t
+
+
 def chunked_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = DEFAULT_CHUNK
 ) -> torch.Tensor:
@@ -186,7 +197,7 @@ def chunked_causal_attention(
         ``(B, n_head, T, hd)``.
 
     Raises:
-        ValueError: for mismatched shapes, mismatched dtypes outside autocast, or a ``chunk`` below 1.
+        ValueError: for mismatched shapes, mismatched dtypes (after autocast's casts), or a ``chunk`` below 1.
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         shapes = [tuple(t.shape) for t in (q, k, v)]
@@ -195,9 +206,8 @@ def chunked_causal_attention(
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):  # compute in the autocast dtype, as scaled_dot_product_attention does
-        dtype = torch.get_autocast_dtype(device_type)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    elif not (q.dtype == k.dtype == v.dtype):
+        q, k, v = (_autocast(t, device_type) for t in (q, k, v))
+    if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     with torch.autocast(device_type, enabled=False):  # the products stay in the dtype chosen above
         return _ChunkedCausalAttention.apply(q, k, v, chunk)  # (B, n_head, T, hd)

@@ -137,6 +137,9 @@ class MiniGPTConfig:
     """
 
     json_section: ClassVar[str] = "model"
+    #: Fields that choose how the model is computed, not what it computes (the same weights give the same values
+    #: either way): resuming a run may name another one (``llm_lab.core.train.run.resolve_run_config``).
+    execution_fields: ClassVar[tuple[str, ...]] = ("attn_impl",)
 
     vocab_size: int = 65
     context_length: int = 256

@@ -11,7 +11,7 @@ Pass ``trace=ForwardTrace()`` to :meth:`MiniGPT.forward <llm_lab.core.model.gpt.
   each block, before the final norm. Reading them through the final norm and the output head is the logit lens
   (nostalgebraist, 2020, "interpreting GPT: the logit lens"); see :mod:`llm_lab.core.inspect`.
 
-Without a trace nothing is recorded and the configured attention implementation (``sdpa`` by default) runs.
+Without a trace nothing is recorded and the configured attention implementation (``auto`` by default) runs.
 """
 
 from __future__ import annotations

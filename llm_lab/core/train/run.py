@@ -249,7 +249,10 @@ def resolve_run_config(
     saved = load_run_config(run_json, overrides)
     if config_path is not None:
         given = load_run_config(config_path, overrides)
-        given = dataclasses.replace(given, model=replace_config(given.model, vocab_size=saved.model.vocab_size))
+        # The vocabulary comes from the tokenizer, and an execution choice (the attention kernel) does not make
+        # another model: a run saved with attn_impl "sdpa" resumes under a config that says "auto".
+        kept = {name: getattr(saved.model, name) for name in ("vocab_size", *saved.model.execution_fields)}
+        given = dataclasses.replace(given, model=replace_config(given.model, **kept))
         # Compare the configs as built (resolved: n_kv_head=null and n_kv_head=n_head are the same model).
         built = [{name: dataclasses.asdict(getattr(c, name)) for name in c.SECTIONS} for c in (saved, given)]
         diff = _differences(*built)

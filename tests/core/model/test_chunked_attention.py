@@ -208,3 +208,28 @@ def test_a_second_derivative_is_refused_not_silently_zero():
     (grad_q,) = torch.autograd.grad((out * out).sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
         grad_q.sum().backward()
+
+
+def test_float64_is_left_alone_by_autocast():
+    """Autocast casts float32 (and half types), never float64: neither does the kernel, nor ``auto``'s choice."""
+    q = torch.randn(1, 2, 8, 4, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = chunked_causal_attention(q, q, q)
+        expected = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert out.dtype == expected.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_over_several_chunks_trains_like_the_written_out_attention():
+    """300 positions: three query chunks (the last one ragged) with GQA, RoPE and QK-norm in a whole model."""
+    config = dict(context_length=300, qk_norm=True)
+    fast = MiniGPT(tiny_config("rope", "rmsnorm", "swiglu", "gqa", attn_impl="chunked", **config))
+    plain = MiniGPT(tiny_config("rope", "rmsnorm", "swiglu", "gqa", attn_impl="reference", **config))
+    plain.load_state_dict(fast.state_dict())
+    data = torch.randint(0, fast.config.vocab_size, (2, 301), generator=torch.Generator().manual_seed(1))
+    losses = [lm_loss(model(data[:, :-1])[0], data[:, 1:]) for model in (fast, plain)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    for loss in losses:
+        loss.backward()
+    for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
