@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_lab.core.model.chunked_attention import chunked_causal_attention, chunked_is_faster
+from llm_lab.core.model.chunked_attention import chunked_causal_attention, chunked_is_faster, compute_dtype
 from llm_lab.core.model.kv_cache import KVCache
 from llm_lab.core.model.norms import build_norm
 from llm_lab.core.model.positional import apply_rotary
@@ -161,12 +161,9 @@ def auto_attention(
     ``MAX_TRAINING_POSITIONS``, as it keeps the probabilities for the backward). Everything else (GPUs, padding
     masks, cached decoding, attention dropout, short float32 passes) runs PyTorch's fused kernels.
     """
-    if q.device.type == "cpu" and mask is None and dropout_p == 0.0 and q.shape[-2] == k.shape[-2]:
-        training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        autocast = torch.is_autocast_enabled("cpu") and q.dtype != torch.float64  # autocast leaves float64 alone
-        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype
-        if chunked_is_faster(dtype, q.shape[-2], training):
-            return chunked_causal_attention(q, k, v)
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type == "cpu" and chunked_is_faster(compute_dtype(q), q.shape[-2], training):
+        return chunked_attention(q, k, v, mask, dropout_p)  # which sends what it cannot run to sdpa
     return sdpa_attention(q, k, v, mask, dropout_p)
 
 

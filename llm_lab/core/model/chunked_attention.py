@@ -43,6 +43,7 @@ __all__ = [
     "MIN_FP32_TRAINING_POSITIONS",
     "chunked_causal_attention",
     "chunked_is_faster",
+    "compute_dtype",
 ]
 
 DEFAULT_CHUNK = 128
@@ -174,9 +175,13 @@ class _ChunkedCausalAttention(torch.autograd.Function):
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _autocast(t: torch.Tensor, device_type: str) -> torch.Tensor:
-    """``t`` in the autocast dtype if autocast would cast it (not float64, as for every autocast op)."""
-    return t.to(torch.get_autocast_dtype(device_type)) if t.dtype in _AUTOCAST_ELIGIBLE else t
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype an attention op computes ``t`` in: autocast's dtype where autocast is on for ``t``'s device and
+    would cast it (never float64, as for every autocast op), else ``t``'s own."""
+    device_type = t.device.type
+    if torch.is_autocast_enabled(device_type) and t.dtype in _AUTOCAST_ELIGIBLE:
+        return torch.get_autocast_dtype(device_type)
+    return t.dtype
 
 
 def chunked_causal_attention(
@@ -204,10 +209,8 @@ def chunked_causal_attention(
         raise ValueError(f"q, k and v must share one (B, n_head, T, hd) shape, got {shapes}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    device_type = q.device.type
-    if torch.is_autocast_enabled(device_type):  # compute in the autocast dtype, as scaled_dot_product_attention does
-        q, k, v = (_autocast(t, device_type) for t in (q, k, v))
+    q, k, v = (t.to(compute_dtype(t)) for t in (q, k, v))  # autocast's casts, as scaled_dot_product_attention's
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    with torch.autocast(device_type, enabled=False):  # the products stay in the dtype chosen above
+    with torch.autocast(q.device.type, enabled=False):  # the products stay in the dtype chosen above
         return _ChunkedCausalAttention.apply(q, k, v, chunk)  # (B, n_head, T, hd)
