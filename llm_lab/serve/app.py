@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_lab.core.decode.processors import NonFiniteScoresError
 from llm_lab.core.decode.sampling import describe_sampling
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
+from llm_lab.serve.errors import APIError
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
 from llm_lab.serve.playground import playground_html
@@ -72,40 +73,6 @@ from llm_lab.utils.json_input import loads_strict
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape.
-
-    Args:
-        status_code: the HTTP status.
-        message: what went wrong and what to change.
-        param: the request field at fault, if one is.
-        error_type: OpenAI's error ``type`` (``invalid_request_error`` for client mistakes).
-        code: a short machine-readable code, if any.
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        param: str | None = None,
-        error_type: str = "invalid_request_error",
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.param = param
-        self.error_type = error_type
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status_code)
 
 
 class BodySizeLimitMiddleware:

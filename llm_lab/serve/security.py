@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from llm_lab.serve.errors import APIError
+
 __all__ = [
     "LOOPBACK_NAMES",
     "AccessMiddleware",
@@ -169,8 +171,6 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from llm_lab.serve.app import APIError  # the app module imports this one
-
         headers = {}
         for name, value in scope.get("headers") or []:
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))

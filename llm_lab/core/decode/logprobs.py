@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_lab.core.decode.prompts import model_device, prepare_prompts
 from llm_lab.utils.modules import eval_mode
 
 __all__ = ["TokenLogprob", "check_top_n", "score_tokens", "step_logprobs", "to_token_logprobs"]
@@ -109,11 +110,9 @@ def score_tokens(
         ValueError: an empty or out-of-vocabulary input, a sequence longer than ``max_positions``, a bad mask or
             ``top_n``.
     """
-    from llm_lab.core.decode.generate import _model_device, _prepare_prompts  # one way to read prompts
-
     config = model.config
     check_top_n(top_n, config.vocab_size, "top_n")
-    ids, mask, lengths = _prepare_prompts(input_ids, attention_mask, 0, config.vocab_size, _model_device(model))
+    ids, mask, lengths = prepare_prompts(input_ids, attention_mask, 0, config.vocab_size, model_device(model))
     B, T = ids.shape
     if config.max_positions < T:
         raise ValueError(
