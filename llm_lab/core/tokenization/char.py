@@ -1,7 +1,11 @@
 """``CharTokenizer``: one id per character, ids in sorted character order.
 
 Files: ``<directory>/vocab.json`` (character -> id, ASCII-escaped JSON so any character survives) and
-``<directory>/tokenizer_config.json`` (``{"type": "char", "unknown": "error"|"unk", "unk_token_id": ...}``).
+``<directory>/tokenizer_config.json`` (``{"type": "char", "unknown": "error"|"unk", "unk_token_id": ...,
+"special_tokens": {...}}``).
+
+Special tokens (the chat format's role and turn-end tokens) are reserved ids after the characters (and after the
+unknown id): ``decode`` writes their text, ``encode`` never produces them from text, so typed text cannot forge one.
 """
 
 from __future__ import annotations
@@ -30,11 +34,17 @@ class CharTokenizer:
     Args:
         vocab: character -> id, ids 0..N-1 (``from_text`` builds it from a text).
         unknown: what ``encode`` does with a character outside the vocabulary: "error" (default) raises a
-            ``ValueError`` naming the character and its position; "unk" maps it to a reserved id, the last one,
-            which decodes to U+FFFD.
+            ``ValueError`` naming the character and its position; "unk" maps it to a reserved id after the
+            characters, which decodes to U+FFFD.
+        special_tokens: special-token text -> id, the ids right after the characters and the unknown id, in order.
     """
 
-    def __init__(self, vocab: Mapping[str, int], unknown: UnknownPolicy = "error") -> None:
+    def __init__(
+        self,
+        vocab: Mapping[str, int],
+        unknown: UnknownPolicy = "error",
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
         if isinstance(vocab, str):  # the natural first guess, CharTokenizer(text)
             raise ValueError(
                 "CharTokenizer(vocab) takes a mapping of characters to ids; to build one from text use "
@@ -57,6 +67,17 @@ class CharTokenizer:
         self.unk_token_id: int | None = len(vocab) if unknown == "unk" else None
         if self.unk_token_id is not None:
             self._itos.append(UNK_TEXT)
+        specials = dict(special_tokens or {})
+        first = len(self._itos)
+        if sorted(specials.values()) != list(range(first, first + len(specials))) or not all(
+            isinstance(t, str) and len(t) > 1 for t in specials
+        ):
+            raise ValueError(
+                f"CharTokenizer special tokens must be texts of 2+ characters with the ids {first}.."
+                f"{first + len(specials) - 1} (right after the characters), got {specials}"
+            )
+        self._special_tokens = specials
+        self._itos += sorted(specials, key=specials.__getitem__)
 
     @classmethod
     def from_text(cls, text: str, unknown: UnknownPolicy = "error") -> CharTokenizer:
@@ -78,14 +99,15 @@ class CharTokenizer:
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return {}
+        return dict(self._special_tokens)
 
     @property
     def eot_token_id(self) -> int | None:
         return None
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r})"
+        specials = f", special_tokens={len(self._special_tokens)}" if self._special_tokens else ""
+        return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r}{specials})"
 
     def encode(self, text: str) -> list[int]:
         """One id per character; unknown characters follow the ``unknown`` policy."""
@@ -134,7 +156,7 @@ class CharTokenizer:
         atomic_write_text(directory / VOCAB_FILE, json.dumps(self._stoi, ensure_ascii=True, indent=0) + "\n")
         atomic_write_json(directory / CONFIG_FILE, {
             "type": "char", "unknown": self.unknown, "unk_token_id": self.unk_token_id,
-            "vocab_size": self.vocab_size,
+            "vocab_size": self.vocab_size, "special_tokens": self._special_tokens,
         })
         return directory
 
@@ -152,8 +174,11 @@ class CharTokenizer:
         vocab = read_json(vocab_path)
         if not isinstance(vocab, dict):
             raise ValueError(f"{vocab_path}: expected a JSON object mapping characters to ids")
+        specials = config.get("special_tokens") or {}
+        if not isinstance(specials, dict):
+            raise ValueError(f"{config_path}: special_tokens must be an object mapping texts to ids")
         try:
-            tok = cls(vocab, config.get("unknown", "error"))
+            tok = cls(vocab, config.get("unknown", "error"), specials)
         except ValueError as exc:
             raise ValueError(f"{directory}: {exc}") from exc
         if config.get("unk_token_id") != tok.unk_token_id:
