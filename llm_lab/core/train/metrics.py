@@ -50,25 +50,29 @@ class MetricsLog:
     Args:
         path: the CSV file; created with a header if missing.
         keep_until_step: rows of an earlier run with ``step`` above this are removed (0 removes all).
+        columns: the header (default: the trainer's :data:`METRICS_COLUMNS`; RL runs log their own), ``step`` first.
     """
 
-    def __init__(self, path: str | Path, keep_until_step: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, keep_until_step: int = 0, columns: tuple[str, ...] = METRICS_COLUMNS
+    ) -> None:
         self.path = Path(path)
+        self.columns = columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[dict[str, str]] = []
         if self.path.is_file() and self.path.stat().st_size > 0:
             kept = [row for row in read_metrics(self.path) if row.get("step") and int(row["step"]) <= keep_until_step]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
         atomic_write_text(self.path, buffer.getvalue())
         self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._writer = csv.DictWriter(self._file, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns, lineterminator="\n")
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (missing columns are left empty) and flush it to the OS, so a kill keeps it."""
-        self._writer.writerow({k: _format(row.get(k)) for k in METRICS_COLUMNS})
+        self._writer.writerow({k: _format(row.get(k)) for k in self.columns})
         self._file.flush()
 
     def close(self) -> None:

@@ -1,0 +1,114 @@
+"""GRPO's loop: reward rises on a trivial task, a resumed run is bitwise the straight one, bad configs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llm_lab.core.chat import ChatTemplate, add_chat_tokens
+from llm_lab.core.chat.rl import RL_STATE_FILE, GRPOTrainer, RLConfig
+from llm_lab.core.chat.tasks import TASKS, Task, TaskExample
+from llm_lab.core.model import MiniGPT, MiniGPTConfig
+from llm_lab.core.tokenization import CharTokenizer
+from llm_lab.core.train.metrics import read_metrics
+
+
+class SayA(Task):
+    """Trivial: any prompt, and a reply is right when it starts with "a" (a random model does so ~1 time in 8)."""
+
+    name = "say_a"
+    description = "reply starting with a"
+
+    def example(self, rng: random.Random) -> TaskExample:
+        return TaskExample(rng.choice(["abc", "cab", "bca"]), "a", "a")
+
+    def extract(self, reply: str) -> str | None:
+        return reply[:1] or None
+
+
+@pytest.fixture
+def say_a(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(TASKS, "say_a", SayA)
+
+
+@pytest.fixture
+def template() -> ChatTemplate:
+    return ChatTemplate(add_chat_tokens(CharTokenizer.from_text("abcd")))
+
+
+def policy(template: ChatTemplate, seed: int = 0) -> MiniGPT:
+    torch.manual_seed(seed)
+    config = MiniGPTConfig(vocab_size=template.tokenizer.vocab_size, context_length=16, n_layer=1, n_head=2,
+                           n_embd=16)
+    return MiniGPT(config).eval()
+
+
+def config(**kw) -> RLConfig:
+    base = dict(task="say_a", prompts_per_step=4, samples_per_prompt=8, max_new_tokens=2, lr=2e-2, max_steps=12,
+                eval_interval=4, eval_prompts=16, kl_coef=0.0, seed=1)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def test_reward_rises_on_a_trivial_task(say_a: None, template: ChatTemplate, tmp_path) -> None:
+    trainer = GRPOTrainer(policy(template), template, config(), tmp_path)
+    rows = trainer.train()
+    rewards = [r["reward"] for r in rows if "reward" in r]
+    assert sum(rewards[:3]) / 3 < 0.5 and sum(rewards[-3:]) / 3 > 0.9
+    assert rows[0]["pass_at_1"] < rows[-1]["pass_at_1"] == 1.0
+    logged = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in logged] == [str(s) for s in range(13)]
+    assert [r["step"] for r in logged if r["pass_at_1"]] == ["0", "4", "8", "12"]
+
+
+def test_a_resumed_run_is_bitwise_the_straight_one(say_a: None, template: ChatTemplate, tmp_path) -> None:
+    straight = GRPOTrainer(policy(template), template, config(max_steps=6, eval_interval=3, kl_coef=0.1),
+                           tmp_path / "a")
+    straight.train()
+    first = GRPOTrainer(policy(template), template, config(max_steps=3, eval_interval=3, kl_coef=0.1),
+                        tmp_path / "b")
+    first.train()
+    resumed = GRPOTrainer(policy(template, seed=7), template, config(max_steps=6, eval_interval=3, kl_coef=0.1),
+                          tmp_path / "b")
+    resumed.resume(tmp_path / "b")
+    assert resumed.step == 3
+    resumed.train()
+    a, b = read_metrics(tmp_path / "a" / "metrics.csv"), read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [(r["step"], r["loss"], r["reward"]) for r in a] == [(r["step"], r["loss"], r["reward"]) for r in b]
+    for (name, x), y in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_resume_refuses_another_run(say_a: None, template: ChatTemplate, tmp_path) -> None:
+    GRPOTrainer(policy(template), template, config(max_steps=1, eval_interval=1), tmp_path).train()
+    assert (tmp_path / RL_STATE_FILE).is_file()
+    other = GRPOTrainer(policy(template), template, config(seed=2), tmp_path / "x")
+    with pytest.raises(ValueError, match=r"written with rl.seed=1, this run has 2"):
+        other.resume(tmp_path)
+    with pytest.raises(ValueError, match=r"nothing to resume: .*rl_state.pt does not exist"):
+        other.resume(tmp_path / "empty")
+
+
+def test_a_model_without_chat_rows_is_refused(template: ChatTemplate) -> None:
+    small = MiniGPT(MiniGPTConfig(vocab_size=4, context_length=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="no rows for the chat tokens"):
+        GRPOTrainer(small, template, RLConfig())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"task": "chess"}, r"rl.task: unknown task 'chess'"),
+        ({"task_settings": {"digits": 40}}, r"rl.task: digits must be an integer in \[1, 18\], got 40"),
+        ({"samples_per_prompt": 1}, r"rl.samples_per_prompt must be in \[2, 1024\], got 1"),
+        ({"prompts_per_step": 1000, "samples_per_prompt": 100}, r"100000 replies a step; at most 4096"),
+        ({"temperature": 0.0}, r"rl.temperature must be in \[0.001, 10\], got 0.0"),
+        ({"max_steps": 10**9}, r"rl.max_steps must be in \[1, 1e\+06\]"),
+        ({"eval_prompts": 1.5}, r"rl.eval_prompts must be an integer, got 1.5"),
+    ],
+)
+def test_bad_configs_are_refused_by_name(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RLConfig(**settings)
