@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from llm_lab.core.chat.grpo import group_advantages, grpo_loss
+from llm_lab.core.chat.reply import reply_ids, score_task
 from llm_lab.core.chat.tasks import Task, TaskExample, make_task
 from llm_lab.core.chat.template import ChatTemplate
-from llm_lab.core.decode import generate
 from llm_lab.core.model import MiniGPT
 from llm_lab.core.train.checkpoint import load_checkpoint
 from llm_lab.core.train.metrics import MetricsLog
@@ -168,23 +168,10 @@ class GRPOTrainer:
         rng = random.Random(_step_seed(self.config.seed, kind, step))
         return [self.task.example(rng) for _ in range(n)]
 
-    def _prompt(self, example: TaskExample) -> list[int]:
-        return self.template.prompt_ids([{"role": "user", "content": example.prompt}])
-
-    def _replies(self, prompts: list[list[int]], **sampling: Any) -> list[list[int]]:
-        """Reply ids per prompt, ending with the turn-end id where the model ended its turn."""
-        out = generate(self.model, prompts, self.config.max_new_tokens, eos_token_id=self.template.end_id,
-                       pad_token_id=self.template.end_id, **sampling)
-        return [ids + [self.template.end_id] * (reason == "eos")
-                for ids, reason in zip(out.token_ids, out.finish_reasons, strict=True)]
-
     def pass_at_1(self) -> float:
         """The share of the held-out prompts that greedy decoding answers right."""
-        prompts = [self._prompt(ex) for ex in self._eval_examples]
-        replies = self._replies(prompts, temperature=0.0)
-        right = [self.task.check(ex, self.template.reply_text(r)) for ex, r in zip(self._eval_examples, replies,
-                                                                                    strict=True)]
-        return sum(right) / len(right)
+        return score_task(self.model, self.template, self.task, self._eval_examples,
+                          max_new_tokens=self.config.max_new_tokens).accuracy
 
     @staticmethod
     def _reply_logprobs(model: MiniGPT, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -197,8 +184,10 @@ class GRPOTrainer:
         """One GRPO step (module docstring); returns its metrics row."""
         c, step = self.config, self.step + 1
         examples = self._examples("train", step, c.prompts_per_step)  # 1.
-        prompts = [self._prompt(ex) for ex in examples for _ in range(c.samples_per_prompt)]
-        replies = self._replies(prompts, temperature=c.temperature, seed=_step_seed(c.seed, "sample", step))  # 2.
+        rendered = [self.template.prompt_ids(ex.prompt_messages()) for ex in examples]
+        prompts = [p for p in rendered for _ in range(c.samples_per_prompt)]
+        replies = reply_ids(self.model, self.template, prompts, c.max_new_tokens, temperature=c.temperature,  # 2.
+                            seed=_step_seed(c.seed, "sample", step))
         rewards = torch.tensor(  # 3.
             [float(self.task.check(examples[i // c.samples_per_prompt], self.template.reply_text(r)))
              for i, r in enumerate(replies)]

@@ -41,9 +41,13 @@ class TaskExample:
     reply: str
     target: str
 
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The conversation to reply to: the user's prompt."""
+        return [{"role": "user", "content": self.prompt}]
+
     def messages(self) -> list[dict[str, str]]:
         """The example as a conversation (user, then the reference assistant reply), for supervised training."""
-        return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.reply}]
+        return [*self.prompt_messages(), {"role": "assistant", "content": self.reply}]
 
 
 class Task:

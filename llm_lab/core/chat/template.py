@@ -26,7 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llm_lab.core.tokenization.chat_tokens import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE, END_TOKEN, ROLE_TOKENS, ROLES
+
 __all__ = [
+    "CHAT_SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
     "END_TOKEN",
     "ROLES",
@@ -38,18 +41,6 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
-ROLES: tuple[Role, ...] = ("system", "user", "assistant")
-ROLE_TOKENS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
-END_TOKEN = "<|end|>"
-CHAT_SPECIAL_TOKENS: tuple[str, ...] = (*ROLE_TOKENS.values(), END_TOKEN)
-
-# The same format for Jinja renderers (Hugging Face's apply_chat_template, the server's tokenizer_info).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 Message = Mapping[str, Any]
 

@@ -37,6 +37,7 @@ from llm_lab.core.tokenization.byte_level import (
     text_to_bytes,
     unicode_to_bytes,
 )
+from llm_lab.core.tokenization.chat_tokens import chat_template_of
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["EOT_TOKEN", "SubwordTokenizer"]
@@ -238,6 +239,11 @@ class SubwordTokenizer:
         return self._special_tokens.get(EOT_TOKEN)
 
     @property
+    def chat_template(self) -> str | None:
+        """The chat format's Jinja template when this tokenizer holds the chat tokens, else None."""
+        return chat_template_of(self._special_tokens)
+
+    @property
     def merges(self) -> list[tuple[bytes, bytes]]:
         """The learned merges as (left bytes, right bytes), in rank order."""
         return list(self._merges)
@@ -404,6 +410,7 @@ class SubwordTokenizer:
             "pattern_regex": self.pattern,
             "special_tokens": self._special_tokens,
             "vocab_size": self.vocab_size,
+            "chat_template": self.chat_template,
         })
         return directory
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from llm_lab.core.tokenization.base import CONFIG_FILE, read_json
 from llm_lab.core.tokenization.byte_level import check_errors, text_to_bytes
+from llm_lab.core.tokenization.chat_tokens import chat_template_of
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["UNKNOWN_POLICIES", "CharTokenizer"]
@@ -105,6 +106,11 @@ class CharTokenizer:
     def eot_token_id(self) -> int | None:
         return None
 
+    @property
+    def chat_template(self) -> str | None:
+        """The chat format's Jinja template when this tokenizer holds the chat tokens, else None."""
+        return chat_template_of(self._special_tokens)
+
     def __repr__(self) -> str:
         specials = f", special_tokens={len(self._special_tokens)}" if self._special_tokens else ""
         return f"CharTokenizer(vocab_size={self.vocab_size}, unknown={self.unknown!r}{specials})"
@@ -157,6 +163,7 @@ class CharTokenizer:
         atomic_write_json(directory / CONFIG_FILE, {
             "type": "char", "unknown": self.unknown, "unk_token_id": self.unk_token_id,
             "vocab_size": self.vocab_size, "special_tokens": self._special_tokens,
+            "chat_template": self.chat_template,
         })
         return directory
 
