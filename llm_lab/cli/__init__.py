@@ -41,6 +41,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "experiment",
     "sweep",
     "serve",
+    "chat",
 )
 
 

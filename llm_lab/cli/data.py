@@ -1,4 +1,4 @@
-"""``llm-lab data prepare`` and ``llm-lab data download``: thin wrappers over ``llm_lab.core.data``."""
+"""``llm-lab data prepare``, ``download`` and ``synth``: thin wrappers over ``llm_lab.core.data`` and the tasks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 # Standard library only: the corpus names are needed to build --help. numpy/torch load inside the commands.
+from llm_lab.cli.chat import add_synth_parser
 from llm_lab.core.data.download import DATASETS, DownloadError, download_dataset
 
 
@@ -96,3 +97,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--url", default=None, help="fetch from this mirror instead (the hash is still checked)")
     download.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds (default 30)")
     download.set_defaults(func=_download)
+
+    add_synth_parser(sub)

@@ -28,9 +28,8 @@ def bpe_tokenizer() -> SubwordTokenizer:
 
 def make_package(path: Path, tokenizer, seed: int = 0, **overrides) -> tuple[Path, MiniGPT]:
     """A random tiny model saved as a package at ``path``."""
-    config = MiniGPTConfig(
-        vocab_size=tokenizer.vocab_size, context_length=32, n_layer=2, n_head=4, n_embd=32, **overrides
-    )
+    settings = dict(vocab_size=tokenizer.vocab_size, context_length=32, n_layer=2, n_head=4, n_embd=32)
+    config = MiniGPTConfig(**(settings | overrides))
     torch.manual_seed(seed)
     model = MiniGPT(config).eval()
     save_model_package(path, config, tokenizer, model, step=3, tokens_seen=300, best_val_loss=3.0)

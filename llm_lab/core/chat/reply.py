@@ -8,17 +8,19 @@ example's prompt, batched, and the share the task's checker accepts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from llm_lab.core.chat.tasks import Task, TaskExample
+from llm_lab.core.chat.tasks import Task, TaskExample, make_task, read_task_file
 from llm_lab.core.chat.template import ChatTemplate
 from llm_lab.core.decode import generate
+from llm_lab.core.tokenization.chat_tokens import chat_template_of
 
-__all__ = ["TaskScore", "reply", "reply_ids", "score_task"]
+__all__ = ["TaskScore", "reply", "reply_ids", "score_task", "score_task_file"]
 
 
 def reply_ids(
@@ -82,5 +84,45 @@ def score_task(
         prompts = [template.prompt_ids(ex.prompt_messages()) for ex in chunk]
         replies += [template.reply_text(ids) for ids in reply_ids(model, template, prompts, max_new_tokens,
                                                                   temperature=0.0)]
+    right = sum(task.check(ex, r) for ex, r in zip(examples, replies, strict=True))
+    return TaskScore(right, len(examples), replies)
+
+
+def score_task_file(
+    model: nn.Module,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> TaskScore:
+    """Score a model on a task file (``llm-lab data synth``) with the task's checker: greedy replies, accuracy.
+
+    A chat model (its tokenizer holds the chat tokens) answers each prompt as a user turn. A base model, which
+    knows no chat format, continues the plain text ``prompt + "\\n"`` and its reply is the first line it writes:
+    the same questions, so base, SFT and RL models are scored side by side.
+
+    Args:
+        model, tokenizer: the model to score and its tokenizer.
+        path: the task file.
+        max_new_tokens: the longest reply (default: the longest reference reply's tokens plus 8, within the context).
+        batch_size: prompts per generate call.
+        limit: score only the first ``limit`` examples.
+    """
+    task_file = read_task_file(path)
+    task = make_task(task_file.task)
+    examples = task_file.examples[:limit] if limit else task_file.examples
+    if max_new_tokens is None:
+        max_new_tokens = max(len(tokenizer.encode(ex.reply)) for ex in examples) + 8
+    if chat_template_of(tokenizer.special_tokens) is not None:
+        template = ChatTemplate(tokenizer)
+        return score_task(model, template, task, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    replies: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        out = generate(model, [tokenizer.encode(ex.prompt + "\n") for ex in chunk], max_new_tokens, temperature=0.0,
+                       tokenizer=tokenizer, stop="\n", eos_token_id=tokenizer.eot_token_id)
+        replies += out.texts
     right = sum(task.check(ex, r) for ex, r in zip(examples, replies, strict=True))
     return TaskScore(right, len(examples), replies)

@@ -28,7 +28,16 @@ from typing import ClassVar
 
 from llm_lab.utils.io import atomic_write
 
-__all__ = ["TASKS", "Task", "TaskExample", "make_task", "read_task_file", "synth_examples", "write_task_file"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "TaskExample",
+    "TaskFile",
+    "make_task",
+    "read_task_file",
+    "synth_examples",
+    "write_task_file",
+]
 
 MAX_EXAMPLES = 10_000_000  # one value must not ask for unbounded work
 
@@ -193,30 +202,43 @@ def write_task_file(task: Task, n: int, seed: int, path: str | os.PathLike) -> P
     return path
 
 
-def read_task_file(path: str | os.PathLike) -> list[TaskExample]:
-    """Read a file written by :func:`write_task_file` back into examples (the last user turn is the prompt).
+@dataclass(frozen=True)
+class TaskFile:
+    """A task file read back: the task's name (its checker) and the examples."""
+
+    task: str
+    examples: list[TaskExample]
+
+
+def read_task_file(path: str | os.PathLike) -> TaskFile:
+    """Read a file written by :func:`write_task_file` (the last user turn of each record is its prompt).
 
     Raises:
-        ValueError: a line that is not such a record (naming the line).
+        ValueError: a line that is not such a record, or records of different tasks (naming the line).
     """
-    examples = []
+    examples, names = [], set()
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                messages, target = record["messages"], record["target"]
+                messages, target, name = record["messages"], record["target"], record["task"]
                 prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
                 reply = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
             except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
                 raise ValueError(
                     f"{path}, line {number}: not a task record (expected an object with 'messages' holding a user "
-                    "turn, and 'target')"
+                    "turn, 'target' and 'task', as llm-lab data synth writes)"
                 ) from None
-            if not isinstance(target, str) or not isinstance(prompt, str):
-                raise ValueError(f"{path}, line {number}: 'target' and the user content must be strings")
+            if not all(isinstance(v, str) for v in (target, prompt, reply, name)):
+                raise ValueError(f"{path}, line {number}: 'target', 'task' and the messages' content must be strings")
+            if name not in TASKS:
+                raise ValueError(f"{path}, line {number}: unknown task {name!r}; tasks are {sorted(TASKS)}")
+            names.add(name)
+            if len(names) > 1:
+                raise ValueError(f"{path}, line {number}: a second task ({name!r}); a task file holds one task")
             examples.append(TaskExample(prompt, reply, target))
     if not examples:
         raise ValueError(f"{path}: no task records")
-    return examples
+    return TaskFile(names.pop(), examples)

@@ -65,7 +65,8 @@ def test_the_same_seed_gives_the_same_examples_and_files_round_trip(tmp_path) ->
     assert list(synth_examples(task, 20, 7)) == list(synth_examples(task, 20, 7))
     assert list(synth_examples(task, 20, 7)) != list(synth_examples(task, 20, 8))
     path = write_task_file(task, 20, 7, tmp_path / "add.jsonl")
-    assert read_task_file(path) == list(synth_examples(task, 20, 7))
+    assert read_task_file(path).examples == list(synth_examples(task, 20, 7))
+    assert read_task_file(path).task == "addition"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,14 @@ def test_a_count_is_bounded() -> None:
 
 def test_a_file_that_is_not_a_task_file_is_named_with_its_line(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"messages": [{"role": "user", "content": "hi"}], "target": "x"}\n{"text": "plain"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: not a task record"):
-        read_task_file(path)
+    good = '{"messages": [{"role": "user", "content": "hi"}], "target": "x", "task": "reverse"}\n'
+    for second, message in [
+        ('{"text": "plain"}', "not a task record"),
+        (good.replace("reverse", "addition"), r"a second task \('addition'\); a task file holds one task"),
+        (good.replace("reverse", "chess"), r"unknown task 'chess'"),
+        (good.replace('"x"', "3"), r"'target', 'task' and the messages' content must be strings"),
+    ]:
+        path.write_text(good + second + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl, line 2: {message}"):
+            read_task_file(path)
     assert TaskExample("p", "r", "t").messages()[1] == {"role": "assistant", "content": "r"}
