@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from llm_lab.cli.sample import add_sampling_config_arguments, positive_int, sampling_config_from_args
+from llm_lab.cli.sample import add_sampling_config_arguments_on_first_use, positive_int, sampling_config_from_args
 
 RL_PACKAGE_DIR = "package"
 
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chat.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same replies")
     chat.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    add_sampling_config_arguments(chat)
+    add_sampling_config_arguments_on_first_use(chat)
     chat.set_defaults(func=_chat)
 
     rl = subparsers.add_parser("rl", help="reinforcement learning (GRPO) of a chat model on a checkable task")

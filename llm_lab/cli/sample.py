@@ -39,7 +39,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: boo
         "model that slides its window",
     )
     if on_first_use:
-        parser.__class__ = type(f"Sampling{type(parser).__name__}", (_SamplingFlagsOnFirstUse, type(parser)), {})
+        add_sampling_config_arguments_on_first_use(parser)
     else:
         add_sampling_config_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
@@ -47,6 +47,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: boo
     parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+
+
+def add_sampling_config_arguments_on_first_use(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_sampling_config_arguments`, deferred until ``parser`` first parses or prints its help (the registry
+    imports torch, and ``llm-lab`` builds every subcommand's parser at start-up)."""
+    parser.__class__ = type(f"Sampling{type(parser).__name__}", (_SamplingFlagsOnFirstUse, type(parser)), {})
 
 
 class _SamplingFlagsOnFirstUse:
