@@ -124,8 +124,6 @@ def _rl(args: argparse.Namespace) -> int:
 
 def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> None:
     """``llm-lab data synth TASK``: generated conversations with checkable answers (added to the ``data`` group)."""
-    from llm_lab.core.chat.tasks import MAX_EXAMPLES
-
     synth = data_subparsers.add_parser(
         "synth",
         help="generate a task's conversations with checkable answers (JSONL)",
@@ -134,7 +132,7 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> None:
         "compares (llm-lab eval --task-file, llm-lab rl). The same seed writes the same file.",
     )
     synth.add_argument("task", metavar="TASK", help="addition, addition_steps or reverse")
-    synth.add_argument("--n", type=positive_int, required=True, help=f"examples (at most {MAX_EXAMPLES:,})")
+    synth.add_argument("--n", type=positive_int, required=True, help="how many examples to write")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", required=True, type=Path, metavar="FILE", help="the JSONL file to write")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
