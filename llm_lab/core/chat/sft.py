@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from llm_lab.core.chat.template import ChatTemplate, RenderedChat, check_messages
+from llm_lab.core.model.gpt import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "ChatDataset"]
+__all__ = ["IGNORE_INDEX", "ChatDataset", "read_conversations", "render_conversations"]
 
-IGNORE_INDEX = -100
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -65,31 +65,14 @@ class ChatDataset:
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, template: ChatTemplate, context_length: int) -> ChatDataset:
-        """Read conversations from JSONL, one ``{"messages": [...]}`` object a line (other keys are ignored).
+        """Read conversations from JSONL (:func:`read_conversations`) and render them.
 
         Raises:
-            ValueError: a line that is not such an object, a bad conversation, one without an assistant turn or
-                one too long, each naming the file and line.
+            ValueError: as :func:`read_conversations` and :func:`render_conversations`, naming the file and line.
         """
-        path = Path(path)
-        chats = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or "messages" not in record:
-                        raise ValueError("expected an object with 'messages'")
-                    chat = template.render(check_messages(record["messages"], need_assistant=True))
-                    cls([chat], context_length, 0)  # the per-conversation checks, with the line named
-                except (json.JSONDecodeError, ValueError) as exc:
-                    reason = str(exc).replace("conversation 0 ", "the conversation ")
-                    raise ValueError(f"{path}, line {number}: {reason}") from None
-                chats.append(chat)
-        if not chats:
-            raise ValueError(f"{path}: no conversations")
-        return cls(chats, context_length, template.end_id)
+        conversations = read_conversations(path)
+        return cls(render_conversations(conversations, template, context_length, path), context_length,
+                   template.end_id)
 
     def __len__(self) -> int:
         return len(self.chats)
@@ -153,3 +136,49 @@ class ChatDataset:
             f"ChatDataset(conversations={len(self)}, num_tokens={self.num_tokens}, "
             f"context_length={self.context_length})"
         )
+
+
+def read_conversations(path: str | os.PathLike) -> list[tuple[int, list[dict[str, str]]]]:
+    """The conversations of a JSONL file, one ``{"messages": [...]}`` object a line (other keys are ignored), each
+    with its line number, checked (:func:`~llm_lab.core.chat.template.check_messages`, an assistant turn required).
+
+    Raises:
+        ValueError: a line that is not such an object or not a good conversation, naming the file and the line; a
+            file with no conversation.
+    """
+    path = Path(path)
+    conversations = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "messages" not in record:
+                    raise ValueError("expected an object with 'messages'")
+                conversations.append((number, check_messages(record["messages"], need_assistant=True)))
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise ValueError(f"{path}, line {number}: {exc}") from None
+    if not conversations:
+        raise ValueError(f"{path}: no conversations")
+    return conversations
+
+
+def render_conversations(
+    conversations: Sequence[tuple[int, list[dict[str, str]]]],
+    template: ChatTemplate,
+    context_length: int,
+    path: str | os.PathLike,
+) -> list[RenderedChat]:
+    """Render numbered conversations (:func:`read_conversations`), refusing one too long by its line."""
+    chats = []
+    for number, messages in conversations:
+        chat = template.render(messages)
+        if len(chat.ids) > context_length + 1:
+            raise ValueError(
+                f"{path}, line {number}: the conversation has {len(chat.ids)} tokens, more than context_length + 1 "
+                f"= {context_length + 1}; shorten it or raise model.context_length (conversations are refused, "
+                "not truncated: a cut would drop the answer being trained)"
+            )
+        chats.append(chat)
+    return chats

@@ -90,7 +90,10 @@ def init_weights(model: MiniGPT) -> None:
             module.reset_parameters()
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+IGNORE_INDEX = -100  # a target that is not scored (padding; a chat's prompt tokens): cross_entropy's default
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token cross-entropy over the targets that are not ``ignore_index``.
 
     Args:

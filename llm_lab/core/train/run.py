@@ -41,6 +41,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from llm_lab.core.chat import ChatTemplate, add_chat_tokens, grow_vocab
+from llm_lab.core.chat.sft import ChatDataset, read_conversations, render_conversations
 from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
@@ -131,11 +133,20 @@ class TokenizerSpec:
 
 @dataclass
 class DataConfig:
-    """How a plain-text corpus is split. Attributes: val_fraction: the last fraction held out for validation."""
+    """How the data is read and split.
+
+    Attributes:
+        val_fraction: the last fraction held out for validation (of the tokens of a text; of the conversations of a
+            chat file).
+        format: ``"text"`` (a text file or a prepared corpus, trained as windows of tokens) or ``"chat"`` (JSONL
+            conversations, ``{"messages": [...]}`` a line: supervised fine-tuning, one conversation a row, the loss
+            on the assistant's tokens only; see :mod:`llm_lab.core.chat.sft`).
+    """
 
     json_section: ClassVar[str] = "data"
 
     val_fraction: float = 0.1
+    format: Literal["text", "chat"] = "text"
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -393,13 +404,17 @@ def check_run_directory(
 
 @dataclass
 class _Corpus:
-    """Token ids of both splits, the tokenizer they belong to, and where they came from (``data_source``)."""
+    """Token ids of both splits, the tokenizer they belong to, and where they came from (``data_source``).
+
+    A chat corpus has no token stream: its splits are :class:`~llm_lab.core.chat.sft.ChatDataset` s (``chats``).
+    """
 
     train_ids: np.ndarray
     val_ids: np.ndarray
     tokenizer: Any
     source: dict[str, Any]
     hint: str  # what to change when a split is too short
+    chats: tuple[ChatDataset, ChatDataset] | None = None
 
 
 def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> _Corpus:
@@ -445,6 +460,43 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
     }
     return _Corpus(train_ids, val_ids, tokenizer, source, hint)
+
+
+def _load_chats(config: RunConfig, data: Path, tokenizer: Any) -> _Corpus:
+    """Step: conversations from a JSONL file, rendered with the chat template (the tokenizer gains the chat tokens).
+
+    ``tokenizer`` is the one the run must use (resume, fine-tuning) or ``None``: a new run builds one from the
+    conversations' text, as for a text file.
+    """
+    if data.is_dir() or not data.is_file():
+        raise ValueError(f"--data {data}: data.format 'chat' reads a JSONL file of conversations ({{\"messages\": "
+                         "[...]}} a line)")
+    conversations = read_conversations(data)
+    if tokenizer is None:
+        text = "\n".join(m["content"] for _, messages in conversations for m in messages)
+        tokenizer = _build_tokenizer(config.tokenizer, text)
+    tokenizer = add_chat_tokens(tokenizer)
+    template = ChatTemplate(tokenizer)
+    T = config.model.context_length
+    chats = render_conversations(conversations, template, T, data)
+    n_val = max(1, int(len(chats) * config.data.val_fraction))
+    if n_val >= len(chats):
+        raise ValueError(f"{data} has {len(chats)} conversation(s): too few to hold out data.val_fraction "
+                         f"({config.data.val_fraction}) for validation and train on the rest")
+    train = ChatDataset(chats[:-n_val], T, template.end_id)
+    val = ChatDataset(chats[-n_val:], T, template.end_id)
+    source = {
+        "path": str(data),
+        "format": "chat",
+        "val_fraction": config.data.val_fraction,
+        "fingerprint": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "conversations": len(chats),
+        "train_tokens": train.num_tokens,
+        "val_tokens": val.num_tokens,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+    empty = np.zeros(0, dtype=np.int64)
+    return _Corpus(empty, empty, tokenizer, source, "", chats=(train, val))
 
 
 def _saved_data_source(out: Path) -> dict[str, Any]:
@@ -494,6 +546,13 @@ def _check_resume(
     return checkpoint
 
 
+def _rank_share(chats: ChatDataset, dist_info: DistributedInfo) -> ChatDataset:
+    """This process's conversations: every ``world_size``-th one (disjoint data under DDP)."""
+    if not dist_info.enabled:
+        return chats
+    return ChatDataset(chats.chats[dist_info.rank :: dist_info.world_size], chats.context_length, chats.pad_id)
+
+
 def _warn_about_schedule(train: TrainerConfig) -> None:
     """Step: a schedule that cannot do what it says trains, but not silently."""
     if train.warmup_steps > train.max_steps:
@@ -533,8 +592,8 @@ class PreparedRun:
     config: RunConfig
     tokenizer: Any
     model: MiniGPT
-    train_data: LanguageModelingDataset
-    val_data: LanguageModelingDataset
+    train_data: LanguageModelingDataset | ChatDataset
+    val_data: LanguageModelingDataset | ChatDataset
     out_dir: Path
     data_source: dict[str, Any]
     resume_checkpoint: dict[str, Any] | None
@@ -640,16 +699,21 @@ def prepare_run(
         tokenizer, origin = init_from.tokenizer, f"--init-from {init_from.path}"
     else:
         tokenizer, origin = None, ""
-    corpus = _load_corpus(config, data, tokenizer, origin)
+    chat = config.data.format == "chat"
+    if chat and init_from is not None:  # conversations are rendered for the source model's context
+        config = dataclasses.replace(config, model=init_from.model_config)
+    corpus = _load_chats(config, data, tokenizer) if chat else _load_corpus(config, data, tokenizer, origin)
 
-    # The tokenizer decides the vocabulary; fine-tuning keeps the source's architecture.
+    # The tokenizer decides the vocabulary; fine-tuning keeps the source's architecture (a chat fine-tune grows
+    # its vocabulary by the chat tokens, see llm_lab.core.chat.grow_vocab).
     if init_from is not None:
-        model_config = init_from.model_config
+        model_config = replace_config(init_from.model_config, vocab_size=corpus.tokenizer.vocab_size)
     else:
         model_config = replace_config(config.model, vocab_size=corpus.tokenizer.vocab_size)  # n_kv_head stays derived
     T = model_config.context_length
-    _check_split("training", len(corpus.train_ids), T, corpus.hint)
-    _check_split("validation", len(corpus.val_ids), T, corpus.hint)
+    if not chat:
+        _check_split("training", len(corpus.train_ids), T, corpus.hint)
+        _check_split("validation", len(corpus.val_ids), T, corpus.hint)
     config = dataclasses.replace(config, model=model_config)
 
     checkpoint = _check_resume(out, data, config, corpus.source, dist_info) if resume else None
@@ -657,7 +721,7 @@ def prepare_run(
 
     # Each process trains on its own contiguous part of the training tokens (disjoint data under DDP).
     train_ids = corpus.train_ids
-    if dist_info.enabled:
+    if dist_info.enabled and not chat:
         per_rank = len(train_ids) // dist_info.world_size
         start = dist_info.rank * per_rank
         train_ids = train_ids[start : start + per_rank]
@@ -667,14 +731,16 @@ def prepare_run(
     seed_everything(config.train.seed)
     model = MiniGPT(model_config)
     if init_from is not None:
-        model.load_state_dict(init_from.state_dict)
+        source = MiniGPT(init_from.model_config)
+        source.load_state_dict(init_from.state_dict)
+        model.load_state_dict(grow_vocab(source, model_config.vocab_size).state_dict())
     resolve_precision(config.train.precision, device, model)  # fp16 off CUDA, bf16 on an old GPU: refused now
     return PreparedRun(
         config=config,
         tokenizer=corpus.tokenizer,
         model=model,
-        train_data=LanguageModelingDataset(train_ids, T),
-        val_data=LanguageModelingDataset(corpus.val_ids, T),
+        train_data=_rank_share(corpus.chats[0], dist_info) if chat else LanguageModelingDataset(train_ids, T),
+        val_data=corpus.chats[1] if chat else LanguageModelingDataset(corpus.val_ids, T),
         out_dir=out,
         data_source=corpus.source,
         resume_checkpoint=checkpoint,

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from llm_lab.core.model import MiniGPT, lm_loss
+from llm_lab.core.model.gpt import IGNORE_INDEX
 from llm_lab.core.train.checkpoint import (
     BEST_FILE,
     CHECKPOINT_DIR,
@@ -262,8 +263,10 @@ class Trainer:
             for x, y in batches:
                 with autocast_context(self.precision, self.device):
                     logits, _ = model(x)
-                total += lm_loss(logits, y).double() * y.numel()
-                count += y.numel()
+                # Weighted by the targets that count: a chat batch's padding and prompt tokens are not scored.
+                counted = (y != IGNORE_INDEX).sum()
+                total += lm_loss(logits, y).double() * counted
+                count += counted
         if split:
             dist.all_reduce(total)
             dist.all_reduce(count)
