@@ -163,3 +163,18 @@ def _synth(args: argparse.Namespace) -> int:
     write_task_file(task, args.n, args.seed, args.out)
     print(f"{args.n:,} {args.task} example{'s' if args.n != 1 else ''} written to {args.out}")
     return 0
+
+
+def run_task_file(args: argparse.Namespace) -> int:
+    """``llm-lab eval PACKAGE --task-file FILE``: accuracy on a generated task, by its checker (greedy replies)."""
+    from llm_lab.core.chat.reply import score_task_file
+    from llm_lab.core.package.io import load_package_or_run
+
+    _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
+    score = score_task_file(model, tokenizer, args.task_file, batch_size=args.batch_size, limit=args.limit)
+    if args.json:
+        print(json.dumps({"task_file": str(args.task_file), "right": score.right, "total": score.total,
+                          "accuracy": score.accuracy}, indent=2))
+    else:
+        print(f"accuracy  {score.accuracy:.4f} ({score.right:,} of {score.total:,} right) on {args.task_file}")
+    return 0
