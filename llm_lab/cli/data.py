@@ -12,6 +12,10 @@ from llm_lab.core.data.download import DATASETS, DownloadError, download_dataset
 ENCODER_NAMES = ("tiktoken", "llm-lab")  # llm_lab.core.data.encode.ENCODERS (not imported here: it loads numpy)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _load_tokenizer(spec: str, sources: list, progress: bool):
     if spec == "char":
         from llm_lab.core.data.prepare import build_char_tokenizer
@@ -49,7 +53,7 @@ def _prepare(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
         f"({meta['dtype']}, vocab {meta['vocab_size']:,}, tokenizer {meta['tokenizer']['type']}; "
-        f"{meta['documents']:,} documents, {meta['empty_documents']:,} empty skipped"
+        f"{_count(meta['documents'], 'document')}, {meta['empty_documents']:,} empty skipped"
         + (f"; {shards} shards" if args.shard_tokens else "")
         + ")"
     )

@@ -15,6 +15,7 @@ bounded whatever the corpus size.
 
 from __future__ import annotations
 
+import array
 import collections
 import multiprocessing
 import signal
@@ -52,19 +53,24 @@ class LlmLabEncoder:
 
     def __call__(self, batch: Batch) -> tuple[np.ndarray, list[int]]:
         """The ids of a batch (an end-of-text id before each piece marked so) and each piece's token count."""
-        parts: list[np.ndarray] = [np.empty(0, np.int64)]
+        flat = array.array("I")  # C unsigned ints: list -> array is one C loop, several times numpy's speed
         counts: list[int] = []
         for text, eot_before in batch:
             if eot_before and self.eot is not None:
-                parts.append(np.array([self.eot], dtype=np.int64))
-            ids = np.array(self.encode_text(text), dtype=np.int64)
-            parts.append(ids)
-            counts.append(int(ids.size))
-        flat = np.concatenate(parts)
-        if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size):
-            bad = int(flat.max()) if int(flat.max()) >= self.vocab_size else int(flat.min())
-            raise ValueError(f"the tokenizer produced id {bad} outside its vocabulary of {self.vocab_size}")
-        return flat.astype(self.dtype), counts
+                flat.append(self.eot)
+            ids = self.encode_text(text)
+            try:
+                flat.extend(ids)
+            except OverflowError:  # below 0 or above 2**32 - 1
+                bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+                message = f"the tokenizer produced id {bad} outside its vocabulary of {self.vocab_size}"
+                raise ValueError(message) from None
+            counts.append(len(ids))
+        ids_array = np.frombuffer(flat, dtype=np.uint32) if flat.itemsize == 4 else np.array(flat, dtype=np.uint32)
+        if ids_array.size and int(ids_array.max()) >= self.vocab_size:
+            raise ValueError(f"the tokenizer produced id {int(ids_array.max())} outside its vocabulary of "
+                             f"{self.vocab_size}")
+        return ids_array.astype(self.dtype), counts
 
 
 class TiktokenEncoder(LlmLabEncoder):
@@ -157,8 +163,10 @@ def encode_batches(
         for batch in batches:
             yield encoder(batch)
         return
-    # spawn: a clean interpreter per worker (no fork of a process holding threads or torch's state)
-    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker, (encoder,))
+    # fork where the platform has it: workers start at once, and a script calling this needs no __main__ guard
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    pool = ProcessPoolExecutor(workers, context, _start_worker, (encoder,))
     try:
         in_flight: collections.deque = collections.deque()
         for batch in batches:

@@ -143,7 +143,7 @@ def build_char_tokenizer(
     sources = _as_sources(input_paths, text_field)
     chars: set[str] = set()
     bar = tqdm(total=sum(s.size() for s in sources), unit="B", unit_scale=True, desc="reading characters",
-               disable=not progress)
+               disable=not progress, delay=1.0)
     with bar:
         for source in sources:
             done = 0

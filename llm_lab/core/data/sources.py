@@ -55,7 +55,7 @@ MAX_UNCUT_CHARS = 1 << 26
 # Safe cuts for the built-in pre-tokenisation patterns (GPT-2's and cl100k's): just after a newline that ends a
 # non-blank line, before a letter; or, failing that, before a space between two letters. At such a point every
 # pattern splits anyway, so encoding the pieces equals encoding the whole text.
-_LINE_CUT = regex.compile(r"(?<=\S\n)(?=\p{L})")
+_LINE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\p{L})")
 _WORD_CUT = regex.compile(r"(?r)(?<=\p{L})(?= \p{L})")
 
 
@@ -68,12 +68,8 @@ class TextPiece(NamedTuple):
 
 def _last_cut(text: str, search_from: int, cut_anywhere: bool) -> int:
     """Index of the last safe cut in ``text[search_from:]`` (0 or -1 when there is none)."""
-    cut = -1
-    for start in (max(search_from, len(text) - 65536), search_from):  # a cut is almost always near the end
-        for match in _LINE_CUT.finditer(text, start):
-            cut = match.start()
-        if cut > 0 or start == search_from:
-            break
+    match = _LINE_CUT.search(text, search_from)  # searched from the end: a cut is almost always near it
+    cut = match.start() if match else -1
     if cut <= 0 and len(text) > 4 * READ_BYTES:  # a very long line: fall back to a space between words
         match = _WORD_CUT.search(text, search_from)
         cut = match.start() if match else -1
