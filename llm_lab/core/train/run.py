@@ -42,7 +42,9 @@ import numpy as np
 import torch
 
 from llm_lab.core.data import LanguageModelingDataset
+from llm_lab.core.data.datasets import PACKINGS
 from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
+from llm_lab.core.data.shards import ShardedIds
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
@@ -131,15 +133,24 @@ class TokenizerSpec:
 
 @dataclass
 class DataConfig:
-    """How a plain-text corpus is split. Attributes: val_fraction: the last fraction held out for validation."""
+    """How a plain-text corpus is split, and where training windows start.
+
+    Attributes:
+        val_fraction: the last fraction held out for validation (plain-text ``--data``).
+        packing: "contiguous" (default: windows start anywhere) or "bos" (only at document starts); see
+            :data:`llm_lab.core.data.datasets.PACKINGS`.
+    """
 
     json_section: ClassVar[str] = "data"
 
     val_fraction: float = 0.1
+    packing: str = "contiguous"
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"data.packing must be one of {sorted(PACKINGS)}, got {self.packing!r}")
 
 
 @dataclass
@@ -395,8 +406,8 @@ def check_run_directory(
 class _Corpus:
     """Token ids of both splits, the tokenizer they belong to, and where they came from (``data_source``)."""
 
-    train_ids: np.ndarray
-    val_ids: np.ndarray
+    train_ids: np.ndarray | ShardedIds
+    val_ids: np.ndarray | ShardedIds
     tokenizer: Any
     source: dict[str, Any]
     hint: str  # what to change when a split is too short
@@ -673,7 +684,9 @@ def prepare_run(
         config=config,
         tokenizer=corpus.tokenizer,
         model=model,
-        train_data=LanguageModelingDataset(train_ids, T),
+        train_data=LanguageModelingDataset(
+            train_ids, T, PACKINGS[config.data.packing].window_starts(train_ids, T, corpus.tokenizer.eot_token_id)
+        ),
         val_data=LanguageModelingDataset(corpus.val_ids, T),
         out_dir=out,
         data_source=corpus.source,
