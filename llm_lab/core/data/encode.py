@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import multiprocessing
 import signal
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -140,9 +142,21 @@ def choose_encoder(tokenizer: Any, dtype: np.dtype, choice: str = "auto", sample
 _worker_encoder: LlmLabEncoder | None = None
 
 
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to end this worker when its parent dies (a killed ``prepare`` leaves no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _start_worker(encoder: LlmLabEncoder) -> None:
     global _worker_encoder
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle; workers just stop
+    _die_with_parent()
     _worker_encoder = encoder
 
 

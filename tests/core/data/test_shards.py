@@ -136,3 +136,44 @@ def test_bos_packing_in_a_run(tmp_path, small_text, only_train):
     config.write_text(json.dumps(TINY | {"data": {"packing": "rows"}}))
     assert main(["train", "--config", str(config), "--data", str(tmp_path / "prepared"), "--out",
                  str(tmp_path / "r2"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_prepare_with_workers_leaves_the_old_corpus(tmp_path):
+    """SIGKILL a sharded ``data prepare --workers 2 --overwrite`` at different moments: the corpus at the path
+    always loads whole, old or new, and no worker process outlives the kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "corpus"
+    old = tmp_path / "old.txt"
+    old.write_text("abc\n" * 50_000)
+    new = tmp_path / "new.txt"
+    new.write_text("cba\n" * 2_000_000)
+    prepare_corpus(CharTokenizer.from_text("abc\n"), [old], out, progress=False, shard_tokens=30_000)
+    command = [sys.executable, "-m", "llm_lab", "data", "prepare", "--tokenizer", str(out / "tokenizer"),
+               "--input", str(new), "--out", str(out), "--overwrite", "--quiet", "--workers", "2",
+               "--shard-tokens", "1000000"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    outcomes = set()
+    for delay in (0.4, 0.9, 1.5, 2.2):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        workers = children.read_text().split() if children.exists() else []
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        train, val, meta = load_prepared(out)
+        first = np.asarray(train[:4]).tolist()
+        assert first in ([1, 2, 3, 0], [3, 2, 1, 0]), first  # "\n" a b c are ids 0 1 2 3
+        outcomes.add("new" if first == [3, 2, 1, 0] else "old")
+        assert train.size + val.size == (200_000 if first == [1, 2, 3, 0] else 8_000_000)
+        time.sleep(0.5)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                    and "llm_lab" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert "old" in outcomes
+    subprocess.run(command, env=env, check=True)
+    assert np.asarray(load_prepared(out)[0][:4]).tolist() == [3, 2, 1, 0]
