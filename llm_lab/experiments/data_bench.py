@@ -103,7 +103,9 @@ def generate_text(path: str | Path, n_bytes: int, seed: int = 0) -> Path:
     letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
     probabilities = 1.0 / np.arange(1, 27) ** 0.9
     lengths = rng.integers(1, 10, size=20_000)
-    words = ["".join(rng.choice(letters, size=n, p=probabilities / probabilities.sum())) for n in lengths]
+    spelled = "".join(rng.choice(letters, size=int(lengths.sum()), p=probabilities / probabilities.sum()))
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    words = [spelled[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
     weights = 1.0 / np.arange(1, len(words) + 1)
     weights /= weights.sum()
     path = Path(path)
