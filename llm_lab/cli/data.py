@@ -33,7 +33,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from llm_lab.core.data.prepare import check_replaceable_corpus, prepare_corpus, usable_workers
     from llm_lab.core.data.sources import resolve_inputs
 
-    sources = resolve_inputs(args.input, args.text_field)
+    sources = resolve_inputs(args.input, args.text_field, args.separator)
     check_replaceable_corpus(args.out, args.overwrite)  # before reading the inputs for a vocabulary
     tokenizer = _load_tokenizer(args.tokenizer, sources, progress=not args.quiet)
     meta = prepare_corpus(
@@ -69,6 +69,9 @@ def _download(args: argparse.Namespace) -> int:
             f"{e}. Without network access, copy the file here by other means and pass --from PATH"
         ) from None
     print(f"{args.name}: {path} (sha256 verified)")
+    separator = DATASETS[args.name].separator
+    if separator:
+        print(f"its documents are separated by {separator} lines: prepare it with --separator '{separator}'")
     return 0
 
 
@@ -94,6 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument(
         "--text-field", default="text", metavar="FIELD", help="record field holding the text (default: text)"
+    )
+    prepare.add_argument(
+        "--separator", default=None, metavar="TEXT",
+        help="split text files into documents at TEXT (e.g. '<|endoftext|>' for TinyStories); default: a file is "
+        "one document",
     )
     prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens for validation (default 0.1)")

@@ -16,6 +16,7 @@ def _train(args: argparse.Namespace) -> int:
         args.vocab_size,
         args.out,
         text_field=args.text_field,
+        separator=args.separator,
         pattern=args.pattern,
         special_tokens=args.special,
         overwrite=args.overwrite,
@@ -46,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders or globs, in order")
     train.add_argument("--text-field", default="text", metavar="FIELD", help="record field holding the text")
+    train.add_argument("--separator", default=None, metavar="TEXT",
+                       help="split text files into documents at TEXT (default: a file is one document)")
     train.add_argument("--vocab-size", type=positive_int, required=True, metavar="N",
                        help="ids in all: 256 bytes + merges + special tokens")
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="tokenizer folder to write")

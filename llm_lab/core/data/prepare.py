@@ -128,10 +128,13 @@ def _cuts_anywhere(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "splits_anywhere", False))
 
 
-def _as_sources(inputs: Sequence[str | Path | DocumentSource], text_field: str) -> list[DocumentSource]:
+def _as_sources(
+    inputs: Sequence[str | Path | DocumentSource], text_field: str, separator: str | None = None
+) -> list[DocumentSource]:
     if inputs and all(isinstance(i, DocumentSource) for i in inputs):
         return list(inputs)  # type: ignore[arg-type]
-    return resolve_inputs([str(i) if isinstance(i, Path) else i for i in inputs], text_field)  # type: ignore[misc]
+    paths = [str(i) if isinstance(i, Path) else i for i in inputs]
+    return resolve_inputs(paths, text_field, separator)  # type: ignore[arg-type]
 
 
 def build_char_tokenizer(
@@ -171,12 +174,12 @@ def _saved_tokenizer_type(tokenizer_dir: Path, tokenizer: Any) -> str:
 
 
 def _check_inputs(
-    input_paths: Sequence[str | Path | DocumentSource], val_fraction: Any, text_field: str
+    input_paths: Sequence[str | Path | DocumentSource], val_fraction: Any, text_field: str, separator: str | None
 ) -> list[DocumentSource]:
     """Step 1: the arguments. Every input resolves to a readable source and ``val_fraction`` is in [0, 1)."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    return _as_sources(input_paths, text_field)
+    return _as_sources(input_paths, text_field, separator)
 
 
 def _check_options(workers: Any, shard_tokens: Any) -> None:
@@ -373,6 +376,7 @@ def _corpus_meta(
         "empty_documents": sum(s["empty_documents"] for s in sources),
         "eot_tokens": eot_count,
         "text_field": options["text_field"],
+        "separator": options["separator"],
         "shard_tokens": options["shard_tokens"],
         "encoder": options["encoder_used"],
         "splits": splits,
@@ -392,6 +396,7 @@ def prepare_corpus(
     progress: bool = True,
     read_bytes: int = _READ_BYTES,
     text_field: str = "text",
+    separator: str | None = None,
     workers: int = 1,
     shard_tokens: int | None = None,
     encoder: str = "auto",
@@ -412,6 +417,7 @@ def prepare_corpus(
         progress: show a tqdm progress bar (bytes read) on stderr.
         read_bytes: bytes read per step (tests use small values to exercise chunking).
         text_field: the field of JSON lines, Parquet and datasets records that holds the text.
+        separator: split text files into documents at this text (e.g. TinyStories' ``<|endoftext|>`` lines).
         workers: processes that encode (1: in this process). The ids do not depend on it.
         shard_tokens: write shards of at most this many ids (``train-00000.bin, ...``) instead of one file each.
         encoder: "auto" (tiktoken where it gives the same ids, else the tokenizer's own), "tiktoken", "llm-lab".
@@ -425,13 +431,14 @@ def prepare_corpus(
         FileNotFoundError: a missing input file.
         FileExistsError: ``out_dir`` already holds a prepared corpus and ``overwrite`` is False.
     """
-    sources = _check_inputs(input_paths, val_fraction, text_field)
+    sources = _check_inputs(input_paths, val_fraction, text_field, separator)
     _check_options(workers, shard_tokens)
     out_dir = Path(out_dir)
     check_replaceable_corpus(out_dir, overwrite)
     dtype = dtype_for_vocab(int(tokenizer.vocab_size))
     options = {"progress": progress, "read_bytes": read_bytes, "workers": workers, "encoder": encoder,
-               "val_fraction": val_fraction, "text_field": text_field, "shard_tokens": shard_tokens}
+               "val_fraction": val_fraction, "text_field": text_field, "shard_tokens": shard_tokens,
+               "separator": separator}
     with staged_directory(out_dir) as staged:
         writer = StreamWriter(staged, dtype, shard_tokens)
         try:

@@ -194,6 +194,8 @@ class DocumentSource:
     Attributes:
         path: the input as the user named it (after expanding directories and globs).
         text_field: the record field that holds a document's text (record formats only).
+        separator: text files only: the text between two documents (TinyStories' ``<|endoftext|>`` lines), dropped
+            with one newline right after it; None: the file is one document.
         bytes_read, sha256: the input's files as they are on disk (complete once iteration ends).
         documents, empty_documents: documents read with text, and empty ones (skipped).
     """
@@ -203,6 +205,7 @@ class DocumentSource:
 
     path: Path
     text_field: str = "text"
+    separator: str | None = None
     bytes_read: int = field(default=0, init=False)
     sha256: str = field(default="", init=False)
     documents: int = field(default=0, init=False)
@@ -277,13 +280,29 @@ class TextFileSource(DocumentSource):
     def pieces(self, read_bytes: int = READ_BYTES, cut_anywhere: bool = False) -> Iterator[TextPiece]:
         self.bytes_read, self.documents, self.empty_documents = 0, 0, 0
         raw, stream, f = self._open_stream()
+        # With a separator a cut may not fall inside it: safe cuts never do (they precede a letter after a line
+        # end, or a space between letters); the cut-anywhere fallback could, so it is off then.
+        cut_anywhere = cut_anywhere and self.separator is None
+        split = regex.compile(regex.escape(self.separator) + r"\n?").split if self.separator else None
         with f:
-            first = True
+            started = False  # a document is open and has text
             for text in iter_text_pieces(stream, str(self.path), read_bytes, cut_anywhere):
-                yield TextPiece(text, first)
-                first = False
+                parts = split(text) if split else [text]
+                for k, part in enumerate(parts):
+                    if k > 0:  # a separator ended the open document
+                        self._close_document(started)
+                        started = False
+                    if part:
+                        yield TextPiece(part, not started)
+                        started = True
+            self._close_document(started)
             self._finish(raw)
-        self.documents, self.empty_documents = (0, 1) if first else (1, 0)
+
+    def _close_document(self, had_text: bool) -> None:
+        if had_text:
+            self.documents += 1
+        else:
+            self.empty_documents += 1
 
 
 @dataclass
@@ -485,7 +504,7 @@ def _directory_files(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
-def _expand(path: Path, text_field: str) -> list[DocumentSource]:
+def _expand(path: Path, text_field: str, separator: str | None = None) -> list[DocumentSource]:
     _check_regular(path)
     if path.is_dir():
         if DatasetsFolderSource.recognises(path):
@@ -495,13 +514,16 @@ def _expand(path: Path, text_field: str) -> list[DocumentSource]:
         files = _directory_files(path)
         if not files:
             raise ValueError(f"--input {path} is a folder with no files in it")
-        return [source for f in files for source in _expand(f, text_field)]
-    return [_source_class(path)(path, text_field)]
+        return [source for f in files for source in _expand(f, text_field, separator)]
+    return [_source_class(path)(path, text_field, separator)]
 
 
-def resolve_inputs(inputs: Sequence[str | os.PathLike], text_field: str = "text") -> list[DocumentSource]:
+def resolve_inputs(
+    inputs: Sequence[str | os.PathLike], text_field: str = "text", separator: str | None = None
+) -> list[DocumentSource]:
     """The sources named by ``--input`` values, in order: files, folders (every file inside, sorted by path, or a
-    ``datasets`` folder) and globs (``data/*.parquet``, ``**`` recursive; matches sorted).
+    ``datasets`` folder) and globs (``data/*.parquet``, ``**`` recursive; matches sorted). ``separator`` splits
+    text files into documents (see :class:`DocumentSource`).
 
     Raises:
         ValueError: no inputs, a glob matching nothing, a folder with no files, a FIFO, a device or a socket.
@@ -513,6 +535,8 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike], text_field: str = "text"
         raise ValueError("no input files given")
     if not isinstance(text_field, str) or not text_field:
         raise ValueError(f"text_field must be a non-empty field name, got {text_field!r}")
+    if separator is not None and (not isinstance(separator, str) or not separator.strip() or "\n" in separator):
+        raise ValueError(f"separator must be text on one line, got {separator!r}")
     sources: list[DocumentSource] = []
     for spec in inputs:
         path = Path(spec)
@@ -521,7 +545,7 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike], text_field: str = "text"
             if not matches:
                 raise ValueError(f"--input {spec!r} matches no file")
             for match in matches:
-                sources += _expand(Path(match), text_field)
+                sources += _expand(Path(match), text_field, separator)
         else:
-            sources += _expand(path, text_field)
+            sources += _expand(path, text_field, separator)
     return sources

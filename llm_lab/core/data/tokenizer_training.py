@@ -61,6 +61,7 @@ def train_tokenizer(
     out_dir: str | os.PathLike,
     *,
     text_field: str = "text",
+    separator: str | None = None,
     pattern: str = "gpt2",
     special_tokens: Sequence[str] = (EOT_TOKEN,),
     overwrite: bool = False,
@@ -73,6 +74,7 @@ def train_tokenizer(
         vocab_size: ids wanted in all: 256 bytes + merges + special tokens.
         out_dir: the tokenizer folder to write (replaced only with ``overwrite``, and only if it holds a tokenizer).
         text_field: the record field holding the text (JSON lines, Parquet, datasets).
+        separator: split text files into documents at this text (see ``data prepare --separator``).
         pattern: "gpt2" or "gpt4" pre-tokenisation.
         special_tokens: texts with an id each (default: ``<|endoftext|>``, the document separator).
         overwrite: replace a tokenizer already in ``out_dir``.
@@ -82,7 +84,7 @@ def train_tokenizer(
         A summary: ``vocab_size``, ``merges``, ``pattern``, ``documents``, ``bytes``.
     """
     sources = list(inputs) if inputs and all(isinstance(i, DocumentSource) for i in inputs) else resolve_inputs(
-        [str(i) for i in inputs], text_field)  # type: ignore[arg-type]
+        [str(i) for i in inputs], text_field, separator)  # type: ignore[arg-type]
     if pattern not in ("gpt2", "gpt4"):
         raise ValueError(f"pattern must be 'gpt2' or 'gpt4' (the patterns a corpus streams for), got {pattern!r}")
     out_dir = Path(out_dir)

@@ -260,3 +260,22 @@ def test_a_long_line_streams_for_a_char_tokenizer_and_is_refused_for_bpe(tmp_pat
     prepare_corpus(char, [path], tmp_path / "o", val_fraction=0.0, progress=False, read_bytes=64)
     train, _, _ = load_prepared(tmp_path / "o")
     assert np.array_equal(np.asarray(train), char.encode(text))
+
+
+def test_a_separator_splits_a_text_file_into_documents(tmp_path, bpe, monkeypatch):
+    """TinyStories' layout (stories between "<|endoftext|>" lines) gives the same corpus as one record per story,
+    however the file is cut into pieces."""
+    from llm_lab.core.data import sources
+
+    monkeypatch.setattr(sources, "READ_BYTES", 16)
+    stories = [d for d in DOCUMENTS if d and "<|endoftext|>" not in d] + ["Last story.\n"]
+    text = "".join(story + ("" if story.endswith("\n") else "\n") + "<|endoftext|>\n" for story in stories[:-1])
+    (tmp_path / "stories.txt").write_text(text + stories[-1] + "<|endoftext|>\n", newline="")
+    records = [s if s.endswith("\n") else s + "\n" for s in stories]
+    (tmp_path / "stories.jsonl").write_bytes(_jsonl_bytes(records))
+    meta = _prepare(bpe, [tmp_path / "stories.txt"], tmp_path / "a", separator="<|endoftext|>", read_bytes=16)
+    _prepare(bpe, [tmp_path / "stories.jsonl"], tmp_path / "b")
+    assert meta["documents"] == 4 and meta["empty_documents"] == 1  # the empty one after the last separator
+    assert (tmp_path / "a" / "train.bin").read_bytes() == (tmp_path / "b" / "train.bin").read_bytes()
+    with pytest.raises(ValueError, match="separator must be text on one line"):
+        resolve_inputs([tmp_path / "stories.txt"], separator="a\nb")
