@@ -301,6 +301,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from llm_lab.experiments.data_bench import format_tables, run_data_benchmark, write_data_bench_results
 
     workers = args.workers or usable_workers()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine skews every number
     with tempfile.TemporaryDirectory(prefix="llm-lab-bench-data-") as work:
         rows, train_row = run_data_benchmark(
             work, corpus=args.corpus, sizes_mb=tuple(args.sizes), workers=workers, tokenizer_dir=args.tokenizer,
@@ -308,7 +309,8 @@ def _run_data(args: argparse.Namespace) -> int:
             log=lambda msg: print(msg, file=sys.stderr),
         )
     context = {"corpus": str(args.corpus or "generated text"), "workers": workers, "repeats": args.repeats,
-               "load average before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+               "load average before": load_before,
+               "load average after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     print(format_tables(rows, train_row))
     print(f"wrote {write_data_bench_results(rows, train_row, args.out, context)}")
     return 0
