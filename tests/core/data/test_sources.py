@@ -279,3 +279,20 @@ def test_a_separator_splits_a_text_file_into_documents(tmp_path, bpe, monkeypatc
     assert (tmp_path / "a" / "train.bin").read_bytes() == (tmp_path / "b" / "train.bin").read_bytes()
     with pytest.raises(ValueError, match="separator must be text on one line"):
         resolve_inputs([tmp_path / "stories.txt"], separator="a\nb")
+
+
+def test_the_cli_names_odd_inputs_in_one_line(tmp_path, capsys):
+    from llm_lab.cli import main
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    cases = {str(fifo): "is a FIFO (named pipe), not a regular file", "/dev/zero": "is a character device",
+             str(tmp_path / "folder"): "is a folder with no files in it",
+             str(tmp_path / "*.parquet"): "matches no file"}
+    for value, message in cases.items():
+        code = main(["data", "prepare", "--tokenizer", "char", "--input", value, "--out", str(tmp_path / "o"),
+                     "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1 and "not found" not in err, err
+    assert not (tmp_path / "o").exists()
