@@ -2,12 +2,14 @@
 
 For each size (10 MB and 100 MB by default), the first that many bytes of the corpus (cut at a line end) are:
 
-- prepared by ``llm-lab data prepare --workers N`` in a fresh process: wall time, MB/s, and peak resident memory
-  of the main process and of its largest worker (``getrusage``);
+- prepared by ``llm-lab data prepare --workers N`` in a fresh process: wall time, MB/s, peak resident memory of
+  the main process and of its largest worker, and CPU seconds of the main process and of the workers;
 - encoded by ``tiktoken`` on one thread with the same ranks and pattern (``encode_ordinary``, 1 MB blocks, ids
   counted, in a fresh process): the reference speed.
 
-The two alternate, ``repeats`` times each (medians), so a change in the machine's load hits both alike. The corpus
+The two alternate, ``repeats`` times each (medians), so a change in the machine's load hits both alike. On a busy
+machine wall times say little about parallel speed; the "ratio from CPU s" column estimates the idle-machine ratio
+from CPU seconds instead (tiktoken's, over the longer of prepare's main process and its workers' share each). The corpus
 is the user's file or, by default, generated text (Zipf-distributed made-up words in sentences and lines; no
 download). The tokenizer is the user's or a BPE trained here on the corpus's first 2 MB.
 
@@ -56,6 +58,17 @@ class PrepareBenchRow:
     worker_rss_mb: float  # of its largest worker (0 with one worker)
     tiktoken_rss_mb: float
     tokens: int
+    prepare_cpu_main_s: float = 0.0  # CPU seconds (user + system) of prepare's main process
+    prepare_cpu_workers_s: float = 0.0  # of all its workers together
+    tiktoken_cpu_s: float = 0.0  # of the whole tiktoken process
+
+    @property
+    def idle_estimate(self) -> float:
+        """The ratio to expect on an idle machine with a core per worker, from CPU seconds (which the machine's
+        load does not change): tiktoken's CPU time over the longer of prepare's main-process time and its
+        workers' time shared among them."""
+        parallel = max(self.prepare_cpu_main_s, self.prepare_cpu_workers_s / max(self.workers, 1))
+        return self.tiktoken_cpu_s / parallel if parallel > 0 else float("nan")
 
     @property
     def prepare_mb_s(self) -> float:
@@ -72,7 +85,7 @@ class PrepareBenchRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "prepare_mb_s": self.prepare_mb_s, "tiktoken_mb_s": self.tiktoken_mb_s,
-                "speedup": self.speedup}
+                "speedup": self.speedup, "idle_estimate": self.idle_estimate}
 
 
 @dataclass
@@ -152,6 +165,9 @@ def peak_kb():
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def cpu_s(who):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 reset_peak()
 """
 
@@ -165,11 +181,12 @@ meta = prepare_corpus(tokenizer, [sys.argv[2]], sys.argv[3], progress=False, wor
                       overwrite=True)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "tokens": meta["total_tokens"], "encoder": meta["encoder"],
-                  "rss_kb": peak_kb(), "child_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+                  "rss_kb": peak_kb(), "child_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                  "cpu_main_s": cpu_s(resource.RUSAGE_SELF), "cpu_workers_s": cpu_s(resource.RUSAGE_CHILDREN)}))
 """
 
 _TIKTOKEN_CHILD = _PEAK_RSS + """
-import json, sys, time
+import json, resource, sys, time
 from llm_lab.core.tokenization import load_tokenizer
 encoding = load_tokenizer(sys.argv[1]).to_tiktoken()
 start = time.perf_counter()
@@ -183,7 +200,8 @@ with open(sys.argv[2], "rb") as f:
         pending = block[cut:]
     tokens += len(encoding.encode_ordinary(pending.decode("utf-8")))
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "tokens": tokens, "rss_kb": peak_kb()}))
+print(json.dumps({"seconds": seconds, "tokens": tokens, "rss_kb": peak_kb(),
+                  "cpu_main_s": cpu_s(resource.RUSAGE_SELF)}))
 """
 
 
@@ -274,6 +292,9 @@ def run_data_benchmark(
             worker_rss_mb=max(r["child_rss_kb"] for r in prepare) / 1024 if workers > 1 else 0.0,
             tiktoken_rss_mb=max(r["rss_kb"] for r in tiktoken) / 1024,
             tokens=int(prepare[0]["tokens"]),
+            prepare_cpu_main_s=statistics.median(r["cpu_main_s"] for r in prepare),
+            prepare_cpu_workers_s=statistics.median(r["cpu_workers_s"] for r in prepare),
+            tiktoken_cpu_s=statistics.median(r["cpu_main_s"] for r in tiktoken),
         ))
 
     train_row = None
@@ -295,7 +316,8 @@ def run_data_benchmark(
 
 PREPARE_HEADERS = {
     "size_mb": "MB", "workers": "workers", "encoder": "encoder", "prepare_mb_s": "prepare MB/s",
-    "tiktoken_mb_s": "tiktoken 1-thread MB/s", "speedup": "ratio", "prepare_rss_mb": "peak RSS main MB",
+    "tiktoken_mb_s": "tiktoken 1-thread MB/s", "speedup": "ratio", "idle_estimate": "ratio from CPU s",
+    "prepare_rss_mb": "peak RSS main MB",
     "worker_rss_mb": "peak RSS worker MB", "tiktoken_rss_mb": "tiktoken RSS MB",
 }
 TRAIN_HEADERS = {"size_mb": "MB", "vocab_size": "vocab", "ours_s": "ours s", "hf_s": "HF tokenizers s",

@@ -24,6 +24,9 @@ def test_bench_data_measures_both_sides(tmp_path):
         assert row.tokens > 0 and row.encoder == "tiktoken" and row.prepare_s > 0 and row.tiktoken_s > 0
         assert 0 < row.prepare_rss_mb < 2000 and 0 < row.worker_rss_mb < 2000
         assert row.speedup == pytest.approx(row.tiktoken_s / row.prepare_s)
+        assert row.prepare_cpu_main_s > 0 and row.prepare_cpu_workers_s > 0 and row.tiktoken_cpu_s > 0
+        parallel = max(row.prepare_cpu_main_s, row.prepare_cpu_workers_s / 2)
+        assert row.idle_estimate == pytest.approx(row.tiktoken_cpu_s / parallel)
     assert train is not None and train.vocab_size == 300 and train.ratio == pytest.approx(train.ours_s / train.hf_s)
 
 
@@ -33,6 +36,7 @@ def test_bench_data_command_writes_its_tables(tmp_path):
                  "--out", str(out)]) == 0
     table = (out / "results.md").read_text()
     assert "prepare MB/s" in table and "tiktoken 1-thread MB/s" in table and "load average before" in table
+    assert "ratio from CPU s" in table
     assert (out / "prepare.csv").read_text().startswith("size_mb,workers,encoder")
 
 
