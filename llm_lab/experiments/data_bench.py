@@ -9,7 +9,8 @@ For each size (10 MB and 100 MB by default), the first that many bytes of the co
 
 The two alternate, ``repeats`` times each (medians), so a change in the machine's load hits both alike. On a busy
 machine wall times say little about parallel speed; the "ratio from CPU s" column estimates the idle-machine ratio
-from CPU seconds instead (tiktoken's, over the longer of prepare's main process and its workers' share each). The corpus
+from CPU seconds instead (tiktoken's, over the longer of prepare's main process alone and all of prepare's CPU
+time shared among ``workers`` cores). The corpus
 is the user's file or, by default, generated text (Zipf-distributed made-up words in sentences and lines; no
 download). The tokenizer is the user's or a BPE trained here on the corpus's first 2 MB.
 
@@ -64,10 +65,11 @@ class PrepareBenchRow:
 
     @property
     def idle_estimate(self) -> float:
-        """The ratio to expect on an idle machine with a core per worker, from CPU seconds (which the machine's
-        load does not change): tiktoken's CPU time over the longer of prepare's main-process time and its
-        workers' time shared among them."""
-        parallel = max(self.prepare_cpu_main_s, self.prepare_cpu_workers_s / max(self.workers, 1))
+        """The ratio to expect on an idle machine with one core per worker, from CPU seconds (which the machine's
+        load hardly changes): tiktoken's CPU time over prepare's, that is the longer of its main process alone
+        and all its processes' CPU time shared among ``workers`` cores."""
+        total = self.prepare_cpu_main_s + self.prepare_cpu_workers_s
+        parallel = max(self.prepare_cpu_main_s, total / max(self.workers, 1))
         return self.tiktoken_cpu_s / parallel if parallel > 0 else float("nan")
 
     @property
