@@ -177,3 +177,24 @@ def test_a_killed_sharded_prepare_with_workers_leaves_the_old_corpus(tmp_path):
     assert "old" in outcomes
     subprocess.run(command, env=env, check=True)
     assert np.asarray(load_prepared(out)[0][:4]).tolist() == [3, 2, 1, 0]
+
+
+def test_shards_are_uint32_when_the_vocabulary_needs_it(tmp_path):
+    class WideTokenizer:  # ids = bytes + 69,000: a vocabulary past uint16
+        vocab_size = 69_257
+        eot_token_id = None
+
+        def encode(self, text):
+            return [b + 69_000 for b in text.encode()]
+
+        def save(self, directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+
+    (tmp_path / "t.txt").write_text("abcdefghij" * 3)
+    meta = prepare_corpus(WideTokenizer(), [tmp_path / "t.txt"], tmp_path / "o", val_fraction=0.0, progress=False,
+                          shard_tokens=7)
+    train, _, _ = load_prepared(tmp_path / "o")
+    assert meta["dtype"] == "uint32" and isinstance(train, ShardedIds) and train.dtype == np.uint32
+    assert np.asarray(train).tolist() == [b + 69_000 for b in b"abcdefghij" * 3]
+    assert [f["tokens"] for f in meta["splits"]["train"]] == [7, 7, 7, 7, 2]
+    assert (tmp_path / "o" / "train-00004.bin").stat().st_size == 2 * 4
