@@ -31,6 +31,7 @@ __all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error
 _COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "data",
+    "tokenizer",
     "plot",
     "sample",
     "evaluate",

@@ -1,4 +1,4 @@
-"""``llm-lab bench env|attention|step|threads|generate|tokenizer|time-to-loss``: the machine check and the
+"""``llm-lab bench env|attention|step|threads|generate|tokenizer|data|time-to-loss``: the machine check and the
 benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
 
 from __future__ import annotations
@@ -109,6 +109,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tok.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
     tok.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
     tok.set_defaults(func=_run_tokenizer)
+
+    data = commands.add_parser(
+        "data", help="data prepare MB/s and peak memory vs one-thread tiktoken; tokenizer training vs HF tokenizers"
+    )
+    data.add_argument("--corpus", type=Path, default=None, help="UTF-8 text file (default: generated text)")
+    data.add_argument("--sizes", type=float, nargs="+", default=[10, 100], metavar="MB",
+                      help="corpus sizes to prepare, in MB (default: 10 100)")
+    data.add_argument("--workers", type=int, default=None, help="data prepare --workers (default: usable cores)")
+    data.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                      help="a saved BPE tokenizer (default: one trained here on the corpus's first 2 MB)")
+    data.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the tokenizers trained here")
+    data.add_argument("--train-mb", type=float, default=10, help="MB for the tokenizer-training comparison (0: skip)")
+    data.add_argument("--repeats", type=int, default=1, help="runs per side, alternating (median reported)")
+    data.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "data", help="output directory")
+    data.set_defaults(func=_run_data)
 
     ttl = commands.add_parser(
         "time-to-loss",
@@ -274,6 +289,30 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.json:
         atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    return 0
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    import os
+    import sys
+    import tempfile
+
+    from llm_lab.core.data.prepare import usable_workers
+    from llm_lab.experiments.data_bench import format_tables, run_data_benchmark, write_data_bench_results
+
+    workers = args.workers or usable_workers()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine skews every number
+    with tempfile.TemporaryDirectory(prefix="llm-lab-bench-data-") as work:
+        rows, train_row = run_data_benchmark(
+            work, corpus=args.corpus, sizes_mb=tuple(args.sizes), workers=workers, tokenizer_dir=args.tokenizer,
+            vocab_size=args.vocab_size, repeats=args.repeats, train_mb=args.train_mb,
+            log=lambda msg: print(msg, file=sys.stderr),
+        )
+    context = {"corpus": str(args.corpus or "generated text"), "workers": workers, "repeats": args.repeats,
+               "load average before": load_before,
+               "load average after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    print(format_tables(rows, train_row))
+    print(f"wrote {write_data_bench_results(rows, train_row, args.out, context)}")
     return 0
 
 

@@ -7,14 +7,21 @@ from pathlib import Path
 
 # Standard library only: the corpus names are needed to build --help. numpy/torch load inside the commands.
 from llm_lab.cli.chat import add_synth_parser
+from llm_lab.cli.sample import positive_int
 from llm_lab.core.data.download import DATASETS, DownloadError, download_dataset
 
+ENCODER_NAMES = ("tiktoken", "llm-lab")  # llm_lab.core.data.encode.ENCODERS (not imported here: it loads numpy)
 
-def _load_tokenizer(spec: str, inputs: list[Path]):
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _load_tokenizer(spec: str, sources: list, progress: bool):
     if spec == "char":
         from llm_lab.core.data.prepare import build_char_tokenizer
 
-        return build_char_tokenizer(inputs)
+        return build_char_tokenizer(sources, progress=progress)
     from llm_lab.core.tokenization import load_tokenizer
 
     path = Path(spec)
@@ -24,26 +31,32 @@ def _load_tokenizer(spec: str, inputs: list[Path]):
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    inputs = [Path(p) for p in args.input]
-    for path in inputs:
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-    from llm_lab.core.data.prepare import check_replaceable_corpus, prepare_corpus
+    from llm_lab.core.data.prepare import check_replaceable_corpus, prepare_corpus, usable_workers
+    from llm_lab.core.data.sources import resolve_inputs
 
+    sources = resolve_inputs(args.input, args.text_field, args.separator)
     check_replaceable_corpus(args.out, args.overwrite)  # before reading the inputs for a vocabulary
-    tokenizer = _load_tokenizer(args.tokenizer, inputs)
+    tokenizer = _load_tokenizer(args.tokenizer, sources, progress=not args.quiet)
     meta = prepare_corpus(
         tokenizer,
-        inputs,
+        sources,
         args.out,
         val_fraction=args.val_fraction,
         context_length=args.context_length,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        text_field=args.text_field,
+        workers=args.workers if args.workers is not None else usable_workers(),
+        shard_tokens=args.shard_tokens,
+        encoder=args.encoder,
     )
+    shards = len(meta["splits"]["train"]) + len(meta["splits"]["val"])
     print(
         f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-        f"({meta['dtype']}, vocab {meta['vocab_size']:,}, tokenizer {meta['tokenizer']['type']})"
+        f"({meta['dtype']}, vocab {meta['vocab_size']:,}, tokenizer {meta['tokenizer']['type']}; "
+        f"{_count(meta['documents'], 'document')}, {meta['empty_documents']:,} empty skipped"
+        + (f"; {shards} shards" if args.shard_tokens else "")
+        + ")"
     )
     return 0
 
@@ -57,6 +70,9 @@ def _download(args: argparse.Namespace) -> int:
             f"{e}. Without network access, copy the file here by other means and pass --from PATH"
         ) from None
     print(f"{args.name}: {path} (sha256 verified)")
+    separator = DATASETS[args.name].separator
+    if separator:
+        print(f"its documents are separated by {separator} lines: prepare it with --separator '{separator}'")
     return 0
 
 
@@ -66,20 +82,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     prepare = sub.add_parser(
         "prepare",
-        help="tokenise text files into train.bin/val.bin + meta.json",
-        description="Tokenise text files (one document each) into OUT/train.bin and OUT/val.bin, with meta.json and "
-        "the tokenizer in OUT/tokenizer. Validation is the last --val-fraction of the token stream.",
+        help="tokenise documents (text, JSON lines, Parquet, datasets) into train.bin/val.bin + meta.json",
+        description="Tokenise documents into OUT/train.bin and OUT/val.bin (or shards), with meta.json and the "
+        "tokenizer in OUT/tokenizer. Inputs: .txt files (one document each), .jsonl/.json lines and .parquet (one "
+        "document per record, --text-field), either text format compressed as .gz or .zst, a folder saved by "
+        "datasets' save_to_disk, folders (every file inside, sorted by path) and globs (quoted; matches sorted, ** "
+        "recursive). Documents are joined with the tokenizer's end-of-text token; empty ones are skipped and counted. "
+        "Validation is the last --val-fraction of the token stream.",
     )
     prepare.add_argument(
         "--tokenizer", required=True, help="'char' (built from the input text) or a saved tokenizer directory"
     )
-    prepare.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, in order")
+    prepare.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="files, folders or globs, read in this order"
+    )
+    prepare.add_argument(
+        "--text-field", default="text", metavar="FIELD", help="record field holding the text (default: text)"
+    )
+    prepare.add_argument(
+        "--separator", default=None, metavar="TEXT",
+        help="split text files into documents at TEXT (e.g. '<|endoftext|>' for TinyStories); default: a file is "
+        "one document",
+    )
     prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens for validation (default 0.1)")
     prepare.add_argument(
         "--context-length", type=int, default=None, help="warn if the validation split has no window this long"
     )
     prepare.add_argument("--overwrite", action="store_true", help="replace a corpus already prepared in DIR")
+    prepare.add_argument(
+        "--workers", type=positive_int, default=None, metavar="N",
+        help="processes that encode (default: the usable CPU cores); the ids do not depend on it",
+    )
+    prepare.add_argument(
+        "--shard-tokens", type=positive_int, default=None, metavar="N",
+        help="write train-00000.bin, ... and val-00000.bin, ... of at most N tokens each (default: one file each)",
+    )
+    prepare.add_argument(
+        "--encoder", choices=("auto", *ENCODER_NAMES), default="auto",
+        help="auto (default): tiktoken where it gives the tokenizer's own ids, else the tokenizer's encode",
+    )
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(func=_prepare)
 

@@ -8,12 +8,15 @@ stage         share  what it runs
 ============  =====  ==============================================================================================
 env           4%     GPU name and count, torch, CUDA and cuDNN versions, the measured matmul peak (8192-wide
                      products in bf16, fp16 and fp32), the denominator of every MFU in the report
-tests         42%    ``pytest -m device --devices cuda``: the CUDA legs of the device tests (model, HF parity,
+tests         34%    ``pytest -m device --devices cuda``: the CUDA legs of the device tests (model, HF parity,
                      packages, trainer precisions/resume/grad scaler/compile, generate, server, DDP with nccl)
-step          24%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: AdamW and Muon, fp32/bf16
+step          18%    :mod:`~llm_lab.experiments.step_bench` on the 10M model, batch 64: AdamW and Muon, fp32/bf16
                      eager and bf16 compiled, against the plain baseline
-generate      13%    :mod:`~llm_lab.experiments.generate_bench`: KV-cached ``generate`` vs HF ``generate`` on the GPU
-time_to_loss  17%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline, fast and 60 s configs as whole
+gpt2_step     18%    the same benchmark on ``configs/gpt2_small.json`` (GPT-2 small, 124M, context 1024, vocab
+                     50,257) at its batch size: bf16, compiled, AdamW; tokens/s and MFU against the measured bf16
+                     peak (llm.c reaches about 45% on an H100 for this model)
+generate      11%    :mod:`~llm_lab.experiments.generate_bench`: KV-cached ``generate`` vs HF ``generate`` on the GPU
+time_to_loss  15%    :mod:`~llm_lab.experiments.time_to_loss`: the baseline, fast and 60 s configs as whole
                      ``llm-lab train`` processes on the GPU (the real recipes on ``--data``; without it, quick mode on
                      self-made text)
 ============  =====  ==============================================================================================
@@ -75,6 +78,11 @@ NO_CUDA_MESSAGE = "gpu-check: CUDA is not available on this machine; nothing to 
 
 # File names each stage leaves in the output directory (the report reads them).
 ENV_FILE, TESTS_FILE, STEP_FILE, GENERATE_FILE = "env.json", "tests.xml", "step.json", "generate.json"
+GPT2_STEP_FILE = "gpt2_step.json"
+GPT2_CONFIG = Path("configs") / "gpt2_small.json"
+# The GPT-2 stage's stand-in on a CPU (tests): the real config file, shrunk to a few thousand parameters.
+GPT2_QUICK_OVERRIDES = ("model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.context_length=32",
+                        "model.vocab_size=97", "train.batch_size=2")
 TIME_TO_LOSS_DIR = "time_to_loss"
 
 
@@ -151,13 +159,15 @@ def build_stages(settings: GpuCheckSettings) -> list[Stage]:
     ttl_mode = "the real configs on " + settings.data.name if settings.data is not None else "quick, self-made text"
     return [
         Stage("env", 0.04, "GPU, torch/CUDA versions, measured matmul peaks", _worker("env", out, device=device)),
-        Stage("tests", 0.42, "pytest -m device --devices cuda (DDP with nccl included)", tests),
-        Stage("step", 0.24, "training step, 10M model: AdamW/Muon, fp32/bf16, eager/compiled",
+        Stage("tests", 0.34, "pytest -m device --devices cuda (DDP with nccl included)", tests),
+        Stage("step", 0.18, "training step, 10M model: AdamW/Muon, fp32/bf16, eager/compiled",
               _worker("step", out, device=device)),
-        Stage("generate", 0.13, "generate vs HF generate", _worker("generate", out, device=device)),
+        Stage("gpt2_step", 0.18, "training step, GPT-2 small 124M (configs/gpt2_small.json): bf16 compiled, MFU",
+              _worker("gpt2_step", out, device=device, repo_root=str(settings.repo_root.resolve()))),
+        Stage("generate", 0.11, "generate vs HF generate", _worker("generate", out, device=device)),
         Stage(
             "time_to_loss",
-            0.17,
+            0.15,
             f"baseline vs fast and 60 s configs, whole train processes ({ttl_mode})",
             _worker("time_to_loss", out, device=device, data=data, repo_root=str(settings.repo_root.resolve())),
         ),
@@ -294,7 +304,8 @@ def run_stage(name: str, out_dir: str, **kwargs: Any) -> None:
     Called in a fresh process by the check (so that it can be ended at its time), or directly by the tests with
     ``device="cpu"`` and ``quick=True``.
     """
-    workers = {"env": _stage_env, "step": _stage_step, "generate": _stage_generate, "time_to_loss": _stage_ttl}
+    workers = {"env": _stage_env, "step": _stage_step, "gpt2_step": _stage_gpt2_step, "generate": _stage_generate,
+               "time_to_loss": _stage_ttl}
     if name not in workers:
         raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(workers)}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -364,6 +375,28 @@ def _stage_step(out: Path, device: str = "cuda", quick: bool = False) -> None:
             merged.notes += result.notes
         write_step_results(merged, out / "step")
         atomic_write_json(out / STEP_FILE, dataclasses.asdict(merged))
+
+
+def _stage_gpt2_step(out: Path, device: str = "cuda", repo_root: str = ".", quick: bool = False) -> None:
+    """GPT-2 small's training step, bf16 and compiled (the tests' CPU stand-in: shrunk, fp32, eager)."""
+    from llm_lab.experiments.step_bench import (
+        StepBenchConfig,
+        load_step_model_config,
+        run_step_benchmark,
+        write_step_results,
+    )
+
+    model, batch_size = load_step_model_config(Path(repo_root) / GPT2_CONFIG, GPT2_QUICK_OVERRIDES if quick else ())
+    settings: dict[str, Any] = {"precisions": ("bf16",), "compile_modes": (True,), "warmup": 3, "steps": 10,
+                                "rounds": 1, "peak_repeats": 3}
+    if quick:
+        settings = {"precisions": ("fp32",), "compile_modes": (False,), "warmup": 1, "steps": 2, "rounds": 1,
+                    "peak_repeats": 2}
+    config = StepBenchConfig(model=model, batch_size=batch_size, device=device, optimizers=("adamw",),
+                             baseline=False, **settings)
+    result = run_step_benchmark(config, progress=False)
+    write_step_results(result, out / "gpt2_step")
+    atomic_write_json(out / GPT2_STEP_FILE, dataclasses.asdict(result))
 
 
 def _stage_generate(out: Path, device: str = "cuda", quick: bool = False) -> None:
@@ -473,6 +506,7 @@ def write_report(
     env = _read_json(out_dir / ENV_FILE)
     tests = read_test_results(out_dir / TESTS_FILE)
     step = _read_json(out_dir / STEP_FILE)
+    gpt2 = _read_json(out_dir / GPT2_STEP_FILE)
     generate = _read_json(out_dir / GENERATE_FILE)
     ttl = _read_json(out_dir / TIME_TO_LOSS_DIR / "summary.json")
     by_name = {outcome.name: outcome for outcome in outcomes}
@@ -522,6 +556,23 @@ def write_report(
         md += [f"note: {note}" for note in step.get("notes", [])]
     md += _missing("step", step, by_name, out_dir)
 
+    md += ["", "## GPT-2 small training step", ""]
+    if gpt2 is not None:
+        m = gpt2["model"]
+        rows, source = _mfu_rows(gpt2, env)
+        md.append(
+            f"{GPT2_CONFIG}: {m['n_layer']} layers, {m['n_embd']} wide, context {m['context_length']}, vocab "
+            f"{m['vocab_size']}, {gpt2['num_parameters'] / 1e6:.1f}M parameters, batch {gpt2['batch_size']} "
+            f"({gpt2['tokens_per_step']} tokens/step), {gpt2['device']}; MFU against {source} (target: 45% bf16)."
+        )
+        md.append("")
+        columns = ("setting", "precision", "compile", "ms_per_step", "tokens_per_second", "tflops", "mfu_own_peak")
+        headers = {"ms_per_step": "ms/step", "tokens_per_second": "tokens/s", "tflops": "TFLOP/s",
+                   "mfu_own_peak": "MFU (its dtype's peak)"}
+        md.append(markdown_table(rows, columns, headers=headers, digits=3))
+        md += [f"note: {note}" for note in gpt2.get("notes", [])]
+    md += _missing("gpt2_step", gpt2, by_name, out_dir)
+
     md += ["", "## Generate", ""]
     if generate is not None:
         from llm_lab.experiments.generate_bench import format_report
@@ -543,7 +594,7 @@ def write_report(
     atomic_write_json(
         out_dir / "report.json",
         {"budget_s": budget_s, "stages": [dataclasses.asdict(o) for o in outcomes], "env": env, "tests": tests,
-         "step": step, "generate": generate, "time_to_loss": ttl},
+         "step": step, "gpt2_step": gpt2, "generate": generate, "time_to_loss": ttl},
     )  # fmt: skip
     return path
 

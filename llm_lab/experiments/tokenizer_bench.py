@@ -63,7 +63,8 @@ class TokenizerBenchRow:
                 "encode_warm_ratio": self.encode_warm_ratio}
 
 
-def _hf_train(source: Path | str, vocab_size: int):
+def train_hf_reference(source: Path | str, vocab_size: int):
+    """HF ``tokenizers`` BPE trained like ours: GPT-2 split, ``<|endoftext|>`` special, ``min_frequency=2``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -94,8 +95,8 @@ def run_tokenizer_benchmark(data: str | os.PathLike, vocab_sizes: list[int], rep
         for _ in range(repeats):  # interleaved, so a change in load hits every side
             seconds, tok = _timed(train_ours)
             ours_t.append(seconds)
-            files_t.append(_timed(partial(_hf_train, path, vocab_size))[0])
-            iter_t.append(_timed(partial(_hf_train, text, vocab_size))[0])
+            files_t.append(_timed(partial(train_hf_reference, path, vocab_size))[0])
+            iter_t.append(_timed(partial(train_hf_reference, text, vocab_size))[0])
 
         log(f"vocab {vocab_size}: encoding ...")
         enc = tok.to_tiktoken()

@@ -106,7 +106,7 @@ def test_shares_divide_the_budget_and_the_plan_names_every_stage():
     assert plan.splitlines()[0].startswith("gpu-check: 3 stages within 200 s (3.3 min)")
     assert "  2. b  up to   120 s  the b stage" in plan
     real = build_stages(GpuCheckSettings(out_dir=Path("out")))
-    assert [s.name for s in real] == ["env", "tests", "step", "generate", "time_to_loss"]
+    assert [s.name for s in real] == ["env", "tests", "step", "gpt2_step", "generate", "time_to_loss"]
     assert sum(s.share for s in real) == pytest.approx(1.0)
     assert real[1].command[1:8] == ("-m", "pytest", "-m", "device", "--devices", "cuda", "-q")
 
@@ -218,6 +218,13 @@ def _write_stage_files(out: Path) -> None:
     import dataclasses
 
     (out / "step.json").write_text(json.dumps(dataclasses.asdict(step)))
+    # GPT-2 small: 1e5 tokens/s x 7.6e8 FLOP/token = 76 TFLOP/s, MFU 9.5% of 800 TFLOP/s.
+    gpt2_row = row | {"tokens_per_second": 1e5, "ms_per_step": 327.68}
+    gpt2 = dataclasses.replace(step, rows=[gpt2_row], model={"vocab_size": 50257, "context_length": 1024,
+                                                              "n_layer": 12, "n_head": 12, "n_embd": 768},
+                               batch_size=32, tokens_per_step=32768, num_parameters=124_439_808,
+                               flops_per_token=7.6e8)
+    (out / "gpt2_step.json").write_text(json.dumps(dataclasses.asdict(gpt2)))
     generate = {
         "settings": {"n_layer": 6, "n_embd": 384, "vocab_size": 50257, "parameters": 30_000_000, "device": "cuda",
                      "threads": 16, "repeats": 3, "prompt_len": 16, "new_tokens": 256, "context_new_tokens": 33},
@@ -257,6 +264,10 @@ def test_the_report_holds_the_machine_every_number_and_mfu_against_the_measured_
     cells = [cell.strip() for cell in table_row.strip("|").split("|")]
     assert cells[:9] == ["ours", "bf16", "yes", "AdamW fused", "16.4", "1.00e+06", "2", "0.0025", "0.0025"]
     assert "MFU against the env stage's 8192-wide matmul peak" in text
+    assert ("configs/gpt2_small.json: 12 layers, 768 wide, context 1024, vocab 50257, 124.4M parameters, batch 32 "
+            "(32768 tokens/step)") in text
+    gpt2_row = next(line for line in text.splitlines() if line.startswith("| ours") and "| 100000 " in line)
+    assert [cell.strip() for cell in gpt2_row.strip("|").split("|")][-2:] == ["76", "0.095"]
     assert "    1        700.0       350.0    2.00x" in text  # the decode benchmark's own report
     assert "ratio (fast / baseline time to 1.88): 0.400 (speed-up 2.50x)" in text
     assert "data: tiny_shakespeare.txt; overrides: train.device=cuda" in text
@@ -287,9 +298,9 @@ def test_with_cuda_faked_the_check_plans_runs_and_reports(tmp_path, monkeypatch,
 
     assert run_gpu_check(GpuCheckSettings(out_dir=out, budget_s=420), launcher=launcher) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("gpu-check: 5 stages within 420 s (7.0 min)")
+    assert printed[0].startswith("gpu-check: 6 stages within 420 s (7.0 min)")
     assert printed[-1] == f"gpu-check: report written to {out / 'report.md'}"
-    assert len(seen) == 5 and "NVIDIA H200" in (out / "report.md").read_text()
+    assert len(seen) == 6 and "NVIDIA H200" in (out / "report.md").read_text()
 
     assert run_gpu_check(GpuCheckSettings(out_dir=out, budget_s=420), launcher=lambda *a: None) == 1
 
@@ -298,14 +309,16 @@ def test_with_cuda_faked_the_check_plans_runs_and_reports(tmp_path, monkeypatch,
 def test_the_stage_workers_write_what_the_report_reads(tmp_path):
     """env, step, generate and time_to_loss run for real (CPU, quick sizes); the report shows their numbers."""
     pytest.importorskip("transformers")
-    for name in ("env", "step", "generate", "time_to_loss"):
-        run_stage(name, str(tmp_path), device="cpu", quick=True, **({"repo_root": str(REPO)} if name == "time_to_loss"
-                                                                      else {}))  # fmt: skip
-    outcomes = [StageOutcome(name, "ok", 60, 1, 0) for name in ("env", "step", "generate", "time_to_loss")]
+    names = ("env", "step", "gpt2_step", "generate", "time_to_loss")
+    for name in names:
+        run_stage(name, str(tmp_path), device="cpu", quick=True, **({"repo_root": str(REPO)} if name in (
+            "time_to_loss", "gpt2_step") else {}))  # fmt: skip
+    outcomes = [StageOutcome(name, "ok", 60, 1, 0) for name in names]
     text = write_report(tmp_path, outcomes, budget_s=240).read_text()
     assert "torch " + torch.__version__ in text
-    # fp32 and bf16 rows for each optimizer (AdamW, Muon), and the baseline
-    assert text.count("| ours ") == 4 and text.count("| Muon, NS in ") == 2 and "| baseline " in text
+    # fp32 and bf16 rows for each optimizer (AdamW, Muon), and the baseline; then the GPT-2 stage's one row
+    assert text.count("| ours ") == 4 + 1 and text.count("| Muon, NS in ") == 2 and "| baseline " in text
     assert "greedy throughput" in text and "ratio of whole-process wall times" in text
     assert "no result" not in text
+    assert "configs/gpt2_small.json: 1 layers, 32 wide, context 32" in text  # the real file, shrunk for a CPU
     assert gpu_check.ENV_FILE in os.listdir(tmp_path)

@@ -5,8 +5,20 @@ target ``ids[i + 1 : i + T + 1]`` (the input shifted by one). Training draws win
 from the ``torch.Generator`` it is handed, so a trainer that saves and restores that generator resumes on
 exactly the same batches. Evaluation walks fixed, contiguous, non-overlapping windows, the same on every call.
 
-The ids stay where they are: a ``np.memmap`` of a prepared ``train.bin`` is read window by window from disk,
-never copied whole into memory.
+The ids stay where they are: a ``np.memmap`` of a prepared ``train.bin`` (or a
+:class:`~llm_lab.core.data.shards.ShardedIds` over its shards) is read window by window from disk, never copied
+whole into memory.
+
+Packing (``data.packing`` in a run config; :data:`PACKINGS` is the only list): where training windows may start.
+
+    contiguous   anywhere (the default): every position of the stream is a window start
+    bos          at a document start only: position 0 and each end-of-text token, which then opens the window as
+                 a beginning-of-sequence token, so no window begins in the middle of a document (nanochat and
+                 most pretraining codebases start every row at a document's beginning; nanochat also packs rows
+                 best-fit, which this simpler rule leaves out). Documents shorter than a window are followed by
+                 the next ones, separated by the end-of-text token, as in contiguous windows.
+
+Evaluation always walks contiguous windows, so validation losses of both packings are comparable.
 """
 
 from __future__ import annotations
@@ -14,19 +26,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-__all__ = ["CharDataset", "LanguageModelingDataset"]
+from llm_lab.core.data.shards import ShardedIds
+
+__all__ = ["PACKINGS", "BosPacking", "CharDataset", "ContiguousPacking", "LanguageModelingDataset"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def _as_id_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+def _as_id_array(ids: Sequence[int] | np.ndarray | ShardedIds) -> np.ndarray | ShardedIds:
     """Return ``ids`` as a 1-D integer array, without copying arrays (memmaps included)."""
-    if isinstance(ids, np.ndarray):
+    if isinstance(ids, np.ndarray | ShardedIds):
         array = ids
     elif isinstance(ids, torch.Tensor):
         array = ids.detach().cpu().numpy()
@@ -42,6 +56,48 @@ def _as_id_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
     return array
 
 
+class ContiguousPacking:
+    """Windows may start anywhere in the stream (every position)."""
+
+    name: ClassVar[str] = "contiguous"
+
+    @staticmethod
+    def window_starts(ids: np.ndarray | ShardedIds, context_length: int, eot_token_id: int | None) -> None:
+        return None  # no restriction
+
+
+class BosPacking:
+    """Windows start at a document start: position 0 and every end-of-text token (it opens the window)."""
+
+    name: ClassVar[str] = "bos"
+    _SCAN = 1 << 24  # ids compared per step: the stream is scanned in pieces, never loaded whole
+
+    @classmethod
+    def window_starts(
+        cls, ids: np.ndarray | ShardedIds, context_length: int, eot_token_id: int | None
+    ) -> np.ndarray:
+        if eot_token_id is None:
+            raise ValueError(
+                "data.packing 'bos' starts windows at end-of-text tokens, and this tokenizer has none (a char "
+                "tokenizer); use a BPE tokenizer or data.packing 'contiguous'"
+            )
+        n = int(ids.size)
+        last = n - context_length - 1  # the last start with a whole window after it
+        found = [np.zeros(1, dtype=np.int64)]
+        for start in range(0, max(last + 1, 0), cls._SCAN):
+            stop = min(start + cls._SCAN, last + 1)
+            found.append(np.flatnonzero(np.asarray(ids[start:stop]) == eot_token_id).astype(np.int64) + start)
+        starts = np.concatenate(found)
+        starts = starts[starts <= last]
+        return np.unique(starts)
+
+
+#: Every packing, by name: the only list of them (``data.packing`` is checked against it).
+PACKINGS: dict[str, type[ContiguousPacking] | type[BosPacking]] = {
+    cls.name: cls for cls in (ContiguousPacking, BosPacking)
+}
+
+
 class LanguageModelingDataset:
     """Windows of ``context_length`` token ids over one long stream, for next-token prediction.
 
@@ -54,9 +110,17 @@ class LanguageModelingDataset:
 
     ``len(ds)`` is the number of distinct windows, ``len(ids) - context_length``; ``ds[i]`` is the window
     starting at ``i`` as two int64 tensors ``(x, y)`` of length ``context_length``.
+
+    ``window_starts`` (from a packing's ``window_starts``, e.g. :class:`BosPacking`) limits where
+    :meth:`get_batch` may start a window: it then draws one of these positions, uniformly.
     """
 
-    def __init__(self, ids: Sequence[int] | np.ndarray, context_length: int) -> None:
+    def __init__(
+        self,
+        ids: Sequence[int] | np.ndarray | ShardedIds,
+        context_length: int,
+        window_starts: np.ndarray | None = None,
+    ) -> None:
         if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
             raise ValueError(f"context_length must be a positive int, got {context_length!r}")
         array = _as_id_array(ids)
@@ -71,6 +135,13 @@ class LanguageModelingDataset:
             )
         self.ids = array
         self.context_length = context_length
+        if window_starts is not None:
+            window_starts = np.asarray(window_starts, dtype=np.int64)
+            if window_starts.size == 0:
+                raise ValueError("no window start fits a whole window; use more text or a smaller context_length")
+            if int(window_starts.min()) < 0 or int(window_starts.max()) > array.size - context_length - 1:
+                raise ValueError("window_starts must lie in [0, len(ids) - context_length - 1]")
+        self.window_starts = window_starts
         # Offsets 0..T of one window, reused by every batch: start[:, None] + offsets gathers (B, T + 1) at once.
         self._offsets = np.arange(context_length + 1, dtype=np.int64)
 
@@ -170,8 +241,11 @@ class LanguageModelingDataset:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        starts = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
-        return self._gather(starts.cpu().numpy(), device)
+        if self.window_starts is None:
+            starts = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
+            return self._gather(starts.cpu().numpy(), device)
+        picks = torch.randint(self.window_starts.size, (batch_size,), generator=generator, device=generator.device)
+        return self._gather(self.window_starts[picks.cpu().numpy()], device)
 
     @property
     def num_eval_windows(self) -> int:

@@ -21,6 +21,8 @@ from llm_lab.utils.io import atomic_write
 
 __all__ = [
     "DATASETS",
+    "TINYSTORIES",
+    "TINYSTORIES_VALID",
     "TINY_SHAKESPEARE",
     "ChecksumError",
     "DownloadError",
@@ -37,13 +39,18 @@ _BLOCK = 1 << 16
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A corpus file: where it lives, what it is called locally, and how to recognise it."""
+    """A corpus file: where it lives, what it is called locally, and how to recognise it.
+
+    ``size`` is None where only the sha256 is published (the hash alone decides then); ``separator`` is the line
+    that separates the file's documents (pass it to ``data prepare --separator``), None for one document.
+    """
 
     name: str
     url: str
     filename: str
     sha256: str
-    size: int
+    size: int | None
+    separator: str | None = None
 
 
 TINY_SHAKESPEARE = RemoteFile(
@@ -54,7 +61,27 @@ TINY_SHAKESPEARE = RemoteFile(
     size=1_115_394,
 )
 
-DATASETS: dict[str, RemoteFile] = {TINY_SHAKESPEARE.name: TINY_SHAKESPEARE}
+# TinyStories (Eldan & Li, 2023), the GPT-4-written V2 files most small-model recipes train on; the hashes are the
+# Git LFS sha256 the Hugging Face dataset roneneldan/TinyStories publishes for them.
+_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+TINYSTORIES = RemoteFile(
+    name="tinystories",
+    url=_TINYSTORIES + "TinyStoriesV2-GPT4-train.txt",
+    filename="TinyStoriesV2-GPT4-train.txt",
+    sha256="6418d412de72888f52b5142c761ac21a582f7d1166f0bfbdb5f03ccfdec90443",
+    size=None,  # 2.23 GB; the exact count is not published beside the hash
+    separator="<|endoftext|>",
+)
+TINYSTORIES_VALID = RemoteFile(
+    name="tinystories_valid",
+    url=_TINYSTORIES + "TinyStoriesV2-GPT4-valid.txt",
+    filename="TinyStoriesV2-GPT4-valid.txt",
+    sha256="6874bae9a4c1a4e7edcf0e53b86c17817e9cf881fc75ff2368da457b80c0585d",
+    size=22_502_601,
+    separator="<|endoftext|>",
+)
+
+DATASETS: dict[str, RemoteFile] = {f.name: f for f in (TINY_SHAKESPEARE, TINYSTORIES, TINYSTORIES_VALID)}
 
 
 class DownloadError(OSError):
@@ -82,17 +109,23 @@ def _copy_checked(src: IO[bytes], target: Path, spec: RemoteFile, origin: str) -
         while block := src.read(_BLOCK):
             digest.update(block)
             size += len(block)
-            if size > spec.size:
+            if spec.size is not None and size > spec.size:
                 # Stop early: a file larger than expected is not the one we want.
                 raise ChecksumError(
                     f"{origin} is larger than the {spec.size:,} bytes of {spec.name}; nothing was saved"
                 )
             out.write(block)
-        if size != spec.size or digest.hexdigest() != spec.sha256:
+        if (spec.size is not None and size != spec.size) or digest.hexdigest() != spec.sha256:
+            expected = f"{spec.size:,} bytes with sha256" if spec.size is not None else "sha256"
             raise ChecksumError(
                 f"{origin} is not {spec.name}: {size:,} bytes with sha256 {digest.hexdigest()}, expected "
-                f"{spec.size:,} bytes with sha256 {spec.sha256}; nothing was saved"
+                f"{expected} {spec.sha256}; nothing was saved"
             )
+
+
+def _matches(path: Path, spec: RemoteFile) -> bool:
+    size_ok = spec.size is None or path.stat().st_size == spec.size
+    return size_ok and sha256_file(path) == spec.sha256
 
 
 def corpus_candidates(
@@ -169,13 +202,13 @@ def download_dataset(
             raise FileNotFoundError(f"--from file not found: {source}")
         if source.resolve() == target.resolve():
             # Copying a file onto itself: just check it.
-            if source.stat().st_size != spec.size or sha256_file(source) != spec.sha256:
+            if not _matches(source, spec):
                 raise ChecksumError(f"{source} is not {spec.name}: its size or sha256 differ from the expected")
             return target
         with open(source, "rb") as src:
             _copy_checked(src, target, spec, str(source))
         return target
-    if target.is_file() and target.stat().st_size == spec.size and sha256_file(target) == spec.sha256:
+    if target.is_file() and _matches(target, spec):
         return target
     url = url or spec.url
     opener = urlopen or urllib.request.urlopen

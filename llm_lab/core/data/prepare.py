@@ -1,4 +1,4 @@
-"""Corpus preparation: text files -> ``train.bin`` + ``val.bin`` + ``meta.json`` + ``tokenizer/``.
+"""Corpus preparation: documents -> ``train.bin`` + ``val.bin`` + ``meta.json`` + ``tokenizer/``.
 
 Layout of a prepared directory::
 
@@ -6,35 +6,40 @@ Layout of a prepared directory::
       train.bin     token ids back to back, native byte order, no header (uint16 or uint32, see meta.json)
       val.bin       the same for the validation split
       meta.json     the marker ``"kind": "llm-lab prepared corpus"``, tokenizer type, vocab size and fingerprint,
-                    dtype, token counts, source files with their sha256, and the list of the corpus's files
+                    dtype, token counts, every source (path, format, bytes, sha256, documents, tokens), the
+                    split files (``"splits"``) and the list of the corpus's files
       tokenizer/    the tokenizer that produced the ids (``load_tokenizer(OUT / "tokenizer")``)
+
+With ``shard_tokens`` the splits are shards instead, ``train-00000.bin, train-00001.bin, ...`` and ``val-00000.bin,
+...``, at most ``shard_tokens`` ids each, listed in order in ``meta.json``'s ``"splits"``; :func:`load_prepared`
+reads them back as one memory-mapped array either way.
 
 :func:`prepare_corpus` runs in named steps: check the inputs, check that ``OUT`` may receive a corpus (empty, or
 with ``overwrite`` a corpus this project prepared and nothing else), tokenise into a hidden directory beside
 ``OUT``, split, save the tokenizer, write ``meta.json``, and only then swap the new directory in. The previous
 corpus stays loadable through any failure or kill.
 
-Each input file is one document. When the tokenizer has an end-of-text token (``eot_token_id`` is not None) it is
-placed between consecutive documents, so the model learns where one text stops and the next begins.
+Inputs are documents from any of the formats in :mod:`llm_lab.core.data.sources` (text files, JSON lines,
+Parquet, a ``datasets`` folder; ``.gz``/``.zst``; folders and globs). When the tokenizer has an end-of-text token
+(``eot_token_id`` is not None) it is placed between consecutive documents, so the model learns where one text stops
+and the next begins. Empty documents are skipped and counted.
 
 The validation split is the **last** ``val_fraction`` of the whole token stream (after the documents are joined),
 as in the usual small-corpus recipes; the training split is everything before it. Nothing is shuffled, so the
 split is the same on every run and the validation text is text the model never trained on.
 
-Files are read in chunks and tokenised as they stream, so a corpus larger than memory can be prepared. Chunks are
-cut only just after a newline that ends a non-blank line and before a letter: at such a point every common BPE
-pre-tokenisation pattern (GPT-2's and cl100k's) splits anyway, so the ids equal ``tokenizer.encode(whole_text)``.
+Everything streams: text is read in pieces cut at safe points (so the ids equal ``tokenizer.encode(whole_text)``),
+encoded in batches by ``workers`` processes (:mod:`llm_lab.core.data.encode`, tiktoken where it gives the same ids)
+and written in input order; memory stays bounded whatever the corpus size.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
-import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,6 +48,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from llm_lab.core.data.encode import choose_encoder, encode_batches
+from llm_lab.core.data.shards import ShardedIds, StreamWriter, open_ids, split_stream
+from llm_lab.core.data.sources import READ_BYTES, DocumentSource, iter_text_pieces, resolve_inputs
 from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.utils.dirswap import (
     holds_working_directory,
@@ -65,13 +73,14 @@ __all__ = [
     "load_corpus_tokenizer",
     "load_prepared",
     "prepare_corpus",
+    "usable_workers",
 ]
 
 META_FORMAT_VERSION = 1
 CORPUS_KIND = "llm-lab prepared corpus"  # meta.json's marker: only a directory with it may be replaced
-_READ_BYTES = 1 << 20  # bytes read per step: small enough to stream, large enough to keep encode() efficient
-# A safe cut: after "\n" that follows a non-space character, before a letter (see the module docstring).
-_SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\W\d_])")
+_READ_BYTES = READ_BYTES
+_BATCH_CHARS = 1 << 20  # characters per batch handed to a worker: large enough to keep the pipes cheap
+MAX_SHARDS = 100_000  # shard names have five digits
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -85,60 +94,67 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     raise ValueError(f"vocab_size {vocab_size} does not fit in uint32")
 
 
-def _last_safe_cut(text: str, search_from: int = 0) -> int:
-    """Index of the last safe cut in ``text[search_from:]``, or -1 when there is none."""
-    # Look at the tail first: a safe cut is almost always in the last few kilobytes.
-    for start in (max(search_from, len(text) - 65536), search_from):
-        cut = -1
-        for match in _SAFE_CUT.finditer(text, start):
-            cut = match.start()
-        if cut > 0 or start == search_from:
-            return cut
-    return -1
+def usable_workers() -> int:
+    """The default ``workers``: the CPU cores this process may run on."""
+    from llm_lab.utils.threads import usable_cpus
+
+    return max(1, len(usable_cpus()))
 
 
 def iter_text_chunks(path: str | Path, read_bytes: int = _READ_BYTES) -> Iterator[tuple[str, bytes]]:
     """Stream a UTF-8 file as ``(text_chunk, raw_bytes_read)`` pairs, cutting text only at safe points.
 
-    The text is exactly the file's (no newline translation). ``raw_bytes_read`` is the bytes consumed since the
-    previous chunk (for hashing and progress); the last pair may carry bytes with an empty text.
+    ``raw_bytes_read`` is the bytes consumed since the previous chunk; the last pair may carry bytes with an empty
+    text. :func:`llm_lab.core.data.sources.iter_text_pieces` is the reader underneath, the one every format uses.
     """
     path = Path(path)
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    pending = ""
+    read: list[bytes] = []
+
+    class _Recording:
+        def read(self, size: int) -> bytes:
+            data = f.read(size)
+            read.append(data)
+            return data
+
     with open(path, "rb") as f:
-        offset = 0
-        searched = 0  # len(pending) after the last search
-        while True:
-            raw = f.read(read_bytes)
-            final = not raw
-            try:
-                pending += decoder.decode(raw, final=final)
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path} is not UTF-8 text (bad byte near offset {offset + e.start})") from None
-            offset += len(raw)
-            if final:
-                yield pending, raw
-                return
-            # Text kept from the previous step had no safe cut; only its last 2 characters can start one now.
-            cut = _last_safe_cut(pending, max(0, searched - 2))
-            searched = len(pending)
-            if cut <= 0:
-                yield "", raw  # no safe cut yet: keep the text, report the bytes
-                continue
-            yield pending[:cut], raw
-            pending = pending[cut:]
-            searched = len(pending)
+        for text in iter_text_pieces(_Recording(), str(path), read_bytes):
+            yield text, b"".join(read)
+            read.clear()
+    yield "", b"".join(read)
 
 
-def build_char_tokenizer(input_paths: Sequence[str | Path]) -> Any:
-    """A ``CharTokenizer`` whose vocabulary is every character of the input files (read as they stream)."""
+def _cuts_anywhere(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` encodes any cut of a text as the whole (a character vocabulary does)."""
+    return bool(getattr(tokenizer, "splits_anywhere", False))
+
+
+def _as_sources(
+    inputs: Sequence[str | Path | DocumentSource], text_field: str, separator: str | None = None
+) -> list[DocumentSource]:
+    if inputs and all(isinstance(i, DocumentSource) for i in inputs):
+        return list(inputs)  # type: ignore[arg-type]
+    paths = [str(i) if isinstance(i, Path) else i for i in inputs]
+    return resolve_inputs(paths, text_field, separator)  # type: ignore[arg-type]
+
+
+def build_char_tokenizer(
+    input_paths: Sequence[str | Path | DocumentSource], text_field: str = "text", progress: bool = False
+) -> Any:
+    """A ``CharTokenizer`` whose vocabulary is every character of the inputs' documents (read as they stream)."""
     from llm_lab.core.tokenization import CharTokenizer
 
+    sources = _as_sources(input_paths, text_field)
     chars: set[str] = set()
-    for path in input_paths:
-        for text, _ in iter_text_chunks(path):
-            chars.update(text)
+    bar = tqdm(total=sum(s.size() for s in sources), unit="B", unit_scale=True, desc="reading characters",
+               disable=not progress, delay=1.0)
+    with bar:
+        for source in sources:
+            done = 0
+            for piece in source.pieces(cut_anywhere=True):
+                chars.update(piece.text)
+                bar.update(source.bytes_read - done)
+                done = source.bytes_read
+            bar.update(source.bytes_read - done)
     if not chars:
         raise ValueError("the corpus is empty: no characters to build a character vocabulary from")
     # The vocabulary depends only on which characters occur, so the sorted set stands in for the text.
@@ -154,25 +170,25 @@ def _saved_tokenizer_type(tokenizer_dir: Path, tokenizer: Any) -> str:
     return type(tokenizer).__name__
 
 
-def _copy_ids(src: np.ndarray, f: Any, step: int = 1 << 22) -> None:
-    for start in range(0, src.size, step):
-        f.write(np.ascontiguousarray(src[start : start + step]).tobytes())
-
-
 # ---------------------------------------------------------------------------------------------------- the steps
 
 
-def _check_inputs(input_paths: Sequence[str | Path], val_fraction: Any) -> list[Path]:
-    """Step 1: the arguments. Every input exists and ``val_fraction`` is a number in [0, 1)."""
+def _check_inputs(
+    input_paths: Sequence[str | Path | DocumentSource], val_fraction: Any, text_field: str, separator: str | None
+) -> list[DocumentSource]:
+    """Step 1: the arguments. Every input resolves to a readable source and ``val_fraction`` is in [0, 1)."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    paths = [Path(p) for p in input_paths]
-    if not paths:
-        raise ValueError("no input files given")
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-    return paths
+    return _as_sources(input_paths, text_field, separator)
+
+
+def _check_options(workers: Any, shard_tokens: Any) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
+    if shard_tokens is not None and (
+        isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1
+    ):
+        raise ValueError(f"shard_tokens must be a positive int (ids per shard) or None, got {shard_tokens!r}")
 
 
 def _corpus_files(out_dir: Path, meta: Any) -> list[str]:
@@ -243,63 +259,70 @@ def check_replaceable_corpus(out_dir: str | Path, overwrite: bool) -> None:
         )
 
 
+def _batches(
+    sources: list[DocumentSource], read_bytes: int, cut_anywhere: bool, owners: list[list[int]], bar: Any
+) -> Iterator[list[tuple[str, bool]]]:
+    """The corpus's pieces in batches of about ``_BATCH_CHARS`` characters; ``owners`` receives, per batch, the
+    source index of each piece (kept here, not sent to the workers)."""
+    batch: list[tuple[str, bool]] = []
+    owner: list[int] = []
+    size = 0
+    first = True
+    for index, source in enumerate(sources):
+        done = 0
+        for piece in source.pieces(read_bytes, cut_anywhere):
+            batch.append((piece.text, piece.starts_document and not first))
+            owner.append(index)
+            first = False
+            size += len(piece.text)
+            bar.update(source.bytes_read - done)
+            done = source.bytes_read
+            if size >= _BATCH_CHARS:
+                owners.append(owner)
+                yield batch
+                batch, owner, size = [], [], 0
+        bar.update(source.bytes_read - done)
+        if source.documents == 0:
+            warnings.warn(f"{source.path} is empty; skipped", stacklevel=4)
+    if batch:
+        owners.append(owner)
+        yield batch
+
+
 def _tokenise_inputs(
-    tokenizer: Any, paths: list[Path], stream_path: Path, dtype: np.dtype, read_bytes: int, progress: bool
-) -> tuple[list[dict[str, Any]], int, int]:
-    """Step 3: stream every input through the tokenizer into ``stream_path`` (ids back to back).
+    tokenizer: Any,
+    sources: list[DocumentSource],
+    writer: StreamWriter,
+    options: dict[str, Any],
+) -> tuple[list[dict[str, Any]], int, str]:
+    """Step 3: stream every source's documents through the encoder into ``writer`` (ids back to back, in order).
 
     Returns:
-        ``(sources, total_tokens, eot_tokens)``; ``sources`` holds each file's path, bytes, sha256 and tokens.
+        ``(sources, eot_tokens, encoder name)``; each source's summary with its token count.
     """
-    vocab_size = int(tokenizer.vocab_size)
-    eot = tokenizer.eot_token_id
-    sources: list[dict[str, Any]] = []
-    total = 0
-    eot_count = 0
-    bar = tqdm(
-        total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="tokenising", disable=not progress
-    )
-    with open(stream_path, "wb") as f, bar:
-        for path in paths:
-            digest = hashlib.sha256()
-            n_bytes = 0
-            n_tokens = 0
-            for text, raw in iter_text_chunks(path, read_bytes):
-                digest.update(raw)
-                n_bytes += len(raw)
-                bar.update(len(raw))
-                if not text:
-                    continue
-                if n_tokens == 0 and total > 0 and eot is not None:
-                    f.write(np.array([eot], dtype=dtype).tobytes())  # a document boundary
-                    total += 1
-                    eot_count += 1
-                ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-                if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-                    raise ValueError(
-                        f"the tokenizer produced id {int(ids.max())} outside its vocabulary of {vocab_size}"
-                    )
-                f.write(ids.astype(dtype).tobytes())
-                n_tokens += int(ids.size)
-                total += int(ids.size)
-            if n_tokens == 0:
-                warnings.warn(f"{path} is empty; skipped", stacklevel=3)
-            sources.append({"path": str(path), "bytes": n_bytes, "sha256": digest.hexdigest(), "tokens": n_tokens})
-        f.flush()
-        os.fsync(f.fileno())
-    if total == 0:
-        raise ValueError("the corpus is empty: the input files hold no text")
-    return sources, total, eot_count
+    bar = tqdm(total=sum(s.size() for s in sources), unit="B", unit_scale=True, desc="tokenising",
+               disable=not options["progress"])
+    tokens = [0] * len(sources)
+    owners: list[list[int]] = []
+    with bar:
+        batches = _batches(sources, options["read_bytes"], _cuts_anywhere(tokenizer), owners, bar)
+        first = next(batches, None)
+        sample = "".join(text for text, _ in first or [])[:65536]
+        encoder = choose_encoder(tokenizer, writer.dtype, options["encoder"], sample)
+        stream = itertools.chain([first] if first is not None else [], batches)
+        for ids, counts in encode_batches(stream, encoder, options["workers"]):
+            writer.write(ids)
+            for index, count in zip(owners.pop(0), counts, strict=True):
+                tokens[index] += count
+    if writer.total == 0:
+        raise ValueError("the corpus is empty: the inputs hold no text")
+    summaries = [source.summary() | {"tokens": n} for source, n in zip(sources, tokens, strict=True)]
+    eot_count = writer.total - sum(tokens)
+    return summaries, eot_count, encoder.name
 
 
-def _split_stream(
-    staged: Path, total: int, val_fraction: float, dtype: np.dtype, context_length: int | None
-) -> tuple[int, int]:
-    """Step 4: ``staged/train.bin`` holds the whole stream; move its last ``val_fraction`` into ``val.bin``.
-
-    Returns:
-        ``(train_tokens, val_tokens)``.
-    """
+def _split_sizes(total: int, val_fraction: float, context_length: int | None) -> int:
+    """Step 4a: the number of training tokens (the rest is validation), with a warning for a useless val split."""
     n_val = int(total * val_fraction)
     n_train = total - n_val
     if n_val == 0 and val_fraction > 0:  # val_fraction=0 asks for no validation split: no warning then
@@ -314,31 +337,20 @@ def _split_stream(
             "it holds no full window; raise val_fraction or add text",
             stacklevel=3,
         )
-    # val.bin = the tail of the stream; train.bin = the stream truncated to its head (no second full copy).
-    stream_path = staged / "train.bin"
-    stream = np.memmap(stream_path, dtype=dtype, mode="r") if total else np.empty(0, dtype=dtype)
-    with open(staged / "val.bin", "wb") as f:
-        _copy_ids(stream[n_train:], f)
-        f.flush()
-        os.fsync(f.fileno())
-    del stream
-    with open(stream_path, "r+b") as f:
-        f.truncate(n_train * dtype.itemsize)
-        os.fsync(f.fileno())
-    return n_train, n_val
+    return n_train
 
 
 def _corpus_meta(
     staged: Path,
     tokenizer: Any,
     sources: list[dict[str, Any]],
-    counts: tuple[int, int],
-    val_fraction: float,
+    splits: dict[str, list[dict[str, Any]]],
+    options: dict[str, Any],
     eot_count: int,
     dtype: np.dtype,
 ) -> dict[str, Any]:
     """Step 6: the manifest: marker and version, tokenizer (with its fingerprint), counts, sources, files."""
-    n_train, n_val = counts
+    n_train, n_val = (sum(f["tokens"] for f in splits[split]) for split in ("train", "val"))
     vocab_size = int(tokenizer.vocab_size)
     files = sorted(
         p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file() and p.name != "meta.json"
@@ -358,10 +370,16 @@ def _corpus_meta(
         "train_tokens": n_train,
         "val_tokens": n_val,
         "total_tokens": n_train + n_val,
-        "val_fraction": val_fraction,
+        "val_fraction": options["val_fraction"],
         "val_split": "last val_fraction of the token stream",
-        "documents": sum(1 for s in sources if s["tokens"]),
+        "documents": sum(s["documents"] for s in sources),
+        "empty_documents": sum(s["empty_documents"] for s in sources),
         "eot_tokens": eot_count,
+        "text_field": options["text_field"],
+        "separator": options["separator"],
+        "shard_tokens": options["shard_tokens"],
+        "encoder": options["encoder_used"],
+        "splits": splits,
         "sources": sources,
         "files": files,
     }
@@ -369,7 +387,7 @@ def _corpus_meta(
 
 def prepare_corpus(
     tokenizer: Any,
-    input_paths: Sequence[str | Path],
+    input_paths: Sequence[str | Path | DocumentSource],
     out_dir: str | Path,
     val_fraction: float = 0.1,
     *,
@@ -377,8 +395,13 @@ def prepare_corpus(
     overwrite: bool = False,
     progress: bool = True,
     read_bytes: int = _READ_BYTES,
+    text_field: str = "text",
+    separator: str | None = None,
+    workers: int = 1,
+    shard_tokens: int | None = None,
+    encoder: str = "auto",
 ) -> dict[str, Any]:
-    """Tokenise text files into ``train.bin``/``val.bin``, write ``meta.json`` and save the tokenizer.
+    """Tokenise documents into ``train.bin``/``val.bin`` (or shards), write ``meta.json`` and save the tokenizer.
 
     The new corpus is built in a hidden directory beside ``out_dir`` and swapped in only when complete
     (:func:`llm_lab.utils.dirswap.staged_directory`): a failure or a kill at any moment leaves the previous
@@ -386,33 +409,50 @@ def prepare_corpus(
 
     Args:
         tokenizer: any project tokenizer (``encode``, ``vocab_size``, ``eot_token_id``, ``save``).
-        input_paths: UTF-8 text files, one document each, in this order.
+        input_paths: files, folders and globs (see :func:`llm_lab.core.data.sources.resolve_inputs`), or sources.
         out_dir: the directory to fill (created if needed).
         val_fraction: the share of the token stream, taken from its end, that becomes ``val.bin``; in [0, 1).
         context_length: if given, warn when the validation split is too short for one window of this length.
         overwrite: replace a corpus already prepared in ``out_dir`` (otherwise that is an error).
         progress: show a tqdm progress bar (bytes read) on stderr.
         read_bytes: bytes read per step (tests use small values to exercise chunking).
+        text_field: the field of JSON lines, Parquet and datasets records that holds the text.
+        separator: split text files into documents at this text (e.g. TinyStories' ``<|endoftext|>`` lines).
+        workers: processes that encode (1: in this process). The ids do not depend on it.
+        shard_tokens: write shards of at most this many ids (``train-00000.bin, ...``) instead of one file each.
+        encoder: "auto" (tiktoken where it gives the same ids, else the tokenizer's own), "tiktoken", "llm-lab".
 
     Returns:
         The metadata written to ``meta.json``.
 
     Raises:
-        ValueError: empty corpus, bad ``val_fraction``, non-UTF-8 input, ids that do not fit the vocabulary, an
-            ``out_dir`` holding files this project did not write.
+        ValueError: empty corpus, bad ``val_fraction``, unreadable or malformed input (named with its record),
+            ids that do not fit the vocabulary, an ``out_dir`` holding files this project did not write.
         FileNotFoundError: a missing input file.
         FileExistsError: ``out_dir`` already holds a prepared corpus and ``overwrite`` is False.
     """
-    paths = _check_inputs(input_paths, val_fraction)
+    sources = _check_inputs(input_paths, val_fraction, text_field, separator)
+    _check_options(workers, shard_tokens)
     out_dir = Path(out_dir)
     check_replaceable_corpus(out_dir, overwrite)
     dtype = dtype_for_vocab(int(tokenizer.vocab_size))
+    options = {"progress": progress, "read_bytes": read_bytes, "workers": workers, "encoder": encoder,
+               "val_fraction": val_fraction, "text_field": text_field, "shard_tokens": shard_tokens,
+               "separator": separator}
     with staged_directory(out_dir) as staged:
-        stream = staged / "train.bin"
-        sources, total, eot_count = _tokenise_inputs(tokenizer, paths, stream, dtype, read_bytes, progress)
-        counts = _split_stream(staged, total, val_fraction, dtype, context_length)
+        writer = StreamWriter(staged, dtype, shard_tokens)
+        try:
+            summaries, eot_count, options["encoder_used"] = _tokenise_inputs(tokenizer, sources, writer, options)
+        except BaseException:
+            writer.abort()
+            raise
+        files = writer.close()
+        if len(files) > MAX_SHARDS:
+            raise ValueError(f"{len(files)} shards are more than {MAX_SHARDS:,}; raise shard_tokens")
+        n_train = _split_sizes(writer.total, val_fraction, context_length)
+        splits = split_stream(files, n_train, dtype, sharded=shard_tokens is not None)  # step 4
         tokenizer.save(staged / "tokenizer")  # step 5
-        meta = _corpus_meta(staged, tokenizer, sources, counts, val_fraction, eot_count, dtype)
+        meta = _corpus_meta(staged, tokenizer, summaries, splits, options, eot_count, dtype)
         atomic_write_json(staged / "meta.json", meta)
         check_replaceable_corpus(out_dir, overwrite)  # still ours: nothing foreign appeared while we worked
     return meta
@@ -454,8 +494,13 @@ def load_corpus_tokenizer(directory: str | Path, meta: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def load_prepared(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def load_prepared(
+    directory: str | Path,
+) -> tuple[np.ndarray | ShardedIds, np.ndarray | ShardedIds, dict[str, Any]]:
     """Open a prepared corpus: ``(train_ids, val_ids, meta)``, the ids memory-mapped read-only.
+
+    A split written as shards comes back as one :class:`~llm_lab.core.data.shards.ShardedIds` (indexed like an
+    array, each shard memory-mapped); a split of one file as its ``np.memmap``.
 
     Raises:
         FileNotFoundError: ``directory`` has no ``meta.json`` (not prepared, or preparation did not finish).
@@ -483,17 +528,47 @@ def load_prepared(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict[s
     if meta["dtype"] not in ("uint16", "uint32"):
         raise ValueError(f"{meta_path}: dtype must be 'uint16' or 'uint32', got {meta['dtype']!r}")
     dtype = np.dtype(meta["dtype"])
-    arrays = []
     for split in ("train", "val"):
-        path = directory / f"{split}.bin"
         expected = meta[f"{split}_tokens"]
         if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
             raise ValueError(f"{meta_path}: {split}_tokens must be a non-negative integer, got {expected!r}")
-        size = path.stat().st_size
-        if size != expected * dtype.itemsize:
-            raise ValueError(
-                f"{path} holds {size} bytes but meta.json promises {expected} {dtype} tokens "
-                f"({expected * dtype.itemsize} bytes); prepare the corpus again"
-            )
-        arrays.append(np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype))
+    splits = _split_files(directory, meta)
+    arrays: list[np.ndarray | ShardedIds] = []
+    for split in ("train", "val"):
+        expected = meta[f"{split}_tokens"]
+        listed = sum(tokens for _, tokens in splits[split])
+        if listed != expected:
+            raise ValueError(f"{meta_path}: its {split} files hold {listed} tokens, not {split}_tokens {expected}")
+        for path, tokens in splits[split]:
+            size = path.stat().st_size
+            if size != tokens * dtype.itemsize:
+                raise ValueError(
+                    f"{path} holds {size} bytes but meta.json promises {tokens} {dtype} tokens "
+                    f"({tokens * dtype.itemsize} bytes); prepare the corpus again"
+                )
+        arrays.append(open_ids([path for path, _ in splits[split]], dtype))
     return arrays[0], arrays[1], meta
+
+
+def _split_files(directory: Path, meta: dict[str, Any]) -> dict[str, list[tuple[Path, int]]]:
+    """Each split's files with their token counts: ``meta["splits"]``, or ``train.bin``/``val.bin`` in corpora
+    prepared before shards existed."""
+    splits = meta.get("splits")
+    if splits is None:
+        return {split: [(directory / f"{split}.bin", meta[f"{split}_tokens"])] for split in ("train", "val")}
+    where = directory / "meta.json"
+    result: dict[str, list[tuple[Path, int]]] = {}
+    for split in ("train", "val"):
+        entries = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError(f"{where}: \"splits\" lacks the {split} file list; prepare the corpus again")
+        result[split] = []
+        for entry in entries:
+            name = entry.get("file") if isinstance(entry, dict) else None
+            tokens = entry.get("tokens") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".bin"):
+                raise ValueError(f"{where}: {split} file {name!r} is not a .bin file of the corpus")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise ValueError(f"{where}: {name} has no valid token count ({tokens!r})")
+            result[split].append((directory / name, tokens))
+    return result

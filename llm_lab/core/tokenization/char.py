@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from llm_lab.core.tokenization.base import CONFIG_FILE, read_json
 from llm_lab.core.tokenization.byte_level import check_errors, text_to_bytes
@@ -32,6 +32,8 @@ UNK_TEXT = "\ufffd"  # what the unknown id decodes to (U+FFFD REPLACEMENT CHARAC
 class CharTokenizer:
     """Character-level tokenizer.
 
+    ``splits_anywhere``: ``encode(a + b) == encode(a) + encode(b)`` for any cut, so a stream may be cut anywhere.
+
     Args:
         vocab: character -> id, ids 0..N-1 (``from_text`` builds it from a text).
         unknown: what ``encode`` does with a character outside the vocabulary: "error" (default) raises a
@@ -39,6 +41,8 @@ class CharTokenizer:
             characters, which decodes to U+FFFD.
         special_tokens: special-token text -> id, the ids right after the characters and the unknown id, in order.
     """
+
+    splits_anywhere: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -44,7 +44,9 @@ import torch
 from llm_lab.core.chat import ChatTemplate, add_chat_tokens, grow_vocab
 from llm_lab.core.chat.sft import ChatDataset, read_conversations, render_conversations
 from llm_lab.core.data import LanguageModelingDataset
+from llm_lab.core.data.datasets import PACKINGS
 from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
+from llm_lab.core.data.shards import ShardedIds
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
@@ -133,11 +135,13 @@ class TokenizerSpec:
 
 @dataclass
 class DataConfig:
-    """How the data is read and split.
+    """How the data is read, split, and where training windows start.
 
     Attributes:
         val_fraction: the last fraction held out for validation (of the tokens of a text; of the conversations of a
             chat file).
+        packing: "contiguous" (default: windows start anywhere) or "bos" (only at document starts); see
+            :data:`llm_lab.core.data.datasets.PACKINGS`.
         format: ``"text"`` (a text file or a prepared corpus, trained as windows of tokens) or ``"chat"`` (JSONL
             conversations, ``{"messages": [...]}`` a line: supervised fine-tuning, one conversation a row, the loss
             on the assistant's tokens only; see :mod:`llm_lab.core.chat.sft`).
@@ -147,10 +151,13 @@ class DataConfig:
 
     val_fraction: float = 0.1
     format: Literal["text", "chat"] = "text"
+    packing: str = "contiguous"
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"data.packing must be one of {sorted(PACKINGS)}, got {self.packing!r}")
 
 
 @dataclass
@@ -409,8 +416,8 @@ class _Corpus:
     A chat corpus has no token stream: its splits are :class:`~llm_lab.core.chat.sft.ChatDataset` s (``chats``).
     """
 
-    train_ids: np.ndarray
-    val_ids: np.ndarray
+    train_ids: np.ndarray | ShardedIds
+    val_ids: np.ndarray | ShardedIds
     tokenizer: Any
     source: dict[str, Any]
     hint: str  # what to change when a split is too short
@@ -739,7 +746,11 @@ def prepare_run(
         config=config,
         tokenizer=corpus.tokenizer,
         model=model,
-        train_data=_rank_share(corpus.chats[0], dist_info) if chat else LanguageModelingDataset(train_ids, T),
+        train_data=_rank_share(corpus.chats[0], dist_info)
+        if chat
+        else LanguageModelingDataset(
+            train_ids, T, PACKINGS[config.data.packing].window_starts(train_ids, T, corpus.tokenizer.eot_token_id)
+        ),
         val_data=corpus.chats[1] if chat else LanguageModelingDataset(corpus.val_ids, T),
         out_dir=out,
         data_source=corpus.source,

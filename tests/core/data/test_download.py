@@ -165,3 +165,29 @@ def test_from_path_with_the_real_corpus(shakespeare_path, tmp_path):
 def test_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'wikitext'; known: .*tiny_shakespeare"):
         download_dataset("wikitext", tmp_path)
+
+
+def test_tinystories_is_known_with_its_published_hashes():
+    """The TinyStories V2 files as the Hugging Face dataset publishes them (Git LFS sha256); nothing downloads."""
+    train, valid = dl.DATASETS["tinystories"], dl.DATASETS["tinystories_valid"]
+    assert train.url == "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt"
+    assert train.sha256 == "6418d412de72888f52b5142c761ac21a582f7d1166f0bfbdb5f03ccfdec90443" and train.size is None
+    assert valid.sha256 == "6874bae9a4c1a4e7edcf0e53b86c17817e9cf881fc75ff2368da457b80c0585d"
+    assert valid.size == 22_502_601 and valid.separator == train.separator == "<|endoftext|>"
+
+
+def test_a_file_known_by_its_hash_alone(tmp_path, monkeypatch):
+    """size None: the sha256 decides, for a copy with --from and for a file already in place."""
+    spec = RemoteFile(name="stories", url="http://127.0.0.1:9/never", filename="stories.txt",
+                      sha256=hashlib.sha256(SELF_MADE).hexdigest(), size=None, separator="<|endoftext|>")
+    monkeypatch.setitem(dl.DATASETS, spec.name, spec)
+    good = tmp_path / "good.txt"
+    good.write_bytes(SELF_MADE)
+    path = download_dataset("stories", tmp_path / "data", from_path=good)
+    assert path.read_bytes() == SELF_MADE
+    assert download_dataset("stories", tmp_path / "data") == path  # in place, hash right: no network
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(SELF_MADE + b"x")
+    with pytest.raises(ChecksumError, match=r"is not stories: .* bytes with sha256 \w+, expected sha256 "):
+        download_dataset("stories", tmp_path / "other", from_path=bad)
+    assert not (tmp_path / "other" / "stories.txt").exists()
