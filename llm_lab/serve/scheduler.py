@@ -238,8 +238,8 @@ class BatchScheduler:
         self.slots = min(limits.max_batch, limits.memory_bytes // per_slot)
         if self.slots < 1:
             raise ValueError(
-                f"the KV cache of one sequence of {context} positions needs {per_slot / 2**20:.1f} MiB, more than the "
-                f"batch memory limit of {limits.memory_bytes / 2**20:.1f} MiB; raise --batch-memory-mb"
+                f"the KV cache of one sequence of {context} positions needs {per_slot} bytes, more than the batch "
+                f"memory limit of {limits.memory_bytes} bytes; raise --batch-memory-mb"
             )
         self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device, dtype=dtype)
         self.vocab_size = int(config.vocab_size)
@@ -249,7 +249,8 @@ class BatchScheduler:
         self._lock = threading.Condition()
         self._closed = False
         self.step_seconds = 0.0  # a running mean, for Retry-After
-        self.steps_done = 0
+        self.steps_done = 0  # decode steps run so far
+        self.peak_busy = 0  # the most slots held at once so far
         self._thread = threading.Thread(target=self._loop, name="llm-lab-batch", daemon=True)
         self._thread.start()
 
@@ -291,9 +292,7 @@ class BatchScheduler:
                 "(--max-batch and --batch-memory-mb); ask for fewer"
             )
         own = _Settings(settings.max_new_tokens, settings.sampling, list(settings.stop), settings.logprobs)
-        group = _Group(
-            rows, own, generator, on_event, self.tokenizer, self.eos_ids, self.vocab_size, self.device
-        )
+        group = _Group(rows, own, generator, on_event, self.tokenizer, self.eos_ids, self.vocab_size, self.device)
         if own.max_new_tokens == 0:  # nothing to generate: every row ends at once, without a slot
             for row in range(len(rows)):
                 on_event(("finish", row, "length", 0))
@@ -358,6 +357,7 @@ class BatchScheduler:
                 group = self._queue.popleft()
                 group.slots = [self._free.pop(0) for _ in group.rows]
                 self._running.append(group)
+            self.peak_busy = max(self.peak_busy, self.slots - len(self._free))
         reading = next((g for g in self._running if g.prefilling), None)
         if reading is not None:
             self._prefill_chunk(reading)
