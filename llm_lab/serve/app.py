@@ -539,10 +539,10 @@ class _CompletionJob:
             ended = 0
             try:
                 for index, prefix in enumerate(prefixes):
-                    if prefix:
-                        yield ("text", index, prefix) if echoed[index] is None else (
-                            "tokens", index, prefix, echoed[index]
-                        )
+                    if prefix and echoed[index] is None:
+                        yield ("text", index, prefix)
+                    elif prefix:
+                        yield ("tokens", index, prefix, echoed[index])
                 while ended < len(rows):
                     event = await queue.get()
                     kind = event[0]

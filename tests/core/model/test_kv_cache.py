@@ -86,9 +86,7 @@ def test_cache_pickles_and_copies():
 def _slot_step(model: MiniGPT, cache: SlotKVCache, tokens: list[int]) -> torch.Tensor:
     """One decode step of every slot (each at its own position); ``(slots, vocab)`` logits."""
     ids = torch.tensor(tokens)[:, None]
-    logits, _ = model(
-        ids, attention_mask=cache.step_mask(), past_key_values=cache, position_ids=cache.lengths[:, None]
-    )
+    logits, _ = model(ids, attention_mask=cache.step_mask(), past_key_values=cache, position_ids=cache.lengths[:, None])
     return logits[:, -1]
 
 
