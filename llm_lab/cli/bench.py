@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="aggregate tokens/s of many concurrent clients of llm-lab serve vs one, and time to first token",
         description="Start llm-lab serve on a random 6 x 384 character model (a subprocess) and stream greedy "
         "completions from 1 client and from --clients clients at once, alternating rounds; a --max-batch 1 server "
-        "takes the many-client load as the baseline. Prints a markdown table and writes serve.csv and serve.md.",
+        "takes the same loads as the baseline. Prints a markdown table and writes serve.csv and serve.md.",
     )
     serve.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test, seconds)")
     serve.add_argument("--clients", type=int, default=None, help="concurrent clients (default 8)")

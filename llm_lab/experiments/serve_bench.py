@@ -6,8 +6,8 @@ runs rounds of streamed, greedy completions of ``new_tokens`` tokens each, from 
 clients at once (each client sends its requests one after another), alternating the scenarios in every round.
 Reported per scenario, medians over the rounds: aggregate completion tokens per second (all clients together),
 and the 50th and 95th percentile of the time to first token (request sent to first text chunk received). A second
-server with ``--max-batch 1`` (one sequence at a time, as the server decoded before continuous batching) serves the
-same many-client load as the baseline.
+server with ``--max-batch 1`` (one sequence at a time, as the server decoded before continuous batching) takes the
+same loads as the baseline.
 
 The numbers depend on the machine and on what else runs on it: the load average is printed beside them.
 """
@@ -216,11 +216,11 @@ def run_serve_benchmark(
     """Run every scenario ``settings.rounds`` times, alternating; return one result row per scenario.
 
     Rows: ``server`` (its ``--max-batch``), ``clients``, ``tokens_per_s`` (median over rounds of the aggregate),
-    ``ttft_p50_ms``/``ttft_p95_ms`` (over every request of every round), ``vs_1_client`` (tokens/s over the
-    1-client row's), ``load`` (the 1-minute load average when the scenario last ran).
+    ``ttft_p50_ms``/``ttft_p95_ms`` (over every request of every round), ``vs_1_client`` (tokens/s over the same
+    server's 1-client row's), ``load`` (the 1-minute load average when the scenario last ran).
     """
     say = progress or (lambda _line: None)
-    scenarios = [(settings.max_batch, 1), (settings.max_batch, settings.clients), (1, settings.clients)]
+    scenarios = [(settings.max_batch, 1), (settings.max_batch, settings.clients), (1, 1), (1, settings.clients)]
     results: dict[tuple[int, int], list[dict[str, Any]]] = {scenario: [] for scenario in scenarios}
     loads: dict[tuple[int, int], float | None] = {}
     with tempfile.TemporaryDirectory(prefix="llm-lab-bench-serve-") as tmp:
@@ -240,11 +240,11 @@ def run_serve_benchmark(
                         f"round {round_index + 1}/{settings.rounds}: --max-batch {max_batch}, {clients} client(s): "
                         f"{result['tokens_per_second']:.1f} tokens/s"
                     )
-    base = statistics.median(r["tokens_per_second"] for r in results[scenarios[0]])
     rows = []
     for max_batch, clients in scenarios:
         runs = results[(max_batch, clients)]
         speed = statistics.median(r["tokens_per_second"] for r in runs)
+        base = statistics.median(r["tokens_per_second"] for r in results[(max_batch, 1)])
         ttfts = [t for r in runs for t in r["ttfts"]]
         rows.append(
             {
