@@ -345,13 +345,7 @@ def create_app(
             package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
         )
     runner = ModelRunner(max_pending=max_pending)
-    scheduler = BatchScheduler(
-        engine.decode_model,
-        engine.tokenizer,
-        engine.eot_token_id,
-        batch if batch is not None else BatchLimits(),
-        engine.context_window,
-    )
+    scheduler = BatchScheduler(engine, batch if batch is not None else BatchLimits())
     completion_schema = completion_request_model()  # every sampling setting registered by now
 
     @asynccontextmanager
@@ -424,7 +418,7 @@ def create_app(
         job = await asyncio.to_thread(_plan, engine, completion)
         check_request_limits(limits, job)
         rows = len(job.prompt_ids) * job.n
-        if rows > scheduler.slots:
+        if scheduler.max_choices is not None and rows > scheduler.max_choices:
             raise APIError(
                 400,
                 f"n: {len(job.prompt_ids)} prompt(s) x n={job.n} = {rows} choices, more than the {scheduler.slots} "

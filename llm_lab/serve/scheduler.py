@@ -25,6 +25,10 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
    those of the library's :func:`~llm_lab.core.decode.generate`, which runs other shapes (equal up to rounding).
    Idle slots cost little on a CPU, where a decode step is bound by reading the weights once.
 
+A model with a previous-token embedding (``bigram_embedding``) cannot use the slot cache (the model reads the
+previous token at a fixed column); its requests are decoded one at a time, in queue order, through the library's
+:func:`~llm_lab.core.decode.stream` (the server as it was before continuous batching).
+
 Memory. Every slot holds a KV cache of the full context, ``context x 2 x n_layer x n_kv_head x head_dim``
 elements, so the slots are ``min(max_batch, memory_bytes // per_slot)`` (:class:`BatchLimits`).
 """
@@ -45,6 +49,7 @@ from llm_lab.core.decode.generate import RowText
 from llm_lab.core.decode.logprobs import step_logprobs, to_token_logprobs
 from llm_lab.core.decode.processors import Sampler, check_next_token_scores
 from llm_lab.core.model.kv_cache import KVCache, SlotKVCache
+from llm_lab.serve.engine import CompletionEngine
 
 __all__ = ["BatchLimits", "BatchScheduler", "QueueFullError", "Submission"]
 
@@ -204,44 +209,40 @@ class BatchScheduler:
     """Runs every completion through one continuously batched decode loop on its own thread.
 
     Args:
-        model: the model to decode with (a :func:`~llm_lab.core.decode.prepare_for_decode` copy or the model).
-        tokenizer: the package's tokenizer (``decode_bytes``), for text pieces and stop strings.
-        eos_token_id: the end-of-text token, or None.
+        engine: the served model (its decode copy, tokenizer, end-of-text token and context window).
         limits: the :class:`BatchLimits`.
-        context: the positions one slot holds (the model's context window).
 
     Raises:
-        ValueError: not even one slot's KV cache fits ``limits.memory_bytes``, or the model has a previous-token
-            embedding (see :class:`~llm_lab.core.model.kv_cache.SlotKVCache`).
+        ValueError: not even one slot's KV cache fits ``limits.memory_bytes``.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        eos_token_id: int | None,
-        limits: BatchLimits,
-        context: int,
-    ) -> None:
+    def __init__(self, engine: CompletionEngine, limits: BatchLimits) -> None:
+        model = engine.decode_model
         config = model.config
+        self.engine = engine
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizer = engine.tokenizer
+        eos_token_id = engine.eot_token_id
         self.eos_ids = frozenset() if eos_token_id is None else frozenset([int(eos_token_id)])
         self.limits = limits
-        self.context = context
+        self.context = context = engine.context_window
         parameter = next(model.parameters(), None)
         buffer = next(model.buffers(), None)
         reference = parameter if parameter is not None else buffer
         self.device = reference.device
         dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
         per_slot = kv_bytes_per_slot(config, context, dtype.itemsize)
-        self.slots = min(limits.max_batch, limits.memory_bytes // per_slot)
+        # One at a time for a model the slot cache cannot serve (see the module docs).
+        self.batched = not getattr(config, "bigram_embedding", False)
+        self.slots = min(limits.max_batch if self.batched else 1, limits.memory_bytes // per_slot)
         if self.slots < 1:
             raise ValueError(
                 f"the KV cache of one sequence of {context} positions needs {per_slot} bytes, more than the batch "
                 f"memory limit of {limits.memory_bytes} bytes; raise --batch-memory-mb"
             )
-        self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device, dtype=dtype)
+        self.cache: SlotKVCache | None = None
+        if self.batched:
+            self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device, dtype=dtype)
         self.vocab_size = int(config.vocab_size)
         self._free = list(range(self.slots))
         self._queue: collections.deque[_Group] = collections.deque()
@@ -261,6 +262,11 @@ class BatchScheduler:
     def waiting(self) -> int:
         """Requests in the queue now."""
         return len(self._queue)
+
+    @property
+    def max_choices(self) -> int | None:
+        """The most rows (``prompts x n``) one request may have: the slots (None: no bound, decoded alone)."""
+        return self.slots if self.batched else None
 
     @property
     def busy_slots(self) -> int:
@@ -286,7 +292,7 @@ class BatchScheduler:
             ValueError: the request has more rows than the batch has slots.
             QueueFullError: ``max_queue`` requests are waiting already.
         """
-        if len(rows) > self.slots:
+        if self.max_choices is not None and len(rows) > self.max_choices:
             raise ValueError(
                 f"{len(rows)} choices (prompts x n) do not fit a batch of {self.slots} sequences "
                 "(--max-batch and --batch-memory-mb); ask for fewer"
@@ -349,6 +355,9 @@ class BatchScheduler:
 
     def _turn(self) -> None:
         """One turn: drop the cancelled, admit the waiting, read one prompt chunk, decode one step."""
+        if self.cache is None:
+            self._turn_alone()
+            return
         for group in [g for g in self._running if g.cancelled]:
             self._release(group)
         with self._lock:
@@ -364,9 +373,42 @@ class BatchScheduler:
         if any(not g.prefilling for g in self._running):
             self._decode_step()
 
+    def _turn_alone(self) -> None:
+        """Decode the first waiting request on its own, to the end (models the slot cache cannot serve)."""
+        with self._lock:
+            self._queue = collections.deque(g for g in self._queue if not g.cancelled)
+            if not self._queue:
+                return
+            group = self._queue.popleft()
+            group.slots = [self._free.pop(0)]
+            self._running.append(group)
+            self.peak_busy = 1
+        settings = group.settings
+        cancelled = threading.Event()
+
+        def on_text(row: int, piece: str) -> None:
+            group.on_event(("text", row, piece))
+            if group.cancelled:
+                cancelled.set()
+
+        def on_token(row: int, piece: str, scored: Any) -> None:
+            group.on_event(("tokens", row, piece, scored))
+            if group.cancelled:
+                cancelled.set()
+
+        try:
+            results = self.engine.complete(
+                group.rows, settings, group.generator, on_text=on_text, cancelled=cancelled, on_token=on_token
+            )
+        finally:
+            self._release(group)
+        for row, result in enumerate(results):
+            group.on_event(("finish", row, result.finish_reason, result.completion_tokens))
+
     def _release(self, group: _Group) -> None:
         for slot in group.slots:
-            self.cache.free_row(slot)
+            if self.cache is not None:
+                self.cache.free_row(slot)
         self._free = sorted(self._free + group.slots)
         group.slots = []
         if group in self._running:

@@ -219,3 +219,26 @@ def test_more_choices_than_slots_is_a_400_naming_n(package_dir: Path) -> None:
         "3 choices, more than the 2 sequences this server decodes at once (--max-batch)"
         in (response.json()["error"]["message"])
     )
+
+
+def test_a_model_with_a_previous_token_embedding_is_served_one_request_at_a_time(tmp_path: Path) -> None:
+    """The slot cache cannot hold such a model; its requests run alone, with the library's own decoding."""
+    import torch
+
+    from llm_lab.core.decode import generate
+    from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+    from llm_lab.core.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abcdefgh ")
+    config = MiniGPTConfig(vocab_size=tokenizer.vocab_size, context_length=32, n_layer=1, n_head=2, n_embd=16,
+                           bigram_embedding=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = MiniGPT(config).eval()
+    with torch.no_grad():
+        model.prev_emb.weight.normal_(0.0, 1.0)  # a bigram table that matters
+    app = create_app((config, tokenizer, model))
+    assert (app.state.scheduler.slots, app.state.scheduler.max_choices) == (1, None)
+    with serve_in_thread(app) as server:
+        answer = _post(server.base_url, {"prompt": "abc", "max_tokens": 10, "temperature": 0, "n": 2})
+    expected = generate(model, tokenizer.encode("abc"), 10, temperature=0, tokenizer=tokenizer).texts[0]
+    assert [c["text"] for c in answer["choices"]] == [expected, expected]
