@@ -20,9 +20,9 @@ Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 
 (duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
 than one request may (:class:`RequestLimits`), 422 for a value out of range or of the wrong type (``param`` names
 the field; numbers must be JSON numbers, never strings), 404 for an unknown model, 413 for a body over the size
-limit, 415 for a body not sent as ``application/json``, 503 when the queue is full. A ``Host`` that does not name
-this server is 400 and a foreign ``Origin`` 403 (see ``security.py``). A model whose scores are NaN is a 500 that
-says so.
+limit, 415 for a body not sent as ``application/json``, 429 with ``Retry-After`` when the batch's queue is full (503
+when the queue of other model calls is). A ``Host`` that does not name this server is 400 and a foreign ``Origin``
+403 (see ``security.py``). A model whose scores are NaN is a 500 that says so.
 
 A client that disconnects stops its generation after the current token, streamed or not, and frees its slot.
 
