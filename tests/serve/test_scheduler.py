@@ -242,3 +242,36 @@ def test_a_model_with_a_previous_token_embedding_is_served_one_request_at_a_time
         answer = _post(server.base_url, {"prompt": "abc", "max_tokens": 10, "temperature": 0, "n": 2})
     expected = generate(model, tokenizer.encode("abc"), 10, temperature=0, tokenizer=tokenizer).texts[0]
     assert [c["text"] for c in answer["choices"]] == [expected, expected]
+
+
+def test_a_long_prompt_is_read_in_chunks_between_decode_steps(package_dir: Path) -> None:
+    """With --prefill-chunk 4, a 30-token prompt joining a running stream is read in 8 forward passes of at most 4
+    tokens, and never two of them without a decode step of the running request in between."""
+    config, tokenizer, model = load_model_package(package_dir)
+    shapes: list[tuple[int, int]] = []
+
+    def log(_module: Any, args: Any) -> None:
+        shapes.append(tuple(args[0].shape))
+        time.sleep(0.005)
+
+    model.register_forward_pre_hook(log)
+    long_prompt = "the quick brown fox jumps over"  # 30 characters, 30 tokens
+    assert len(tokenizer.encode(long_prompt)) == 30
+    with serve_in_thread(create_app((config, tokenizer, model), batch=BatchLimits(prefill_chunk=4))) as server:
+        scheduler: BatchScheduler = server.server.config.app.state.scheduler  # type: ignore[attr-defined]
+        url = f"{server.base_url}/v1/completions"
+
+        async def main(client: httpx.AsyncClient) -> None:
+            running = asyncio.ensure_future(client.post(url, json={"prompt": "a", "max_tokens": 50}))
+            while scheduler.steps_done < 3:
+                await asyncio.sleep(0.002)
+            joining = await client.post(url, json={"prompt": long_prompt, "max_tokens": 2})
+            assert joining.status_code == 200 and (await running).status_code == 200
+
+        asyncio.run(_in_client(main))
+    steps = [shape == (8, 1) for shape in shapes]  # a decode step runs every slot; a prompt chunk is one row
+    chunks = [shape for shape in shapes if shape[0] == 1]
+    assert chunks[0] == (1, 1)  # the running request's one-token prompt
+    assert chunks[1:] == [(1, 4)] * 7 + [(1, 2)]
+    first, last = shapes.index((1, 4)), len(shapes) - 1 - shapes[::-1].index((1, 2))
+    assert all(steps[i] or steps[i + 1] for i in range(first, last))  # no two chunks in a row
