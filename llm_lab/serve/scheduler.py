@@ -429,8 +429,9 @@ class BatchScheduler:
         group.prompt_logits[prompt] = logits[0, -1]
         if len(group.prompt_logits) < len(group.prompts):
             return
-        for slot, row in zip(group.slots, group.rows, strict=True):
-            self.cache.write_row(slot, group.prefill_caches[tuple(row)])
+        if group.settings.max_new_tokens > 1:  # a single new token needs no slot: it comes from the prompt's logits
+            for slot, row in zip(group.slots, group.rows, strict=True):
+                self.cache.write_row(slot, group.prefill_caches[tuple(row)])
         first = torch.stack([group.prompt_logits[tuple(row)] for row in group.rows])  # (rows, V)
         group.prefill_caches.clear()
         group.prompt_logits.clear()

@@ -275,3 +275,20 @@ def test_a_long_prompt_is_read_in_chunks_between_decode_steps(package_dir: Path)
     assert chunks[1:] == [(1, 4)] * 7 + [(1, 2)]
     first, last = shapes.index((1, 4)), len(shapes) - 1 - shapes[::-1].index((1, 2))
     assert all(steps[i] or steps[i + 1] for i in range(first, last))  # no two chunks in a row
+
+
+def test_a_prompt_that_fills_the_context_still_gets_its_one_token(package_dir: Path, reference: Any) -> None:
+    """Context 64: a 64-token prompt leaves room for exactly one new token (it is never fed back)."""
+    import torch
+
+    from llm_lab.core.decode import generate
+
+    prompt = ("the quick brown fox jumps over the lazy dog. " * 2)[:64]
+    loaded = load_model_package(package_dir)
+    with serve_in_thread(create_app(loaded)) as server:
+        answer = _post(server.base_url, {"prompt": prompt, "max_tokens": 1, "temperature": 0})
+        second = _post(server.base_url, {"prompt": "a", "max_tokens": 3, "temperature": 0})
+    ids = reference.tokenizer.encode(prompt)
+    expected = generate(reference.model, torch.tensor([ids]), 1, temperature=0, tokenizer=reference.tokenizer)
+    assert answer["choices"][0] == {"text": expected.texts[0], "index": 0, "logprobs": None, "finish_reason": "length"}
+    assert second["usage"]["completion_tokens"] == 3  # the server goes on
