@@ -292,3 +292,28 @@ def test_a_prompt_that_fills_the_context_still_gets_its_one_token(package_dir: P
     expected = generate(reference.model, torch.tensor([ids]), 1, temperature=0, tokenizer=reference.tokenizer)
     assert answer["choices"][0] == {"text": expected.texts[0], "index": 0, "logprobs": None, "finish_reason": "length"}
     assert second["usage"]["completion_tokens"] == 3  # the server goes on
+
+
+def test_openai_clients_in_parallel_get_what_they_get_alone(slowed: Any) -> None:
+    """Four threads of the openai client, seeded sampling with n=2: the same choices side by side as one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    loaded, _ = slowed
+    with serve_in_thread(create_app(loaded, model_name="m")) as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="not-needed-locally", max_retries=0)
+        scheduler: BatchScheduler = server.server.config.app.state.scheduler  # type: ignore[attr-defined]
+
+        def ask(seed: int) -> list[str]:
+            answer = client.completions.create(
+                model="m", prompt="to be", max_tokens=12, n=2, seed=seed, temperature=0.8, extra_body={"top_p": 0.9}
+            )
+            return [choice.text for choice in answer.choices]
+
+        alone = [ask(seed) for seed in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(ask, range(4)))
+        assert scheduler.peak_busy >= 4
+    assert together == alone
+    assert len({text for pair in alone for text in pair}) > 4  # the seeds really differ
