@@ -226,11 +226,10 @@ class BatchScheduler:
         self.eos_ids = frozenset() if eos_token_id is None else frozenset([int(eos_token_id)])
         self.limits = limits
         self.context = context = engine.context_window
-        parameter = next(model.parameters(), None)
-        buffer = next(model.buffers(), None)
-        reference = parameter if parameter is not None else buffer
-        self.device = reference.device
-        dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
+        tensors = [*model.parameters(), *model.buffers()]
+        self.device = tensors[0].device if tensors else torch.device("cpu")
+        # The keys take the dtype the model computes in: that of its floating-point weights (int8 weights are not).
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
         per_slot = kv_bytes_per_slot(config, context, dtype.itemsize)
         # One at a time for a model the slot cache cannot serve (see the module docs).
         self.batched = not getattr(config, "bigram_embedding", False)
@@ -242,7 +241,7 @@ class BatchScheduler:
             )
         self.cache: SlotKVCache | None = None
         if self.batched:
-            self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device, dtype=dtype)
+            self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device)
         self.vocab_size = int(config.vocab_size)
         self._free = list(range(self.slots))
         self._queue: collections.deque[_Group] = collections.deque()

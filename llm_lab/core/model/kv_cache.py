@@ -224,11 +224,15 @@ class SlotKVCache(KVCache):
     ) -> None:
         if getattr(config, "bigram_embedding", False):
             raise ValueError("a SlotKVCache cannot serve a model with bigram_embedding (it reads a fixed column)")
-        super().__init__(config, batch_size, max_len, device="cpu" if device is None else device, dtype=dtype)
+        # Buffers are allocated with the dtype of the first keys written (a prefilled row or a step), as in KVCache.
+        super().__init__(config, batch_size, max_len)
+        self._home = torch.device("cpu") if device is None else torch.device(device)
+        if dtype is not None:
+            self._allocate(self._home, dtype)
         self.length = self.max_len - 1  # the model sees every column; the mask says which ones are real
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        self.active = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
-        self._rows = torch.arange(batch_size, device=self.device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self._home)
+        self.active = torch.zeros(batch_size, dtype=torch.bool, device=self._home)
+        self._rows = torch.arange(batch_size, device=self._home)
 
     def check_room(self, new_tokens: int) -> None:
         if new_tokens != 1:
@@ -239,12 +243,16 @@ class SlotKVCache(KVCache):
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's one new key and value at its own column; return the whole buffers."""
         self.check_room(k.shape[2])
+        if not self._keys:
+            self._allocate(k.device, k.dtype)
         columns = self.lengths.clamp(max=self.max_len - 1)  # an idle row writes where nothing is read
-        self._keys[layer_idx][self._rows, :, columns] = k[:, :, 0].to(self.dtype)
-        self._values[layer_idx][self._rows, :, columns] = v[:, :, 0].to(self.dtype)
+        self._keys[layer_idx][self._rows, :, columns] = k[:, :, 0]
+        self._values[layer_idx][self._rows, :, columns] = v[:, :, 0]
         return self._keys[layer_idx], self._values[layer_idx]
 
     def update_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.positions is None:
+            self.positions = torch.zeros(self.batch_size, self.max_len, device=self._home, dtype=torch.long)
         columns = self.lengths.clamp(max=self.max_len - 1)
         self.positions[self._rows, columns] = position_ids[:, 0]
         return self.positions
@@ -261,7 +269,7 @@ class SlotKVCache(KVCache):
 
     def step_mask(self) -> torch.Tensor:
         """``(B, max_len)`` bool: each row's filled columns plus the one its next token goes to."""
-        columns = torch.arange(self.max_len, device=self.device)
+        columns = torch.arange(self.max_len, device=self._home)
         return columns[None, :] <= self.lengths[:, None]
 
     def write_row(self, row: int, source: KVCache, source_row: int = 0) -> None:
@@ -269,6 +277,8 @@ class SlotKVCache(KVCache):
         n = source.length
         if n >= self.max_len:
             raise ValueError(f"{n} prefilled positions do not fit a slot of {self.max_len} (one is kept for a step)")
+        if not self._keys:
+            self._allocate(source.device, source.dtype)
         for mine, theirs in zip(self._keys + self._values, source._keys + source._values, strict=True):
             mine[row, :, :n] = theirs[source_row, :, :n]
         self.positions[row, :n] = source.positions[source_row, :n]
