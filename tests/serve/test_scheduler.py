@@ -317,3 +317,20 @@ def test_openai_clients_in_parallel_get_what_they_get_alone(slowed: Any) -> None
         assert scheduler.peak_busy >= 4
     assert together == alone
     assert len({text for pair in alone for text in pair}) > 4  # the seeds really differ
+
+
+def test_zero_new_tokens_finish_at_once_without_a_slot(package_dir: Path) -> None:
+    """``max_tokens: 0`` (prompt scoring) ends every choice at once; the model is not called and no slot is taken."""
+    from llm_lab.core.decode.sampling import SamplingConfig
+    from llm_lab.serve.engine import CompletionEngine, SamplingSettings
+
+    engine = CompletionEngine(*load_model_package(package_dir))
+    scheduler = BatchScheduler(engine, BatchLimits(max_batch=2))
+    events: list[tuple] = []
+    try:
+        settings = SamplingSettings(max_new_tokens=0, sampling=SamplingConfig(temperature=0))
+        scheduler.submit([[1, 2], [3]], settings, engine.new_generator(0), events.append)
+        assert events == [("finish", 0, "length", 0), ("finish", 1, "length", 0)]
+        assert (scheduler.waiting, scheduler.busy_slots, scheduler.steps_done) == (0, 0, 0)
+    finally:
+        scheduler.close()
