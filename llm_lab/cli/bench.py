@@ -1,5 +1,5 @@
-"""``llm-lab bench env|attention|step|threads|generate|tokenizer|data|time-to-loss``: the machine check and the
-benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
+"""``llm-lab bench env|attention|step|threads|generate|serve|tokenizer|data|time-to-loss``: the machine check and
+the benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _check_device(device: str | None) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
-        "bench", help="machine check and benchmarks (env, attention, step, threads, generate, tokenizer, time-to-loss)"
+        "bench",
+        help="machine check and benchmarks (env, attention, step, threads, generate, serve, tokenizer, time-to-loss)",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
@@ -99,6 +100,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     gen.set_defaults(func=_run_generate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="aggregate tokens/s of many concurrent clients of llm-lab serve vs one, and time to first token",
+        description="Start llm-lab serve on a random 6 x 384 character model (a subprocess) and stream greedy "
+        "completions from 1 client and from --clients clients at once, alternating rounds; a --max-batch 1 server "
+        "takes the same loads as the baseline. Prints a markdown table and writes serve.csv and serve.md.",
+    )
+    serve.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test, seconds)")
+    serve.add_argument("--clients", type=int, default=None, help="concurrent clients (default 8)")
+    serve.add_argument("--requests", type=int, default=None, help="requests per client per round (default 3)")
+    serve.add_argument("--new-tokens", type=int, default=None, help="tokens per completion (default 64)")
+    serve.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batching server (default 8)")
+    serve.add_argument("--rounds", type=int, default=None, help="alternating rounds, medians reported (default 3)")
+    serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help="output directory")
+    serve.set_defaults(func=_run_serve)
 
     tok = commands.add_parser(
         "tokenizer", help="our byte-level BPE vs HF tokenizers (training) and tiktoken (encoding, same ranks)"
@@ -273,6 +290,33 @@ def _run_generate(args: argparse.Namespace) -> int:
     print(format_report(results))
     if args.json:
         atomic_write_json(args.json, results)
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import sys
+
+    from llm_lab.experiments.serve_bench import (
+        ServeBenchSettings,
+        format_serve_table,
+        run_serve_benchmark,
+        write_serve_results,
+    )
+
+    chosen = {
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "new_tokens": args.new_tokens,
+        "max_batch": args.max_batch,
+        "rounds": args.rounds,
+    }
+    base = ServeBenchSettings.quick() if args.quick else ServeBenchSettings()
+    # replace() validates again: a bad value is one line, before a model is built or a server started.
+    settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    rows = run_serve_benchmark(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_serve_table(rows), end="")
+    paths = write_serve_results(rows, settings, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve a package: OpenAI-style /v1/completions and a playground page",
         description="Serve a model package (or a training run directory) over HTTP: POST /v1/completions in the "
         "OpenAI completions shape (streaming with server-sent events), GET /v1/models, GET /health, and a playground "
-        "page at /. Requests run one model call at a time, in arrival order.",
+        "page at /. Requests are decoded together (continuous batching: each joins the running batch at a token "
+        "boundary and leaves it when done, and gets exactly what it would get alone); past --max-batch sequences "
+        "they wait in a first-come, first-served queue of --max-queue requests, past which they get 429.",
     )
     parser.add_argument("package", metavar="PACKAGE", help="a package directory (or a run directory)")
     parser.add_argument(
@@ -39,7 +41,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-body-bytes", type=positive_int, default=1_000_000, help="larger request bodies get 413 (default 1 MB)"
     )
     parser.add_argument(
-        "--max-pending", type=positive_int, default=64, help="queued requests before new ones get 503 (default 64)"
+        "--max-pending",
+        type=positive_int,
+        default=64,
+        help="queued inspection and echo-scoring calls before new ones get 503 (default 64)",
+    )
+    parser.add_argument(
+        "--max-batch", type=positive_int, default=8, metavar="N", help="most sequences decoded at once (default 8)"
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="most requests waiting for a place in the batch; more get 429 with Retry-After (default 64)",
+    )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=positive_int,
+        default=32,
+        metavar="TOKENS",
+        help="prompt tokens read per decode step while others decode (default 32)",
+    )
+    parser.add_argument(
+        "--batch-memory-mb",
+        type=positive_int,
+        default=1024,
+        metavar="MB",
+        help="most memory for the batch's KV caches (a full context per sequence); fewer than --max-batch "
+        "sequences when it is less (default 1024)",
     )
     parser.add_argument(
         "--max-request-tokens",
@@ -81,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
         from llm_lab.serve import create_app
         from llm_lab.serve.app import RequestLimits
+        from llm_lab.serve.scheduler import BatchLimits
         from llm_lab.serve.security import host_is_loopback
     except ModuleNotFoundError as error:
         raise ValueError(
@@ -100,6 +131,12 @@ def _run(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         device=args.device,
         limits=RequestLimits(max_tokens=args.max_request_tokens, max_memory_bytes=args.max_request_memory_mb * 2**20),
+        batch=BatchLimits(
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            prefill_chunk=args.prefill_chunk,
+            memory_bytes=args.batch_memory_mb * 2**20,
+        ),
         bind_host=args.host,
         allow_hosts=args.allow_host,
         allow_origins=args.allow_origin,

@@ -20,14 +20,16 @@ Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 
 (duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
 than one request may (:class:`RequestLimits`), 422 for a value out of range or of the wrong type (``param`` names
 the field; numbers must be JSON numbers, never strings), 404 for an unknown model, 413 for a body over the size
-limit, 415 for a body not sent as ``application/json``, 503 when the queue is full. A ``Host`` that does not name
-this server is 400 and a foreign ``Origin`` 403 (see ``security.py``). A model whose scores are NaN is a 500 that
-says so.
+limit, 415 for a body not sent as ``application/json``, 429 with ``Retry-After`` when the batch's queue is full (503
+when the queue of other model calls is). A ``Host`` that does not name this server is 400 and a foreign ``Origin``
+403 (see ``security.py``). A model whose scores are NaN is a 500 that says so.
 
-A client that disconnects stops its generation after the current token, streamed or not.
+A client that disconnects stops its generation after the current token, streamed or not, and frees its slot.
 
-Every model call goes through one :class:`~llm_lab.serve.runner.ModelRunner` worker, so concurrent clients are
-answered one generation at a time and each gets exactly what it would get alone.
+Completions are decoded together by one :class:`~llm_lab.serve.scheduler.BatchScheduler` (continuous batching:
+requests join and leave the running batch at a token boundary, and each gets exactly what it would get alone on
+this server); past ``max_queue`` waiting requests a new one gets 429 with ``Retry-After``. Every other model call
+(inspection, scoring echoed prompts) goes through one :class:`~llm_lab.serve.runner.ModelRunner` worker.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ import asyncio
 import json
 import os
 import secrets
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
 from llm_lab.serve.playground import playground_html
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
+from llm_lab.serve.scheduler import BatchLimits, BatchScheduler, QueueFullError
 from llm_lab.serve.schemas import (
     CompletionRequestBase,
     InspectRequest,
@@ -236,10 +238,9 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def run_unless_disconnected(request: Request, runner: ModelRunner, job: _CompletionJob) -> list[dict] | None:
-    """Run a non-streaming job; if the client disconnects first, stop it after the current token and return None."""
-    cancelled = threading.Event()
-    work = asyncio.ensure_future(runner.run(job.run, cancelled))
+async def run_unless_disconnected(request: Request, job: _CompletionJob, events: AsyncIterator[Any]) -> list | None:
+    """Collect a non-streaming job's choices; if the client disconnects first, cancel it and return None."""
+    work = asyncio.ensure_future(job.collect(events))
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -247,8 +248,7 @@ async def run_unless_disconnected(request: Request, runner: ModelRunner, job: _C
         watcher.cancel()
     if work.done():
         return work.result()
-    cancelled.set()  # nobody will read the answer: free the worker
-    work.add_done_callback(lambda future: future.cancelled() or future.exception())  # nothing left to report to
+    work.cancel()  # closes the events, which cancels the request: its slots are freed after the current step
     return None
 
 
@@ -270,6 +270,7 @@ def create_app(
     max_pending: int = 64,
     device: str | None = None,
     limits: RequestLimits | None = None,
+    batch: BatchLimits | None = None,
     bind_host: str | None = None,
     allow_hosts: Iterable[str] = (),
     allow_origins: Iterable[str] = (),
@@ -283,9 +284,11 @@ def create_app(
             (``"llm-lab"`` for an in-memory model).
         max_tokens_cap: the most tokens one choice may generate; default and upper bound: the model's context.
         max_body_bytes: request bodies above this get 413.
-        max_pending: requests queued or running at once before new ones get 503.
+        max_pending: inspection and echo-scoring calls queued or running at once before new ones get 503.
         device: where to run the model (``"cpu"``, ``"cuda"``); default: where the model already is.
         limits: the most work and memory one request may ask for (default :class:`RequestLimits`).
+        batch: the continuous batch's size, queue and prefill chunk (default
+            :class:`~llm_lab.serve.scheduler.BatchLimits`).
         bind_host: the address the server listens on; its ``Host`` is accepted besides the loopback names.
         allow_hosts: more ``Host`` names to accept (e.g. this machine's name on a trusted network).
         allow_origins: web origins whose pages may call the API (they also get CORS headers); others get 403.
@@ -309,11 +312,13 @@ def create_app(
             package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
         )
     runner = ModelRunner(max_pending=max_pending)
+    scheduler = BatchScheduler(engine, batch if batch is not None else BatchLimits())
     completion_schema = completion_request_model()  # every sampling setting registered by now
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        scheduler.close()
         runner.shutdown()
 
     app = FastAPI(
@@ -323,6 +328,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.runner = runner
+    app.state.scheduler = scheduler
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     if access.allowed_origins:
         app.add_middleware(
@@ -350,7 +356,12 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model_name, "pending": runner.pending}
+        return {
+            "status": "ok",
+            "model": engine.model_name,
+            "pending": runner.pending,
+            "batch": {"slots": scheduler.slots, "busy": scheduler.busy_slots, "waiting": scheduler.waiting},
+        }
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -373,16 +384,29 @@ def create_app(
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
         job = await asyncio.to_thread(_plan, engine, completion)
         check_request_limits(limits, job)
+        rows = len(job.prompt_ids) * job.n
+        if scheduler.max_choices is not None and rows > scheduler.max_choices:
+            raise APIError(
+                400,
+                f"n: {len(job.prompt_ids)} prompt(s) x n={job.n} = {rows} choices, more than the {scheduler.slots} "
+                "sequences this server decodes at once (--max-batch); ask for fewer prompts or choices",
+                param="n",
+                code="request_limit_exceeded",
+            )
         try:
+            # Queued here, so a full queue is a plain 429 and not an error inside a started stream.
+            events = await job.start(runner, scheduler)
             if completion.stream:
-                # Queued here, so a full queue is a plain 503 and not an error inside a started stream.
-                events = runner.stream(job.stream_job)
                 return StreamingResponse(
                     _sse(job, events),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            choices = await run_unless_disconnected(request, runner, job)
+            choices = await run_unless_disconnected(request, job, events)
+        except QueueFullError as error:
+            too_many = APIError(429, str(error), error_type="server_error", code="server_busy").response()
+            too_many.headers["Retry-After"] = str(error.retry_after)
+            return too_many
         except RunnerBusyError as error:
             raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
         except NonFiniteScoresError as error:
@@ -440,45 +464,84 @@ class _CompletionJob:
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.completion_tokens = 0
+        self.texts: list[str] = []  # per choice, the text so far (echo included), filled by the events
+        self.reasons: list[str] = []
+        self.builders: list[LogprobsBuilder] | None = None
 
-    def _choices(self, emit: Callable[[Any], None] | None, cancelled: threading.Event | None) -> list[dict[str, Any]]:
-        # All choices run as one batch: row i is choice i (prompt i // n). One generator per request, so the same
-        # request with the same seed gives the same choices, streamed or not.
+    async def start(self, runner: ModelRunner, scheduler: BatchScheduler) -> AsyncIterator[tuple]:
+        """Score echoed prompts (on the runner), queue the rows on the scheduler, and return the job's events:
+        ``("text", index, text)``, ``("tokens", index, text, logprobs)`` and ``("finish", index, reason)``.
+
+        Row ``i`` is choice ``i`` (prompt ``i // n``). One generator per request, so the same request with the same
+        seed gives the same choices, streamed or not, alone or batched.
+
+        Raises:
+            QueueFullError: the scheduler's queue is full (nothing has run).
+        """
         rows = [ids for ids in self.prompt_ids for _ in range(self.n)]
         prefixes = [prompt if self.request.echo else "" for prompt in self.prompts for _ in range(self.n)]
         builders = None if self.request.logprobs is None else [LogprobsBuilder(self.engine.tokenizer) for _ in rows]
-        echoed = self._echo_logprobs(builders) if builders is not None and self.request.echo else [None] * len(rows)
-        on_text = on_token = None
-        if emit is not None:
-            for index, prefix in enumerate(prefixes):
-                if prefix:
-                    emit(("text", index, prefix) if echoed[index] is None else ("tokens", index, prefix, echoed[index]))
+        echoed: list[Any] = [None] * len(rows)
+        if builders is not None and self.request.echo:
+            echoed = await runner.run(self._echo_logprobs, builders)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple] = asyncio.Queue()
 
-            def on_text(index: int, text: str) -> None:
-                emit(("text", index, text))
-
-            if builders is not None:
-
-                def on_token(index: int, text: str, scored: Any) -> None:
-                    emit(("tokens", index, text, builders[index].add(scored.token_id, scored)))
+        def on_event(event: tuple) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
 
         generator = self.engine.new_generator(self.seed)
-        results = self.engine.complete(
-            rows, self.settings, generator, on_text=on_text, cancelled=cancelled, on_token=on_token
-        )
-        self.completion_tokens = sum(result.completion_tokens for result in results)
-        choices = []
-        for index, (prefix, result) in enumerate(zip(prefixes, results, strict=True)):
-            if emit is not None:
-                emit(("finish", index, result.finish_reason))
-            text = prefix + result.text
-            logprobs = None
-            if builders is not None:
-                if emit is None:  # streamed tokens were added as they came
-                    builders[index].add_all([s.token_id for s in result.logprobs], result.logprobs)
-                logprobs = builders[index].body
-            choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": result.finish_reason})
-        return choices
+        submission = scheduler.submit(rows, self.settings, generator, on_event)
+        self.texts = list(prefixes)
+        self.reasons = ["length"] * len(rows)
+        self.builders = builders
+
+        async def events() -> AsyncIterator[tuple]:
+            ended = 0
+            try:
+                for index, prefix in enumerate(prefixes):
+                    if prefix and echoed[index] is None:
+                        yield ("text", index, prefix)
+                    elif prefix:
+                        yield ("tokens", index, prefix, echoed[index])
+                while ended < len(rows):
+                    event = await queue.get()
+                    kind = event[0]
+                    if kind == "error":
+                        raise event[1]
+                    if kind == "finish":
+                        _, index, reason, count = event
+                        self.reasons[index] = reason
+                        self.completion_tokens += count
+                        ended += 1
+                        yield ("finish", index, reason)
+                    elif kind == "tokens":
+                        _, index, text, scored = event
+                        self.texts[index] += text
+                        yield ("tokens", index, text, builders[index].add(scored.token_id, scored))
+                    else:
+                        _, index, text = event
+                        self.texts[index] += text
+                        yield event
+            finally:
+                if ended < len(rows):
+                    submission.cancel()  # the client went away (or the request failed): free its slots
+
+        return events()
+
+    async def collect(self, events: AsyncIterator[tuple]) -> list[dict[str, Any]]:
+        """Run a job's events to the end and return its choices (for a non-streaming answer)."""
+        async for _ in events:
+            pass
+        return [
+            {
+                "text": text,
+                "index": index,
+                "logprobs": None if self.builders is None else self.builders[index].body,
+                "finish_reason": reason,
+            }
+            for index, (text, reason) in enumerate(zip(self.texts, self.reasons, strict=True))
+        ]
 
     def _echo_logprobs(self, builders: list[LogprobsBuilder]) -> list[dict[str, Any] | None]:
         """Score each prompt once (its first token has no log-probability) into its choices' builders."""
@@ -490,14 +553,6 @@ class _CompletionJob:
                 builder = builders[len(pieces)]
                 pieces.append(None if scored is None else builder.add_all(ids, scored))
         return pieces
-
-    def run(self, cancelled: threading.Event | None = None) -> list[dict[str, Any]]:
-        if cancelled is not None and cancelled.is_set():
-            return []  # the client left while this job was queued: do not touch the model
-        return self._choices(None, cancelled)
-
-    def stream_job(self, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
-        self._choices(emit, cancelled)
 
     def usage(self) -> dict[str, int]:
         prompt_tokens = sum(len(ids) for ids in self.prompt_ids)

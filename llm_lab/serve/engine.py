@@ -4,7 +4,9 @@
 :func:`llm_lab.core.decode.stream` (the library's one decoding loop, which also cuts stop strings and reassembles
 characters split over byte-level tokens), with all choices of a request in one batch.
 
-It is not thread-safe on purpose: the server calls it from one worker thread only (see ``runner.py``).
+It is not thread-safe on purpose. The server decodes completions on the scheduler's thread through the decode copy
+(``scheduler.py``, which falls back to :meth:`CompletionEngine.complete` for models it cannot batch) and runs every
+other model call (scoring, inspection) on one worker thread (``runner.py``); neither changes the weights.
 """
 
 from __future__ import annotations

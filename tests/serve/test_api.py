@@ -44,7 +44,7 @@ def post(server: Any, **body: Any) -> httpx.Response:
 
 def test_health_models_and_playground(server: Any) -> None:
     health = httpx.get(f"{server.base_url}/health").json()
-    assert health == {"status": "ok", "model": MODEL_ID, "pending": 0}
+    assert health == {"status": "ok", "model": MODEL_ID, "pending": 0, "batch": {"slots": 8, "busy": 0, "waiting": 0}}
     models = httpx.get(f"{server.base_url}/v1/models").json()
     assert models["object"] == "list"
     (entry,) = models["data"]

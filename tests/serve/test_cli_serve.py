@@ -174,3 +174,15 @@ def test_cli_rejects_bad_numbers(package_dir: Path, capsys: pytest.CaptureFixtur
     assert "a port is at most 65535" in capsys.readouterr().err
     assert cli_main(["serve", str(package_dir), "--max-tokens-cap", "65"]) == 2  # refused before serving
     assert "max_tokens_cap must be between 1 and the model's context (64)" in capsys.readouterr().err
+
+
+def test_cli_passes_the_batch_options(package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_lab.serve.scheduler import BatchLimits
+
+    apps: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
+    argv = ["serve", str(package_dir), "--max-batch", "4", "--max-queue", "10", "--prefill-chunk", "16",
+            "--batch-memory-mb", "256"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert apps[0]["batch"] == BatchLimits(max_batch=4, max_queue=10, prefill_chunk=16, memory_bytes=256 * 2**20)

@@ -16,6 +16,7 @@ from llm_lab.core.package.io import load_model_package
 from llm_lab.core.tokenization import CharTokenizer
 from llm_lab.serve import create_app
 from llm_lab.serve.app import RequestLimits
+from llm_lab.serve.scheduler import BatchLimits
 
 JSON = {"content-type": "application/json"}
 
@@ -30,7 +31,7 @@ def loaded(package_dir: Path) -> tuple[Any, Any, Any]:
 
 
 def test_total_new_tokens_of_a_request_are_bounded(loaded: Any) -> None:
-    app = create_app(loaded, limits=RequestLimits(max_tokens=100))
+    app = create_app(loaded, limits=RequestLimits(max_tokens=100), batch=BatchLimits(max_batch=10))
     with client_for(app) as client:
         ok = client.post("/v1/completions", json={"prompt": ["the", "a"], "n": 5, "max_tokens": 10})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 100  # exactly the limit

@@ -171,7 +171,7 @@ def _stop_list(stop: str | Sequence[str] | None, tokenizer: Any) -> list[str]:
 # Incremental text: UTF-8 reassembly and stop strings
 
 
-class _RowText:
+class RowText:
     """Decodes one row's tokens into text pieces that never split a character or leak part of a stop string."""
 
     def __init__(self, tokenizer: _ByteTokenizer, stops: list[str]) -> None:
@@ -425,7 +425,7 @@ def _chunks(call: _Call) -> Iterator[StreamChunk]:
     """Per-row chunks, one step at a time (the shared engine of :func:`stream` and stop-string ``generate``)."""
     decoder, tokenizer, stops, eos_ids = call.decoder, call.tokenizer, call.stops, call.eos_ids
     B = decoder.tokens.shape[0]
-    texts = [_RowText(tokenizer, stops) for _ in range(B)] if tokenizer is not None else None
+    texts = [RowText(tokenizer, stops) for _ in range(B)] if tokenizer is not None else None
     active = list(range(B))
     while active and decoder.steps < decoder.max_steps:
         with torch.inference_mode():

@@ -30,7 +30,7 @@ import torch
 if TYPE_CHECKING:  # config.py imports attention.py, which imports this module
     from llm_lab.core.model.config import MiniGPTConfig
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "SlotKVCache"]
 
 
 class KVCache:
@@ -194,3 +194,98 @@ class KVCache:
             f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_kv_head={self.n_kv_head}, "
             f"head_dim={self.head_dim}, length={self.length}, max_len={self.max_len}, dtype={self.dtype})"
         )
+
+
+class SlotKVCache(KVCache):
+    """A cache of ``batch_size`` independent slots, each with its own length: for batches whose rows come and go.
+
+    Row ``r`` holds its sequence at columns ``[0, lengths[r])``, from position 0, with no padding in front, and a
+    decode step writes each row's new key at its own column ``lengths[r]``. The model is shown the whole buffer:
+    :attr:`length` stays at ``max_len - 1``, so a one-token forward attends over all ``max_len`` columns and the
+    caller's ``(B, max_len)`` padding mask (:meth:`step_mask`) says which of them are real.
+
+    Why the whole buffer, always: floating-point sums depend on the shapes they run in (a matrix product of 8 rows
+    rounds a row differently than one of 1 row; a softmax over 40 columns differently than over 12). With a fixed
+    batch width and a fixed number of columns, a row's values sit at the same places whatever the other rows
+    hold, so a row's logits are bit-for-bit the same alone or beside any others (``tests/core/model``).
+
+    Only one-token steps run through it; a prompt is prefilled into a plain :class:`KVCache` and copied in with
+    :meth:`write_row`. Models with a previous-token embedding (``bigram_embedding``) are not supported: the model
+    reads the previous token at a fixed column.
+    """
+
+    def __init__(
+        self,
+        config: MiniGPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if getattr(config, "bigram_embedding", False):
+            raise ValueError("a SlotKVCache cannot serve a model with bigram_embedding (it reads a fixed column)")
+        # Buffers are allocated with the dtype of the first keys written (a prefilled row or a step), as in KVCache.
+        super().__init__(config, batch_size, max_len)
+        self._home = torch.device("cpu") if device is None else torch.device(device)
+        if dtype is not None:
+            self._allocate(self._home, dtype)
+        self.length = self.max_len - 1  # the model sees every column; the mask says which ones are real
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self._home)
+        self.active = torch.zeros(batch_size, dtype=torch.bool, device=self._home)
+        self._rows = torch.arange(batch_size, device=self._home)
+
+    def check_room(self, new_tokens: int) -> None:
+        if new_tokens != 1:
+            raise ValueError(f"a SlotKVCache takes one token per row and step, got {new_tokens}; prefill elsewhere")
+        if bool((self.lengths[self.active] >= self.max_len).any()):
+            raise ValueError(f"a slot of the KV cache is full (max_len {self.max_len})")
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's one new key and value at its own column; return the whole buffers."""
+        self.check_room(k.shape[2])
+        if not self._keys:
+            self._allocate(k.device, k.dtype)
+        columns = self.lengths.clamp(max=self.max_len - 1)  # an idle row writes where nothing is read
+        self._keys[layer_idx][self._rows, :, columns] = k[:, :, 0]
+        self._values[layer_idx][self._rows, :, columns] = v[:, :, 0]
+        return self._keys[layer_idx], self._values[layer_idx]
+
+    def update_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.positions is None:
+            self.positions = torch.zeros(self.batch_size, self.max_len, device=self._home, dtype=torch.long)
+        columns = self.lengths.clamp(max=self.max_len - 1)
+        self.positions[self._rows, columns] = position_ids[:, 0]
+        return self.positions
+
+    def update_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise ValueError("a SlotKVCache cannot serve a model with bigram_embedding")
+
+    def advance(self, n: int) -> None:
+        self.lengths += self.active.long() * n
+
+    def reset(self) -> None:
+        self.lengths.zero_()
+        self.active.zero_()
+
+    def step_mask(self) -> torch.Tensor:
+        """``(B, max_len)`` bool: each row's filled columns plus the one its next token goes to."""
+        columns = torch.arange(self.max_len, device=self._home)
+        return columns[None, :] <= self.lengths[:, None]
+
+    def write_row(self, row: int, source: KVCache, source_row: int = 0) -> None:
+        """Copy ``source``'s filled prefix (a prefilled prompt, from position 0) into slot ``row`` and activate it."""
+        n = source.length
+        if n >= self.max_len:
+            raise ValueError(f"{n} prefilled positions do not fit a slot of {self.max_len} (one is kept for a step)")
+        if not self._keys:
+            self._allocate(source.device, source.dtype)
+        for mine, theirs in zip(self._keys + self._values, source._keys + source._values, strict=True):
+            mine[row, :, :n] = theirs[source_row, :, :n]
+        self.positions[row, :n] = source.positions[source_row, :n]
+        self.lengths[row] = n
+        self.active[row] = True
+
+    def free_row(self, row: int) -> None:
+        """Empty slot ``row`` (its buffers are kept; nothing in them is read again)."""
+        self.lengths[row] = 0
+        self.active[row] = False

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llm_lab.core.model import KVCache, MiniGPT, MiniGPTConfig
+from llm_lab.core.model.kv_cache import SlotKVCache
 
 CONFIG = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16)
 
@@ -80,3 +81,65 @@ def test_cache_pickles_and_copies():
             assert clone.length == 3
             rest, _ = model(x[:, 3:], past_key_values=clone)
             torch.testing.assert_close(rest, full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+def _slot_step(model: MiniGPT, cache: SlotKVCache, tokens: list[int]) -> torch.Tensor:
+    """One decode step of every slot (each at its own position); ``(slots, vocab)`` logits."""
+    ids = torch.tensor(tokens)[:, None]
+    logits, _ = model(ids, attention_mask=cache.step_mask(), past_key_values=cache, position_ids=cache.lengths[:, None])
+    return logits[:, -1]
+
+
+def _prefilled(model: MiniGPT, prompt: list[int]) -> KVCache:
+    cache = KVCache(model.config, 1, max_len=len(prompt))
+    model(torch.tensor([prompt]), past_key_values=cache)
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("overrides", "dtype"),
+    [
+        ({"pos_encoding": "learned"}, torch.float32),
+        ({"pos_encoding": "rope", "n_kv_head": 1}, torch.float32),
+        ({"pos_encoding": "alibi"}, torch.float32),
+        ({"pos_encoding": "rope"}, torch.bfloat16),
+    ],
+)
+def test_slot_rows_decode_bit_for_bit_alone_or_beside_others(overrides, dtype):
+    """Three prompts of different lengths in slots 0, 2 and 3 of a 4-slot cache (slot 1 idle), three steps.
+
+    Each row's logits equal, bit for bit, those of the same row decoded alone in the same 4-slot cache (the other
+    slots idle), and, up to rounding, the plain uncached forward over the row's whole sequence.
+    """
+    torch.manual_seed(0)
+    config = MiniGPTConfig(vocab_size=40, context_length=16, n_layer=2, n_head=4, n_embd=32, **overrides)
+    model = MiniGPT(config).eval().to(dtype)
+    prompts = {0: [3, 1, 4, 1, 5, 9, 2], 2: [6, 5], 3: [3, 5, 8, 9, 7]}
+    fed = {0: [2, 6, 5], 2: [3, 5, 8], 3: [9, 7, 9]}
+    with torch.no_grad():
+        together = SlotKVCache(config, 4, max_len=16)
+        for slot, prompt in prompts.items():
+            together.write_row(slot, _prefilled(model, prompt))
+        batched = [_slot_step(model, together, [fed.get(s, [0] * 3)[t] for s in range(4)]) for t in range(3)]
+        for slot, prompt in prompts.items():
+            alone = SlotKVCache(config, 4, max_len=16)
+            alone.write_row(slot, _prefilled(model, prompt))
+            steps = [_slot_step(model, alone, [fed[slot][t] if s == slot else 0 for s in range(4)]) for t in range(3)]
+            full, _ = model(torch.tensor([prompt + fed[slot]]))
+            for t in range(3):
+                assert torch.equal(batched[t][slot], steps[t][slot])
+                tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+                torch.testing.assert_close(batched[t][slot], full[0, len(prompt) + t], atol=tolerance, rtol=tolerance)
+        assert together.lengths.tolist() == [10, 0, 5, 8]  # idle slot 1 never moved
+        assert together.dtype == dtype  # the buffers follow the keys written
+
+
+def test_slot_cache_takes_one_token_per_step_and_refuses_a_previous_token_embedding():
+    cache = SlotKVCache(CONFIG, 2, max_len=8)
+    with pytest.raises(ValueError, match=r"one token per row and step, got 3; prefill elsewhere"):
+        cache.check_room(3)
+    with pytest.raises(ValueError, match=r"5 prefilled positions do not fit a slot of 4"):
+        SlotKVCache(CONFIG, 1, max_len=4).write_row(0, _prefilled(MiniGPT(CONFIG).eval(), [1, 2, 3, 4, 5]))
+    bigram = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=1, n_head=2, n_embd=8, bigram_embedding=True)
+    with pytest.raises(ValueError, match="cannot serve a model with bigram_embedding"):
+        SlotKVCache(bigram, 2)
