@@ -185,6 +185,26 @@ class KVCache:
         """Empty the cache for reuse with the same shapes; the buffers are kept, nothing is zeroed."""
         self.length = 0
 
+    def repeat_rows(self, batch_size: int) -> KVCache:
+        """A new cache of ``batch_size`` rows, each a copy of this one-row cache (same length, owner and room).
+
+        For scoring several continuations of one prefix: the prefix runs once, then every continuation runs on
+        its own copy of the prefix's keys and values.
+
+        Raises:
+            ValueError: this cache has more than one row, or nothing cached yet.
+        """
+        if self.batch_size != 1 or not self._keys:
+            raise ValueError(f"repeat_rows needs a filled one-row cache, this one is {self!r}")
+        copy = KVCache.__new__(KVCache)
+        copy.__dict__.update(self.__dict__)
+        copy.batch_size = batch_size
+        copy._keys = [k.expand(batch_size, -1, -1, -1).clone() for k in self._keys]
+        copy._values = [v.expand(batch_size, -1, -1, -1).clone() for v in self._values]
+        copy.positions = self.positions.expand(batch_size, -1).clone()
+        copy.tokens = None if self.tokens is None else self.tokens.expand(batch_size, -1).clone()
+        return copy
+
     def __getstate__(self) -> dict:
         # A weak reference cannot be pickled; a cache read back has no known owner and accepts any model.
         return {**self.__dict__, "_owner": None}
