@@ -88,10 +88,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
         ) from None
     from llm_lab.utils.io import atomic_write_text
 
-    lm = LabLM.from_package(args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16)
-    results = evaluate_tasks(
-        lm, tasks, include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot
+    lm = LabLM.from_package(
+        args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16
     )
+    results = evaluate_tasks(lm, tasks, include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot)
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))

@@ -220,7 +220,9 @@ class LabLM(TemplateLM):
         owner: list[int] = []
         for index, (text,) in enumerate(req.args for req in requests):
             pieces = get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
                 context_len=1,
             )
             for ctx, cont in map(make_disjoint_window, pieces):
@@ -259,8 +261,14 @@ class LabLM(TemplateLM):
                         ids = ids[-keep:]
                     prompts.append(ids)
                 result = generate(
-                    self.model, prompts, max_new, temperature=0.0, stop=until or None, tokenizer=self.tokenizer,
-                    eos_token_id=self.eot_token_id, on_overflow="stop",
+                    self.model,
+                    prompts,
+                    max_new,
+                    temperature=0.0,
+                    stop=until or None,
+                    tokenizer=self.tokenizer,
+                    eos_token_id=self.eot_token_id,
+                    on_overflow="stop",
                 )
                 for i, text in zip(chunk, result.texts or [], strict=True):
                     out[i] = text
