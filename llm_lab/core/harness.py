@@ -322,8 +322,16 @@ def evaluate_tasks(
 
     if include_path is not None and not Path(include_path).is_dir():
         raise FileNotFoundError(f"--include-path: no such folder: {include_path}")
-    manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
     names = list(tasks)
+    manager = None
+    if include_path is not None:
+        _check_task_files(Path(include_path))
+        # Indexing the harness's own thousands of task files takes half a minute: skip it when the folder has them all.
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+        if not all(name in manager.all_tasks for name in names):
+            manager = None
+    if manager is None:
+        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         where = f" or in {include_path}" if include_path is not None else ""
@@ -340,3 +348,20 @@ def evaluate_tasks(
             raise
         raise ValueError(f"the harness could not run {', '.join(names)}: {type(error).__name__}: {error}") from error
     return results
+
+
+def _check_task_files(folder: Path) -> None:
+    """Raise ``ValueError`` naming the first task YAML under ``folder`` that does not parse (the harness skips it
+    with a log line, and the task then looks unknown)."""
+    import yaml
+
+    class _AnyTag(yaml.SafeLoader):  # the harness's own tags (!function) are its business, not a parse error
+        pass
+
+    _AnyTag.add_multi_constructor("!", lambda loader, suffix, node: None)
+    for path in sorted(folder.rglob("*.yaml")):
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTag)  # noqa: S506 - a SafeLoader subclass
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            problem = " ".join(str(error).split())
+            raise ValueError(f"{path}: not a valid task file: {problem}") from None
