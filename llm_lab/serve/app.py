@@ -620,7 +620,7 @@ def _plan(engine: CompletionEngine, request: CompletionRequestBase) -> _Completi
             code="invalid_value",
         )
     token_prompts = request.token_prompts
-    prompts = request.prompts if token_prompts is None else [engine.tokenizer.decode(ids) for ids in token_prompts]
+    prompts = request.prompts if token_prompts is None else [""] * len(token_prompts)  # decoded once checked
     prompt_ids = []
     for index, prompt in enumerate(prompts):
         single = isinstance(request.prompt, str) or (token_prompts is not None and isinstance(request.prompt[0], int))
@@ -630,6 +630,7 @@ def _plan(engine: CompletionEngine, request: CompletionRequestBase) -> _Completi
                 ids = engine.encode(prompt)
             else:
                 ids = check_token_ids(engine, token_prompts[index], param)
+                prompts[index] = engine.tokenizer.decode(ids)
         except RequestRefusedError as error:
             raise APIError(error.status, error.message, param=error.param, code=error.code) from None
         except ValueError as error:

@@ -126,9 +126,11 @@ class CompletionRequestBase(BaseModel):
         # Text, or token ids (one list of ints, or a list of such lists); never a mixture.
         if isinstance(value, list) and value and not all(isinstance(item, str) for item in value):
             if _is_token_ids(value) or all(_is_token_ids(item) for item in value):
+                if any(token < 0 for item in value for token in (item if isinstance(item, list) else [item])):
+                    raise ValueError("token ids must be 0 or more")
                 return value
             raise ValueError(
-                "must be a string, a list of strings, a list of token ids or a list of lists of token ids "
+                "must be a string or a list of strings, or token ids: a list of integers or a list of such lists "
                 "(each non-empty)"
             )
         return value
