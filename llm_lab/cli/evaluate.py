@@ -83,7 +83,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
         from llm_lab.core.harness import LabLM, evaluate_tasks
     except ModuleNotFoundError as error:
         raise ValueError(
-            f"--tasks needs EleutherAI's lm-evaluation-harness ({error.name} is missing): "
+            f"--tasks needs EleutherAI's lm-evaluation-harness ({(error.name or 'lm_eval').split('.')[0]} is missing): "
             'pip install "foundry-llm[eval]" (from a checkout: pip install -e ".[eval]")'
         ) from None
     from llm_lab.utils.io import atomic_write_text
