@@ -318,27 +318,9 @@ def evaluate_tasks(
         ValueError: an unknown task name, a task file that does not parse, or a task this model cannot run.
     """
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(f"--include-path: no such folder: {include_path}")
     names = list(tasks)
-    manager = None
-    if include_path is not None:
-        _check_task_files(Path(include_path))
-        # Indexing the harness's own thousands of task files takes half a minute: skip it when the folder has them all.
-        manager = TaskManager(include_path=str(include_path), include_defaults=False)
-        if not all(name in manager.all_tasks for name in names):
-            manager = None
-    if manager is None:
-        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
-    unknown = [name for name in names if name not in manager.all_tasks]
-    if unknown:
-        where = f" or in {include_path}" if include_path is not None else ""
-        raise ValueError(
-            f"unknown task {unknown[0]!r}: not one of the harness's tasks{where} (`lm_eval ls tasks` lists them; "
-            "a task of your own needs --include-path FOLDER with its YAML file)"
-        )
+    manager = task_manager(names, include_path)
     try:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=False
@@ -348,6 +330,34 @@ def evaluate_tasks(
             raise
         raise ValueError(f"the harness could not run {', '.join(names)}: {type(error).__name__}: {error}") from error
     return results
+
+
+def task_manager(tasks: Sequence[str], include_path: str | Path | None = None) -> Any:
+    """The harness's ``TaskManager`` that knows ``tasks``, with the files under ``include_path`` added.
+
+    Raises:
+        FileNotFoundError: ``include_path`` is not a folder.
+        ValueError: a task file there does not parse, or a task name is neither the harness's nor there.
+    """
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise FileNotFoundError(f"--include-path: no such folder: {include_path}")
+    if include_path is not None:
+        _check_task_files(Path(include_path))
+        # Indexing the harness's own thousands of task files takes half a minute: skip it when the folder has them all.
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+        if all(name in manager.all_tasks for name in tasks):
+            return manager
+    manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    unknown = [name for name in tasks if name not in manager.all_tasks]
+    if unknown:
+        where = f" or in {include_path}" if include_path is not None else ""
+        raise ValueError(
+            f"unknown task {unknown[0]!r}: not one of the harness's tasks{where} (`lm_eval ls tasks` lists them; "
+            "a task of your own needs --include-path FOLDER with its YAML file)"
+        )
+    return manager
 
 
 def _check_task_files(folder: Path) -> None:

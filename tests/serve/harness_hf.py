@@ -8,6 +8,7 @@ its place: every name it offers refuses to run. With ``accelerate`` installed, t
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -23,6 +24,8 @@ def _install_import_only_accelerate() -> None:
     if "accelerate" in sys.modules or importlib.util.find_spec("accelerate") is not None:
         return
     accelerate = types.ModuleType("accelerate")
+    # A spec, so that transformers' "is accelerate available?" (find_spec, then the installed version) says no.
+    accelerate.__spec__ = importlib.machinery.ModuleSpec("accelerate", None)
     accelerate.Accelerator = _refuse
     accelerate.InitProcessGroupKwargs = _refuse
     accelerate.find_executable_batch_size = _refuse
