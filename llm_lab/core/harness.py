@@ -153,14 +153,20 @@ class LabLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm)
         with eval_mode(self.model), torch.inference_mode():
-            for members in shared:
-                context = fitted[members[0]][0]
-                for start in range(0, len(members), self.batch_size):
-                    chunk = members[start : start + self.batch_size]
-                    scores = self._score_shared(context, [fitted[i][1] for i in chunk])
-                    for i, score in zip(chunk, scores, strict=True):
-                        results[i] = score
-                    progress.update(len(chunk))
+            # Questions of similar context length together, as many as give about batch_size continuations.
+            shared.sort(key=lambda members: -len(fitted[members[0]][0]))
+            batch: list[list[int]] = []
+            for members in shared + [[]]:
+                if batch and (not members or sum(map(len, batch)) + len(members) > self.batch_size):
+                    contexts = [fitted[m[0]][0] for m in batch]
+                    scores = self._score_shared(contexts, [[fitted[i][1] for i in m] for m in batch])
+                    for m, group_scores in zip(batch, scores, strict=True):
+                        for i, score in zip(m, group_scores, strict=True):
+                            results[i] = score
+                    progress.update(sum(map(len, batch)))
+                    batch = []
+                if members:
+                    batch.append(members)
             for start in range(0, len(single), self.batch_size):
                 chunk = single[start : start + self.batch_size]
                 for i, score in zip(chunk, self._score_batch([fitted[i] for i in chunk]), strict=True):
@@ -194,24 +200,49 @@ class LabLM(TemplateLM):
         logp = torch.log_softmax(logits.float(), dim=-1)
         return [_score(logp[row, keep - len(cont) :], cont) for row, (_, cont) in enumerate(pairs)]
 
-    def _score_shared(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """Score several continuations of one context: the context once (cached), then the continuations as a batch."""
-        longest = max(len(cont) for cont in continuations)
-        cache = _new_cache(self.model, 1, len(context) + longest - 1)
-        first, _ = self.model(torch.tensor([context], device=self.device), past_key_values=cache, logits_to_keep=1)
-        first_logp = torch.log_softmax(first[0].float(), dim=-1)  # (1, V): predicts every continuation's first token
+    def _score_shared(
+        self, contexts: list[list[int]], continuations: list[list[list[int]]]
+    ) -> list[list[tuple[float, bool]]]:
+        """Score several continuations of each of several contexts: the contexts once, as one left-padded batch
+        whose keys and values are cached, then every continuation on a copy of its context's cache, as one batch."""
+        width = max(len(ctx) for ctx in contexts)
+        longest = max(len(cont) for conts in continuations for cont in conts)
+        ids = torch.zeros(len(contexts), width, dtype=torch.long)
+        mask = torch.zeros(len(contexts), width, dtype=torch.long)
+        for row, ctx in enumerate(contexts):
+            ids[row, width - len(ctx) :] = torch.tensor(ctx)
+            mask[row, width - len(ctx) :] = 1
+        padded = bool((mask == 0).any())
+        cache = _new_cache(self.model, len(contexts), width + longest - 1)
+        first, _ = self.model(
+            ids.to(self.device),
+            attention_mask=mask.to(self.device) if padded else None,
+            past_key_values=cache,
+            logits_to_keep=1,
+        )  # (G, 1, V): left padding puts every context's last token in the last column
+        first_logp = torch.log_softmax(first[:, 0].float(), dim=-1)  # (G, V): predicts each first continuation token
+        owners = [g for g, conts in enumerate(continuations) for _ in conts]
+        flat = [cont for conts in continuations for cont in conts]
         rest_logp = None
         if longest > 1:
-            # Right padding: a real token never attends to the padding after it, so no mask is needed.
-            rest = torch.zeros(len(continuations), longest - 1, dtype=torch.long)
-            for row, cont in enumerate(continuations):
+            # Right padding of the continuations: a real token never attends to the padding after it.
+            rest = torch.zeros(len(flat), longest - 1, dtype=torch.long)
+            for row, cont in enumerate(flat):
                 rest[row, : len(cont) - 1] = torch.tensor(cont[:-1])
-            logits, _ = self.model(rest.to(self.device), past_key_values=cache.repeat_rows(len(continuations)))
-            rest_logp = torch.log_softmax(logits.float(), dim=-1)  # (B, longest - 1, V)
-        scores = []
-        for row, cont in enumerate(continuations):
-            logp = first_logp if rest_logp is None else torch.cat([first_logp, rest_logp[row, : len(cont) - 1]])
-            scores.append(_score(logp[: len(cont)], cont))
+            index = torch.tensor(owners)
+            rest_mask = torch.cat([mask[index], torch.ones(len(flat), longest - 1, dtype=torch.long)], dim=1)
+            logits, _ = self.model(
+                rest.to(self.device),
+                attention_mask=rest_mask.to(self.device) if padded else None,
+                past_key_values=cache.select_rows(index),
+            )
+            rest_logp = torch.log_softmax(logits.float(), dim=-1)  # (R, longest - 1, V)
+        scores: list[list[tuple[float, bool]]] = [[] for _ in contexts]
+        for row, (owner, cont) in enumerate(zip(owners, flat, strict=True)):
+            logp = first_logp[owner : owner + 1]
+            if rest_logp is not None:
+                logp = torch.cat([logp, rest_logp[row, : len(cont) - 1]])
+            scores[owner].append(_score(logp[: len(cont)], cont))
         return scores
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

@@ -55,16 +55,19 @@ def reference_loglikelihood(model: MiniGPT, context: list[int], continuation: li
     return float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
 
 
+@pytest.mark.parametrize("batch_size", [3, 8])
 @pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_loglikelihood_equals_one_forward_per_request(arch):
-    """Shared contexts (run once, then the choices on a copied cache), lone requests (left-padded batches) and a
-    request longer than the context (cut from the left) all give what a plain forward of each request gives."""
+def test_loglikelihood_equals_one_forward_per_request(arch, batch_size):
+    """Shared contexts (each run once, several of them left-padded into one batch, then the choices on copies of
+    their caches), lone requests (left-padded batches) and a request longer than the context (cut from the left)
+    all give what a plain forward of each request gives."""
     tok = bpe_tokenizer()
     model = tiny_model(tok, **arch)
-    lm = LabLM(model, tok, batch_size=3)
+    lm = LabLM(model, tok, batch_size=batch_size)
     question = "the quick brown fox jumps over"
     args = [(question, " the lazy dog."), (question, " a"), (question, " the question."), (question, " to be")]
-    args += [("to be, or", " not to be"), ("a small", " model"), ("the lazy dog", ".")]
+    args += [("to be, or", " not to be"), ("to be, or", " the lazy dog"), ("to be, or", ".")]
+    args += [("a small", " model"), ("the lazy dog", ".")]
     args += [(TEXT[:200], " the quick brown fox")]  # longer than the 24-token context
     got = lm.loglikelihood(instances("loglikelihood", args))
     for (context, continuation), (logprob, greedy) in zip(args, got, strict=True):
