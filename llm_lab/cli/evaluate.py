@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     harness.add_argument("--output-path", metavar="FILE", default=None, help="write the harness's results JSON here")
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.add_argument("--context-length", type=positive_int, default=None, help="window (default: the model's)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per forward pass (8; 16)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="sequences per forward pass (8 with --data, 16 --tasks)"
+    )
     parser.add_argument("--max-tokens", type=positive_int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -75,6 +77,9 @@ def _run_tasks(args: argparse.Namespace) -> int:
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     if not tasks:
         raise ValueError("--tasks: give at least one task name (e.g. --tasks hellaswag,wikitext)")
+    for option in ("context_length", "max_tokens", "json"):
+        if getattr(args, option):
+            raise ValueError(f"--{option.replace('_', '-')} applies to --data only; leave it out with --tasks")
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise ValueError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
     try:

@@ -97,6 +97,9 @@ def test_mistakes_are_one_line(capsys, tmp_path):
     assert main(["eval", str(package), "--tasks", "tiny_mc", "--include-path", str(tmp_path / "none")]) == 2
     assert "--include-path: no such folder" in one_line_error(capsys.readouterr().err)
 
+    assert main(["eval", str(package), "--tasks", "tiny_mc", "--max-tokens", "5"]) == 2
+    assert "--max-tokens applies to --data only" in one_line_error(capsys.readouterr().err)
+
     assert main(["eval", str(package), "--tasks", " , "]) == 2
     assert "--tasks: give at least one task name" in one_line_error(capsys.readouterr().err)
 
