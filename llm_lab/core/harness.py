@@ -356,11 +356,19 @@ def evaluate_tasks(
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=False
         )
-    except Exception as error:  # the harness raises bare Exceptions for broken task files; name the cause
-        if isinstance(error, ValueError):
-            raise
+    except Exception as error:  # the harness and datasets raise assorted errors for broken task files: name them
+        if isinstance(error, ValueError) or _raised_here(error):
+            raise  # ours already say what to change; anything else of ours is a bug, and keeps its traceback
         raise ValueError(f"the harness could not run {', '.join(names)}: {type(error).__name__}: {error}") from error
     return results
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside llm_lab (its innermost frame is one of ours)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(Path(__file__).parents[1])
 
 
 def task_manager(tasks: Sequence[str], include_path: str | Path | None = None) -> Any:

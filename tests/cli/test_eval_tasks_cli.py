@@ -94,6 +94,10 @@ def test_mistakes_are_one_line(capsys, tmp_path):
     assert "broken.yaml: not a valid task file: while parsing" in one_line_error(capsys.readouterr().err)
     (tasks / "broken.yaml").unlink()
 
+    (tasks / "mc.jsonl").unlink()  # a task whose data file is gone
+    assert main(["eval", str(package), "--tasks", "tiny_mc", "--include-path", str(tasks)]) == 2
+    assert "the harness could not run tiny_mc: FileNotFoundError: " in one_line_error(capsys.readouterr().err)
+
     assert main(["eval", str(package), "--tasks", "tiny_mc", "--include-path", str(tmp_path / "none")]) == 2
     assert "--include-path: no such folder" in one_line_error(capsys.readouterr().err)
 
