@@ -1,5 +1,5 @@
-"""``llm-lab bench env|attention|step|threads|generate|serve|tokenizer|data|time-to-loss``: the machine check and
-the benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
+"""``llm-lab bench env|attention|step|threads|generate|serve|tokenizer|data|time-to-loss|eval``: the machine
+check and the benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def _check_device(device: str | None) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
-        help="machine check and benchmarks (env, attention, step, threads, generate, serve, tokenizer, time-to-loss)",
+        help="machine check and benchmarks (env, attention, step, threads, generate, serve, tokenizer, data, "
+        "time-to-loss, eval)",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
@@ -141,6 +142,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--repeats", type=int, default=1, help="runs per side, alternating (median reported)")
     data.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "data", help="output directory")
     data.set_defaults(func=_run_data)
+
+    ev = commands.add_parser(
+        "eval", help="lm-eval tasks: ours in process vs the harness's hf backend (same export), and the server route"
+    )
+    ev.add_argument("package", metavar="PACKAGE", help="a GPT-2- or Llama-family package (export-hf must take it)")
+    ev.add_argument("--tasks", required=True, metavar="T1,T2", help="harness tasks, comma-separated")
+    ev.add_argument("--include-path", type=Path, default=None, metavar="DIR", help="a folder of task YAML files")
+    ev.add_argument("--limit", type=int, default=None, help="at most N documents per task")
+    ev.add_argument("--batch-size", type=int, default=16, help="ours: sequences per forward (default 16)")
+    ev.add_argument("--hf-batch-sizes", type=_int_list, default=(1, 8, 32), help="the hf backend's, tried each")
+    ev.add_argument("--server-batch-size", type=int, default=8, help="prompts per server request (0: skip)")
+    ev.add_argument("--rounds", type=int, default=3, help="timed passes per route (median reported)")
+    ev.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
+    ev.set_defaults(func=_run_eval)
 
     ttl = commands.add_parser(
         "time-to-loss",
@@ -317,6 +332,32 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(format_serve_table(rows), end="")
     paths = write_serve_results(rows, settings, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    try:
+        from llm_lab.experiments.eval_bench import EvalBenchSettings, format_eval_bench, run_eval_bench
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f'bench eval needs lm-eval ({error.name} is missing): pip install "foundry-llm[eval]"'
+        ) from None
+    from llm_lab.utils.io import atomic_write_json
+
+    settings = EvalBenchSettings(
+        package=Path(args.package),
+        tasks=tuple(name.strip() for name in args.tasks.split(",") if name.strip()),
+        include_path=args.include_path,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        hf_batch_sizes=args.hf_batch_sizes,
+        server_batch_size=args.server_batch_size,
+        rounds=args.rounds,
+    )
+    result = run_eval_bench(settings)
+    print(format_eval_bench(result))
+    if args.json:
+        atomic_write_json(args.json, result)
     return 0
 
 

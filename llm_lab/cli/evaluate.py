@@ -1,4 +1,5 @@
-"""``llm-lab eval PACKAGE --data FILE``: loss, perplexity and bits per byte on a held-out text."""
+"""``llm-lab eval PACKAGE --data FILE``: loss, perplexity and bits per byte on a held-out text;
+``llm-lab eval PACKAGE --tasks hellaswag,...``: EleutherAI lm-evaluation-harness tasks (see ``core/harness.py``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,27 @@ from llm_lab.cli.sample import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="loss, perplexity and bits per byte of a package on a text file")
+    parser = subparsers.add_parser(
+        "eval", help="loss, perplexity and bits per byte on a text file, or lm-evaluation-harness tasks"
+    )
     parser.add_argument("package", metavar="PACKAGE", help="a package directory (or a run directory)")
-    parser.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file to evaluate on")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", metavar="FILE", help="UTF-8 text file to evaluate on")
+    what.add_argument(
+        "--tasks",
+        metavar="T1,T2",
+        help="lm-evaluation-harness tasks, comma-separated (hellaswag,arc_easy,wikitext; needs the [eval] extra)",
+    )
+    harness = parser.add_argument_group("harness tasks (with --tasks)")
+    harness.add_argument("--include-path", metavar="DIR", default=None, help="a folder of task YAML files of your own")
+    harness.add_argument("--limit", type=positive_int, default=None, help="at most N documents per task")
+    harness.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="examples per prompt")
+    harness.add_argument("--output-path", metavar="FILE", default=None, help="write the harness's results JSON here")
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.add_argument("--context-length", type=positive_int, default=None, help="window (default: the model's)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="sequences per forward pass (8 with --data, 16 --tasks)"
+    )
     parser.add_argument("--max-tokens", type=positive_int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -23,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.tasks is not None:
+        return _run_tasks(args)
     data = Path(args.data)
     if data.is_dir():
         raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
@@ -42,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         tokenizer,
         text,
         context_length=args.context_length,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 8,
         max_tokens=args.max_tokens,
     )
     if args.json:
@@ -52,4 +70,37 @@ def _run(args: argparse.Namespace) -> int:
         print(f"perplexity     {result.perplexity:.3f}")
         print(f"bits per byte  {result.bits_per_byte:.4f}")
         print(f"evaluated      {result.tokens:,} tokens, {result.bytes:,} bytes of {data}")
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    if not tasks:
+        raise ValueError("--tasks: give at least one task name (e.g. --tasks hellaswag,wikitext)")
+    for option in ("context_length", "max_tokens", "json"):
+        if getattr(args, option):
+            raise ValueError(f"--{option.replace('_', '-')} applies to --data only; leave it out with --tasks")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
+    try:
+        from lm_eval.utils import make_table
+
+        from llm_lab.core.harness import LabLM, evaluate_tasks
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"--tasks needs EleutherAI's lm-evaluation-harness ({(error.name or 'lm_eval').split('.')[0]} is missing): "
+            'pip install "foundry-llm[eval]" (from a checkout: pip install -e ".[eval]")'
+        ) from None
+    from llm_lab.utils.io import atomic_write_text
+
+    lm = LabLM.from_package(
+        args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16
+    )
+    results = evaluate_tasks(lm, tasks, include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot)
+    print(make_table(results))
+    if "groups" in results:
+        print(make_table(results, "groups"))
+    if args.output_path is not None:
+        atomic_write_text(args.output_path, json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {args.output_path}")
     return 0

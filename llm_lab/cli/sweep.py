@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="runs at a time, each with its share of the cores (lowered to fit cores and memory)")
     sweep.add_argument("--extend", action="store_true", help="add these settings and seeds to the sweep in --out")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--eval-tasks", default=None, metavar="T1,T2",
+                       help="also score each run on lm-evaluation-harness tasks (columns in results.csv and report)")
+    sweep.add_argument("--eval-include-path", default=None, metavar="DIR", help="a folder of task YAML files")
+    sweep.add_argument("--eval-limit", type=int, default=None, metavar="N", help="at most N documents per task")
     sweep.set_defaults(func=_run_sweep)
 
     commands = sweep.add_subparsers(dest="sweep_command", metavar="[report DIR]", title="rebuilding the report")
@@ -82,8 +87,15 @@ def _run_sweep(args: argparse.Namespace) -> int:
     # The shared --threads counts all jobs together; "auto" (or nothing) was already applied to this process, and
     # then the jobs share the cores this process may use.
     threads = args.threads if isinstance(args.threads, int) else None
+    evaluate = None
+    if args.eval_tasks is not None:
+        from llm_lab.experiments.sweep_eval import check_eval_tasks, harness_results
+
+        tasks = tuple(name.strip() for name in args.eval_tasks.split(",") if name.strip())
+        check_eval_tasks(tasks, args.eval_include_path)
+        evaluate = functools.partial(harness_results, tasks, args.eval_include_path, args.eval_limit)
     result = run_sweep(plan, args.out, jobs=args.jobs, threads=threads, extend=args.extend,
-                       progress=not args.quiet)  # fmt: skip
+                       progress=not args.quiet, evaluate=evaluate)  # fmt: skip
     paths = write_sweep_report(result.out_dir)
     print(paths["md"].read_text(encoding="utf-8"), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

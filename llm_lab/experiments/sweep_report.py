@@ -53,6 +53,9 @@ def _summary_columns() -> list[str]:
     return columns
 
 
+# Per extra result (a harness task's metric, ``llm-lab sweep --eval-tasks``): the columns after RESULT_COLUMNS.
+_EXTRA_PARTS = ("mean", "std", "ci95_low", "ci95_high", "delta", "p_value", "significance")
+
 RESULT_COLUMNS: tuple[str, ...] = (
     "rank", "setting", "seeds", "parameters", "steps", *_summary_columns(), "val_loss_delta", "p_value", "significance",
 )  # fmt: skip
@@ -137,11 +140,47 @@ def setting_results(plan: SweepPlan, rows: Sequence[tuple[RunSpec, dict[str, Any
                 "p_value": test.p_value if test else None,
                 "significance": significance_marker(test.p_value if test else None),
             }
+        out |= _extra_results(runs, by_setting.get(plan.baseline or "", []), setting.name == plan.baseline)
         results.append(out)
     ranked = sorted(results, key=lambda r: (r["val_loss_mean"] is None, r["val_loss_mean"] or 0.0))
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return ranked
+
+
+def extra_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The numeric extra results of the runs (``llm-lab sweep --eval-tasks``: ``"task:metric"``), first seen first."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for key, value in (row.get("extra") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                names.setdefault(key)
+    return list(names)
+
+
+def _extra_results(runs: list[dict[str, Any]], baseline: list[dict[str, Any]], is_baseline: bool) -> dict[str, Any]:
+    """Each extra result over seeds (mean, std, 95% interval), its difference to the baseline and Welch's p."""
+    out: dict[str, Any] = {}
+    for name in extra_metrics(runs):
+        values = [float(r["extra"][name]) for r in runs if isinstance((r.get("extra") or {}).get(name), (int, float))]
+        s = summarize(values) if values else None
+        out |= {
+            f"{name}_mean": s.mean if s else None,
+            f"{name}_std": s.std if s else None,
+            f"{name}_ci95_low": s.ci_low if s else None,
+            f"{name}_ci95_high": s.ci_high if s else None,
+        }
+        base = [float(r["extra"][name]) for r in baseline if isinstance((r.get("extra") or {}).get(name), (int, float))]
+        if is_baseline:
+            out |= {f"{name}_delta": 0.0, f"{name}_p_value": None, f"{name}_significance": "baseline"}
+        elif base and values:
+            test = welch_t_test(values, base)
+            out |= {
+                f"{name}_delta": statistics.fmean(values) - statistics.fmean(base),
+                f"{name}_p_value": test.p_value if test else None,
+                f"{name}_significance": significance_marker(test.p_value if test else None),
+            }
+    return out
 
 
 def _mean_std_ci(row: dict[str, Any], metric: str, digits: int = 4) -> str:
@@ -155,8 +194,9 @@ def _mean_std_ci(row: dict[str, Any], metric: str, digits: int = 4) -> str:
     return text
 
 
-def markdown_results(results: Sequence[dict[str, Any]]) -> str:
-    """The per-setting table: mean +- std [95% interval] per metric, the difference to the baseline and its test."""
+def markdown_results(results: Sequence[dict[str, Any]], extras: Sequence[str] = ()) -> str:
+    """The per-setting table: mean +- std [95% interval] per metric, the difference to the baseline and its test;
+    then each extra result (harness tasks) the same way, with its difference to the baseline and significance."""
     table_rows = []
     for row in results:
         cells: dict[str, Any] = {"rank": row["rank"], "setting": row["setting"], "seeds": row["seeds"],
@@ -167,6 +207,10 @@ def markdown_results(results: Sequence[dict[str, Any]]) -> str:
         cells["delta vs baseline"] = "-" if delta is None else f"{delta:+.4f}"
         cells["p (Welch)"] = row.get("p_value")
         cells["sig."] = row.get("significance") or "-"
+        for name in extras:
+            delta = row.get(f"{name}_delta")
+            sig = row.get(f"{name}_significance") or "-"
+            cells[name] = _mean_std_ci(row, name) + ("" if delta is None else f" ({delta:+.4f}, {sig})")
         table_rows.append(cells)
     return markdown_table(table_rows, digits=3)
 
@@ -275,10 +319,12 @@ def write_sweep_report(
     if not rows:
         raise ValueError(f"the sweep in {out_dir} has no finished run yet; run (or resume) it with `llm-lab sweep`")
     results = setting_results(plan, rows)
+    extras = extra_metrics([r for _, r in rows])
+    extra_columns = [f"{name}_{part}" for name in extras for part in _EXTRA_PARTS]
     report_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "md": report_dir / "report.md",
-        "csv": write_csv(report_dir / "results.csv", results, RESULT_COLUMNS),
+        "csv": write_csv(report_dir / "results.csv", results, [*RESULT_COLUMNS, *extra_columns]),
         "runs_csv": write_csv(report_dir / "runs.csv", [r for _, r in rows], RUN_COLUMNS),
         "curves_png": plot_validation_curves(plan, rows, out_dir, report_dir / "val_curves.png"),
         "loss_png": plot_final_losses(results, rows, report_dir / "val_loss.png"),
@@ -300,7 +346,7 @@ def write_sweep_report(
     total = len(rows) + len(runs.diverged) + len(unfinished)
     text = (
         f"# {title}\n\n{_plan_summary(plan)}\n{len(rows)} finished run(s) of {total}.\n\n"
-        f"{markdown_results(results)}\n{notes}\n![validation curves](val_curves.png)\n\n"
+        f"{markdown_results(results, extras)}\n{notes}\n![validation curves](val_curves.png)\n\n"
         "![final validation loss](val_loss.png)\n"
     )
     atomic_write_text(paths["md"], text)

@@ -14,6 +14,9 @@ Routes:
 - ``GET /v1/sampling`` (extension): every sampling setting with its type, range, default and help (the
   playground builds its controls from it; see ``llm_lab.core.decode.sampling.describe_sampling``).
 - ``GET /health``: liveness plus the queue depth.
+- ``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize``: the tokenizer, as lm-evaluation-harness's
+  remote tokenizer reads it (see ``tokenizer_api.py``); with them, token-id prompts and ``echo`` + ``logprobs`` +
+  ``max_tokens: 0 or 1`` (see ``scoring.py``) make this server a ``local-completions`` backend of the harness.
 - ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON
@@ -65,11 +68,15 @@ from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.scheduler import BatchLimits, BatchScheduler, QueueFullError
 from llm_lab.serve.schemas import (
     CompletionRequestBase,
+    DetokenizeRequest,
     InspectRequest,
+    TokenizeRequest,
     completion_request_model,
     describe_validation_error,
 )
+from llm_lab.serve.scoring import score_prompts, wants_prompt_scoring
 from llm_lab.serve.security import AccessMiddleware, AccessPolicy
+from llm_lab.serve.tokenizer_api import RequestRefusedError, check_token_ids, detokenize, tokenize, tokenizer_info
 from llm_lab.utils.json_input import loads_strict
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -384,6 +391,8 @@ def create_app(
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
         job = await asyncio.to_thread(_plan, engine, completion)
         check_request_limits(limits, job)
+        if wants_prompt_scoring(completion):  # lm-eval's log-likelihoods: one forward, no decode loop
+            return await _score(job, completion)
         rows = len(job.prompt_ids) * job.n
         if scheduler.max_choices is not None and rows > scheduler.max_choices:
             raise APIError(
@@ -414,6 +423,43 @@ def create_app(
         if choices is None:  # the client has gone; this answer reaches nobody
             return Response(status_code=499)
         return JSONResponse(job.response(choices))
+
+    async def _score(job: _CompletionJob, completion: CompletionRequestBase) -> Response:
+        if completion.stream:
+            raise APIError(422, "stream: max_tokens 0 cannot be streamed; leave stream out", param="stream")
+        try:
+            choices, job.completion_tokens = await runner.run(
+                score_prompts, engine, job.prompt_ids, completion, limits.max_memory_bytes
+            )
+        except RequestRefusedError as error:
+            raise APIError(error.status, error.message, param=error.param, code=error.code) from None
+        except RunnerBusyError as error:
+            raise APIError(503, str(error), error_type="server_error", code="server_busy") from None
+        return JSONResponse(job.response(choices))
+
+    @app.get("/tokenizer_info")
+    async def get_tokenizer_info() -> dict[str, Any]:
+        return tokenizer_info(engine)
+
+    @app.post("/tokenize")
+    async def post_tokenize(request: Request) -> dict[str, Any]:
+        body = await read_request(request, TokenizeRequest)
+        if body.model is not None:
+            _check_model(engine, body.model)
+        try:
+            return await asyncio.to_thread(tokenize, engine, body)
+        except RequestRefusedError as error:
+            raise APIError(error.status, error.message, param=error.param, code=error.code) from None
+
+    @app.post("/detokenize")
+    async def post_detokenize(request: Request) -> dict[str, Any]:
+        body = await read_request(request, DetokenizeRequest)
+        if body.model is not None:
+            _check_model(engine, body.model)
+        try:
+            return detokenize(engine, body)
+        except RequestRefusedError as error:
+            raise APIError(error.status, error.message, param=error.param, code=error.code) from None
 
     @app.post("/v1/inspect", response_model=None)
     async def inspect(request: Request) -> Response:
@@ -595,12 +641,20 @@ def _plan(engine: CompletionEngine, request: CompletionRequestBase) -> _Completi
             param="max_tokens",
             code="invalid_value",
         )
-    prompts = request.prompts
+    token_prompts = request.token_prompts
+    prompts = request.prompts if token_prompts is None else [""] * len(token_prompts)  # decoded once checked
     prompt_ids = []
     for index, prompt in enumerate(prompts):
-        param = "prompt" if isinstance(request.prompt, str) else f"prompt.{index}"
+        single = isinstance(request.prompt, str) or (token_prompts is not None and isinstance(request.prompt[0], int))
+        param = "prompt" if single else f"prompt.{index}"
         try:
-            ids = engine.encode(prompt)
+            if token_prompts is None:
+                ids = engine.encode(prompt)
+            else:
+                ids = check_token_ids(engine, token_prompts[index], param)
+                prompts[index] = engine.tokenizer.decode(ids)
+        except RequestRefusedError as error:
+            raise APIError(error.status, error.message, param=error.param, code=error.code) from None
         except ValueError as error:
             raise APIError(400, f"{param}: {error}", param=param, code="invalid_prompt") from None
         fits = engine.max_new_tokens_after(len(ids))

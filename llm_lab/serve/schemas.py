@@ -41,6 +41,15 @@ MAX_PROMPTS = 32
 MAX_CHOICES = 16
 MAX_LOGPROBS = 5  # OpenAI's cap on the completions API's logprobs
 MAX_INSPECT_CHARS = 20_000  # /v1/inspect: text longer than this is refused before it is encoded
+MAX_PROMPT_TOKENS = 32_768  # a token-id prompt longer than this is refused before the model's context is checked
+MAX_TOKENIZE_CHARS = 1_000_000  # POST /tokenize: about what a request body may hold anyway
+
+# A prompt given as token ids (what lm-evaluation-harness sends): ids are checked against the vocabulary later.
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1, max_length=MAX_PROMPT_TOKENS)]
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(item) is int for item in value)
 
 
 def _no_lone_surrogate(text: str) -> str:
@@ -72,8 +81,10 @@ class CompletionRequestBase(BaseModel):
 
     Attributes:
         model: the served model id; optional, and when given it must match (see ``GET /v1/models``).
-        prompt: one prompt or a list of prompts; each list entry gets ``n`` choices.
-        max_tokens: the most new tokens per choice (OpenAI's default: 16).
+        prompt: one prompt or a list of prompts; each list entry gets ``n`` choices. A prompt may also be given as
+            token ids (a list of ints, or a list of such lists), as lm-evaluation-harness sends it.
+        max_tokens: the most new tokens per choice (OpenAI's default: 16); 0 scores the prompt only (with ``echo``
+            and ``logprobs``).
         stop: up to four strings; generation ends before the first occurrence of any of them.
         n: choices per prompt.
         seed: makes sampling reproducible: the same request with the same seed gives the same text.
@@ -87,8 +98,13 @@ class CompletionRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Text | None = None
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
+    prompt: (
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    )
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
     stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = 1
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch.manual_seed takes
@@ -107,9 +123,16 @@ class CompletionRequestBase(BaseModel):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_is_text(cls, value: Any) -> Any:
-        # Token-id prompts are part of the OpenAI shape but tie clients to one tokenizer; say so plainly.
+        # Text, or token ids (one list of ints, or a list of such lists); never a mixture.
         if isinstance(value, list) and value and not all(isinstance(item, str) for item in value):
-            raise ValueError("must be a string or a list of strings (token-id prompts are not supported)")
+            if _is_token_ids(value) or all(_is_token_ids(item) for item in value):
+                if any(token < 0 for item in value for token in (item if isinstance(item, list) else [item])):
+                    raise ValueError("token ids must be 0 or more")
+                return value
+            raise ValueError(
+                "must be a string or a list of strings, or token ids: a list of integers or a list of such lists "
+                "(each non-empty)"
+            )
         return value
 
     @field_validator("stop", mode="after")
@@ -142,6 +165,15 @@ class CompletionRequestBase(BaseModel):
     def prompts(self) -> list[str]:
         """The prompts as a list (a single string becomes a list of one)."""
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def token_prompts(self) -> list[list[int]] | None:
+        """Token-id prompts as a list of lists (one list of ids becomes a list of one); ``None`` for text prompts."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], str):
+            return None
+        if isinstance(self.prompt[0], int):
+            return [list(self.prompt)]
+        return [list(ids) for ids in self.prompt]
 
     @property
     def stop_strings(self) -> list[str]:
@@ -193,6 +225,31 @@ def completion_request_model() -> type[CompletionRequestBase]:
 
 # The schema of the processors registered at import time (``create_app`` builds its own, see above).
 CompletionRequest = completion_request_model()
+
+
+class TokenizeRequest(BaseModel):
+    """The body of ``POST /tokenize`` (what lm-evaluation-harness's remote tokenizer sends).
+
+    Attributes:
+        model: the served model id (optional; must match when given).
+        prompt: the text to encode.
+        add_special_tokens: accepted for the harness; this tokenizer adds none, so it changes nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    prompt: Annotated[Text, Field(max_length=MAX_TOKENIZE_CHARS)]
+    add_special_tokens: StrictBool | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """The body of ``POST /detokenize``: ``tokens``, a list of token ids (possibly empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(max_length=MAX_PROMPT_TOKENS)]
 
 
 class InspectRequest(BaseModel):

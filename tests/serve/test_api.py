@@ -188,7 +188,7 @@ def test_twenty_concurrent_requests_all_answered_correctly(server: Any, referenc
         ({"prompt": "the", "repetition_penalty": "1.1"}, 422, "repetition_penalty", r"valid number"),
         ({"prompt": "the", "presence_penalty": "0"}, 422, "presence_penalty", r"valid number"),
         ({"prompt": "the", "repetition_penalty": 1e-300}, 422, "repetition_penalty", r"greater than or equal to 0.01"),
-        ({"prompt": "the", "max_tokens": 0}, 422, "max_tokens", r"max_tokens: .*greater than or equal to 1"),
+        ({"prompt": "the", "max_tokens": -1}, 422, "max_tokens", r"max_tokens: .*greater than or equal to 0"),
         ({"prompt": "the", "max_tokens": 65}, 422, "max_tokens", r"max_tokens: 65 is more than this server allows"),
         ({"prompt": "the", "n": 0}, 422, "n", r"n: "),
         ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop", r"stop: .*at most 4"),

@@ -185,6 +185,29 @@ class KVCache:
         """Empty the cache for reuse with the same shapes; the buffers are kept, nothing is zeroed."""
         self.length = 0
 
+    def select_rows(self, rows: torch.Tensor) -> KVCache:
+        """A new cache whose row ``i`` is a copy of this cache's row ``rows[i]`` (same length, owner and room).
+
+        For scoring several continuations of each of several prefixes: the prefixes run once, as a batch, then every
+        continuation runs on its own copy of its prefix's keys and values (``rows`` may repeat a row).
+
+        Raises:
+            ValueError: nothing cached yet, or ``rows`` is not a 1-D tensor of row indices.
+        """
+        if not self._keys:
+            raise ValueError(f"select_rows needs a filled cache, this one is {self!r}")
+        if rows.dim() != 1 or rows.numel() == 0:
+            raise ValueError(f"rows must be a non-empty 1-D tensor of row indices, got shape {tuple(rows.shape)}")
+        rows = rows.to(self._keys[0].device)
+        copy = KVCache.__new__(KVCache)
+        copy.__dict__.update(self.__dict__)
+        copy.batch_size = int(rows.numel())
+        copy._keys = [k.index_select(0, rows) for k in self._keys]
+        copy._values = [v.index_select(0, rows) for v in self._values]
+        copy.positions = self.positions.index_select(0, rows)
+        copy.tokens = None if self.tokens is None else self.tokens.index_select(0, rows)
+        return copy
+
     def __getstate__(self) -> dict:
         # A weak reference cannot be pickled; a cache read back has no known owner and accepts any model.
         return {**self.__dict__, "_owner": None}

@@ -143,3 +143,31 @@ def test_slot_cache_takes_one_token_per_step_and_refuses_a_previous_token_embedd
     bigram = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=1, n_head=2, n_embd=8, bigram_embedding=True)
     with pytest.raises(ValueError, match="cannot serve a model with bigram_embedding"):
         SlotKVCache(bigram, 2)
+
+
+def test_select_rows_continues_each_chosen_prefix_like_the_uncached_forward():
+    """Two prefixes cached once; copies of rows [1, 1, 0] then take different next tokens, and each row's logits
+    equal those of the whole sequence run without a cache."""
+    torch.manual_seed(0)
+    model = MiniGPT(MiniGPTConfig(vocab_size=50, context_length=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    prefixes = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    cache = KVCache(model.config, 2, max_len=6)
+    with torch.no_grad():
+        model(prefixes, past_key_values=cache)
+        rows = torch.tensor([1, 1, 0])
+        nxt = torch.tensor([[11, 12], [13, 14], [15, 16]])
+        logits, _ = model(nxt, past_key_values=cache.select_rows(rows))
+        whole, _ = model(torch.cat([prefixes[rows], nxt], dim=1))
+    torch.testing.assert_close(logits, whole[:, -2:], rtol=1e-5, atol=1e-5)
+    assert cache.batch_size == 2 and cache.length == 4  # the original is untouched
+
+
+def test_select_rows_needs_a_filled_cache_and_row_indices():
+    model = MiniGPT(MiniGPTConfig(vocab_size=50, context_length=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    cache = KVCache(model.config, 2)
+    with pytest.raises(ValueError, match="select_rows needs a filled cache"):
+        cache.select_rows(torch.tensor([0]))
+    with torch.no_grad():
+        model(torch.tensor([[1, 2], [3, 4]]), past_key_values=cache)
+    with pytest.raises(ValueError, match="rows must be a non-empty 1-D tensor"):
+        cache.select_rows(torch.tensor([[0]]))
