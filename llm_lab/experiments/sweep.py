@@ -64,6 +64,7 @@ from llm_lab.core.train.trainer import NonFiniteLossError
 from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.threads import apply_threads
 
 __all__ = [
     "SWEEP_FORMAT_VERSION",
@@ -590,10 +591,8 @@ def _clear_unstarted(run_dir: Path) -> None:
 
 def _train_one(task: _Task) -> str:
     """Train (or resume, or finish) one run of the sweep and write its finished record; returns its name."""
-    import torch
-
     if task.threads is not None:
-        torch.set_num_threads(task.threads)
+        apply_threads(task.threads)  # the job's share; the runs' threads="auto" keeps it
     out_dir = Path(task.out_dir)
     run_dir = out_dir / "runs" / task.name
     config = RunConfig.from_dict(task.config, where=f"{MANIFEST}: run {task.name}")
@@ -648,7 +647,7 @@ def _precheck(plan: SweepPlan, specs: list[RunSpec], out_dir: Path, manifest: di
     to_time: dict[str, PreparedRun] = {}
     previous_threads = torch.get_num_threads()
     if threads is not None:
-        torch.set_num_threads(threads)
+        apply_threads(threads)  # the runs' threads="auto" keeps it
     try:
         for name, spec in tqdm(first.items(), desc="sweep: checking settings", unit="setting", disable=not progress,
                                leave=False, total=len(first)):  # fmt: skip
