@@ -46,6 +46,7 @@ from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict
 from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_text
+from llm_lab.utils.words import plural
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 CSV_COLUMNS: tuple[str, ...] = (
@@ -456,7 +457,8 @@ def step_summary_table(result: StepBenchResult) -> str:
     """The result as text: a header with the shape and peaks, then the markdown table."""
     m = result.model
     header = (
-        f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, context {m['context_length']}, "
+        f"model: {plural(m['n_layer'], 'layer')}, {plural(m['n_head'], 'head')}, {m['n_embd']} wide, "
+        f"context {m['context_length']}, "
         f"vocab {m['vocab_size']}, {result.num_parameters / 1e6:.2f}M parameters; batch {result.batch_size} "
         f"({result.tokens_per_step} tokens/step), {result.flops_per_token / 1e6:.1f} MFLOP/token; {result.device}\n"
         "matmul peak measured in this run: "

@@ -65,6 +65,7 @@ from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
 from llm_lab.utils.threads import apply_threads
+from llm_lab.utils.words import plural
 
 __all__ = [
     "SWEEP_FORMAT_VERSION",
@@ -392,7 +393,8 @@ def budget_steps(train: Any, budget_s: float, step_s: float, eval_s: float) -> i
     steps = math.floor((budget_s - n_evals * eval_s) / step_s)
     if steps < 1:
         raise ValueError(
-            f"--time-budget {budget_s:g}s is too short: {n_evals} evaluations take {n_evals * eval_s:.1f}s and a "
+            f"--time-budget {budget_s:g}s is too short: {plural(n_evals, 'evaluation')} take "
+            f"{n_evals * eval_s:.1f}s and a "
             f"step {step_s:.3f}s here; raise the budget or lower train.eval_batches"
         )
     return steps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import llm_lab.cli
 from llm_lab.cli import main
 
@@ -21,3 +23,56 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("llm-lab: error: ") and "Not a directory" in err and len(err.splitlines()) == 1
+
+
+def test_a_warning_is_one_line_without_path_or_category(capsys, monkeypatch):
+    import argparse
+    import warnings
+
+    parser = argparse.ArgumentParser(prog="llm-lab")
+    parser.add_argument("--threads", default=1)
+
+    def command(_args):
+        warnings.warn("something to know:\n  on two lines", UserWarning, stacklevel=1)
+        return 0
+
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(llm_lab.cli, "build_parser", lambda: parser)
+    assert main([]) == 0
+    assert capsys.readouterr().err == "llm-lab: warning: something to know: on two lines\n"
+    assert warnings.showwarning.__module__ == "warnings"  # the process's own display is back after the command
+
+
+# A subprocess that sends itself SIGINT at a chosen point of the start-up: while the subcommands are imported, or
+# while --threads imports torch. Deterministic: the signal is sent from inside the step it must interrupt.
+INTERRUPT_AT = """
+import importlib, os, signal, sys, time
+import llm_lab.cli as cli
+
+def interrupt():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the handler ends the process long before this returns
+
+where = sys.argv[1]
+if where == "imports":
+    real = importlib.import_module
+    def import_module(name, *args):
+        if name == "llm_lab.cli.train":
+            interrupt()
+        return real(name, *args)
+    importlib.import_module = import_module
+else:
+    cli.apply_threads_option = lambda flag: interrupt()
+sys.exit(cli.main(["bench", "env"]))
+"""
+
+
+@pytest.mark.parametrize("where", ["imports", "threads"])
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback(where):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", INTERRUPT_AT, where], capture_output=True, text=True, timeout=120,
+                            env={**os.environ})  # fmt: skip
+    assert (result.returncode, result.stderr) == (130, "llm-lab: interrupted\n")
