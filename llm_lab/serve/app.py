@@ -14,7 +14,8 @@ Routes:
 - ``GET /v1/sampling`` (extension): every sampling setting with its type, range, default and help (the
   playground builds its controls from it; see ``llm_lab.core.decode.sampling.describe_sampling``).
 - ``GET /health``: liveness plus the queue depth.
-- ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
+- ``GET /``: the playground (plain HTML and one script under ``/static``, no build step); ``POST
+  /playground/room`` tells it how many tokens a prompt takes and how many new ones fit (see ``playground.py``).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON
 (duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
@@ -58,7 +59,7 @@ from llm_lab.core.decode.sampling import describe_sampling
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
-from llm_lab.serve.playground import playground_html
+from llm_lab.serve.playground import RoomRequest, playground_html, prompt_room
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.schemas import (
     CompletionRequestBase,
@@ -380,6 +381,14 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(playground_html())
+
+    @app.post("/playground/room", include_in_schema=False)
+    async def playground_room(request: Request) -> dict[str, int]:
+        room_request = await read_request(request, RoomRequest)
+        try:
+            return await asyncio.to_thread(prompt_room, engine, room_request.prompt)
+        except ValueError as error:
+            raise APIError(400, f"prompt: {error}", param="prompt", code="invalid_prompt") from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
