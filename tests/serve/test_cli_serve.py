@@ -106,6 +106,23 @@ def test_openai_client_against_the_local_server(cli_server: str, reference: Any)
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="the")
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(package_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "llm_lab", "serve", str(package_dir), "--port", str(port)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"llm-lab: error: port {port} on 127.0.0.1 is already in use (another server?); stop it or choose another "
+        "with --port (0 picks a free one)\n"
+    )
+
+
 def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["serve", str(tmp_path / "nope")]) == 2
     assert "no package or run directory at" in capsys.readouterr().err
@@ -118,6 +135,7 @@ def test_cli_warns_only_when_binding_beyond_loopback(
     runs: list[dict[str, Any]] = []
     apps: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr("llm_lab.cli.serve.check_port_free", lambda host, port: None)  # port 9 may need root
     monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
     warning = "the server is reachable from other machines and has no authentication"
     loopbacks = ("127.0.0.1", "localhost", "::1", "127.1", "::ffff:127.0.0.1")  # the last two used to warn
@@ -137,6 +155,7 @@ def test_cli_passes_the_access_and_request_options(package_dir: Path, monkeypatc
 
     apps: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    monkeypatch.setattr("llm_lab.cli.serve.check_port_free", lambda host, port: None)  # 8000 may be taken here
     monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
     argv = ["serve", str(package_dir), "--allow-origin", "http://localhost:3000", "--allow-origin", "https://a.example",
             "--allow-host", "mybox.lan", "--max-request-tokens", "4096", "--max-request-memory-mb", "64"]  # fmt: skip
