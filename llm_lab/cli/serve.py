@@ -110,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
 
         from llm_lab.serve import create_app
         from llm_lab.serve.app import RequestLimits
+        from llm_lab.serve.protocol import half_close_tolerant_protocol
         from llm_lab.serve.security import host_is_loopback
     except ModuleNotFoundError as error:
         raise ValueError(
@@ -134,5 +135,6 @@ def _run(args: argparse.Namespace) -> int:
         allow_hosts=args.allow_host,
         allow_origins=args.allow_origin,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # A client that half-closes its side after the request still gets its answer (llm_lab.serve.protocol).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http=half_close_tolerant_protocol())
     return 0
