@@ -91,14 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def warning_line(prog: str) -> Callable[..., None]:
-    """A ``warnings.showwarning`` that prints ``prog: warning: <message>`` on one line to stderr."""
+def warning_line(prog: str) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that writes ``prog: warning: <message>`` on one line (no path, no category).
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    The format, not the display: whoever records warnings instead (``pytest.warns``, ``catch_warnings(record=True)``)
+    still gets them."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
         text = " ".join(str(message).split())  # one line, whatever the message's own line breaks
-        print(f"{prog}: warning: {text}", file=file if file is not None else sys.stderr)
+        return f"{prog}: warning: {text}\n"
 
-    return show
+    return format_warning
 
 
 @contextlib.contextmanager
@@ -125,22 +128,24 @@ def quiet_startup_interrupts(prog: str) -> Iterator[None]:
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
     """Parse, apply ``--threads`` (which imports torch), keep freed memory for reuse, run the command; user errors:
     one line and exit code 2; warnings: one line each; Ctrl+C: one line and exit code 130."""
-    with warnings.catch_warnings():
-        warnings.showwarning = warning_line(prog)
-        try:
-            with quiet_startup_interrupts(prog):
-                args = parser.parse_args(argv)
-                if not getattr(args, "func", None):
-                    parser.print_help()
-                    return 2
-                apply_threads_option(args.threads)
-                retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
-            return int(args.func(args) or 0)
-        except USER_ERRORS as e:
-            return report_user_error(prog, e)
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = warning_line(prog)
+    try:
+        with quiet_startup_interrupts(prog):
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            apply_threads_option(args.threads)
+            retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        return report_user_error(prog, e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
 
 def test_a_warning_is_one_line_without_path_or_category(capsys, monkeypatch):
     import argparse
+    import sys
     import warnings
 
     parser = argparse.ArgumentParser(prog="llm-lab")
@@ -38,9 +39,19 @@ def test_a_warning_is_one_line_without_path_or_category(capsys, monkeypatch):
 
     parser.set_defaults(func=command)
     monkeypatch.setattr(llm_lab.cli, "build_parser", lambda: parser)
-    assert main([]) == 0
+    before = warnings.formatwarning
+
+    def display(message, category, filename, lineno, file=None, line=None):  # Python's own, which pytest replaces
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", display)
+        assert main([]) == 0
     assert capsys.readouterr().err == "llm-lab: warning: something to know: on two lines\n"
-    assert warnings.showwarning.__module__ == "warnings"  # the process's own display is back after the command
+    assert warnings.formatwarning is before  # the process's own format is back after the command
+    with pytest.warns(UserWarning, match="something to know"):  # and whoever records warnings still gets them
+        assert main([]) == 0
 
 
 # A subprocess that sends itself SIGINT at a chosen point of the start-up: while the subcommands are imported, or
@@ -76,3 +87,26 @@ def test_ctrl_c_while_starting_is_one_line_not_a_traceback(where):
     result = subprocess.run([sys.executable, "-c", INTERRUPT_AT, where], capture_output=True, text=True, timeout=120,
                             env={**os.environ})  # fmt: skip
     assert (result.returncode, result.stderr) == (130, "llm-lab: interrupted\n")
+
+
+def test_a_real_commands_warning_is_one_line(tmp_path):
+    """End to end: `llm-lab train` with a warm-up longer than the run warns, as one line on stderr."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "text.txt").write_text("to be, or not to be: that is the question.\n" * 100)
+    config = {"model": {"context_length": 16, "n_layer": 1, "n_head": 1, "n_embd": 16},
+              "train": {"batch_size": 2, "max_steps": 2, "warmup_steps": 100, "eval_interval": 2, "eval_batches": 1,
+                        "device": "cpu", "precision": "fp32"}, "tokenizer": {"type": "char"}}  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "llm_lab", "train", "--config", str(tmp_path / "run.json"), "--data",
+               str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "llm-lab: warning: train.warmup_steps (100) is greater than train.max_steps (2): the learning rate only "
+        "reaches 2% of train.lr (0.001) and never decays; lower train.warmup_steps"
+    ]
