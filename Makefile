@@ -52,6 +52,7 @@ lint: venv-dev
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make browser: installing Debian's chromium system-wide with apt-get (as root) for the playground's browser test"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "make browser: chromium missing and cannot be installed here (not root or no apt-get)"; fi; }
 

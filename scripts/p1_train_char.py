@@ -21,6 +21,7 @@ from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.train import TrainerConfig
 from llm_lab.core.train.run import RunConfig, TokenizerSpec, prepare_run
+from llm_lab.utils.words import plural
 
 # A short original text; a character model memorises its spelling and rhythm within a few hundred steps.
 BUILT_IN_TEXT = """\
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         before = trainer.evaluate().loss
         result = trainer.train()
-        print(f"validation loss {before:.3f} -> {result.val_loss:.3f} after {result.step} steps")
+        print(f"validation loss {before:.3f} -> {result.val_loss:.3f} after {plural(result.step, 'step')}")
         if args.sample_tokens > 0:
             text = generate_text(
                 trainer.model, prepared.tokenizer, args.prompt, args.sample_tokens, temperature=0.8, seed=args.seed

@@ -28,6 +28,7 @@ from llm_lab.core.model.gpt import MiniGPTConfig
 from llm_lab.core.package.io import load_model_package, package_run
 from llm_lab.core.train import TrainerConfig
 from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec, prepare_run
+from llm_lab.utils.words import plural
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         result = prepared.start(progress=False).train()
         package = package_run(run_dir, args.out, overwrite=args.overwrite)
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-        print(f"trained {result.step} steps ({result.tokens_seen:,} tokens), best val loss {best}")
+        print(f"trained {plural(result.step, 'step')} ({result.tokens_seen:,} tokens), best val loss {best}")
         print(f"run: {run_dir}\npackage: {package}")
         if args.sample_tokens > 0:
             _, tokenizer, model = load_model_package(package)

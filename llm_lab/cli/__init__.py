@@ -9,16 +9,22 @@ applied before the command runs (:mod:`llm_lab.cli.threads`). Scripts that are a
 go through :func:`run_command`, so their ``--help`` shows their own name.
 
 User mistakes (a ``ValueError``, a missing file) end with a one-line ``llm-lab: error: ...`` and exit code 2,
-never a traceback.
+never a traceback. Python warnings print as one ``llm-lab: warning: ...`` line (no file path, no category). Ctrl+C
+ends a command with ``llm-lab: interrupted`` and exit code 130, also while the command is still starting (the
+handler is installed first thing in :func:`main`, before the subcommands are imported).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 from llm_lab import __version__
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
@@ -87,27 +93,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace, prog: str) -> int:
-    """Apply ``--threads``, keep freed memory for reuse, run the command; user errors: one line and exit code 2."""
+def warning_line(prog: str) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that writes ``prog: warning: <message>`` on one line (no path, no category).
+
+    The format, not the display: whoever records warnings instead (``pytest.warns``, ``catch_warnings(record=True)``)
+    still gets them."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        text = " ".join(str(message).split())  # one line, whatever the message's own line breaks
+        return f"{prog}: warning: {text}\n"
+
+    return format_warning
+
+
+@contextlib.contextmanager
+def quiet_startup_interrupts(prog: str) -> Iterator[None]:
+    """While the command starts (imports, argument parsing), Ctrl+C ends the process at once with
+    ``prog: interrupted`` and exit code 130, instead of a ``KeyboardInterrupt`` traceback from whatever import
+    it landed in. The previous handler is back for the command itself (training saves a checkpoint on Ctrl+C).
+    A no-op off the main thread, where signal handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(_signum, _frame) -> None:
+        os.write(2, f"{prog}: interrupted\n".encode())
+        os._exit(130)  # nothing of the command ran yet: nothing to save or flush
+
+    previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        apply_threads_option(args.threads)
-        retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
+    """Parse, apply ``--threads`` (which imports torch), keep freed memory for reuse, run the command; user errors:
+    one line and exit code 2; warnings: one line each; Ctrl+C: one line and exit code 130."""
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = warning_line(prog)
+    try:
+        with quiet_startup_interrupts(prog):
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            apply_threads_option(args.threads)
+            retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         return report_user_error(prog, e)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``llm-lab`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return _run(args, "llm-lab")
+    with quiet_startup_interrupts("llm-lab"):  # first thing: the imports of the subcommands are interruptible
+        parser = build_parser()
+    return _run(parser, argv, "llm-lab")
 
 
 def run_command(command: Sequence[str], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -118,12 +165,12 @@ def run_command(command: Sequence[str], argv: Sequence[str] | None = None, prog:
         argv: the script's arguments (default: ``sys.argv[1:]``).
         prog: the name in usage and error lines (default: the script's file name, as argparse shows it).
     """
-    parser: argparse.ArgumentParser = build_parser()
-    for name in command:
-        parser = parser.subcommands[name]  # type: ignore[attr-defined]
-    parser.prog = prog or os.path.basename(sys.argv[0])
-    args = parser.parse_args(argv)
-    return _run(args, parser.prog)
+    with quiet_startup_interrupts(prog or os.path.basename(sys.argv[0])):
+        parser: argparse.ArgumentParser = build_parser()
+        for name in command:
+            parser = parser.subcommands[name]  # type: ignore[attr-defined]
+        parser.prog = prog or os.path.basename(sys.argv[0])
+    return _run(parser, argv, parser.prog)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,11 @@ def _download(args: argparse.Namespace) -> int:
     try:
         path = download_dataset(args.name, args.out, from_path=args.from_path, url=args.url, timeout=args.timeout)
     except DownloadError as e:
-        # One line, and the way out for machines without internet.
+        # One line, and the way out for machines without internet: where the file is, and how to recognise it.
+        spec = DATASETS[args.name]
         raise ValueError(
-            f"{e}. Without network access, copy the file here by other means and pass --from PATH"
+            f"{e}. Without network access, fetch {spec.url} elsewhere ({spec.size:,} bytes, sha256 {spec.sha256}), "
+            "copy it here and pass --from PATH"
         ) from None
     print(f"{args.name}: {path} (sha256 verified)")
     separator = DATASETS[args.name].separator

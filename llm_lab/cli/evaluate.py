@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.words import plural
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"loss           {result.loss:.4f} nats/token")
         print(f"perplexity     {result.perplexity:.3f}")
         print(f"bits per byte  {result.bits_per_byte:.4f}")
-        print(f"evaluated      {result.tokens:,} tokens, {result.bytes:,} bytes of {data}")
+        print(f"evaluated      {plural(result.tokens, 'token', thousands=True)}, "
+              f"{plural(result.bytes, 'byte', thousands=True)} of {data}")
     return 0
 
 

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.words import plural
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     scored = [s.logprob for s in found.logprobs[1:]]
     if scored:
         mean = -sum(scored) / len(scored)
-        print(f"{len(found.token_ids)} tokens; mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.3f})")
+        shown = plural(len(found.token_ids), "token")
+        print(f"{shown}; mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.3f})")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from llm_lab.utils.plotting import plot_runs
+from llm_lab.utils.words import plural
 
 
 def _plot(args: argparse.Namespace) -> int:
     runs = [Path(r) for r in args.runs]
     if args.labels is not None and len(args.labels) != len(runs):
-        raise ValueError(f"--labels gives {len(args.labels)} labels for {len(runs)} runs; give one per run")
+        labels, given = plural(len(args.labels), "label"), plural(len(runs), "run")
+        raise ValueError(f"--labels gives {labels} for {given}; give one per run")
     if args.out is None:
         if len(runs) > 1:
             raise ValueError("with several runs, say where the figure goes: --out FILE.png")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 from pathlib import Path
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.errors import CLIError
 
 logger = logging.getLogger("llm_lab.serve")
 
@@ -16,6 +19,32 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` the way uvicorn will (``SO_REUSEADDR``) and let it go again, so a port in use is one line
+    before the model loads, not uvicorn's start-up lines and exit code 3. Port 0 (any free port) is not checked.
+
+    Raises:
+        CLIError: the port is taken, needs privileges, or the address is not this machine's.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise CLIError(f"--host {host}: {error.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise CLIError(f"port {port} on {host} is already in use (another server?); stop it or choose "
+                               "another with --port (0 picks a free one)") from None  # fmt: skip
+            if error.errno == errno.EACCES:
+                raise CLIError(f"port {port} on {host} needs administrator rights; choose one above 1023") from None
+            raise CLIError(f"cannot listen on {host} port {port}: {error.strerror}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
 
         from llm_lab.serve import create_app
         from llm_lab.serve.app import RequestLimits
+        from llm_lab.serve.protocol import half_close_tolerant_protocol
         from llm_lab.serve.scheduler import BatchLimits
         from llm_lab.serve.security import host_is_loopback
     except ModuleNotFoundError as error:
@@ -121,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     package = Path(args.package)
     if not package.exists():
         raise FileNotFoundError(f"no package or run directory at {package}")
+    check_port_free(args.host, args.port)
     if not host_is_loopback(args.host):
         logger.warning("binding %s: the server is reachable from other machines and has no authentication", args.host)
     app = create_app(
@@ -141,5 +172,6 @@ def _run(args: argparse.Namespace) -> int:
         allow_hosts=args.allow_host,
         allow_origins=args.allow_origin,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # A client that half-closes its side after the request still gets its answer (llm_lab.serve.protocol).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, http=half_close_tolerant_protocol())
     return 0

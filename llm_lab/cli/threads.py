@@ -8,16 +8,18 @@ The setting a command runs with, first match wins:
    left alone;
 4. ``auto``: one thread per core that is idle at start-up (:mod:`llm_lab.utils.threads`).
 
+Steps 2 to 4 are :func:`llm_lab.utils.threads.default_threads`, the rule the library's ``threads="auto"`` follows
+too.
+
 ``llm-lab train`` also honours ``train.threads`` in the run config; an explicit ``--threads`` overrides it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 
-from llm_lab.utils.threads import AUTO, THREADS_ENV, Threads, apply_threads, parse_threads
+from llm_lab.utils.threads import THREADS_ENV, Threads, apply_threads, default_threads, parse_threads
 
 __all__ = ["THREADS_ENV", "THREADS_HELP", "add_threads_argument", "apply_threads_option", "threads_setting"]
 
@@ -47,15 +49,7 @@ def threads_setting(flag: Threads | None, environ: Mapping[str, str] | None = No
     """
     if flag is not None:
         return flag
-    environ = os.environ if environ is None else environ
-    if environ.get(THREADS_ENV, "").strip():
-        try:
-            return parse_threads(environ[THREADS_ENV])
-        except ValueError as e:
-            raise ValueError(f"{THREADS_ENV}: {e}") from None
-    if environ.get("OMP_NUM_THREADS", "").strip():
-        return None
-    return AUTO
+    return default_threads(environ)
 
 
 def apply_threads_option(flag: Threads | None, environ: Mapping[str, str] | None = None) -> int | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.words import plural
 
 # torch and the trainer are imported inside the commands, so `llm-lab --help` starts fast.
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
             what = f"resuming at step {trainer.step}" if args.resume else "training"
             print(
                 f"{what}: {n_params:,} parameters, {trainer.precision} on {trainer.device}"
-                f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, "
+                f"{' x ' + plural(dist_info.world_size, 'process', 'processes') if dist_info.enabled else ''}, "
                 f"{prepared.data_source['train_tokens']:,} train / {prepared.data_source['val_tokens']:,} val tokens"
             )
         try:

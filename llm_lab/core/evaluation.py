@@ -26,6 +26,7 @@ from torch import nn
 
 from llm_lab.utils.devices import resolve_device
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.threads import AUTO, Threads, settle_threads
 
 __all__ = ["EvalResult", "evaluate_text"]
 
@@ -64,6 +65,7 @@ def evaluate_text(
     batch_size: int = 8,
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
+    threads: Threads | None = AUTO,
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of ``model`` on ``text``.
 
@@ -75,6 +77,9 @@ def evaluate_text(
         batch_size: windows per forward pass.
         max_tokens: evaluate only the first this many tokens of the text (after encoding).
         device: where to run (default: where the model is).
+        threads: torch's CPU threads: ``"auto"`` (default, the command line's rule, settled once per process),
+            a number, or ``None`` to leave the process setting alone; see
+            :func:`~llm_lab.utils.threads.settle_threads`.
 
     Returns:
         An :class:`EvalResult`.
@@ -82,6 +87,7 @@ def evaluate_text(
     Raises:
         ValueError: an empty text, a text of a single token, non-positive sizes, or a bad device name.
     """
+    settle_threads(threads)
     config = getattr(model, "config", None)
     window = context_length if context_length is not None else getattr(config, "context_length", None)
     if not isinstance(window, int) or window <= 0:

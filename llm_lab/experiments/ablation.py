@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from llm_lab.core.train.run import RunConfig, prepare_run
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
+from llm_lab.utils.words import plural
 
 __all__ = ["MODEL_OPTIONS", "QUICK_OVERRIDES", "SUMMARY_COLUMNS", "Arm", "default_arms", "run_ablation"]
 
@@ -213,7 +214,7 @@ def run_ablation(
     write_csv(out_dir / "summary.csv", summary, SUMMARY_COLUMNS)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     header = (
-        f"# Ablation: {len(arms)} arms x {len(seeds)} seeds; step budget {steps}"
+        f"# Ablation: {plural(len(arms), 'arm')} x {plural(len(seeds), 'seed')}; step budget {steps}"
         + (f", time budget {time_budget_s:g} s" if time_budget_s is not None else "")
         + f"\n\nLoad average at the end: {load}. `delta_vs_base`: mean val loss minus the base's (negative helps).\n\n"
     )

@@ -33,6 +33,7 @@ from llm_lab.core.train.precision import (  # one cpuinfo reader and flag list, 
     read_cpu_flags,
 )
 from llm_lab.utils.devices import mps_available, resolve_device
+from llm_lab.utils.words import plural
 
 # Flags worth reporting next to BF16_CPU_FLAGS: the vector width the fp32 kernels run on, AMX tile support.
 REPORTED_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8") + BF16_CPU_FLAGS
@@ -191,7 +192,8 @@ def format_env_report(report: EnvReport) -> str:
 
     lines = [
         f"python {report.python}, torch {report.torch}, {report.platform}",
-        f"cpu: {report.cpu_model} ({report.cpu_count} logical cores, torch uses {report.torch_threads} threads, "
+        f"cpu: {report.cpu_model} ({plural(report.cpu_count, 'logical core')}, torch uses "
+        f"{plural(report.torch_threads, 'thread')}, "
         f"kernels for {report.cpu_capability})",
         f"devices: {', '.join(report.devices)}; measured on: {report.device}",
         "dtypes that work: " + ", ".join(f"{name} {yes_no(ok)}" for name, ok in report.dtypes.items()),

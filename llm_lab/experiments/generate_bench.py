@@ -28,6 +28,7 @@ import torch
 from llm_lab.core.decode.fast_linear import DecodeLinear, pays_to_prepare, prepare_for_decode
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
+from llm_lab.utils.words import plural
 
 __all__ = ["BenchSettings", "format_report", "run_benchmark"]
 
@@ -276,9 +277,9 @@ def format_report(results: dict[str, Any]) -> str:
     """The measurements as two plain-text tables."""
     s = results["settings"]
     lines = [
-        f"model: GPT-2 style, {s['n_layer']} layers, {s['n_embd']} wide, vocab {s['vocab_size']}, "
-        f"{s['parameters'] / 1e6:.1f}M parameters, fp32, device {s['device']}, {s['threads']} threads; "
-        f"median of {s['repeats']} runs",
+        f"model: GPT-2 style, {plural(s['n_layer'], 'layer')}, {s['n_embd']} wide, vocab {s['vocab_size']}, "
+        f"{s['parameters'] / 1e6:.1f}M parameters, fp32, device {s['device']}, {plural(s['threads'], 'thread')}; "
+        f"median of {plural(s['repeats'], 'run')}",
         "",
         f"greedy throughput ({s['prompt_len']}-token prompt, {s['new_tokens']} new tokens, prefill included)",
         f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  same tokens  "

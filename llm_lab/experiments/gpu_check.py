@@ -51,6 +51,7 @@ from typing import Any
 
 from llm_lab.experiments.tables import format_value, markdown_table
 from llm_lab.utils.io import atomic_write_json, atomic_write_text
+from llm_lab.utils.words import plural
 
 __all__ = [
     "DEFAULT_BUDGET_S",
@@ -542,7 +543,7 @@ def write_report(
         m = step["model"]
         rows, source = _mfu_rows(step, env)
         md.append(
-            f"{m['n_layer']} layers, {m['n_embd']} wide, context {m['context_length']}, "
+            f"{plural(m['n_layer'], 'layer')}, {m['n_embd']} wide, context {m['context_length']}, "
             f"{step['num_parameters'] / 1e6:.1f}M parameters, batch {step['batch_size']} "
             f"({step['tokens_per_step']} tokens/step), {step['device']}; MFU against {source}."
         )

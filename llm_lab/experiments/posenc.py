@@ -43,6 +43,7 @@ from llm_lab.experiments.sweep import Setting, SweepPlan, run_sweep
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import plot_runs
+from llm_lab.utils.words import plural
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "pos_encoding",
@@ -279,7 +280,8 @@ def write_study_results(study: PosEncStudy) -> dict[str, Path]:
     factor = study.extrapolation_factor
     summary = (
         f"Corpus: `{study.data}` ({'character' if base.tokenizer.type == 'char' else base.tokenizer.type} "
-        f"tokens, last {base.data.val_fraction:.0%} for validation). Model: {m.n_layer} layers, {m.n_head} heads, "
+        f"tokens, last {base.data.val_fraction:.0%} for validation). Model: "
+        f"{plural(m.n_layer, 'layer')}, {plural(m.n_head, 'head')}, "
         f"{m.n_embd} wide, context {m.context_length}, {m.norm}, {m.mlp}. Budget: {t.max_steps} steps of "
         f"{t.batch_size} x {m.context_length} tokens, lr {t.lr:g} (warmup {t.warmup_steps}, cosine to "
         f"{t.min_lr:g}), seeds {', '.join(map(str, study.seeds))} (numbers are means over the seeds), precision "

@@ -31,7 +31,10 @@ masks and losses as without the interruption); a run killed before its first che
 run is kept.
 
 Parallel runs (``jobs > 1``) go to worker processes, each with ``threads // jobs`` torch threads (no more jobs
-than cores) and no more jobs than memory allows (:func:`estimate_run_memory`).
+than cores) and no more jobs than memory allows (:func:`estimate_run_memory`). Ctrl+C stops them quietly: the
+workers start with SIGINT blocked (so one landing while they import is held, not a traceback), take it only while
+they train, and end their run as a kill would (its last checkpoint kept); the sweep then closes its pool and ends
+with ``KeyboardInterrupt``, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +69,8 @@ from llm_lab.core.train.trainer import NonFiniteLossError
 from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.threads import apply_threads
+from llm_lab.utils.words import plural
 
 __all__ = [
     "SWEEP_FORMAT_VERSION",
@@ -391,7 +398,8 @@ def budget_steps(train: Any, budget_s: float, step_s: float, eval_s: float) -> i
     steps = math.floor((budget_s - n_evals * eval_s) / step_s)
     if steps < 1:
         raise ValueError(
-            f"--time-budget {budget_s:g}s is too short: {n_evals} evaluations take {n_evals * eval_s:.1f}s and a "
+            f"--time-budget {budget_s:g}s is too short: {plural(n_evals, 'evaluation')} take "
+            f"{n_evals * eval_s:.1f}s and a "
             f"step {step_s:.3f}s here; raise the budget or lower train.eval_batches"
         )
     return steps
@@ -590,10 +598,8 @@ def _clear_unstarted(run_dir: Path) -> None:
 
 def _train_one(task: _Task) -> str:
     """Train (or resume, or finish) one run of the sweep and write its finished record; returns its name."""
-    import torch
-
     if task.threads is not None:
-        torch.set_num_threads(task.threads)
+        apply_threads(task.threads)  # the job's share; the runs' threads="auto" keeps it
     out_dir = Path(task.out_dir)
     run_dir = out_dir / "runs" / task.name
     config = RunConfig.from_dict(task.config, where=f"{MANIFEST}: run {task.name}")
@@ -618,6 +624,72 @@ def _train_one(task: _Task) -> str:
             record["extra"] = task.evaluate(trainer, prepared) if task.evaluate is not None else {}
     atomic_write_json(_finished_path(out_dir, task.name), record)
     return task.name
+
+
+_CAN_BLOCK = hasattr(signal, "pthread_sigmask")
+
+
+def _train_in_worker(task: _Task) -> str | None:
+    """:func:`_train_one` in a pool worker, which holds SIGINT blocked (:func:`_spawning_with_sigint_blocked`)
+    except here; ``None`` when Ctrl+C ended the run (its last checkpoint stays: a rerun resumes it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if _CAN_BLOCK:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one that came while starting lands here
+        return _train_one(task)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        if _CAN_BLOCK:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _spawning_with_sigint_blocked():
+    """Start pool workers (``submit`` spawns them) with SIGINT blocked, a mask a spawned interpreter inherits: a
+    Ctrl+C while a worker imports torch waits for its run instead of a traceback. In this process it is held
+    for the few milliseconds of the spawn and taken right after. A no-op off the main thread or without masks."""
+    if not _CAN_BLOCK or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _run_in_pool(tasks: list[_Task], jobs: int, bar: tqdm, show: Callable[[int], None]) -> None:
+    """Run ``tasks`` on ``jobs`` worker processes; on Ctrl+C (here or in a worker) stop every run, close the pool
+    cleanly (no leaked semaphores) and raise ``KeyboardInterrupt``."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    queue = list(tasks)
+    interrupted = False
+    workers: set[int] = set()  # the pids this pool spawned, to pass a Ctrl+C on to
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        running: set[concurrent.futures.Future[str | None]] = set()
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    before = {child.pid for child in multiprocessing.active_children()}
+                    with _spawning_with_sigint_blocked():
+                        running.add(pool.submit(_train_in_worker, queue.pop(0)))
+                    workers |= {child.pid for child in multiprocessing.active_children()} - before
+                show(len(running))
+                finished, running = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+                for future in finished:
+                    if future.result() is None:  # a failed run stops the sweep; finished ones stay
+                        raise KeyboardInterrupt
+                    bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            for child in multiprocessing.active_children():  # a Ctrl+C that reached this process only
+                if child.pid in workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(child.pid, signal.SIGINT)
+            concurrent.futures.wait(running)  # each ends its run at the next step
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -648,7 +720,7 @@ def _precheck(plan: SweepPlan, specs: list[RunSpec], out_dir: Path, manifest: di
     to_time: dict[str, PreparedRun] = {}
     previous_threads = torch.get_num_threads()
     if threads is not None:
-        torch.set_num_threads(threads)
+        apply_threads(threads)  # the runs' threads="auto" keeps it
     try:
         for name, spec in tqdm(first.items(), desc="sweep: checking settings", unit="setting", disable=not progress,
                                leave=False, total=len(first)):  # fmt: skip
@@ -746,19 +818,8 @@ def run_sweep(
                 bar.update(1)
             show(0)
         else:
-            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                queue = list(tasks)
-                running: set[concurrent.futures.Future[str]] = set()
-                while queue or running:
-                    while queue and len(running) < jobs:
-                        running.add(pool.submit(_train_one, queue.pop(0)))
-                    show(len(running))
-                    finished, running = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
-                    for future in finished:
-                        future.result()  # a failed run stops the sweep; finished ones stay, a rerun resumes
-                        bar.update(1)
-                show(0)
+            _run_in_pool(tasks, jobs, bar, show)
+            show(0)
     finally:
         bar.close()
     return SweepResult(plan=plan, runs=specs, out_dir=out_dir, jobs=jobs, steps=dict(manifest.get("steps", {})),

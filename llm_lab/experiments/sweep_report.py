@@ -30,6 +30,7 @@ from llm_lab.experiments.sweep import RunSpec, SweepPlan, finished_record, sweep
 from llm_lab.experiments.tables import format_value, markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import read_metric_columns
+from llm_lab.utils.words import plural
 
 __all__ = ["METRICS", "RUN_COLUMNS", "collect_sweep", "setting_results", "write_sweep_report"]
 
@@ -287,7 +288,8 @@ def _plan_summary(plan: SweepPlan) -> str:
               if plan.time_budget_s is not None else f"equal steps: {t.max_steps} per run")  # fmt: skip
     seeds = ", ".join(map(str, plan.seeds))
     return (
-        f"Data: `{plan.data}`. Base model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, context "
+        f"Data: `{plan.data}`. Base model: {plural(m.n_layer, 'layer')}, {plural(m.n_head, 'head')}, {m.n_embd} wide, "
+        "context "
         f"{m.context_length}, {m.norm}, {m.mlp}, {m.pos_encoding}. Budget: {budget}; batch {t.batch_size}, lr "
         f"{t.lr:g}, device {t.device}. Seeds: {seeds}. Baseline: **{plan.baseline}**.\n"
     )

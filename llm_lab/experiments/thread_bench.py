@@ -118,7 +118,7 @@ def _training_workload(name: str, model_config: Any, batch_size: int, steps: int
     model = MiniGPT(model_config)
     config = TrainerConfig(
         batch_size=batch_size, max_steps=steps, warmup_steps=0, eval_interval=steps, log_interval=steps,
-        precision="fp32", device="cpu", peak_flops=1e12, seed=seed,
+        precision="fp32", device="cpu", peak_flops=1e12, seed=seed, threads=None,  # the bench sets the threads
     )  # fmt: skip
 
     def run() -> None:
@@ -136,7 +136,7 @@ def _decode_workload(tokens: int, seed: int = 0) -> Workload:
     prompt = list(range(1, 17))
 
     def run() -> None:
-        generate(model, prompt, tokens, temperature=0)
+        generate(model, prompt, tokens, temperature=0, threads=None)  # the bench sets the threads
 
     return Workload("decode b1 (6x384, vocab 50257)", "token", tokens, run)
 

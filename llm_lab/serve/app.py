@@ -17,7 +17,8 @@ Routes:
 - ``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize``: the tokenizer, as lm-evaluation-harness's
   remote tokenizer reads it (see ``tokenizer_api.py``); with them, token-id prompts and ``echo`` + ``logprobs`` +
   ``max_tokens: 0 or 1`` (see ``scoring.py``) make this server a ``local-completions`` backend of the harness.
-- ``GET /``: the playground (plain HTML and one script under ``/static``, no build step).
+- ``GET /``: the playground (plain HTML and one script under ``/static``, no build step); ``POST
+  /playground/room`` tells it how many tokens a prompt takes and how many new ones fit (see ``playground.py``).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON
 (duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
@@ -63,7 +64,7 @@ from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.errors import APIError
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
-from llm_lab.serve.playground import playground_html
+from llm_lab.serve.playground import RoomRequest, playground_html, prompt_room
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.scheduler import BatchLimits, BatchScheduler, QueueFullError
 from llm_lab.serve.schemas import (
@@ -360,6 +361,14 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(playground_html())
+
+    @app.post("/playground/room", include_in_schema=False)
+    async def playground_room(request: Request) -> dict[str, int]:
+        room_request = await read_request(request, RoomRequest)
+        try:
+            return await asyncio.to_thread(prompt_room, engine, room_request.prompt)
+        except ValueError as error:
+            raise APIError(400, f"prompt: {error}", param="prompt", code="invalid_prompt") from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

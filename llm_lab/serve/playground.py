@@ -4,18 +4,31 @@ The page has no hand-written control per sampling setting: each registered setti
 (see :class:`llm_lab.core.decode.sampling.SamplingParam`) becomes a labelled slider here, from the same description
 ``GET /v1/sampling`` returns. ``playground.js`` sends every ``[data-param]`` input under its setting's name, so a new
 sampler appears on the page and in its requests without an edit to the page or the script.
+
+The Max tokens slider follows the room the prompt leaves: as the prompt changes (and before each Generate) the
+page asks ``POST /playground/room`` (:func:`prompt_room`) how many tokens the prompt takes and how many new ones
+fit after it, and sets the slider's range to that. Its default is :data:`DEFAULT_MAX_TOKENS` or the room, if less;
+a value the user picked is kept while it fits. So Generate with every default works for any prompt that fits.
 """
 
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm_lab.core.decode.sampling import describe_sampling
+from llm_lab.serve.schemas import MAX_INSPECT_CHARS, Text
+
+if TYPE_CHECKING:
+    from llm_lab.serve.engine import CompletionEngine
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTROLS_MARKER = "<!-- sampling-controls -->"
+#: The Max tokens slider's default where the prompt leaves room for it: a modest length, quick on a CPU.
+DEFAULT_MAX_TOKENS = 64
 
 
 def control_label(name: str) -> str:
@@ -59,3 +72,24 @@ def playground_html() -> str:
     page = (STATIC_DIR / "playground.html").read_text(encoding="utf-8")
     controls = "".join(render_control(param) for param in describe_sampling()["params"] if "control" in param)
     return page.replace(CONTROLS_MARKER, controls.strip() + "\n")
+
+
+class RoomRequest(BaseModel):
+    """The body of ``POST /playground/room``: the prompt as typed (at most ``MAX_INSPECT_CHARS`` characters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[Text, Field(max_length=MAX_INSPECT_CHARS)]
+
+
+def prompt_room(engine: CompletionEngine, prompt: str) -> dict[str, int]:
+    """How many tokens ``prompt`` takes and how many new ones fit after it (at most the server's cap; 0 when the
+    prompt fills the context), as the completions route counts them. An empty prompt (nothing typed yet) counts as
+    0 tokens with the whole allowance: the start token it begins from, where the model has one, leaves all of it.
+
+    Raises:
+        ValueError: the tokenizer cannot encode the prompt (the message says why).
+    """
+    n = len(engine.encode(prompt)) if prompt else 0
+    room = engine.max_tokens_cap if not prompt else max(0, min(engine.max_tokens_cap, engine.max_new_tokens_after(n)))
+    return {"prompt_tokens": n, "max_tokens": room, "default_max_tokens": min(DEFAULT_MAX_TOKENS, room)}

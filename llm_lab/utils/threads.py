@@ -13,16 +13,24 @@ would use. The system load average cannot do this: it averages over a minute and
 loop (``llm_lab.experiments.thread_bench``).
 
 Everything that reads the machine takes its readings as arguments (``read_stat``, ``sleep``, ``cpuinfo``), so
-the arithmetic is tested with made-up readings. Environment variables are read by the command line only
-(:func:`llm_lab.cli.threads.threads_setting`), never here.
+the arithmetic is tested with made-up readings.
+
+One rule for the command line and the library (:func:`settle_threads`): the ``Trainer``, ``generate``/``stream``
+and ``evaluate_text`` take ``threads="auto"`` by default, as ``llm-lab`` does. ``auto`` is settled once per
+process: the first entry point that meets it applies :func:`default_threads` (``LLM_LAB_THREADS``, else torch's
+own ``OMP_NUM_THREADS`` choice, else one thread per idle core); later ``auto`` calls, and every call after an
+explicit number or ``llm-lab --threads``, keep what is set, so a loop of ``generate`` calls measures nothing. A
+number sets that many threads; ``None`` keeps the process setting untouched (for a caller who set
+``torch.set_num_threads`` themselves).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +42,7 @@ __all__ = [
     "Threads",
     "apply_threads",
     "auto_threads",
+    "default_threads",
     "idle_cores",
     "measure_idle_cores",
     "parse_proc_stat",
@@ -41,11 +50,12 @@ __all__ = [
     "physical_core_count",
     "physical_cores",
     "resolve_threads",
+    "settle_threads",
     "usable_cpus",
 ]
 
 AUTO = "auto"
-#: The environment variable the command line reads for a default (read there, never in the library).
+#: The environment variable for a machine-wide preference (``N`` or ``auto``), read by :func:`default_threads`.
 THREADS_ENV = "LLM_LAB_THREADS"
 #: A thread count, or ``"auto"`` (see the module docstring).
 Threads = int | Literal["auto"]
@@ -232,7 +242,69 @@ def resolve_threads(
 
 
 def apply_threads(setting: Threads, **resolve_kwargs) -> int:
-    """Set torch's intra-op CPU threads from ``setting`` (see :func:`resolve_threads`) and return the count."""
+    """Set torch's intra-op CPU threads from ``setting`` (see :func:`resolve_threads`; ``auto`` measures now) and
+    return the count. Later ``auto`` settings of the library keep it (:func:`settle_threads`)."""
+    global _settled
+    with _settle_lock:
+        _settled = True
+        return _apply(setting, **resolve_kwargs)
+
+
+# Whether llm-lab has set this process's threads already (see settle_threads); guarded, as the server calls
+# generate from a worker thread.
+_settled = False
+_settle_lock = threading.Lock()
+
+
+def default_threads(environ: Mapping[str, str] | None = None) -> Threads | None:
+    """What ``auto`` stands for where nobody named a number: ``$LLM_LAB_THREADS`` (``N`` or ``auto``) when set;
+    else ``None`` (leave torch alone) when ``$OMP_NUM_THREADS`` is set, as ``torchrun`` does (1 per process) and
+    torch already follows it; else ``"auto"`` (measure).
+
+    Raises:
+        ValueError: ``LLM_LAB_THREADS`` holds something other than ``auto`` or a positive integer.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(THREADS_ENV, "").strip():
+        try:
+            return parse_threads(environ[THREADS_ENV])
+        except ValueError as e:
+            raise ValueError(f"{THREADS_ENV}: {e}") from None
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return None
+    return AUTO
+
+
+def settle_threads(setting: Threads | None, *, environ: Mapping[str, str] | None = None, **resolve_kwargs) -> int:
+    """The library's thread rule (module docstring), for each entry point's ``threads`` argument.
+
+    Args:
+        setting: a number (applied), ``"auto"`` (the first time in this process: :func:`default_threads` applied;
+            later: kept), or ``None`` (the process setting, untouched).
+        environ: where :func:`default_threads` reads (default: ``os.environ``).
+        **resolve_kwargs: passed to :func:`resolve_threads` (tests inject a measurement).
+
+    Returns:
+        torch's thread count after the call.
+    """
+    global _settled
+    import torch
+
+    if setting is None:
+        return torch.get_num_threads()
+    setting = parse_threads(setting)
+    with _settle_lock:
+        if setting == AUTO:
+            if _settled:
+                return torch.get_num_threads()
+            chosen = default_threads(environ)
+            _settled = True
+            return torch.get_num_threads() if chosen is None else _apply(chosen, **resolve_kwargs)
+        _settled = True
+        return _apply(setting, **resolve_kwargs)
+
+
+def _apply(setting: Threads, **resolve_kwargs) -> int:
     import torch
 
     threads = resolve_threads(setting, **resolve_kwargs)

@@ -4,6 +4,7 @@ real subprocess for the console entry point). No test touches the internet."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import llm_lab.cli
 from llm_lab.cli import main
+from llm_lab.core.data.download import TINY_SHAKESPEARE
 from llm_lab.core.data.prepare import load_prepared
 from llm_lab.core.tokenization import SubwordTokenizer, load_tokenizer
 
@@ -131,6 +133,8 @@ def test_download_without_network_names_from(tmp_path, capsys, monkeypatch):
     err = _one_line_error(capsys)
     assert err.startswith("llm-lab: error: could not download tiny_shakespeare from https://raw.githubusercontent")
     assert "pass --from PATH" in err
+    # Where the file can be fetched by other means, and how to recognise it.
+    assert f"fetch {TINY_SHAKESPEARE.url} elsewhere (1,115,394 bytes, sha256 {TINY_SHAKESPEARE.sha256})" in err
     assert not (tmp_path / "d" / "tiny_shakespeare.txt").exists()
 
 
@@ -154,11 +158,13 @@ def test_download_unreachable_mirror_in_a_subprocess(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
+             **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}},
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--from PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert TINY_SHAKESPEARE.url in proc.stderr and TINY_SHAKESPEARE.sha256 in proc.stderr
 
 
 def test_prepare_overwrite_keeps_foreign_files_and_the_old_corpus(tmp_path, capsys):

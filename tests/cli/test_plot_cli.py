@@ -87,7 +87,7 @@ def test_plot_errors(tmp_path, capsys):
     assert main(["plot", str(a), str(b)]) == 2
     assert "--out FILE.png" in capsys.readouterr().err
     assert main(["plot", str(a), str(b), "--out", str(tmp_path / "x.png"), "--labels", "only-one"]) == 2
-    assert "--labels gives 1 labels for 2 runs" in capsys.readouterr().err
+    assert "--labels gives 1 label for 2 runs" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.core.train import precision as precision_module
 from llm_lab.core.train.optim import muon_ns_dtype
+from llm_lab.experiments import step_bench
 from llm_lab.experiments.step_bench import (
     CSV_COLUMNS,
     PlainGPT,
@@ -31,17 +33,20 @@ def test_baseline_has_the_same_shape_as_our_model():
     assert default_10m_config().n_embd == 384 and MiniGPT(default_10m_config()).num_parameters() > 10e6
 
 
-def test_quick_step_benchmark_rows_are_consistent(tmp_path):
+def test_quick_step_benchmark_rows_are_consistent(tmp_path, monkeypatch):
+    # As on a CPU with bf16 units, where both precisions are the default (a CPU without them: see below).
+    monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda *args: frozenset({"avx512_bf16"}))
     config = quick_step_config()
     result = run_step_benchmark(config, progress=False)
     settings = [(r["setting"], r["precision"], r["compile"]) for r in result.rows]
     assert settings == [("baseline", "fp32", False), ("ours", "fp32", False), ("ours", "bf16", False)]
     assert result.tokens_per_step == 4 * 32
-    peak_ratio = result.peak_gflops["bf16"] / result.peak_gflops["fp32"]
+    assert set(result.peak_gflops) == {"fp32", "bf16"}
     for row in result.rows:
         assert row["tokens_per_second"] == pytest.approx(result.tokens_per_step / (row["ms_per_step"] / 1e3))
-        assert row["mfu_fp32_peak"] > 0
-        assert row["mfu_fp32_peak"] / row["mfu_bf16_peak"] == pytest.approx(peak_ratio)
+        # Against the peak of the precision that ran, and never above it.
+        achieved = row["tokens_per_second"] * result.flops_per_token
+        assert 0 < row["mfu"] == pytest.approx(min(1.0, achieved / (result.peak_gflops[row["precision"]] * 1e9)))
         # A random init predicts about uniformly over 65 characters, and training steps do not blow it up.
         assert abs(row["loss_first"] - math.log(65)) < 0.3
         assert math.isfinite(row["loss_last"])
@@ -113,3 +118,39 @@ def test_a_bad_config_file_is_named(tmp_path, text, message):
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         StepBenchConfig(**kwargs)
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """This machine has avx512_bf16: inject what an AVX2-only CPU reports (no flag, bf16 products 18x slower)."""
+    monkeypatch.setattr(precision_module, "cpu_bf16_flags", lambda *args: frozenset())
+    monkeypatch.setattr(precision_module, "probe_bf16_speedup", lambda *args, **kwargs: 1 / 18)
+    monkeypatch.setattr(precision_module, "_warned", False)
+
+
+def test_bf16_is_left_out_of_the_defaults_on_a_cpu_without_bf16_units(cpu_without_bf16, recwarn):
+    config = quick_step_config()
+    result = run_step_benchmark(config, progress=False)
+    assert [(r["setting"], r["precision"]) for r in result.rows] == [("baseline", "fp32"), ("ours", "fp32")]
+    assert list(result.peak_gflops) == ["fp32"]
+    assert any("bf16 left out" in note and "18.0x slower than fp32" in note for note in result.notes)
+    assert all(0 < r["mfu"] <= 1 for r in result.rows)
+    assert not [w for w in recwarn if "bf16" in str(w.message)]  # nothing asked for bf16: no warning
+
+
+def test_bf16_asked_for_on_such_a_cpu_runs_after_one_warning(cpu_without_bf16):
+    config = quick_step_config()
+    config.precisions, config.baseline = ("bf16",), False
+    with pytest.warns(UserWarning, match=r"bench step --precisions bf16 on a CPU without bf16 units .* 18\.0x "
+                                         r"slower than fp32 here; use fp32"):  # fmt: skip
+        result = run_step_benchmark(config, progress=False)
+    assert [r["precision"] for r in result.rows] == ["bf16"] and set(result.peak_gflops) == {"fp32", "bf16"}
+
+
+def test_mfu_is_never_above_one(monkeypatch):
+    monkeypatch.setattr(step_bench, "measure_matmul_peak", lambda *args, **kwargs: 1e3)  # an absurdly low peak
+    config = quick_step_config()
+    config.precisions = ("fp32",)
+    result = run_step_benchmark(config, progress=False)
+    assert [r["mfu"] for r in result.rows] == [1.0, 1.0]
+    assert sum("MFU shown as 1.0" in note for note in result.notes) == 2

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,43 @@ def test_sigkilled_sweep_resumes_to_the_same_results(tmp_path, small_text):
     loss_columns = ("setting", "seed", "run", "steps", "tokens", "train_loss", "val_loss", "best_val_loss")
     resumed = [{k: r[k] for k in loss_columns} for r in read_csv(out / "runs.csv")]
     assert resumed == [{k: r[k] for k in loss_columns} for r in read_csv(tmp_path / "straight" / "runs.csv")]
+
+
+def _children(pid):
+    try:
+        return (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc (Linux)")
+@pytest.mark.parametrize("moment", ["workers starting", "runs training"])
+def test_ctrl_c_on_a_two_job_sweep_is_one_line_then_it_resumes(tmp_path, small_text, moment):
+    """Ctrl+C from a terminal reaches the whole process group: the sweep and both workers, while the workers still
+    import torch or while they train. One line, exit 130, no traceback or resource_tracker warning; a rerun ends."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(small_text)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    out = tmp_path / "sweep"
+    command = [*_command(config, corpus, out)[:-3], "--jobs", "2", "--threads", "2", "--quiet"]
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    logs = out / "logs"
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        started = len(list(logs.glob("*.log"))) if logs.is_dir() else 0
+        if moment == "workers starting" and len(_children(process.pid)) >= 2 and started == 0:
+            break
+        if moment == "runs training" and any((out / "runs").glob("*/checkpoints/last.pt")):
+            break
+    assert process.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert (process.returncode, stderr) == (130, "llm-lab: interrupted\n")
+
+    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(list((out / "finished").glob("*.json"))) == 4

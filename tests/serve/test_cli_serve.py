@@ -72,6 +72,45 @@ def test_cli_serves_the_package_on_loopback(cli_server: str, reference: Any) -> 
     assert body["choices"][0]["text"] == want
 
 
+def _half_closed_exchange(base_url: str, body: dict[str, Any]) -> tuple[str, str]:
+    """Send one request, shut the socket down for writing (still reading), read the whole answer."""
+    import json
+    import socket
+
+    port = int(base_url.rsplit(":", 1)[1])
+    payload = json.dumps(body).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.sendall(head + payload)
+        connection.shutdown(socket.SHUT_WR)  # done sending; still there to read
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    status_line, _, rest = received.decode().partition("\r\n")
+    return status_line, rest.partition("\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_half_closes_still_gets_its_answer(cli_server: str, reference: Any, stream: bool) -> None:
+    import json
+
+    from llm_lab.core.decode import generate
+
+    ids = reference.tokenizer.encode("to be")
+    want = generate(reference.model, ids, 12, temperature=0, tokenizer=reference.tokenizer).texts[0]
+    status, body = _half_closed_exchange(
+        cli_server, {"prompt": "to be", "max_tokens": 12, "temperature": 0, "stream": stream}
+    )
+    assert status == "HTTP/1.1 200 OK"
+    if stream:
+        events = re.findall(r"^data: (.*)$", body, flags=re.MULTILINE)
+        assert events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1] if json.loads(e)["choices"]) == want
+    else:
+        assert json.loads(body)["choices"][0]["text"] == want
+
+
 def test_openai_client_against_the_local_server(cli_server: str, reference: Any) -> None:
     openai = pytest.importorskip("openai", reason="the openai client is pinned in requirements-dev.txt")
     from llm_lab.core.decode import generate
@@ -106,6 +145,23 @@ def test_openai_client_against_the_local_server(cli_server: str, reference: Any)
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="the")
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(package_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "llm_lab", "serve", str(package_dir), "--port", str(port)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"llm-lab: error: port {port} on 127.0.0.1 is already in use (another server?); stop it or choose another "
+        "with --port (0 picks a free one)\n"
+    )
+
+
 def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["serve", str(tmp_path / "nope")]) == 2
     assert "no package or run directory at" in capsys.readouterr().err
@@ -118,6 +174,7 @@ def test_cli_warns_only_when_binding_beyond_loopback(
     runs: list[dict[str, Any]] = []
     apps: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr("llm_lab.cli.serve.check_port_free", lambda host, port: None)  # port 9 may need root
     monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
     warning = "the server is reachable from other machines and has no authentication"
     loopbacks = ("127.0.0.1", "localhost", "::1", "127.1", "::ffff:127.0.0.1")  # the last two used to warn
@@ -127,7 +184,9 @@ def test_cli_warns_only_when_binding_beyond_loopback(
         assert warning not in caplog.text
         assert cli_main(["serve", str(package_dir), "--host", "0.0.0.0", "--port", "9"]) == 0
     assert f"binding 0.0.0.0: {warning}" in caplog.text
-    assert runs[-1] == {"host": "0.0.0.0", "port": 9, "log_level": "info"}
+    assert {k: runs[-1][k] for k in ("host", "port", "log_level")} == {"host": "0.0.0.0", "port": 9,
+                                                                       "log_level": "info"}  # fmt: skip
+    assert runs[-1]["http"].__name__ == "HalfCloseTolerantProtocol"
     assert [run["host"] for run in runs] == [*loopbacks, "0.0.0.0"]
     assert apps[-1]["bind_host"] == "0.0.0.0" and apps[-1]["allow_origins"] == []
 
@@ -137,6 +196,7 @@ def test_cli_passes_the_access_and_request_options(package_dir: Path, monkeypatc
 
     apps: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    monkeypatch.setattr("llm_lab.cli.serve.check_port_free", lambda host, port: None)  # 8000 may be taken here
     monkeypatch.setattr("llm_lab.serve.create_app", lambda package, **kwargs: apps.append(kwargs) or "app")
     argv = ["serve", str(package_dir), "--allow-origin", "http://localhost:3000", "--allow-origin", "https://a.example",
             "--allow-host", "mybox.lan", "--max-request-tokens", "4096", "--max-request-memory-mb", "64"]  # fmt: skip

@@ -157,6 +157,53 @@ def test_prompt_streams_into_the_page(browser_context: Any, slow_server: Any, ar
     page.close()
 
 
+@pytest.mark.parametrize(
+    ("prompt", "room"),
+    [("the quick brown", 64 - 15 + 1), ("the quick brown fox jumps over the lazy dog, the qu", 64 - 51 + 1)],
+)  # room: context 64 minus the prompt's tokens (one per character), plus the last token, never fed back
+def test_first_click_with_every_default_generates_text(
+    browser_context: Any, slow_server: Any, artifact_dir: Path, prompt: str, room: int
+) -> None:
+    """A newcomer's first click: type a prompt, touch nothing else, press Generate: text, no error."""
+    base_url, (_, tokenizer, _) = slow_server
+    assert len(tokenizer.encode(prompt)) == 64 + 1 - room
+    page = browser_context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    page.goto(base_url)
+    page.wait_for_function("document.getElementById('model-name').textContent === 'tiny-char'")
+    page.type("#prompt", prompt)
+    page.click("#generate")  # at once: the click itself fits the slider to the prompt first
+    page.wait_for_function("document.body.dataset.state === 'idle' && document.getElementById('stats').textContent")
+    assert page.inner_text("#error") == ""
+    assert page.text_content("#output-text") != ""
+    assert page.get_attribute("#max-tokens", "max") == str(room)
+    default = min(64, room)
+    assert page.input_value("#max-tokens") == str(default) and page.inner_text("#max-tokens-value") == str(default)
+    assert f"{default} tokens" in page.inner_text("#stats") and "finished: length" in page.inner_text("#stats")
+    assert f"prompt: {64 + 1 - room} tokens; room for {room} new" in page.inner_text("#max-tokens-room")
+    assert not console_errors
+    page.screenshot(path=str(artifact_dir / f"playground-first-click-{len(prompt)}.png"), full_page=True)
+    page.close()
+
+
+def test_a_picked_max_tokens_is_kept_while_it_fits(browser_context: Any, slow_server: Any) -> None:
+    base_url, _ = slow_server
+    page = browser_context.new_page()
+    page.goto(base_url)
+    page.wait_for_function("document.getElementById('model-name').textContent === 'tiny-char'")
+    page.type("#prompt", "to")
+    page.wait_for_function("document.getElementById('max-tokens').max === '63'")
+    set_slider(page, "#max-tokens", 20)
+    page.type("#prompt", " be or not")  # 12 tokens: room 53, the 20 picked still fits
+    page.wait_for_function("document.getElementById('max-tokens').max === '53'")
+    assert page.input_value("#max-tokens") == "20"
+    page.fill("#prompt", "e" * 60)  # room 5: the pick is lowered to fit
+    page.wait_for_function("document.getElementById('max-tokens').max === '5'")
+    assert page.input_value("#max-tokens") == "5"
+    page.close()
+
+
 def test_stop_button_aborts_generation(browser_context: Any, slow_server: Any, artifact_dir: Path) -> None:
     base_url, _ = slow_server
     page = browser_context.new_page()

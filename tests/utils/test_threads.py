@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llm_lab.utils import threads as threads_module
 from llm_lab.utils.threads import (
     MIN_IDLE_FRACTION,
+    THREADS_ENV,
     apply_threads,
     auto_threads,
+    default_threads,
     idle_cores,
     measure_idle_cores,
     parse_proc_stat,
     parse_threads,
     physical_cores,
     resolve_threads,
+    settle_threads,
 )
 
 
@@ -123,3 +127,101 @@ def test_apply_threads_sets_torch():
         assert apply_threads("auto", measure=lambda: 2.0, max_threads=2) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch):
+    """As in a new process: nothing settled the threads yet, no thread variables; torch's count restored after."""
+    monkeypatch.setattr(threads_module, "_settled", False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, "auto"), ({THREADS_ENV: "3"}, 3), ({THREADS_ENV: "auto", "OMP_NUM_THREADS": "1"}, "auto"),
+     ({"OMP_NUM_THREADS": "1"}, None)],
+)  # fmt: skip
+def test_default_threads_is_the_command_lines_rule(environ, expected):
+    assert default_threads(environ) == expected
+
+
+def test_auto_is_settled_once_per_process(fresh_process):
+    measured = []
+
+    def measure(value):
+        return lambda: measured.append(value) or value
+
+    assert settle_threads("auto", measure=measure(0.5), max_threads=2) == 1  # one core free: one thread
+    assert torch.get_num_threads() == 1
+    assert settle_threads("auto", measure=measure(2.0), max_threads=2) == 1  # kept, not measured again
+    assert measured == [0.5]
+    assert settle_threads(2) == 2 and torch.get_num_threads() == 2  # a number is applied
+    assert settle_threads("auto", measure=measure(0.0), max_threads=2) == 2  # and kept by a later auto
+    assert measured == [0.5]
+
+
+def test_none_keeps_the_process_setting(fresh_process):
+    torch.set_num_threads(1)
+    assert settle_threads(None) == 1
+    assert threads_module._settled is False  # a later auto still applies the rule
+
+
+def test_the_command_lines_choice_is_kept_by_the_library(fresh_process):
+    apply_threads(1)  # what `llm-lab --threads 1` does before the command
+    assert settle_threads("auto", measure=lambda: 2.0, max_threads=2) == 1
+
+
+def test_auto_follows_the_environment(fresh_process):
+    assert settle_threads("auto", environ={"OMP_NUM_THREADS": "2"}, measure=lambda: 0.0) == 2  # torchrun: left
+    threads_module._settled = False
+    assert settle_threads("auto", environ={THREADS_ENV: "1"}) == 1
+
+
+def test_settle_refuses_a_bad_setting(fresh_process):
+    with pytest.raises(ValueError, match=r"threads must be 'auto' or a positive integer, got 0"):
+        settle_threads(0)
+
+
+def _train(threads):
+    from llm_lab.core.data import LanguageModelingDataset
+    from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+    from llm_lab.core.train import Trainer, TrainerConfig
+
+    model = MiniGPT(MiniGPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, n_embd=8))
+    kwargs = {} if threads == "default" else {"threads": threads}
+    config = TrainerConfig(batch_size=2, max_steps=1, warmup_steps=0, device="cpu", precision="fp32",
+                           peak_flops=1e12, **kwargs)  # fmt: skip
+    Trainer(model, config, LanguageModelingDataset(list(range(11)) * 4, 8), progress=False)
+
+
+def _generate(threads):
+    from llm_lab.core.decode import generate
+    from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+
+    model = MiniGPT(MiniGPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, n_embd=8))
+    generate(model, [1, 2], 2, temperature=0, **({} if threads == "default" else {"threads": threads}))
+
+
+def _evaluate(threads):
+    from llm_lab.core.evaluation import evaluate_text
+    from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+    from llm_lab.core.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abcdefg hij")
+    model = MiniGPT(MiniGPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layer=1, n_head=1, n_embd=8))
+    evaluate_text(model, tokenizer, "abc def ghij", **({} if threads == "default" else {"threads": threads}))
+
+
+@pytest.mark.parametrize("entry_point", [_train, _generate, _evaluate], ids=["Trainer", "generate", "evaluate_text"])
+def test_library_entry_points_follow_the_rule(entry_point, fresh_process, monkeypatch):
+    """The default is auto (here: LLM_LAB_THREADS=1 stands for it), None keeps the process's 2 threads."""
+    monkeypatch.setenv(THREADS_ENV, "1")
+    entry_point(None)
+    assert torch.get_num_threads() == 2 and threads_module._settled is False
+    entry_point("default")
+    assert torch.get_num_threads() == 1

@@ -63,6 +63,7 @@ from llm_lab.core.decode.processors import Sampler, check_next_token_scores
 from llm_lab.core.decode.prompts import is_int, model_device, prepare_prompts
 from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.threads import AUTO, Threads, settle_threads
 
 __all__ = [
     "FinishReason",
@@ -375,7 +376,9 @@ def _setup(
     tokenizer: Any,
     on_overflow: str | None,
     logprobs: int | None = None,
+    threads: Threads | None = AUTO,
 ) -> _Call:
+    settle_threads(threads)
     if not hasattr(model, "config"):
         raise ValueError("model must be a MiniGPT (or expose .config like one)")
     config = model.config
@@ -471,6 +474,7 @@ def generate(
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
     logprobs: int | None = None,
+    threads: Threads | None = AUTO,
     **sampling_settings: Any,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens per prompt with a KV cache (prefill once, then one token a step).
@@ -504,6 +508,9 @@ def generate(
         logprobs: report each new token's log-probability and this many most likely alternatives
             (``0 <= N <= vocab_size``) in ``GenerationOutput.logprobs``; the distribution is the model's raw one,
             before the penalty, temperature and filters (see the module docs). ``None``: not computed.
+        threads: torch's CPU threads: ``"auto"`` (default, as ``llm-lab`` does: settled once per process, so a
+            loop of calls measures nothing and an earlier setting is kept), a number, or ``None`` to leave the
+            process setting alone; see :func:`~llm_lab.utils.threads.settle_threads`.
 
     Returns:
         A :class:`GenerationOutput` (``sequences``, ``token_ids``, ``texts``, ``finish_reasons``,
@@ -531,6 +538,7 @@ def generate(
         tokenizer=tokenizer,
         on_overflow=on_overflow,
         logprobs=logprobs,
+        threads=threads,
     )
     decoder, eos_ids = call.decoder, call.eos_ids
     B = len(call.prompt_lengths)
@@ -605,6 +613,7 @@ def stream(
     pad_token_id: int | None = None,
     on_overflow: OverflowPolicy | None = None,
     logprobs: int | None = None,
+    threads: Threads | None = AUTO,
     **sampling_settings: Any,
 ) -> Iterator[StreamChunk]:
     """Like :func:`generate`, but yield :class:`StreamChunk` items as tokens are produced.
@@ -636,6 +645,7 @@ def stream(
         tokenizer=tokenizer,
         on_overflow=on_overflow,
         logprobs=logprobs,
+        threads=threads,
     )
 
     def run() -> Iterator[StreamChunk]:

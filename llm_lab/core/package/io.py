@@ -149,6 +149,15 @@ def _checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
+def _utf8_path(path: Path) -> bool:
+    """Whether ``path``'s bytes on disk are UTF-8 (a name that is not shows up with surrogate escapes)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a ``.safetensors`` file or a checkpoint, never executing code.
 
@@ -166,10 +175,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            return load_file(str(path))
+            if _utf8_path(path):
+                return load_file(str(path))
+            # safetensors takes only UTF-8 paths; a folder named in another encoding (a Latin-1 "café" from an old
+            # archive) is read here and parsed from memory, as the package was written.
+            return load(path.read_bytes())
         except (SafetensorError, OSError, ValueError) as e:
             raise PackageError(f"{path}: not a readable safetensors file ({e})") from None
     try:

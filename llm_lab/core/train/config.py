@@ -82,9 +82,11 @@ class TrainerConfig:
         peak_flops: the hardware's peak FLOP/s for MFU; ``None`` measures a matmul peak once per process.
         distributed: under ``torchrun``: ``ddp`` (replicate the model) or ``fsdp`` (shard it with
             ``torch.distributed.fsdp.fully_shard``).
-        threads: torch's CPU threads for this run: a number, ``auto`` (one per core idle at start-up, see
-            :mod:`llm_lab.utils.threads`), or ``None`` to keep the process setting (which ``llm-lab``'s
-            ``--threads`` made, ``auto`` by default).
+        threads: torch's CPU threads for this run: a number; ``auto`` (the default, as on the command line: one
+            per core idle at start-up, or ``$LLM_LAB_THREADS``, or torch's ``$OMP_NUM_THREADS`` choice; settled once
+            per process, so ``llm-lab --threads`` and an earlier call are kept, see
+            :func:`llm_lab.utils.threads.settle_threads`); or ``None`` to keep the process setting untouched (a run
+            saved with ``null`` resumes that way).
         loggers: where logged rows go: ``csv`` (``metrics.csv``, required) plus ``tensorboard`` and/or ``wandb``
             (offline); see :mod:`llm_lab.core.train.loggers`.
     """
@@ -114,7 +116,7 @@ class TrainerConfig:
     seed: int = 1337
     peak_flops: float | None = None
     distributed: DistributedStrategy = "ddp"
-    threads: int | Literal["auto"] | None = None
+    threads: int | Literal["auto"] | None = "auto"
     loggers: tuple[str, ...] = ("csv",)
     schedule: ScheduleName = "cosine"
     decay_fraction: float = 0.2

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.train.precision import choose_cpu_precision, model_width
+from llm_lab.core.train.precision import choose_cpu_precision, model_width, warn_if_cpu_bf16_is_slow
 from llm_lab.utils.devices import mps_available
 
 __all__ = ["autocast_context", "maybe_compile", "precision_dtype", "resolve_precision", "select_device"]
@@ -56,6 +56,9 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
     On CPU it is bf16 only on CPUs with bf16 matrix units and for models wide enough to gain from it
     (:func:`llm_lab.core.train.precision.choose_cpu_precision`, given ``model``), else fp32.
 
+    An explicit ``bf16`` on a CPU without bf16 units runs, after one warning with the measured slowdown
+    (:func:`llm_lab.core.train.precision.warn_if_cpu_bf16_is_slow`).
+
     Raises:
         ValueError: fp16 off CUDA (it needs a grad scaler; use bf16 there), or bf16 on a GPU without it.
     """
@@ -71,6 +74,8 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         raise ValueError("this GPU has no bf16 support; use precision 'fp16' or 'fp32'")
     if precision not in _DTYPES:
         raise ValueError(f"unknown precision {precision!r}; choose one of: auto, fp32, bf16, fp16")
+    if precision == "bf16" and device.type == "cpu":
+        warn_if_cpu_bf16_is_slow()  # obeyed, but said once: an emulated bf16 step is many times slower
     return precision
 
 

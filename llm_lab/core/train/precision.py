@@ -27,12 +27,20 @@ optimizer) in fp32, casting between the two around every product. Whether that p
 :func:`choose_cpu_precision` is the single place this decision is made; the Trainer reaches it through
 ``llm_lab.core.train.device.resolve_precision`` for ``precision="auto"`` on CPU. An explicit ``"bf16"`` or
 ``"fp32"`` in the config is always obeyed.
+
+**CPUs without bf16 units** (AVX2-only x86: most laptops and many cloud CPUs) run bf16 products emulated, many
+times slower than fp32 (measured on one: a bf16 matmul peak of 1.0 GFLOP/s, a training step 18x slower).
+:func:`cpu_bf16_slowdown` is the one place that decides a CPU is such a one (no bf16 flag, and a timed product
+confirms bf16 is slower); an explicit ``bf16`` there still runs, after one warning per process with the measured
+ratio (:func:`warn_if_cpu_bf16_is_slow`), and ``llm-lab bench step`` leaves bf16 out of its defaults.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,10 +52,12 @@ __all__ = [
     "MIN_BF16_WIDTH",
     "choose_cpu_precision",
     "cpu_bf16_flags",
+    "cpu_bf16_slowdown",
     "has_bf16_matrix_units",
     "model_width",
     "probe_bf16_speedup",
     "read_cpu_flags",
+    "warn_if_cpu_bf16_is_slow",
 ]
 
 # /proc/cpuinfo flags meaning "bf16 matrix arithmetic in hardware" (x86 names).
@@ -157,3 +167,44 @@ def choose_cpu_precision(
     if speedup is None:
         speedup = probe_bf16_speedup(width)
     return "bf16" if speedup >= MIN_BF16_SPEEDUP else "fp32"
+
+
+def cpu_bf16_slowdown() -> float | None:
+    """How many times slower bf16 matrix products run than fp32 ones on this CPU, where bf16 is emulated;
+    ``None`` where it is not (a bf16 unit, or bf16 measured no slower).
+
+    The one detection of a CPU without bf16 units: no :data:`BF16_CPU_FLAGS` flag (:func:`cpu_bf16_flags`), then
+    confirmed by timing a small product in both dtypes (:func:`probe_bf16_speedup`, cached), so an ARM CPU with
+    bf16 instructions (whose flag is not listed) is not reported. Tests replace those two functions.
+    """
+    if has_bf16_matrix_units(cpu_bf16_flags()):
+        return None
+    speedup = probe_bf16_speedup(128)
+    return 1.0 / speedup if speedup < 1.0 else None
+
+
+_warned = False
+_warned_lock = threading.Lock()
+
+
+def warn_if_cpu_bf16_is_slow(what: str = "precision bf16") -> float | None:
+    """Warn once per process when bf16 is asked for on a CPU that emulates it (:func:`cpu_bf16_slowdown`).
+
+    Args:
+        what: what asked for bf16, named in the warning (``precision bf16``, ``bench step --precisions bf16``).
+
+    Returns:
+        The slowdown, or ``None`` where bf16 is not slow here.
+    """
+    global _warned
+    slowdown = cpu_bf16_slowdown()
+    with _warned_lock:
+        if slowdown is None or _warned:
+            return slowdown
+        _warned = True
+    warnings.warn(
+        f"{what} on a CPU without bf16 units (no {' or '.join(BF16_CPU_FLAGS)} flag): a bf16 matrix product ran "
+        f"{slowdown:.1f}x slower than fp32 here; use fp32 (precision fp32, or auto, which picks fp32 here)",
+        stacklevel=2,
+    )
+    return slowdown

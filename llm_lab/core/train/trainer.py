@@ -62,7 +62,7 @@ from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.malloc import retain_freed_memory
 from llm_lab.utils.modules import eval_mode
-from llm_lab.utils.threads import apply_threads
+from llm_lab.utils.threads import settle_threads
 
 __all__ = ["RUNTIME_FILE", "EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
 
@@ -150,8 +150,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.dist = current_info()
-        if config.threads is not None:
-            apply_threads(config.threads)
+        settle_threads(config.threads)
         self.device = select_device(config.device, self.dist.local_rank)
         if self.device.type == "cpu":
             retain_freed_memory()  # large temporaries are reused instead of faulted in each step (llm_lab.utils.malloc)

@@ -11,6 +11,10 @@ const sliders = () => [...samplingInputs(), $("max-tokens")];
 let modelId = null;
 let modelInfo = null;
 let controller = null;
+// Max tokens follows the room the prompt leaves (POST /playground/room): its range is that room, its value the
+// server's modest default until the user moves the slider, after which their value is kept while it fits.
+let maxTokensPicked = false;
+let roomTimer = null;
 
 function showSliderValues() {
   for (const input of sliders()) {
@@ -37,6 +41,38 @@ async function loadModel() {
   } catch (error) {
     $("error").textContent = "could not read /v1/models: " + error;
   }
+  showSliderValues();
+  await updateRoom();
+}
+
+// Ask the server how many tokens the prompt takes and how many new ones fit, and fit the slider to it. A prompt the
+// tokenizer refuses leaves the slider alone: Generate then shows the server's message.
+async function updateRoom() {
+  const prompt = $("prompt").value;
+  let room;
+  try {
+    const response = await fetch("/playground/room", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt }),
+    });
+    if (!response.ok) return;
+    room = await response.json();
+  } catch (error) {
+    return;
+  }
+  if (prompt !== $("prompt").value) return;  // typed on meanwhile: a newer answer follows
+  fitMaxTokens(room);
+}
+
+function fitMaxTokens(room) {
+  const slider = $("max-tokens");
+  slider.max = Math.max(1, room.max_tokens);
+  if (!maxTokensPicked) slider.value = Math.max(1, room.default_max_tokens);
+  else if (Number(slider.value) > room.max_tokens) slider.value = Math.max(1, room.max_tokens);
+  $("max-tokens-room").textContent = room.max_tokens > 0
+    ? (room.prompt_tokens ? `prompt: ${room.prompt_tokens} tokens; ` : "") + `room for ${room.max_tokens} new`
+    : `the prompt (${room.prompt_tokens} tokens) fills the context: shorten it`;
   showSliderValues();
 }
 
@@ -84,12 +120,13 @@ function* sseEvents(buffer) {
 }
 
 async function generate() {
+  controller = new AbortController();
+  setRunning(true);
+  await updateRoom();  // the prompt may have changed since the last answer
   $("error").textContent = "";
   $("output-prompt").textContent = $("prompt").value;
   $("output-text").textContent = "";
   $("stats").textContent = "";
-  controller = new AbortController();
-  setRunning(true);
   const started = performance.now();
   let tokens = 0;
   let finishReason = null;
@@ -436,6 +473,11 @@ for (const id of ["inspect-layer", "inspect-head"]) {
 $("inspect").addEventListener("click", inspect);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
+$("prompt").addEventListener("input", () => {
+  clearTimeout(roomTimer);
+  roomTimer = setTimeout(updateRoom, 150);
+});
+$("max-tokens").addEventListener("input", () => { maxTokensPicked = true; });
 $("prompt").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !controller) generate();
 });

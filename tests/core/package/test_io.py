@@ -143,6 +143,21 @@ def test_round_trip_is_exact(tmp_path, kind, overrides, char_tok, bpe_tok):
         assert model2.lm_head.weight is model2.tok_emb.weight
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_package_under_a_non_utf8_path_loads_back(tmp_path, kind, char_tok, bpe_tok):
+    """A folder named in Latin-1 ("café" from an old archive): safetensors refuses such a path; the package loads."""
+    tok = char_tok if kind == "char" else bpe_tok
+    cfg = tiny_config(tok.vocab_size)
+    model = MiniGPT(cfg).eval()
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")) / "pkg"
+    save_model_package(folder, cfg, tok, model)
+    assert os.fsencode(folder).endswith(b"/caf\xe9/pkg") and (folder / "model.safetensors").is_file()
+    cfg2, tok2, model2 = load_model_package(folder)
+    ids = tok.encode("to be, or not to be")
+    assert cfg2 == cfg and tok2.encode("to be, or not to be") == ids
+    assert torch.equal(logits(model2, ids), logits(model, ids))
+
+
 def test_bf16_weights_load_as_bf16(tmp_path, char_tok):
     cfg = tiny_config(char_tok.vocab_size)
     model = MiniGPT(cfg).to(torch.bfloat16)

@@ -60,7 +60,9 @@ def test_overrides_are_type_checked_and_unknown_keys_listed():
 
 
 def test_threads_is_a_count_auto_or_unset():
-    assert TrainerConfig().threads is None  # keep the process setting (llm-lab's --threads)
+    assert TrainerConfig().threads == "auto"  # like the command line (llm_lab.utils.threads.settle_threads)
+    assert TrainerConfig(threads=None).threads is None  # keep the process setting
+    assert config_from_dict(TrainerConfig, {"threads": None}).threads is None  # a run saved before: still loads
     assert TrainerConfig(threads="auto").threads == "auto" and TrainerConfig(threads=3).threads == 3
     assert config_from_dict(TrainerConfig, {"threads": "auto"}).threads == "auto"
     assert config_from_dict(TrainerConfig, {"threads": 2}).threads == 2

@@ -109,3 +109,38 @@ def test_trainer_auto_precision_uses_the_model_width(monkeypatch, flags, expecte
     data = LanguageModelingDataset(torch.arange(200) % 11, 8)
     trainer = Trainer(MiniGPT(config), TrainerConfig(precision="auto", device="cpu", max_steps=1), data)
     assert trainer.precision == expected
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """This machine has avx512_bf16: inject what an AVX2-only CPU reports (no flag, bf16 products 18x slower)."""
+    monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda *args: frozenset())
+    monkeypatch.setattr(precision_mod, "probe_bf16_speedup", lambda *args, **kwargs: 1 / 18)
+    monkeypatch.setattr(precision_mod, "_warned", False)
+
+
+def test_cpu_bf16_slowdown_needs_no_flag_and_a_slow_product(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a CPU with a bf16 unit is not timed")
+
+    monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda *args: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision_mod, "probe_bf16_speedup", never)
+    assert precision_mod.cpu_bf16_slowdown() is None
+    monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda *args: frozenset())
+    monkeypatch.setattr(precision_mod, "probe_bf16_speedup", lambda *args, **kwargs: 1.2)  # e.g. ARM with bf16
+    assert precision_mod.cpu_bf16_slowdown() is None
+    monkeypatch.setattr(precision_mod, "probe_bf16_speedup", lambda *args, **kwargs: 0.25)
+    assert precision_mod.cpu_bf16_slowdown() == 4.0
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_once(cpu_without_bf16, recwarn):
+    cpu = torch.device("cpu")
+    with pytest.warns(UserWarning, match=r"precision bf16 on a CPU without bf16 units \(no amx_bf16 or avx512_bf16 "
+                                         r"flag\): a bf16 matrix product ran 18\.0x slower than fp32 here; use fp32"):
+        assert resolve_precision("bf16", cpu) == "bf16"  # still obeyed
+    recwarn.clear()
+    model = MiniGPT(MiniGPTConfig(vocab_size=11, context_length=8, n_layer=1, n_head=1, n_embd=8))
+    config = TrainerConfig(precision="bf16", device="cpu", peak_flops=1e12, max_steps=1, batch_size=2)
+    Trainer(model, config, LanguageModelingDataset(list(range(11)) * 4, 8), progress=False)
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("auto", cpu, model) == "fp32"
+    assert not [w for w in recwarn if "bf16" in str(w.message)]  # once per process
