@@ -9,7 +9,8 @@ applied before the command runs (:mod:`llm_lab.cli.threads`). Scripts that are a
 go through :func:`run_command`, so their ``--help`` shows their own name.
 
 User mistakes (a ``ValueError``, a missing file) end with a one-line ``llm-lab: error: ...`` and exit code 2,
-never a traceback.
+never a traceback. Ctrl+C ends with ``llm-lab: interrupted`` (exit 130); SIGTERM, the same way, with its own
+line and exit 143 (:mod:`llm_lab.utils.signals`: a training step in progress finishes and is checkpointed first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llm_lab import __version__
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.utils.errors import USER_ERRORS, CLIError, report_user_error
 from llm_lab.utils.malloc import retain_freed_memory
+from llm_lab.utils.signals import Stopped, install_stop_handler
 
 __all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error", "run_command"]
 
@@ -88,14 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, prog: str) -> int:
     """Apply ``--threads``, keep freed memory for reuse, run the command; user errors: one line and exit code 2."""
     try:
+        install_stop_handler()  # SIGTERM: a clean stop like Ctrl+C, exit 143
         apply_threads_option(args.threads)
         retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         return report_user_error(prog, e)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        stopped = isinstance(e, Stopped)
+        print(f"{prog}: {e if stopped else 'interrupted'}", file=sys.stderr)
+        return e.exit_code if stopped else 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,12 +10,14 @@ Under ``torchrun --nproc_per_node=N -m llm_lab train ...`` the processes join on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.dirlock import lock_directory
 
 # torch and the trainer are imported inside the commands, so `llm-lab --help` starts fast.
 if TYPE_CHECKING:
@@ -80,6 +82,10 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_run_config(args.config, args.out, overrides, resume=args.resume)
     dist_info = init_distributed(config.train.device)
     clean = False
+    # One writer per run (llm_lab.utils.dirlock): held from the first check to the end; rank 0 writes the run.
+    lock = contextlib.ExitStack()
+    if dist_info.is_main:
+        lock.enter_context(lock_directory(args.out))
     try:
         init_from = load_init_source(args.init_from) if args.init_from else None
         prepared = prepare_run(
@@ -121,6 +127,7 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"package: {package_run(args.out, args.package, overwrite=args.overwrite)}")
         clean = True
     finally:
+        lock.close()
         if dist_info.enabled:
             shutdown_distributed(clean=clean)
     if dist_info.enabled and not dist_info.is_main:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llm_lab.utils.dirlock import lock_directory
-from llm_lab.utils.io import DiskFullError, _fsync_dir, disk_full_error, is_disk_full
+from llm_lab.utils.io import _fsync_dir, reporting_disk_full
 
 __all__ = [
     "PendingReplacement",
@@ -164,23 +164,18 @@ class PendingReplacement:
     def __init__(self, target: str | Path) -> None:
         self.target = Path(target)
         recover_directory(self.target)
-        try:
+        with reporting_disk_full(self.target):
             self.path = _make_staging(self.target)
-        except OSError as e:
-            if is_disk_full(e):
-                raise disk_full_error(self.target) from None
-            raise
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Path]:
         """A block that writes the new state into :attr:`path`; an exception in it discards the new state, and a
         full disk, whatever wrote, becomes one :class:`~llm_lab.utils.io.DiskFullError` naming ``target``."""
         try:
-            yield self.path
-        except BaseException as e:
+            with reporting_disk_full(self.target):
+                yield self.path
+        except BaseException:
             self.discard()
-            if is_disk_full(e) and not isinstance(e, DiskFullError):
-                raise disk_full_error(self.target) from None
             raise
 
     def commit(self) -> Path:

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "disk_full_error",
     "is_disk_full",
+    "reporting_disk_full",
 ]
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -105,6 +106,20 @@ def disk_full_error(path: str | Path, needed: int | None = None) -> DiskFullErro
     return DiskFullError(path, needed, _free_bytes(Path(path)))
 
 
+@contextlib.contextmanager
+def reporting_disk_full(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk inside the block, however the writer reported it, into a :class:`DiskFullError` naming
+    ``path`` (the one place a writer's own wording of ENOSPC/EDQUOT becomes the project's one line)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except BaseException as e:
+        if is_disk_full(e):
+            raise disk_full_error(path, needed) from None
+        raise
+
+
 def _check_fits(path: Path, needed: int | None) -> None:
     """Refuse a write of a known size that cannot fit, before a byte is written."""
     if needed is None:
@@ -143,22 +158,11 @@ def atomic_write(path: str | Path, mode: str = "wb", *, size: int | None = None)
         size: the bytes about to be written, when known (at least): a write that cannot fit is refused first.
     """
     path = Path(path)
-    try:
+    with reporting_disk_full(path, size):
         path.parent.mkdir(parents=True, exist_ok=True)
         _check_fits(path, size)
-    except OSError as e:
-        if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise disk_full_error(path, size) from None
-        raise
-    try:
-        with _replacing(path, mode) as f:
-            yield f
-    except DiskFullError:
-        raise
-    except BaseException as e:
-        if is_disk_full(e):
-            raise disk_full_error(path, size) from None
-        raise
+    with reporting_disk_full(path, size), _replacing(path, mode) as f:
+        yield f
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import signal
 import sys
 import time
 import warnings
@@ -66,7 +67,7 @@ from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
 from llm_lab.utils.dirlock import lock_directory
 from llm_lab.utils.dirswap import PendingReplacement
-from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.io import atomic_write_json, reporting_disk_full
 from llm_lab.utils.malloc import retain_freed_memory
 from llm_lab.utils.modules import eval_mode
 from llm_lab.utils.signals import Stopped, deferred_stop, stop_requested
@@ -504,7 +505,7 @@ class Trainer:
         return requested
 
     def _stopped(self) -> Stopped:
-        signum = stop_requested() or 15  # a process of a group that did not get the signal itself: SIGTERM's number
+        signum = stop_requested() or signal.SIGTERM  # a process of a group that did not get the signal itself
         where = self.out_dir if self.out_dir is not None else None
         kept = (
             f"checkpoint {self.checkpoint_dir / LAST_FILE} written; resume the run to continue "
@@ -512,7 +513,8 @@ class Trainer:
             if self.checkpoint_dir is not None
             else "no out_dir, so nothing was saved"
         )
-        return Stopped(f"stopped by request after step {self.step}/{self.config.max_steps}: {kept}", signum)
+        name = signal.Signals(signum).name
+        return Stopped(f"stopped by {name} after step {self.step}/{self.config.max_steps}: {kept}", signum)
 
     def train(self) -> TrainResult:
         """Run until ``config.max_steps`` (continuing from the current step after :meth:`resume`).
@@ -530,7 +532,9 @@ class Trainer:
         holds = target is not None and self.dist.is_main
         with lock_directory(target) if holds else contextlib.nullcontext(), deferred_stop():
             try:
-                result = self._train_loop()
+                # metrics.csv, samples.txt and the trackers' files fill a disk too: one line naming the run
+                with reporting_disk_full(target) if target is not None else contextlib.nullcontext():
+                    result = self._train_loop()
             except BaseException:
                 if self._pending is not None:  # no checkpoint of the new run yet: the run it replaces stays
                     self._pending.discard()
