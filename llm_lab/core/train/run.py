@@ -558,10 +558,10 @@ class PreparedRun:
 
         The trainer (device, precision, optimizer, the resumed state) is built *before* anything is written, so a
         failure there leaves the directory as it was. A new run (or ``overwrite``) is written in a hidden
-        directory beside ``out_dir`` (``run.json`` and ``tokenizer/``). A new run is swapped in at once; a run
-        that replaces an earlier one trains in that hidden directory and is swapped in at its first checkpoint
-        (:meth:`Trainer.replace_on_first_checkpoint`), so the earlier run stays whole, and is what the next
-        command finds, until the new one has something to resume. A resumed run keeps its files and gets its
+        directory beside ``out_dir`` (``run.json`` and ``tokenizer/``), trains there and is swapped in at its first
+        checkpoint (:meth:`Trainer.replace_on_first_checkpoint`): a run that replaces an earlier one leaves it
+        whole, and it is what the next command finds, until the new run has something to resume; a new run
+        stopped before its first checkpoint leaves nothing behind. A resumed run keeps its files and gets its
         ``run.json`` updated (rows of ``metrics.csv`` after the checkpoint are dropped by the trainer). Writing
         holds ``out_dir``'s lock (:func:`llm_lab.utils.dirlock.lock_directory`).
         """
@@ -586,22 +586,19 @@ class PreparedRun:
         return trainer
 
     def _write_run_directory(self) -> PendingReplacement | None:
-        """Write ``run.json`` and the tokenizer; returns the replacement still pending when a run is replaced."""
+        """Write ``run.json`` and the tokenizer: into the new run beside ``out_dir`` (returned, swapped in at the first
+        checkpoint), or into ``out_dir`` itself when resuming (``None``)."""
         out = self.out_dir
         if self.resume_checkpoint is not None:
             files = [f"{_TOKENIZER_DIR}/{name}" for name in unexpected_files(out / _TOKENIZER_DIR, ())]
             atomic_write_json(out / RUN_FILE, self.run_json(files))
             return None
         check_run_directory(out, overwrite=self.overwrite)  # nothing foreign appeared since prepare_run
-        replaces = (out / RUN_FILE).is_file()
         pending = PendingReplacement(out)
         with pending.writing() as staged:
             self.tokenizer.save(staged / _TOKENIZER_DIR)
             atomic_write_json(staged / RUN_FILE, self.run_json(unexpected_files(staged, ())))
-        if replaces:
-            return pending
-        pending.commit()
-        return None
+        return pending
 
 
 def prepare_run(

@@ -171,6 +171,8 @@ class Trainer:
         self.sample_callbacks = list(sample_callbacks)
         self.progress = progress
         self._pending: PendingReplacement | None = None  # a replacement of out_dir swapped in at the first checkpoint
+        self._loggers: list[Any] = []  # open during train()
+        self._segment_rows, self._segment_step = 0, None  # where the current train() began: history row, step
         self._step_kwargs = self._check_token_ids(model)  # what the training step passes to the model
 
         self.model = model.to(self.device)  # the plain module: checkpoints, evaluation and sampling use it
@@ -494,6 +496,15 @@ class Trainer:
         assert self._pending is not None
         self.out_dir = self._pending.commit()
         self._pending = None
+        if self._segment_step is not None:  # inside train(): the trackers start now, with the rows logged so far
+            self._open_loggers()
+            for row in self.history[self._segment_rows :]:
+                for logger in self._loggers:
+                    logger.write(row)
+
+    def _open_loggers(self) -> None:
+        c = self.config
+        self._loggers = open_loggers(c.loggers, self.out_dir, start_step=self._segment_step, config=config_to_dict(c))
 
     def _stop_agreed(self) -> bool:
         """Whether a stop was requested (SIGTERM); under torchrun every process learns it, so all stop together."""
@@ -547,12 +558,11 @@ class Trainer:
     def _train_loop(self) -> TrainResult:
         c = self.config
         is_main = self.dist.is_main
-        # metrics.csv and any trackers in config.loggers (rank 0 only)
-        loggers = (
-            open_loggers(c.loggers, self.out_dir, start_step=self.step, config=config_to_dict(c))
-            if (self.out_dir is not None and is_main)
-            else []
-        )
+        # metrics.csv and any trackers in config.loggers (rank 0 only); a run not swapped in yet opens them at its
+        # first checkpoint, in its final place (trackers reopen their files by path), and writes the rows so far
+        self._loggers, self._segment_rows, self._segment_step = [], len(self.history), self.step
+        if self.out_dir is not None and is_main and self._pending is None:
+            self._open_loggers()
         if self.out_dir is not None and is_main:
             atomic_write_json(self.out_dir / RUNTIME_FILE, self.runtime())
         peak = self._peak_flops()
@@ -612,7 +622,7 @@ class Trainer:
                             f"val perplexity {result.perplexity:.2f}"
                         )
                     self.history.append(row)
-                    for logger in loggers:
+                    for logger in self._loggers:
                         logger.write(row)
                     bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
                     if show_rows:
@@ -640,8 +650,9 @@ class Trainer:
                     window_start = time.perf_counter()
         finally:
             bar.close()
-            for logger in loggers:
+            for logger in self._loggers:
                 logger.close()
+            self._loggers, self._segment_step = [], None
         if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
             self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         return TrainResult(
