@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llm_lab.utils.dirlock import lock_directory
-from llm_lab.utils.io import _fsync_dir, reporting_disk_full
+from llm_lab.utils.io import DiskFullError, _fsync_dir, reporting_disk_full
 
 __all__ = [
     "PendingReplacement",
@@ -163,17 +163,24 @@ class PendingReplacement:
 
     def __init__(self, target: str | Path) -> None:
         self.target = Path(target)
+        self.committed = False
         recover_directory(self.target)
         with reporting_disk_full(self.target):
             self.path = _make_staging(self.target)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Path]:
-        """A block that writes the new state into :attr:`path`; an exception in it discards the new state, and a
-        full disk, whatever wrote, becomes one :class:`~llm_lab.utils.io.DiskFullError` naming ``target``."""
+        """A block that writes the new state into :attr:`path` (it may :meth:`commit` inside); an exception in it
+        discards the new state if not committed yet, and a full disk, whatever wrote, becomes one
+        :class:`~llm_lab.utils.io.DiskFullError` naming the file by its final name under ``target``."""
         try:
             with reporting_disk_full(self.target):
                 yield self.path
+        except DiskFullError as e:
+            self.discard()
+            if e.path.is_relative_to(self.path):  # the hidden staging name means nothing to the user
+                raise DiskFullError(self.target / e.path.relative_to(self.path), e.needed, e.free) from None
+            raise
         except BaseException:
             self.discard()
             raise
@@ -181,11 +188,13 @@ class PendingReplacement:
     def commit(self) -> Path:
         """Swap the new state in (the old one is deleted once the new one is in place); returns ``target``."""
         swap_in(self.path, self.target)
+        self.committed = True
         return self.target
 
     def discard(self) -> None:
-        """Remove the new state; ``target`` is as it was."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the new state unless it was committed; ``target`` is as it was."""
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 @contextlib.contextmanager

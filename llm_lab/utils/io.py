@@ -72,11 +72,11 @@ class DiskFullError(OSError):
         self.path, self.needed, self.free = Path(path), needed, free
 
     def __str__(self) -> str:
-        need = f"needs {_size(self.needed)}" if self.needed is not None else "needs more space"
+        need = f"needs at least {_size(self.needed)}" if self.needed is not None else "needs more space"
         free = f", {_size(self.free)} free" if self.free is not None else ""
         return (
             f"no space left on device writing {self.path} ({need}{free}); free some space or write elsewhere. "
-            "Nothing was changed: the previous files are intact and the partial write was removed"
+            "The previous state is intact and the partial write was removed"
         )
 
     def __reduce__(self):  # pickled across worker processes with its own arguments

@@ -36,10 +36,10 @@ def holder(tmp_path):
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, holder):
     target = tmp_path / "out"
-    with pytest.raises(DirectoryLockedError, match=rf"{target} is being written by another llm-lab command \(pid "
-                       rf"{holder.pid} on {socket.gethostname()}; lock file .*\.out\.lock\)") as info:  # fmt: skip
-        with lock_directory(target):
-            pass
+    expected = rf"{target} is being written by another llm-lab command \(pid {holder.pid} on {socket.gethostname()}; "
+    expected += r"lock file .*\.out\.lock\)"
+    with pytest.raises(DirectoryLockedError, match=expected) as info, lock_directory(target):
+        pass
     assert info.value.pid == holder.pid
     assert isinstance(info.value, OSError)  # one of the CLI's user errors: one line, exit code 2
     assert lock_path(target).read_text().split() == [str(holder.pid), socket.gethostname()]
@@ -77,7 +77,7 @@ def test_a_symbolic_link_is_refused(tmp_path, dangling):
         destination.mkdir()
     link = tmp_path / "link"
     link.symlink_to(destination)
-    with pytest.raises(ValueError, match=rf"{link} is a symbolic link \(to {destination}\); llm-lab writes only"):
-        with lock_directory(link):
-            pass
+    expected = rf"{link} is a symbolic link \(to {destination}\); llm-lab writes only"
+    with pytest.raises(ValueError, match=expected), lock_directory(link):
+        pass
     assert destination.exists() is not dangling and not lock_path(link).exists()

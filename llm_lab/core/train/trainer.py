@@ -539,17 +539,21 @@ class Trainer:
             Stopped: SIGTERM arrived; the step it came in finished and ``last.pt`` holds it.
             DirectoryLockedError: another process is writing the run directory.
         """
-        target = self._pending.target if self._pending is not None else self.out_dir
+        pending = self._pending
+        target = pending.target if pending is not None else self.out_dir
         holds = target is not None and self.dist.is_main
-        with lock_directory(target) if holds else contextlib.nullcontext(), deferred_stop():
+        with contextlib.ExitStack() as stack:
+            if holds:
+                stack.enter_context(lock_directory(target))
+            stack.enter_context(deferred_stop())
+            if pending is not None:  # a failure before the first checkpoint discards the new run, the old one stays
+                stack.enter_context(pending.writing())
+            if target is not None:  # metrics.csv, samples.txt and the trackers' files fill a disk too
+                stack.enter_context(reporting_disk_full(target))
             try:
-                # metrics.csv, samples.txt and the trackers' files fill a disk too: one line naming the run
-                with reporting_disk_full(target) if target is not None else contextlib.nullcontext():
-                    result = self._train_loop()
+                result = self._train_loop()
             except BaseException:
-                if self._pending is not None:  # no checkpoint of the new run yet: the run it replaces stays
-                    self._pending.discard()
-                    self._pending = None
+                self._pending = None
                 raise
             if self._pending is not None:
                 self._commit_replacement()
