@@ -629,6 +629,9 @@ def _train_locked(task: _Task, out_dir: Path, run_dir: Path, config: RunConfig) 
             # A setting that diverges is a result, not a failure of the sweep: recorded, and the sweep goes on.
             print(f"diverged: {e}", flush=True)
             record["diverged"] = str(e)
+        except Stopped as e:
+            print(e, flush=True)  # the run's log says where it stopped; the sweep resumes it
+            raise
         else:
             record["extra"] = task.evaluate(trainer, prepared) if task.evaluate is not None else {}
     atomic_write_json(_finished_path(out_dir, task.name), record)
