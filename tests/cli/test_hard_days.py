@@ -242,6 +242,7 @@ def _start(args, env=None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_real_train_overwrites_into_one_folder_one_wins_the_other_is_refused(work):
     """The second of two processes writing one run is refused while the first trains; the run stays one run."""
     args = ["train", "--config", work / "tiny.json", "--data", work / "corpus.txt", "--out", work / "run",

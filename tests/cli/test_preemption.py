@@ -1,5 +1,8 @@
 """Real signals at real processes: SIGTERM (preemption) to `train` and `sweep`, and `train --overwrite` killed
-before the new run's first checkpoint. One thread in every process, so the float reductions repeat exactly."""
+before the new run's first checkpoint. One thread in every process, so the float reductions repeat exactly.
+
+Slow (each starts several interpreters); the default suite covers the same with a real SIGTERM in-process
+(tests/core/train/test_trainer.py, tests/utils/test_signals.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ def _hidden(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_it_exits_143_and_resume_is_exact(tmp_path, files):
     straight = _run(_train_args(files, tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
@@ -98,6 +102,7 @@ def test_sigterm_finishes_the_step_checkpoints_it_exits_143_and_resume_is_exact(
     assert _hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_overwrite_killed_before_the_new_runs_first_checkpoint_leaves_the_old_run(tmp_path, files):
     run = tmp_path / "run"
     first = _run(_train_args(files, run, "--set", "train.max_steps=100"))
@@ -117,6 +122,7 @@ def test_overwrite_killed_before_the_new_runs_first_checkpoint_leaves_the_old_ru
     assert _hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_overwrite_stopped_by_sigterm_after_its_first_steps_replaces_the_old_run_with_a_resumable_one(tmp_path, files):
     run = tmp_path / "run"
     assert _run(_train_args(files, run, "--set", "train.max_steps=100")).returncode == 0
@@ -132,6 +138,7 @@ SWEEP_CONFIG = CONFIG | {"train": CONFIG["train"] | {"max_steps": 4000, "eval_in
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_reaches_its_runs_which_checkpoint_and_the_sweep_resumes(tmp_path, files, jobs):
     config, corpus = files
     config.write_text(json.dumps(SWEEP_CONFIG))
