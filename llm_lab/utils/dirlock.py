@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: the pid in the lock file is all there is
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryLockedError", "lock_directory", "lock_path", "refuse_symlink"]
+__all__ = ["DirectoryLockedError", "lock_directory", "lock_path", "refuse_symlink", "remove_stale_lock"]
 
 # Directories this process holds: absolute path -> (lock file descriptor, depth).
 _held: dict[str, list[int]] = {}
@@ -139,6 +139,32 @@ def _acquire(target: Path) -> int:
             raise
 
 
+def _key(target: Path) -> str:
+    return os.path.join(os.path.realpath(target.parent), target.name)
+
+
+def remove_stale_lock(target: str | Path) -> bool:
+    """Delete the lock file of ``target`` when no live process holds it (a killed writer's); ``True`` if it did."""
+    target = Path(target)
+    lock = lock_path(target)
+    if _key(target) in _held or not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        if not _take(fd):
+            return False
+        with contextlib.suppress(OSError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                lock.unlink()
+                return True
+        return False
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def lock_directory(target: str | Path) -> Iterator[Path]:
     """Hold the write lock of the directory ``target`` for the block (``target`` need not exist yet).
@@ -151,7 +177,7 @@ def lock_directory(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     refuse_symlink(target)
-    key = os.path.join(os.path.realpath(target.parent), target.name)
+    key = _key(target)
     if key in _held:
         _held[key][1] += 1
         try:

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from llm_lab.utils.dirlock import lock_directory
+from llm_lab.utils.dirlock import lock_directory, lock_path, remove_stale_lock
 from llm_lab.utils.io import DiskFullError, _fsync_dir, reporting_disk_full
 
 __all__ = [
@@ -70,9 +70,10 @@ def _remove(path: Path) -> None:
 
 
 def recover_directory(target: str | Path) -> list[str]:
-    """Finish or roll back swaps of ``target`` that a killed process left half done.
+    """Finish or roll back swaps of ``target`` that a killed process left half done, and remove its stale lock.
 
-    Only entries named by this module whose writer process is no longer alive are touched.
+    Only entries named by this module whose writer process is no longer alive are touched, and a lock file only
+    when no process holds it.
 
     Returns:
         One line per action taken (empty when there was nothing to do), for a command to report.
@@ -81,6 +82,7 @@ def recover_directory(target: str | Path) -> list[str]:
     parent = target.parent
     if not parent.is_dir():
         return []
+    stale_lock = remove_stale_lock(target)
     pattern = _leftover_pattern(target.name)
     found: dict[str, dict[str, Path]] = {}
     for entry in parent.iterdir():
@@ -113,6 +115,8 @@ def recover_directory(target: str | Path) -> list[str]:
             else:
                 os.replace(old, target)
                 actions.append(f"restored {target.name} from an interrupted replacement")
+    if stale_lock:
+        actions.append(f"removed {lock_path(target).name} (the lock of a writer that was killed)")
     if actions:
         _fsync_dir(parent)
     return actions

@@ -201,6 +201,41 @@ def test_after_the_disk_has_room_again_the_same_command_works(work, capsys, full
     assert (written / "checkpoints" / "last.pt").is_file()
 
 
+# ---------------------------------------------------------------------------------- overwrite, interrupted early
+def test_an_overwrite_interrupted_before_its_first_checkpoint_leaves_the_old_run(work, capsys, monkeypatch):
+    """Ctrl+C at step 2 (the first checkpoint is at step 3): the old run is untouched and nothing else is left.
+    (A SIGKILL at that moment: tests/cli/test_preemption.py.)"""
+    from llm_lab.core.train.trainer import Trainer
+
+    real_step = Trainer._train_step
+
+    def step(self, lr):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, lr)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    args, written, kept = _cases(work)["train --overwrite"]
+    before = _snapshot(kept)
+    assert _cli(capsys, *args) == (130, "llm-lab: interrupted")
+    assert _snapshot(kept) == before
+    assert _hidden(work) == []
+
+
+def test_the_leftovers_of_an_overwrite_killed_early_are_cleaned_up_by_the_next_command(work, capsys):
+    """What a SIGKILL before the first checkpoint leaves (the new run's folder beside the old one, a stale lock):
+    the next command on the run removes both and finds the old run."""
+    partial = work / ".run.tmp-99999999-0123abcd"
+    shutil.copytree(work / "run" / "tokenizer", partial / "tokenizer")
+    (partial / "run.json").write_text("{}")
+    (work / ".run.lock").write_text("99999999 elsewhere\n")
+    before = _snapshot(work / "run")
+    code, err = _cli(capsys, "package", "create", work / "run", work / "pkg3")
+    assert code == 0, err
+    assert _snapshot(work / "run") == before
+    assert _hidden(work) == []
+
+
 # ------------------------------------------------------------------------------------------------ two writers
 HOLD_LOCK = """
 import sys, time

@@ -134,7 +134,7 @@ def test_overwrite_stopped_by_sigterm_after_its_first_steps_replaces_the_old_run
     assert _hidden(tmp_path) == []
 
 
-SWEEP_CONFIG = CONFIG | {"train": CONFIG["train"] | {"max_steps": 4000, "eval_interval": 2000, "log_interval": 50}}
+SWEEP_CONFIG = CONFIG | {"train": CONFIG["train"] | {"max_steps": 1500, "eval_interval": 1000, "log_interval": 50}}
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -169,7 +169,13 @@ def test_sigterm_to_a_sweep_reaches_its_runs_which_checkpoint_and_the_sweep_resu
     assert len(checkpoints) == jobs  # each running run kept the step it was in
     for name in checkpoints:
         step = torch.load(out / "runs" / name / "checkpoints" / "last.pt", weights_only=True)["step"]
-        assert 0 < step < 2000
-        assert f"stopped by SIGTERM after step {step}/4000" in (out / "logs" / f"{name}.log").read_text()
+        assert 0 < step < 1000
+        assert f"stopped by SIGTERM after step {step}/1500" in (out / "logs" / f"{name}.log").read_text()
     assert not (out / "finished").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+    again = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.stem for p in (out / "finished").glob("*.json")) == ["mlp-gelu-seed1337", "mlp-swiglu-seed1337"]
+    for name in checkpoints:
+        assert f"=== resuming {name} ===" in (out / "logs" / f"{name}.log").read_text()

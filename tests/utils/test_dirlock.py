@@ -81,3 +81,17 @@ def test_a_symbolic_link_is_refused(tmp_path, dangling):
     with pytest.raises(ValueError, match=expected), lock_directory(link):
         pass
     assert destination.exists() is not dangling and not lock_path(link).exists()
+
+
+def test_remove_stale_lock_removes_only_a_lock_no_live_process_holds(tmp_path, holder):
+    from llm_lab.utils.dirlock import remove_stale_lock
+
+    assert not remove_stale_lock(tmp_path / "out")  # held by the other process
+    assert lock_path(tmp_path / "out").is_file()
+    holder.kill()
+    holder.wait()
+    assert remove_stale_lock(tmp_path / "out")
+    assert not lock_path(tmp_path / "out").exists()
+    with lock_directory(tmp_path / "out"):
+        assert not remove_stale_lock(tmp_path / "out")  # ours
+        assert lock_path(tmp_path / "out").is_file()
