@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from llm_lab.utils.io import reporting_disk_full
+
 try:
     import fcntl
 except ImportError:  # Windows: the pid in the lock file is all there is
@@ -130,8 +132,13 @@ def _acquire(target: Path) -> int:
             if not same:  # the previous holder removed this file between our open and our lock: start again
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            holder = f"{os.getpid()} {socket.gethostname()}\n".encode()
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, holder)
+            except OSError:
+                lock.unlink(missing_ok=True)  # ours, and empty: a full disk must not leave a lock behind
+                raise
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
@@ -185,8 +192,9 @@ def lock_directory(target: str | Path) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(target)
+    with reporting_disk_full(lock_path(target)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(target)
     _held[key] = [fd, 1]
     try:
         yield target

@@ -23,19 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from package_helpers import bpe_tokenizer, make_package
+from hard_days_helpers import hidden_files, make_template, write_cases
 from train_helpers import _snapshot
 
 from llm_lab.cli import main
 from llm_lab.utils import io as io_module
-
-TINY = {
-    "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
-    "train": {"batch_size": 4, "max_steps": 6, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 2,
-              "log_interval": 1, "device": "cpu", "precision": "fp32", "peak_flops": 1e12},
-    "tokenizer": {"type": "char"},
-}  # fmt: skip
-TEXT = "\n".join(["the quick brown fox jumps over the lazy dog.", "to be, or not to be: that is the question."] * 200)
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
@@ -46,15 +38,7 @@ def _cli(capsys, *args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A corpus, a config, a finished run, its package, and a Hugging Face export of a BPE package."""
-    base = tmp_path_factory.mktemp("hard-days")
-    (base / "corpus.txt").write_text(TEXT)
-    (base / "tiny.json").write_text(json.dumps(TINY))
-    assert main(["train", "--config", str(base / "tiny.json"), "--data", str(base / "corpus.txt"), "--out",
-                 str(base / "run"), "--quiet"]) == 0  # fmt: skip
-    assert main(["package", "create", str(base / "run"), str(base / "pkg")]) == 0
-    make_package(base / "bpe-pkg", bpe_tokenizer())
-    assert main(["export-hf", str(base / "bpe-pkg"), str(base / "hf")]) == 0
-    return base
+    return make_template(tmp_path_factory.mktemp("hard-days"))
 
 
 @pytest.fixture
@@ -63,11 +47,6 @@ def work(template, tmp_path, capsys) -> Path:
     shutil.copytree(template, out)
     capsys.readouterr()
     return out
-
-
-def _hidden(directory: Path) -> list[str]:
-    """Temporary files, staging directories and lock files anywhere under ``directory``."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob(".*"))
 
 
 # ------------------------------------------------------------------------------------------------ a full disk
@@ -150,32 +129,12 @@ def full_disk(monkeypatch):
     return install
 
 
-# Each write path: (arguments, the folder it writes, what must stay as it was).
-def _cases(w: Path) -> dict[str, tuple[list, Path, Path | None]]:
-    train = ["train", "--config", w / "tiny.json", "--data", w / "corpus.txt", "--quiet"]
-    return {
-        "train": ([*train, "--out", w / "new"], w / "new", None),
-        "train --overwrite": ([*train, "--out", w / "run", "--overwrite"], w / "run", w / "run"),
-        "train --resume": ([*train, "--out", w / "run", "--resume", "--set", "train.max_steps=12"], w / "run",
-                           w / "run" / "checkpoints"),  # fmt: skip
-        "package create": (["package", "create", w / "run", w / "pkg2"], w / "pkg2", None),
-        "package create --force": (["package", "create", w / "run", w / "pkg", "--force"], w / "pkg", w / "pkg"),
-        "export-hf": (["export-hf", w / "pkg", w / "hf2"], w / "hf2", None),
-        "export-hf --force": (["export-hf", w / "bpe-pkg", w / "hf", "--force"], w / "hf", w / "hf"),
-        "import-hf": (["import-hf", w / "hf", w / "imported"], w / "imported", None),
-        "data prepare": (["data", "prepare", "--tokenizer", "char", "--input", w / "corpus.txt", "--out",
-                          w / "prepared", "--quiet"], w / "prepared", None),  # fmt: skip
-        "sweep": (["sweep", "--config", w / "tiny.json", "--data", w / "corpus.txt", "--out", w / "sweep",
-                   "--grid", "model.mlp=gelu,swiglu", "--quiet"], w / "sweep", None),  # fmt: skip
-    }
-
-
 @pytest.mark.parametrize("room", [0, 1_500, 12_000])
-@pytest.mark.parametrize("case", list(_cases(Path("w"))))
+@pytest.mark.parametrize("case", list(write_cases(Path("w"))))
 def test_a_full_disk_ends_every_write_path_in_one_line_and_keeps_the_previous_state(
     work, capsys, full_disk, case, room
 ):
-    args, written, kept = _cases(work)[case]
+    args, written, kept = write_cases(work)[case]
     before = _snapshot(kept) if kept is not None else None
     existed = written.exists()
     full_disk(written.parent if case != "sweep" else written, room)
@@ -189,11 +148,11 @@ def test_a_full_disk_ends_every_write_path_in_one_line_and_keeps_the_previous_st
         assert _snapshot(kept) == before  # the previous state, intact
     if not existed and case != "sweep":
         assert not written.exists()  # nothing half-made where the new folder was to be
-    assert _hidden(work) == []  # temporaries, staging folders and locks all removed
+    assert hidden_files(work) == []  # temporaries, staging folders and locks all removed
 
 
 def test_after_the_disk_has_room_again_the_same_command_works(work, capsys, full_disk, monkeypatch):
-    args, written, kept = _cases(work)["train --overwrite"]
+    args, written, kept = write_cases(work)["train --overwrite"]
     full_disk(written.parent, 3_000)
     assert _cli(capsys, *args)[0] == 2
     monkeypatch.undo()
@@ -215,11 +174,11 @@ def test_an_overwrite_interrupted_before_its_first_checkpoint_leaves_the_old_run
         return real_step(self, lr)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
-    args, written, kept = _cases(work)["train --overwrite"]
+    args, written, kept = write_cases(work)["train --overwrite"]
     before = _snapshot(kept)
     assert _cli(capsys, *args) == (130, "llm-lab: interrupted")
     assert _snapshot(kept) == before
-    assert _hidden(work) == []
+    assert hidden_files(work) == []
 
 
 def test_the_leftovers_of_an_overwrite_killed_early_are_cleaned_up_by_the_next_command(work, capsys):
@@ -233,7 +192,7 @@ def test_the_leftovers_of_an_overwrite_killed_early_are_cleaned_up_by_the_next_c
     code, err = _cli(capsys, "package", "create", work / "run", work / "pkg3")
     assert code == 0, err
     assert _snapshot(work / "run") == before
-    assert _hidden(work) == []
+    assert hidden_files(work) == []
 
 
 # ------------------------------------------------------------------------------------------------ two writers
@@ -262,7 +221,7 @@ def holder(work):
 
 @pytest.mark.parametrize("case", ["train --overwrite", "train --resume", "package create", "data prepare", "sweep"])
 def test_a_second_writer_gets_one_line_naming_the_holders_pid(work, capsys, holder, case):
-    args, written, _ = _cases(work)[case]
+    args, written, _ = write_cases(work)[case]
     before = _snapshot(written) if written.exists() else None
     code, err = _cli(capsys, *args)
     assert code == 2
@@ -301,7 +260,7 @@ def test_two_real_train_overwrites_into_one_folder_one_wins_the_other_is_refused
     assert checkpoint["train_config"]["max_steps"] == run_json["train"]["max_steps"] != 50
     steps = [int(r.split(",")[0]) for r in (work / "run" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps[: checkpoint["step"]] == list(range(1, checkpoint["step"] + 1))
-    assert _hidden(work) == []
+    assert hidden_files(work) == []
 
 
 # ------------------------------------------------------------------------------------------- symbolic links
@@ -309,7 +268,7 @@ def test_two_real_train_overwrites_into_one_folder_one_wins_the_other_is_refused
                                   "export-hf", "data prepare", "sweep"])  # fmt: skip
 @pytest.mark.parametrize("dangling", [False, True])
 def test_a_symbolic_link_as_out_is_refused_by_every_command(work, capsys, case, dangling):
-    args, written, _ = _cases(work)[case]
+    args, written, _ = write_cases(work)[case]
     destination = work / "elsewhere"
     if written.exists():
         written.rename(destination)
