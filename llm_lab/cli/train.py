@@ -148,11 +148,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a MiniGPT from a run config (model/train/tokenizer sections). --data is a UTF-8 text "
         "file (tokenised with the config's tokenizer; the last 10% is validation) or a directory made by "
         "`llm-lab data prepare`. The run stops at train.max_steps and writes run.json, tokenizer/, metrics.csv and "
-        "checkpoints/ under --out.",
+        "checkpoints/ under --out. SIGTERM (preemption) finishes the step, writes checkpoints/last.pt and exits with "
+        "143; --resume continues exactly. One command at a time may write a run (RUN_DIR is locked).",
     )
     parser.add_argument("--config", type=Path, metavar="FILE.json", help="run config (optional with --resume)")
     parser.add_argument("--data", type=Path, required=True, metavar="PATH", help="text file or prepared directory")
-    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="RUN_DIR", help="run directory (not a symbolic link)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -163,7 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pt")
-    mode.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR")
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace the run in RUN_DIR (kept until the new one's first checkpoint)"
+    )
     parser.add_argument(
         "--init-from", metavar="PATH", help="fine-tune: start from the weights (and tokenizer) of a run or package"
     )
