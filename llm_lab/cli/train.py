@@ -167,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pt")
     mode.add_argument(
-        "--overwrite", action="store_true", help="replace the run in RUN_DIR (kept until the new one's first checkpoint)"
+        "--overwrite", action="store_true", help="replace the run in RUN_DIR (kept until the new run's 1st checkpoint)"
     )
     parser.add_argument(
         "--init-from", metavar="PATH", help="fine-tune: start from the weights (and tokenizer) of a run or package"
