@@ -517,10 +517,9 @@ class Trainer:
 
     def _stopped(self) -> Stopped:
         signum = stop_requested() or signal.SIGTERM  # a process of a group that did not get the signal itself
-        where = self.out_dir if self.out_dir is not None else None
         kept = (
             f"checkpoint {self.checkpoint_dir / LAST_FILE} written; resume the run to continue "
-            f"(llm-lab train --resume --out {where})"
+            f"(llm-lab train --resume --out {self.out_dir})"
             if self.checkpoint_dir is not None
             else "no out_dir, so nothing was saved"
         )
@@ -652,13 +651,13 @@ class Trainer:
                     raise self._stopped()
                 if window_tokens == 0:
                     window_start = time.perf_counter()
+            if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
+                self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         finally:
             bar.close()
             for logger in self._loggers:
                 logger.close()
             self._loggers, self._segment_step = [], None
-        if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
-            self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         return TrainResult(
             step=self.step,
             tokens_seen=self.tokens_seen,

@@ -267,3 +267,25 @@ def test_sigterm_finishes_the_step_checkpoints_it_and_resume_gives_bitwise_the_s
     assert _losses(run / "metrics.csv") == _losses(tmp_path / "a" / "metrics.csv")
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("with_validation", [True, False])
+def test_a_run_built_beside_its_folder_is_swapped_in_at_its_first_checkpoint_with_all_its_rows(
+    tiny_model, tiny_config, char_data, tmp_path, with_validation
+):
+    """The path of every new or replacing run of `llm-lab train`: metrics.csv is written where the run ends up,
+    with every row (those logged before the swap too), and nothing is left beside it."""
+    from llm_lab.utils.dirswap import PendingReplacement
+
+    train, val, vocab = char_data
+    cfg = tiny_config(max_steps=6, eval_interval=4)
+    straight = Trainer(tiny_model(vocab), cfg, train, val if with_validation else None, out_dir=tmp_path / "a")
+    straight.train()
+    trainer = Trainer(tiny_model(vocab), cfg, train, val if with_validation else None)
+    trainer.replace_on_first_checkpoint(PendingReplacement(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+    trainer.train()
+    assert trainer.out_dir == tmp_path / "b"
+    assert _losses(tmp_path / "b" / "metrics.csv") == _losses(tmp_path / "a" / "metrics.csv")
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.csv")] == [str(s) for s in range(1, 7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
