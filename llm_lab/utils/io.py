@@ -72,7 +72,10 @@ class DiskFullError(OSError):
         self.path, self.needed, self.free = Path(path), needed, free
 
     def __str__(self) -> str:
-        need = f"needs at least {_size(self.needed)}" if self.needed is not None else "needs more space"
+        if self.needed is not None and (self.free is None or self.needed > self.free):
+            need = f"needs at least {_size(self.needed)}"
+        else:  # the size is a lower bound: what the file system keeps for itself and the file's framing did not fit
+            need = "needs more space"
         free = f", {_size(self.free)} free" if self.free is not None else ""
         return (
             f"no space left on device writing {self.path} ({need}{free}); free some space or write elsewhere. "

@@ -100,6 +100,11 @@ def test_a_write_of_known_size_that_cannot_fit_is_refused_before_it_starts(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_needed_size_below_the_free_space_is_not_shown_as_what_is_needed(tmp_path):
+    # The tensors' bytes (a lower bound) fitted in the free space, but the file with its framing did not.
+    assert "(needs more space, 20.5 kB free)" in str(DiskFullError(tmp_path / "f", 16_100, 20_500))
+
+
 def test_disk_full_is_an_oserror_with_its_errno_and_survives_pickling(tmp_path):
     import pickle
 
