@@ -11,7 +11,9 @@ go through :func:`run_command`, so their ``--help`` shows their own name.
 User mistakes (a ``ValueError``, a missing file) end with a one-line ``llm-lab: error: ...`` and exit code 2,
 never a traceback. Python warnings print as one ``llm-lab: warning: ...`` line (no file path, no category). Ctrl+C
 ends a command with ``llm-lab: interrupted`` and exit code 130, also while the command is still starting (the
-handler is installed first thing in :func:`main`, before the subcommands are imported).
+handler is installed first thing in :func:`main`, before the subcommands are imported); SIGTERM the same way,
+with its own line and exit 143 (:mod:`llm_lab.utils.signals`: a training step in progress finishes and is
+checkpointed first).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from llm_lab import __version__
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.utils.errors import USER_ERRORS, CLIError, report_user_error
 from llm_lab.utils.malloc import retain_freed_memory
+from llm_lab.utils.signals import Stopped, install_stop_handler
 
 __all__ = ["USER_ERRORS", "CLIError", "build_parser", "main", "report_user_error", "run_command"]
 
@@ -138,14 +141,16 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str)
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
+            install_stop_handler()  # SIGTERM: a clean stop like Ctrl+C, exit 143
             apply_threads_option(args.threads)
             retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         return report_user_error(prog, e)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        stopped = isinstance(e, Stopped)
+        print(f"{prog}: {e if stopped else 'interrupted'}", file=sys.stderr)
+        return e.exit_code if stopped else 130
     finally:
         warnings.formatwarning = previous_format
 

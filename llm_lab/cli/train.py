@@ -10,12 +10,14 @@ Under ``torchrun --nproc_per_node=N -m llm_lab train ...`` the processes join on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_lab.cli.sample import positive_int
+from llm_lab.utils.dirlock import lock_directory
 from llm_lab.utils.words import plural
 
 # torch and the trainer are imported inside the commands, so `llm-lab --help` starts fast.
@@ -81,6 +83,10 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_run_config(args.config, args.out, overrides, resume=args.resume)
     dist_info = init_distributed(config.train.device)
     clean = False
+    # One writer per run (llm_lab.utils.dirlock): held from the first check to the end; rank 0 writes the run.
+    lock = contextlib.ExitStack()
+    if dist_info.is_main:
+        lock.enter_context(lock_directory(args.out))
     try:
         init_from = load_init_source(args.init_from) if args.init_from else None
         prepared = prepare_run(
@@ -122,6 +128,7 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"package: {package_run(args.out, args.package, overwrite=args.overwrite)}")
         clean = True
     finally:
+        lock.close()
         if dist_info.enabled:
             shutdown_distributed(clean=clean)
     if dist_info.enabled and not dist_info.is_main:
@@ -142,11 +149,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a MiniGPT from a run config (model/train/tokenizer sections). --data is a UTF-8 text "
         "file (tokenised with the config's tokenizer; the last 10% is validation) or a directory made by "
         "`llm-lab data prepare`. The run stops at train.max_steps and writes run.json, tokenizer/, metrics.csv and "
-        "checkpoints/ under --out.",
+        "checkpoints/ under --out. SIGTERM (preemption) finishes the step, writes checkpoints/last.pt and exits with "
+        "143; --resume continues exactly. One command at a time may write a run (RUN_DIR is locked).",
     )
     parser.add_argument("--config", type=Path, metavar="FILE.json", help="run config (optional with --resume)")
     parser.add_argument("--data", type=Path, required=True, metavar="PATH", help="text file or prepared directory")
-    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="RUN_DIR", help="run directory (not a symbolic link)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -157,7 +167,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pt")
-    mode.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR")
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace the run in RUN_DIR (kept until the new run's 1st checkpoint)"
+    )
     parser.add_argument(
         "--init-from", metavar="PATH", help="fine-tune: start from the weights (and tokenizer) of a run or package"
     )

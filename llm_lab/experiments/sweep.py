@@ -35,6 +35,12 @@ than cores) and no more jobs than memory allows (:func:`estimate_run_memory`). C
 workers start with SIGINT blocked (so one landing while they import is held, not a traceback), take it only while
 they train, and end their run as a kill would (its last checkpoint kept); the sweep then closes its pool and ends
 with ``KeyboardInterrupt``, and a rerun resumes.
+
+Hard days: the sweep folder is locked while the sweep runs and each run folder while its run trains
+(:mod:`llm_lab.utils.dirlock`), so a second sweep into the same folder is refused with the holder's pid. SIGTERM
+(preemption) is passed on to the running runs: each finishes its step, writes a checkpoint and stops; no new run
+starts; the sweep stops with :class:`~llm_lab.utils.signals.Stopped` (exit 143), and the same command later
+resumes every interrupted run exactly.
 """
 
 from __future__ import annotations
@@ -67,8 +73,10 @@ from llm_lab.core.train.checkpoint import RUN_FILE, run_checkpoint_path
 from llm_lab.core.train.run import PreparedRun, RunConfig, prepare_run
 from llm_lab.core.train.trainer import NonFiniteLossError
 from llm_lab.utils.config_loader import parse_override_value
-from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.dirlock import lock_directory
+from llm_lab.utils.io import atomic_write_json, reporting_disk_full
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.signals import Stopped, deferred_stop, stop_requested
 from llm_lab.utils.threads import apply_threads
 from llm_lab.utils.words import plural
 
@@ -603,6 +611,12 @@ def _train_one(task: _Task) -> str:
     out_dir = Path(task.out_dir)
     run_dir = out_dir / "runs" / task.name
     config = RunConfig.from_dict(task.config, where=f"{MANIFEST}: run {task.name}")
+    with lock_directory(run_dir):
+        _train_locked(task, out_dir, run_dir, config)
+    return task.name
+
+
+def _train_locked(task: _Task, out_dir: Path, run_dir: Path, config: RunConfig) -> None:
     _clear_unstarted(run_dir)
     resume = run_checkpoint_path(run_dir, "last").is_file()
     # A run killed before its first checkpoint has nothing to continue from: it starts over, in its own folder.
@@ -620,10 +634,12 @@ def _train_one(task: _Task) -> str:
             # A setting that diverges is a result, not a failure of the sweep: recorded, and the sweep goes on.
             print(f"diverged: {e}", flush=True)
             record["diverged"] = str(e)
+        except Stopped as e:
+            print(e, flush=True)  # the run's log says where it stopped; the sweep resumes it
+            raise
         else:
             record["extra"] = task.evaluate(trainer, prepared) if task.evaluate is not None else {}
     atomic_write_json(_finished_path(out_dir, task.name), record)
-    return task.name
 
 
 _CAN_BLOCK = hasattr(signal, "pthread_sigmask")
@@ -670,15 +686,25 @@ def _run_in_pool(tasks: list[_Task], jobs: int, bar: tqdm, show: Callable[[int],
         running: set[concurrent.futures.Future[str | None]] = set()
         try:
             while queue or running:
-                while queue and len(running) < jobs:
+                while queue and len(running) < jobs and stop_requested() is None:
                     before = {child.pid for child in multiprocessing.active_children()}
                     with _spawning_with_sigint_blocked():
                         running.add(pool.submit(_train_in_worker, queue.pop(0)))
                     workers |= {child.pid for child in multiprocessing.active_children()} - before
+                if not running:
+                    break  # stopped (SIGTERM) with runs left to start: a rerun starts them
                 show(len(running))
                 finished, running = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
                 for future in finished:
-                    if future.result() is None:  # a failed run stops the sweep; finished ones stay
+                    try:
+                        result = future.result()  # a failed run stops the sweep; finished ones stay
+                    except BaseException:
+                        if stop_requested() is None:
+                            raise
+                        continue  # stopped, or killed before it could checkpoint: resumed next time
+                    if result is None:  # the run ended on Ctrl+C or on the SIGTERM passed on to it
+                        if stop_requested() is not None:
+                            continue
                         raise KeyboardInterrupt
                     bar.update(1)
         except KeyboardInterrupt:
@@ -777,8 +803,22 @@ def run_sweep(
 
     Raises:
         ValueError: one line naming the fault, before anything is written (see the module docstring).
+        DirectoryLockedError: another process is writing ``out_dir``.
+        Stopped: SIGTERM arrived; the running runs saved a checkpoint and the sweep can be resumed.
     """
-    out_dir = Path(out_dir)
+    with lock_directory(Path(out_dir)), reporting_disk_full(out_dir):  # logs and records fill a disk too
+        return _run_sweep_locked(plan, Path(out_dir), jobs, threads, extend, progress, evaluate)
+
+
+def _pass_on(signum: int) -> None:
+    """Send a stop signal on to the sweep's worker processes (each then checkpoints its run and stops)."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+
+
+def _run_sweep_locked(plan: SweepPlan, out_dir: Path, jobs: int, threads: int | None, extend: bool, progress: bool,
+                      evaluate: RunEvaluator | None) -> SweepResult:  # fmt: skip
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs!r}")
     if threads is not None and threads < 1:
@@ -811,17 +851,29 @@ def run_sweep(
         bar.refresh()
 
     try:
-        if jobs == 1:
-            for task in tasks:
-                show(1)
-                _train_one(task)
-                bar.update(1)
-            show(0)
-        else:
-            _run_in_pool(tasks, jobs, bar, show)
-            show(0)
+        with deferred_stop(on_request=_pass_on):  # SIGTERM: the running runs checkpoint and stop, no new one starts
+            if jobs == 1:
+                for task in tasks:
+                    if stop_requested() is not None:
+                        break
+                    show(1)
+                    _train_one(task)
+                    bar.update(1)
+                show(0)
+            else:
+                _run_in_pool(tasks, jobs, bar, show)
+                show(0)
+            signum = stop_requested()
+    except Stopped as e:
+        signum = e.signum
     finally:
         bar.close()
+    if signum is not None:
+        raise Stopped(
+            f"sweep stopped by {signal.Signals(signum).name}: {bar.n} of {len(specs)} runs finished, the running "
+            f"ones saved a checkpoint; run the same command again to continue (sweep folder {out_dir})",
+            signum,
+        )
     return SweepResult(plan=plan, runs=specs, out_dir=out_dir, jobs=jobs, steps=dict(manifest.get("steps", {})),
                        notes=notes)  # fmt: skip
 

@@ -28,9 +28,11 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from llm_lab.utils.io import _fsync_dir
+from llm_lab.utils.dirlock import lock_directory, lock_path, remove_stale_lock
+from llm_lab.utils.io import DiskFullError, _fsync_dir, reporting_disk_full
 
 __all__ = [
+    "PendingReplacement",
     "holds_working_directory",
     "recover_directory",
     "remove_stale_temp_files",
@@ -68,9 +70,10 @@ def _remove(path: Path) -> None:
 
 
 def recover_directory(target: str | Path) -> list[str]:
-    """Finish or roll back swaps of ``target`` that a killed process left half done.
+    """Finish or roll back swaps of ``target`` that a killed process left half done, and remove its stale lock.
 
-    Only entries named by this module whose writer process is no longer alive are touched.
+    Only entries named by this module whose writer process is no longer alive are touched, and a lock file only
+    when no process holds it.
 
     Returns:
         One line per action taken (empty when there was nothing to do), for a command to report.
@@ -79,6 +82,7 @@ def recover_directory(target: str | Path) -> list[str]:
     parent = target.parent
     if not parent.is_dir():
         return []
+    stale_lock = remove_stale_lock(target)
     pattern = _leftover_pattern(target.name)
     found: dict[str, dict[str, Path]] = {}
     for entry in parent.iterdir():
@@ -111,6 +115,8 @@ def recover_directory(target: str | Path) -> list[str]:
             else:
                 os.replace(old, target)
                 actions.append(f"restored {target.name} from an interrupted replacement")
+    if stale_lock:
+        actions.append(f"removed {lock_path(target).name} (the lock of a writer that was killed)")
     if actions:
         _fsync_dir(parent)
     return actions
@@ -146,23 +152,72 @@ def _make_staging(target: Path) -> Path:
     return staged
 
 
+class PendingReplacement:
+    """A new state of ``target`` built in a hidden directory beside it, swapped in only by :meth:`commit`.
+
+    Until then ``target`` keeps its old state, whatever happens: :meth:`discard` (or a kill, after which the next
+    :func:`recover_directory` removes the leftover) drops the new state. :func:`staged_directory` is the common
+    case (commit at the end of a block); a training run that replaces an earlier one keeps the replacement
+    pending until the new run has written its first checkpoint, so the old run stays until there is a new one
+    to resume. The caller holds ``target``'s lock (:func:`llm_lab.utils.dirlock.lock_directory`).
+
+    Interrupted swaps of ``target`` by dead processes are recovered first; a full disk while making the staging
+    directory is a :class:`~llm_lab.utils.io.DiskFullError`.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target)
+        self.committed = False
+        recover_directory(self.target)
+        with reporting_disk_full(self.target):
+            self.path = _make_staging(self.target)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Path]:
+        """A block that writes the new state into :attr:`path` (it may :meth:`commit` inside); an exception in it
+        discards the new state if not committed yet, and a full disk, whatever wrote, becomes one
+        :class:`~llm_lab.utils.io.DiskFullError` naming the file by its final name under ``target``."""
+        try:
+            with reporting_disk_full(self.target):
+                yield self.path
+        except DiskFullError as e:
+            self.discard()
+            if e.path.is_relative_to(self.path):  # the hidden staging name means nothing to the user
+                raise DiskFullError(self.target / e.path.relative_to(self.path), e.needed, e.free) from None
+            raise
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> Path:
+        """Swap the new state in (the old one is deleted once the new one is in place); returns ``target``."""
+        swap_in(self.path, self.target)
+        self.committed = True
+        return self.target
+
+    def discard(self) -> None:
+        """Remove the new state unless it was committed; ``target`` is as it was."""
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty hidden directory beside ``target``; on a clean exit it replaces ``target``.
 
-    Interrupted swaps of ``target`` by dead processes are recovered first. On an exception (or a kill) inside the
-    block the staging directory is removed (by the next call, after a kill) and ``target`` is untouched. Checks that
-    may refuse the replacement belong before the block, or inside it: nothing at ``target`` changes until it ends.
+    ``target`` is locked for the whole block (:func:`llm_lab.utils.dirlock.lock_directory`: a second writer is
+    refused, a symbolic link is refused). Interrupted swaps of ``target`` by dead processes are recovered first.
+    On an exception (or a kill) inside the block the staging directory is removed (by the next call, after a kill)
+    and ``target`` is untouched; a full disk, whatever wrote into the block, becomes one
+    :class:`~llm_lab.utils.io.DiskFullError`. Checks that may refuse the replacement belong before the block, or
+    inside it: nothing at ``target`` changes until it ends.
     """
     target = Path(target)
-    recover_directory(target)
-    staged = _make_staging(target)
-    try:
-        yield staged
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    swap_in(staged, target)
+    with lock_directory(target):
+        pending = PendingReplacement(target)
+        with pending.writing() as staged:
+            yield staged
+        pending.commit()
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[str]:

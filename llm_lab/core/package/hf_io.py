@@ -39,6 +39,7 @@ import torch
 from llm_lab.core.package.io import load_model_package, load_state_dict_file
 from llm_lab.core.package.io import save_model_package as _save_model_package
 from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
+from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
@@ -84,8 +85,9 @@ EXPORT_FORMAT_VERSION = 1
 
 def _prepare_hf_target(out: Path, overwrite: bool) -> None:
     """Refuse a target that is not an export this command wrote (and only that) before anything is converted."""
+    refuse_symlink(out)
     recover_directory(out)
-    if out.is_file() or out.is_symlink():
+    if out.is_file():
         raise FileExistsError(f"{out} exists and is a file; the export is a directory")
     if not out.is_dir() or not any(out.iterdir()):
         return

@@ -631,7 +631,10 @@ def _read_run_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _check_run_dir(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` of a run directory (which must exist), as a dict."""
+    """``run.json`` of a run directory (which must exist), as a dict; a replacement of it that a killed writer left
+    half done is finished or rolled back first (quietly skipped where the directory cannot be written)."""
+    with contextlib.suppress(OSError):
+        recover_directory(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     run_json = run_dir / RUN_FILE

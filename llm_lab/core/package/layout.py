@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from llm_lab.core.train.checkpoint import BEST_FILE, CHECKPOINT_DIR, FILES, LAST_FILE, RUN_FILE
+from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import unexpected_files
 from llm_lab.utils.json_input import loads_strict
 
@@ -303,8 +304,7 @@ def check_replaceable(path: str | Path) -> None:
         FileExistsError: with one line naming what was found.
     """
     path = Path(path)
-    if path.is_symlink():
-        raise FileExistsError(f"{path} is a symbolic link; refusing to replace it (give the directory itself)")
+    refuse_symlink(path)
     if path.is_file():
         raise FileExistsError(f"{path} exists and is a file; a package is a directory")
     if not path.is_dir() or not any(path.iterdir()):

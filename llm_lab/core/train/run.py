@@ -64,11 +64,12 @@ from llm_lab.core.train.distributed import DistributedInfo, current_info
 from llm_lab.core.train.loggers import check_loggers, is_logger_file
 from llm_lab.core.train.trainer import RUNTIME_FILE, SampleCallback, Trainer
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict, replace_config
+from llm_lab.utils.dirlock import lock_directory, refuse_symlink
 from llm_lab.utils.dirswap import (
+    PendingReplacement,
     holds_working_directory,
     recover_directory,
     remove_stale_temp_files,
-    staged_directory,
     unexpected_files,
 )
 from llm_lab.utils.io import atomic_write_json
@@ -366,6 +367,7 @@ def check_run_directory(
     out = Path(out_dir)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; pick one")
+    refuse_symlink(out)  # the one rule of every command that writes a directory (llm_lab.utils.dirlock)
     if clean_up:
         recover_directory(out)
     if out.exists() and not out.is_dir():
@@ -622,9 +624,12 @@ class PreparedRun:
 
         The trainer (device, precision, optimizer, the resumed state) is built *before* anything is written, so a
         failure there leaves the directory as it was. A new run (or ``overwrite``) is written in a hidden
-        directory beside ``out_dir`` (``run.json`` and ``tokenizer/``) and swapped in whole; the old run is gone
-        only once the new one is in place. A resumed run keeps its files and gets its ``run.json`` updated (rows
-        of ``metrics.csv`` after the checkpoint are dropped by the trainer).
+        directory beside ``out_dir`` (``run.json`` and ``tokenizer/``), trains there and is swapped in at its first
+        checkpoint (:meth:`Trainer.replace_on_first_checkpoint`): a run that replaces an earlier one leaves it
+        whole, and it is what the next command finds, until the new run has something to resume; a new run
+        stopped before its first checkpoint leaves nothing behind. A resumed run keeps its files and gets its
+        ``run.json`` updated (rows of ``metrics.csv`` after the checkpoint are dropped by the trainer). Writing
+        holds ``out_dir``'s lock (:func:`llm_lab.utils.dirlock.lock_directory`).
         """
         trainer = Trainer(
             self.model,
@@ -638,21 +643,28 @@ class PreparedRun:
         if self.resume_checkpoint is not None:
             trainer.load_state(self.resume_checkpoint)
         if self.dist.is_main:
-            self._write_run_directory()
+            with lock_directory(self.out_dir):
+                pending = self._write_run_directory()
+            if pending is not None:
+                trainer.replace_on_first_checkpoint(pending)
         if self.dist.enabled:
             torch.distributed.barrier()
         return trainer
 
-    def _write_run_directory(self) -> None:
+    def _write_run_directory(self) -> PendingReplacement | None:
+        """Write ``run.json`` and the tokenizer: into the new run beside ``out_dir`` (returned, swapped in at the first
+        checkpoint), or into ``out_dir`` itself when resuming (``None``)."""
         out = self.out_dir
         if self.resume_checkpoint is not None:
             files = [f"{_TOKENIZER_DIR}/{name}" for name in unexpected_files(out / _TOKENIZER_DIR, ())]
             atomic_write_json(out / RUN_FILE, self.run_json(files))
-            return
+            return None
         check_run_directory(out, overwrite=self.overwrite)  # nothing foreign appeared since prepare_run
-        with staged_directory(out) as staged:
+        pending = PendingReplacement(out)
+        with pending.writing() as staged:
             self.tokenizer.save(staged / _TOKENIZER_DIR)
             atomic_write_json(staged / RUN_FILE, self.run_json(unexpected_files(staged, ())))
+        return pending
 
 
 def prepare_run(

@@ -11,6 +11,12 @@ Exact resume: a checkpoint holds the model, optimizer, grad scaler, step, every 
 generator's state, so continuing from it replays the same batches and dropout masks and yields bitwise the same
 losses (on CPU). Sample callbacks and evaluation run with the RNG states saved and restored around them, so
 they never shift the training stream.
+
+Hard days: while it trains, the trainer holds its run directory's lock (:mod:`llm_lab.utils.dirlock`; a second
+writer is refused). SIGTERM (preemption) does not stop it mid-step: the step finishes, ``last.pt`` is written and
+:class:`~llm_lab.utils.signals.Stopped` is raised (exit code 143 in ``llm-lab``); resuming continues exactly as
+from any checkpoint. A run that replaces an earlier one (:meth:`Trainer.replace_on_first_checkpoint`) trains
+beside it and swaps in at its first checkpoint, so a kill before that leaves the earlier run as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import signal
 import sys
 import time
 import warnings
@@ -59,9 +66,12 @@ from llm_lab.core.train.optim import apply_config, make_optimizer, set_step_valu
 from llm_lab.core.train.schedule import SCHEDULES
 from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
-from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.dirlock import lock_directory
+from llm_lab.utils.dirswap import PendingReplacement
+from llm_lab.utils.io import atomic_write_json, reporting_disk_full
 from llm_lab.utils.malloc import retain_freed_memory
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.signals import Stopped, deferred_stop, stop_requested
 from llm_lab.utils.threads import settle_threads
 
 __all__ = ["RUNTIME_FILE", "EvalResult", "NonFiniteLossError", "SampleCallback", "TrainResult", "Trainer"]
@@ -160,6 +170,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.sample_callbacks = list(sample_callbacks)
         self.progress = progress
+        self._pending: PendingReplacement | None = None  # a replacement of out_dir swapped in at the first checkpoint
+        self._loggers: list[Any] = []  # open during train()
+        self._segment_rows, self._segment_step = 0, None  # where the current train() began: history row, step
         self._step_kwargs = self._check_token_ids(model)  # what the training step passes to the model
 
         self.model = model.to(self.device)  # the plain module: checkpoints, evaluation and sampling use it
@@ -468,9 +481,52 @@ class Trainer:
         ``RUN_DIR/runtime.json`` when training starts, so reports show what ran, not ``auto``."""
         return {"device": str(self.device), "precision": self.precision, "threads": torch.get_num_threads()}
 
+    def replace_on_first_checkpoint(self, pending: PendingReplacement) -> None:
+        """Train into ``pending`` (a new run being built beside the one it replaces) and swap it in when the first
+        checkpoint is written (or when training ends); until then the run it replaces stays as it was, and a
+        failure or a stop before it discards the new run. Rank 0 only."""
+        self._pending = pending
+        self.out_dir = pending.path
+
     def _checkpoint(self, name: str) -> None:
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self.checkpoint_dir / name)
+            if self._pending is not None:
+                self._commit_replacement()
+
+    def _commit_replacement(self) -> None:
+        assert self._pending is not None
+        self.out_dir = self._pending.commit()
+        self._pending = None
+        if self._segment_step is not None:  # inside train(): the trackers start now, with the rows logged so far
+            self._open_loggers()
+            for row in self.history[self._segment_rows :]:
+                for logger in self._loggers:
+                    logger.write(row)
+
+    def _open_loggers(self) -> None:
+        c = self.config
+        self._loggers = open_loggers(c.loggers, self.out_dir, start_step=self._segment_step, config=config_to_dict(c))
+
+    def _stop_agreed(self) -> bool:
+        """Whether a stop was requested (SIGTERM); under torchrun every process learns it, so all stop together."""
+        requested = stop_requested() is not None
+        if self.dist.enabled:
+            flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        return requested
+
+    def _stopped(self) -> Stopped:
+        signum = stop_requested() or signal.SIGTERM  # a process of a group that did not get the signal itself
+        kept = (
+            f"checkpoint {self.checkpoint_dir / LAST_FILE} written; resume the run to continue "
+            f"(llm-lab train --resume --out {self.out_dir})"
+            if self.checkpoint_dir is not None
+            else "no out_dir, so nothing was saved"
+        )
+        name = signal.Signals(signum).name
+        return Stopped(f"stopped by {name} after step {self.step}/{self.config.max_steps}: {kept}", signum)
 
     def train(self) -> TrainResult:
         """Run until ``config.max_steps`` (continuing from the current step after :meth:`resume`).
@@ -481,15 +537,37 @@ class Trainer:
         Raises:
             NonFiniteLossError: the loss became NaN/inf; the message names the step. Nothing is written for that
                 step, so ``last.pt`` stays the last good checkpoint.
+            Stopped: SIGTERM arrived; the step it came in finished and ``last.pt`` holds it.
+            DirectoryLockedError: another process is writing the run directory.
         """
+        pending = self._pending
+        target = pending.target if pending is not None else self.out_dir
+        holds = target is not None and self.dist.is_main
+        with contextlib.ExitStack() as stack:
+            if holds:
+                stack.enter_context(lock_directory(target))
+            stack.enter_context(deferred_stop())
+            if pending is not None:  # a failure before the first checkpoint discards the new run, the old one stays
+                stack.enter_context(pending.writing())
+            if target is not None:  # metrics.csv, samples.txt and the trackers' files fill a disk too
+                stack.enter_context(reporting_disk_full(target))
+            try:
+                result = self._train_loop()
+            except BaseException:
+                self._pending = None
+                raise
+            if self._pending is not None:
+                self._commit_replacement()
+        return result
+
+    def _train_loop(self) -> TrainResult:
         c = self.config
         is_main = self.dist.is_main
-        # metrics.csv and any trackers in config.loggers (rank 0 only)
-        loggers = (
-            open_loggers(c.loggers, self.out_dir, start_step=self.step, config=config_to_dict(c))
-            if (self.out_dir is not None and is_main)
-            else []
-        )
+        # metrics.csv and any trackers in config.loggers (rank 0 only); a run not swapped in yet opens them at its
+        # first checkpoint, in its final place (trackers reopen their files by path), and writes the rows so far
+        self._loggers, self._segment_rows, self._segment_step = [], len(self.history), self.step
+        if self.out_dir is not None and is_main and self._pending is None:
+            self._open_loggers()
         if self.out_dir is not None and is_main:
             atomic_write_json(self.out_dir / RUNTIME_FILE, self.runtime())
         peak = self._peak_flops()
@@ -520,6 +598,7 @@ class Trainer:
                 last = self.step == c.max_steps
                 do_eval = self.val_data is not None and (self.step % c.eval_interval == 0 or last)
                 improved = False
+                saved = False
                 if do_eval or last or self.step % c.log_interval == 0:
                     synchronize(self.device)  # queued GPU work belongs to these steps' time
                     # tokens/s over the training steps since the last row (evaluation and saving excluded)
@@ -548,7 +627,7 @@ class Trainer:
                             f"val perplexity {result.perplexity:.2f}"
                         )
                     self.history.append(row)
-                    for logger in loggers:
+                    for logger in self._loggers:
                         logger.write(row)
                     bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
                     if show_rows:
@@ -560,20 +639,27 @@ class Trainer:
                 if do_eval:
                     # last.pt first: it records best_step, so a kill before best_val.pt is repaired on resume
                     self._checkpoint(LAST_FILE)
+                    saved = True
                     if improved:
                         self._checkpoint(BEST_FILE)
                 elif c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
                     self._checkpoint(LAST_FILE)
+                    saved = True
                 if c.sample_interval and (self.step % c.sample_interval == 0 or last):
                     self._run_samples(self.step)
+                if not last and self._stop_agreed():  # SIGTERM: this step is done; keep it and stop
+                    if not saved:
+                        self._checkpoint(LAST_FILE)
+                    raise self._stopped()
                 if window_tokens == 0:
                     window_start = time.perf_counter()
+            if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
+                self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
         finally:
             bar.close()
-            for logger in loggers:
+            for logger in self._loggers:
                 logger.close()
-        if self.val_data is None and self.checkpoint_dir is not None and self.step > 0:
-            self._checkpoint(LAST_FILE)  # without evaluation there is still a final checkpoint to resume from
+            self._loggers, self._segment_step = [], None
         return TrainResult(
             step=self.step,
             tokens_seen=self.tokens_seen,

@@ -225,3 +225,67 @@ def test_train_threads_are_applied_and_the_runtime_is_recorded(tiny_model, tiny_
     runtime = json.loads((tmp_path / "runtime.json").read_text())
     assert runtime == {"device": "cpu", "precision": trainer.precision, "threads": threads}
     assert trainer.precision in ("fp32", "bf16")  # resolved, never "auto"
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_sigterm_finishes_the_step_checkpoints_it_and_resume_gives_bitwise_the_same_losses(
+    tiny_model, tiny_config, char_data, tmp_path, dropout
+):
+    """A real SIGTERM to this process during step 6 (from a sample callback; steps 4 and 8 are checkpoints): the
+    trainer finishes step 6, writes last.pt at step 6 and raises Stopped; resuming from it matches the straight run
+    bitwise, as resuming after Ctrl+C or a kill does from the last checkpoint."""
+    import os
+    import signal
+
+    from llm_lab.utils.signals import Stopped
+
+    train, val, vocab = char_data
+    cfg = tiny_config(max_steps=12, grad_accum_steps=2, eval_interval=4, sample_interval=3)
+    nothing = lambda model, step: ""  # noqa: E731 (the same callbacks in both runs)
+    straight = Trainer(tiny_model(vocab, dropout=dropout), cfg, train, val, out_dir=tmp_path / "a",
+                       sample_callbacks=[nothing])  # fmt: skip
+    straight.train()
+
+    def preempt(model, step):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return ""
+
+    run = tmp_path / "b"
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match=rf"^stopped by SIGTERM after step 6/12: checkpoint {run}/checkpoints/last\.pt "
+                       rf"written; resume the run to continue") as info:  # fmt: skip
+        Trainer(tiny_model(vocab, dropout=dropout), cfg, train, val, out_dir=run, sample_callbacks=[preempt]).train()
+    assert info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler in place before train() is back
+    assert load_checkpoint(run)["step"] == 6
+    resumed = Trainer(tiny_model(vocab, seed=99, dropout=dropout), cfg, train, val, out_dir=run,
+                      sample_callbacks=[nothing])  # fmt: skip
+    resumed.resume(run)
+    assert resumed.step == 6
+    resumed.train()
+    assert _losses(run / "metrics.csv") == _losses(tmp_path / "a" / "metrics.csv")
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("with_validation", [True, False])
+def test_a_run_built_beside_its_folder_is_swapped_in_at_its_first_checkpoint_with_all_its_rows(
+    tiny_model, tiny_config, char_data, tmp_path, with_validation
+):
+    """The path of every new or replacing run of `llm-lab train`: metrics.csv is written where the run ends up,
+    with every row (those logged before the swap too), and nothing is left beside it."""
+    from llm_lab.utils.dirswap import PendingReplacement
+
+    train, val, vocab = char_data
+    cfg = tiny_config(max_steps=6, eval_interval=4)
+    straight = Trainer(tiny_model(vocab), cfg, train, val if with_validation else None, out_dir=tmp_path / "a")
+    straight.train()
+    trainer = Trainer(tiny_model(vocab), cfg, train, val if with_validation else None)
+    trainer.replace_on_first_checkpoint(PendingReplacement(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+    trainer.train()
+    assert trainer.out_dir == tmp_path / "b"
+    assert _losses(tmp_path / "b" / "metrics.csv") == _losses(tmp_path / "a" / "metrics.csv")
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.csv")] == [str(s) for s in range(1, 7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
