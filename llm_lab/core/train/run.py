@@ -50,7 +50,6 @@ from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import (
     CHECKPOINT_DIR,
     RUN_FILE,
-    CheckpointError,
     load_resume_checkpoint,
     run_checkpoint_path,
 )
@@ -463,8 +462,13 @@ def _check_resume(
     The data must be the run's own (same format, split sizes, content fingerprint and tokenizer), the model the
     checkpoint's, ``train.max_steps`` not below the checkpoint's step, the process count the same.
     """
-    last = run_checkpoint_path(out, "last")
-    checkpoint = load_resume_checkpoint(out)  # also repairs best_val.pt after a kill at the final evaluation
+    with torch.device("meta"):  # names, shapes and dtypes only: nothing is allocated
+        expected = MiniGPT(config.model).state_dict()
+    # Checked whole against this run (config, tensors, counters, RNG and data states) before anything is touched;
+    # then best_val.pt is repaired if a kill at the final evaluation left it behind.
+    checkpoint = load_resume_checkpoint(
+        out, model_config=config_to_dict(config.model), expected_model=expected, world_size=dist_info.world_size
+    )
     saved = _saved_data_source(out)
     for key in ("format", "train_tokens", "val_tokens"):
         if key in saved and saved[key] != source[key]:
@@ -478,14 +482,6 @@ def _check_resume(
                 f"cannot resume: --data {data} has the same length as the run's data ({saved.get('path')}) but "
                 f"another {what} (fingerprint {source[key][:12]} vs {saved[key][:12]}); pass the same data"
             )
-    model_config = config_to_dict(config.model)
-    if checkpoint["model_config"] != model_config:
-        diff = _differences(checkpoint["model_config"], model_config)
-        raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / RUN_FILE}")
-    if int(checkpoint["rng"]["world_size"]) != dist_info.world_size:
-        raise CheckpointError(
-            f"{last} was written by {checkpoint['rng']['world_size']} process(es); resume with the same number"
-        )
     if config.train.max_steps < int(checkpoint["step"]):
         raise ValueError(
             f"cannot resume: train.max_steps={config.train.max_steps} is below the checkpoint's step "
@@ -570,7 +566,7 @@ class PreparedRun:
             **trainer_kwargs,
         )
         if self.resume_checkpoint is not None:
-            trainer.load_state(self.resume_checkpoint)
+            trainer.load_state(self.resume_checkpoint, run_checkpoint_path(self.out_dir, "last"))
         if self.dist.is_main:
             self._write_run_directory()
         if self.dist.enabled:

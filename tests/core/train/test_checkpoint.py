@@ -95,8 +95,19 @@ def test_pickled_objects_are_not_executed(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ best and last agree
 
 
+def _training_state() -> dict:
+    """What resuming needs beside the weights, in the form the trainer writes it (one process, a fresh AdamW)."""
+    return {
+        "optimizer": torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]).state_dict(),
+        "tokens_seen": 0,
+        "train_config": {},
+        "rng": {"world_size": 1, "states": [capture_rng_state()]},
+        "data_state": {"generators": [torch.Generator().get_state()]},
+    }
+
+
 def _run_checkpoint(step: int, best_step: int | None, best_val_loss: float, weight: float) -> dict:
-    ckpt = _minimal(step=step, best_val_loss=best_val_loss, model={"w": torch.full((2,), weight)})
+    ckpt = _minimal(step=step, best_val_loss=best_val_loss, model={"w": torch.full((2,), weight)}) | _training_state()
     return ckpt if best_step is None else ckpt | {"best_step": best_step}
 
 
