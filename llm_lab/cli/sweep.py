@@ -51,7 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from llm_lab.core.train.run import load_run_config
-    from llm_lab.experiments.sweep import SweepPlan, grid_settings, load_sweep_file, parse_grid_option, run_sweep
+    from llm_lab.experiments.sweep import (
+        SweepPlan,
+        grid_settings,
+        load_sweep_file,
+        parse_grid_option,
+        run_sweep,
+        seed_list,
+    )
     from llm_lab.experiments.sweep_report import write_sweep_report
 
     for option in ("config", "data", "out"):
@@ -66,8 +73,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--grid {key} is given twice; list all its values in one --grid")
         grid[key] = values
     seeds = args.seeds if args.seeds is not None else spec.get("seeds", 1)
-    if seeds < 1:
-        raise CLIError(f"--seeds must be at least 1, got {seeds}")
     if not grid and not spec.get("settings"):
         raise CLIError("nothing to compare: give --grid SECTION.KEY=V1,V2 or a --sweep-file with settings")
     base = load_run_config(args.config, shared)
@@ -75,7 +80,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         base=base,
         data=args.data,
         settings=grid_settings(grid, spec.get("settings")),
-        seeds=[base.train.seed + i for i in range(seeds)],
+        seeds=seed_list(base.train.seed, seeds),
         time_budget_s=args.time_budget if args.time_budget is not None else spec.get("time_budget_s"),
         baseline=args.baseline if args.baseline is not None else spec.get("baseline"),
     )

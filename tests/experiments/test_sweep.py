@@ -20,6 +20,7 @@ from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec
 from llm_lab.experiments import sweep as sweep_module
 from llm_lab.experiments.stats import t_quantile, welch_t_test
 from llm_lab.experiments.sweep import (
+    MAX_SEEDS,
     Setting,
     SweepPlan,
     budget_steps,
@@ -28,6 +29,7 @@ from llm_lab.experiments.sweep import (
     parse_grid_option,
     run_sweep,
     scale_schedule,
+    seed_list,
     size_jobs,
 )
 from llm_lab.experiments.sweep_report import RESULT_COLUMNS, write_sweep_report
@@ -170,6 +172,10 @@ def test_a_bad_grid_stops_before_anything_is_written(tmp_path, corpus, grid, mes
         ({"settings": []}, ValueError, "has no settings"),
         ({"baseline": "nope"}, ValueError, "baseline 'nope' is not a setting"),
         ({"time_budget_s": 0}, ValueError, "--time-budget must be a positive number"),
+        ({"time_budget_s": 1e12}, ValueError, r"--time-budget 1e\+12s is more than a week per run; the most is 604800"),
+        ({"seeds": list(range(1001))}, ValueError, "at most 1000 seeds per setting, got 1,001"),
+        ({"settings": [Setting(str(i)) for i in range(11)], "seeds": list(range(1000))}, ValueError,
+         "11 settings x 1,000 seeds make 11,000 runs; a sweep may have at most 10,000"),
         ({"settings": [Setting("a b"), Setting("a_b")]}, ValueError, "would share the directory name 'a_b'"),
         ({"data": "missing.txt"}, FileNotFoundError, "does not exist"),
     ],
@@ -439,3 +445,16 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, corpus, mon
     paths = write_sweep_report(tmp_path / "out")
     assert read_csv(paths["csv"])[0]["seeds"] == "2"
     assert "a-seed2 (the training loss became nan at step 3)" in paths["md"].read_text()
+
+
+def test_seed_lists_and_grids_are_bounded_before_they_are_built():
+    """``--seeds 1000000000`` built a billion-seed list (23 GiB) before anything ran: now the count is checked
+    first, and so is the size of a grid's product."""
+    assert seed_list(7, 3) == [7, 8, 9]
+    assert len(seed_list(0, MAX_SEEDS)) == MAX_SEEDS
+    for bad in (0, MAX_SEEDS + 1, 1_000_000_000):
+        with pytest.raises(ValueError, match=rf"--seeds must be at least 1 and at most {MAX_SEEDS} .*got {bad}"):
+            seed_list(0, bad)
+    grid = {f"model.k{i}": list(range(10)) for i in range(5)}  # 100,000 combinations, never listed
+    with pytest.raises(ValueError, match="the grid makes 100,000 settings; a sweep may have at most 10,000 runs"):
+        grid_settings(grid)
