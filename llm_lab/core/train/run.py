@@ -274,10 +274,37 @@ def seed_everything(seed: int) -> None:
 class InitSource:
     """Weights to fine-tune from (``--init-from``): the model config, its tokenizer and a state dict."""
 
+    #: Model settings a fine-tuning run may change: they change neither the tensors nor what they compute.
+    FREE_FIELDS: ClassVar[tuple[str, ...]] = ("dropout", "max_seq_len", *MiniGPTConfig.execution_fields)
+
     model_config: MiniGPTConfig
     tokenizer: Any
     state_dict: dict[str, torch.Tensor]
     path: str
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> InitSource:
+        """Apply the ``model.*`` values of ``--set`` overrides to the source's model config.
+
+        Only :attr:`FREE_FIELDS` may differ from the source; any other value that differs (``model.n_embd=64`` on
+        16-wide weights, ``model.norm=rmsnorm`` on LayerNorm weights) contradicts the weights and is refused.
+
+        Raises:
+            ValueError: names each contradicting key, the source's value and what may change.
+        """
+        model_overrides = [item for item in overrides if item.split("=", 1)[0].startswith("model.")]
+        if not model_overrides:
+            return self
+        changed = apply_overrides({"model": self.model_config}, model_overrides)["model"]
+        old, new = config_to_dict(self.model_config), config_to_dict(changed)
+        contradict = [k for k in new if new[k] != old[k] and k not in self.FREE_FIELDS]
+        if contradict:
+            said = ", ".join(f"model.{k}={new[k]!r} (the weights have {old[k]!r})" for k in contradict)
+            free = ", ".join(f"model.{k}" for k in self.FREE_FIELDS)
+            raise ValueError(
+                f"--init-from {self.path}: {said} contradict{'s' if len(contradict) == 1 else ''} the weights; "
+                f"fine-tuning keeps the source's architecture, so drop that --set (only {free} may change)"
+            )
+        return dataclasses.replace(self, model_config=changed)
 
 
 def _read_text(path: Path) -> tuple[str, str]:
