@@ -310,6 +310,23 @@ def test_report_numbers_worked_by_hand(tmp_path, corpus, png_ok):
         write_sweep_report(out, baseline="x")
 
 
+@pytest.mark.parametrize("last", [float("-inf"), float("nan"), float("inf")])
+def test_a_run_whose_last_validation_loss_is_not_finite_is_reported_diverged(tmp_path, corpus, last):
+    """Before: the -inf row was skipped, and the run's earlier loss (2.1) was reported as final and best."""
+    out = tmp_path / "sweep"
+    plan = SweepPlan(tiny_config(), corpus, [Setting("a")], seeds=[1, 2])
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(plan.to_manifest() | {"steps": {}}))
+    write_run(out, "a-seed1", [2.5, 2.0], [1000, 90], [1, 2])
+    write_run(out, "a-seed2", [2.5, 2.1, last], [1000, 90, 90], [1, 2, 3])
+    paths = write_sweep_report(out)
+    (row,) = read_csv(paths["csv"])
+    assert row["seeds"] == "1" and float(row["val_loss_mean"]) == 2.0 and float(row["best_val_loss_mean"]) == 2.0
+    md = paths["md"].read_text()
+    assert f"a-seed2 (the val_loss {last} at step 9)" in md and "1 finished run(s) of 2" in md
+    assert [r["run"] for r in read_csv(paths["runs_csv"])] == ["a-seed1"]
+
+
 def test_report_of_a_folder_without_a_sweep(tmp_path):
     with pytest.raises(ValueError, match="holds no sweep"):
         write_sweep_report(tmp_path)
