@@ -67,6 +67,7 @@ from llm_lab.core.train.checkpoint import (
     LAST_FILE,
     RUN_FILE,
     CheckpointError,
+    check_size_fits,
     check_state_dict,
     load_checkpoint,
     read_state_dict,
@@ -499,6 +500,10 @@ def save_model_package(
 
 
 def _finish_model(config: MiniGPTConfig, state: dict[str, torch.Tensor], source: Path, device: Any) -> nn.Module:
+    try:
+        check_size_fits(state, config, source)  # before building what the config asks for
+    except CheckpointError as e:
+        raise PackageError(str(e)) from None
     model = _build_model(config)
     load_weights_into(model, state, source)
     dtype = _weights_dtype(state)

@@ -45,6 +45,7 @@ import numbers
 import pickle
 import pickletools
 import random
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,7 @@ __all__ = [
     "capture_rng_state",
     "check_checkpoint",
     "check_format_version",
+    "check_size_fits",
     "check_state_dict",
     "load_checkpoint",
     "load_resume_checkpoint",
@@ -200,6 +202,46 @@ def check_state_dict(state: Any, expected: Mapping[str, torch.Tensor], where: st
         problems.append(f"wrong dtypes: {short_list(wrong_dtype, 4)}")
     if problems:
         raise CheckpointError(f"{where}: weights do not match the model config ({'; '.join(problems)})")
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def check_size_fits(state: Mapping[str, torch.Tensor], config: Any, where: str | Path) -> None:
+    """Check a MiniGPT config's sizes against the weights present before a model of that config is built.
+
+    Building allocates what the config says; a config saying ``n_layer: 10000000`` beside weights for one block
+    (or a vocabulary far beyond the embedding stored) would allocate for minutes before the names were compared.
+    The blocks (``blocks.N.``) must be ``0 .. n_layer - 1`` and the token embedding ``(vocab_size, n_embd)``;
+    the message has :func:`check_state_dict`'s form.
+
+    Raises:
+        CheckpointError: one line with what the config says and what the weights hold.
+    """
+    held = {int(m.group(1)) for name in state if (m := _BLOCK.match(name))}
+    problems = []
+    n_missing = config.n_layer - len([i for i in held if i < config.n_layer])
+    shown = []
+    for index in range(config.n_layer):  # stops after a few: n_layer may be huge
+        if len(shown) == min(n_missing, 6):
+            break
+        if index not in held:
+            shown.append(f"blocks.{index}.*")
+    if n_missing:
+        more = f" (+{n_missing - len(shown):,} more)" if n_missing > len(shown) else ""
+        problems.append(f"missing tensors: {', '.join(shown)}{more}")
+    extra = sorted(i for i in held if i >= config.n_layer)
+    if extra:
+        problems.append(f"unexpected tensors: {short_list([f'blocks.{i}.*' for i in extra])}")
+    embedding = state.get("tok_emb.weight")
+    wanted = (config.vocab_size, config.n_embd)
+    if isinstance(embedding, torch.Tensor) and tuple(embedding.shape) != wanted:
+        problems.append(f"wrong shapes: tok_emb.weight is {tuple(embedding.shape)} but the model expects {wanted}")
+    if problems:
+        raise CheckpointError(
+            f"{where}: weights do not match the model config ({'; '.join(problems)}; the config says "
+            f"n_layer={config.n_layer}, the weights hold {len(held)} block(s))"
+        )
 
 
 def _rng_state_problem(state: Any) -> str | None:
