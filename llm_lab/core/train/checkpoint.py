@@ -47,7 +47,7 @@ import pickletools
 import random
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +326,7 @@ def check_checkpoint(
     *,
     training_state: bool = False,
     model_config: Mapping[str, Any] | None = None,
-    expected_model: Mapping[str, torch.Tensor] | None = None,
+    expected_model: Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     world_size: int | None = None,
 ) -> None:
@@ -339,7 +339,8 @@ def check_checkpoint(
             RNG and data states (their form: each is tried on a scratch generator), the optimizer state.
         model_config: the receiving model's config as a dict: the saved ``model_config`` must equal it.
         expected_model: the receiving model's ``state_dict()`` (or one on the ``meta`` device): names, shapes and
-            dtypes must match (:func:`check_state_dict`).
+            dtypes must match (:func:`check_state_dict`). A function returning it is called only after
+            ``model_config`` matched, so nothing is built for a config the checkpoint contradicts.
         optimizer: the receiving optimizer: the saved state must have its groups and parameter shapes.
         world_size: the number of processes that will resume: the saved RNG and data states must be one each.
 
@@ -370,7 +371,7 @@ def check_checkpoint(
     if not isinstance(model, Mapping) or not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise bad("the model weights are not a mapping of names to tensors")
     if expected_model is not None:
-        check_state_dict(model, expected_model, where)
+        check_state_dict(model, expected_model() if callable(expected_model) else expected_model, where)
     best_step = checkpoint.get("best_step")
     if best_step is not None and not (_is_count(best_step) and best_step <= checkpoint["step"]):
         raise bad(f"best_step is {best_step!r}, expected an integer from 0 to step ({checkpoint['step']})")

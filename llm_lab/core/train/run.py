@@ -489,8 +489,11 @@ def _check_resume(
     The data must be the run's own (same format, split sizes, content fingerprint and tokenizer), the model the
     checkpoint's, ``train.max_steps`` not below the checkpoint's step, the process count the same.
     """
-    with torch.device("meta"):  # names, shapes and dtypes only: nothing is allocated
-        expected = MiniGPT(config.model).state_dict()
+
+    def expected() -> dict[str, torch.Tensor]:
+        with torch.device("meta"):  # names, shapes and dtypes only: nothing is allocated
+            return MiniGPT(config.model).state_dict()
+
     # Checked whole against this run (config, tensors, counters, RNG and data states) before anything is touched;
     # then best_val.pt is repaired if a kill at the final evaluation left it behind.
     checkpoint = load_resume_checkpoint(
