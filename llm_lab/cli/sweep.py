@@ -29,12 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="a value shared by every run, e.g. --set train.max_steps=300 (repeatable)")
     sweep.add_argument("--seeds", type=int, default=None,
-                       help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's)")
+                       help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's; "
+                       "at most 1000)")
     sweep.add_argument("--baseline", default=None, metavar="SETTING",
                        help="the setting the others are compared with (default: the first)")
     sweep.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="equal wall time per run: the schedule is scaled to the steps that fill it (default: "
-                       "equal steps, the config's train.max_steps)")  # fmt: skip
+                       "equal steps, the config's train.max_steps; at most 604800, a week)")  # fmt: skip
     sweep.add_argument("--jobs", type=int, default=1,
                        help="runs at a time, each with its share of the cores (lowered to fit cores and memory)")
     sweep.add_argument("--extend", action="store_true", help="add these settings and seeds to the sweep in --out")
