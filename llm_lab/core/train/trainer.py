@@ -323,12 +323,10 @@ class Trainer:
 
     def _expected(self) -> dict[str, Any]:
         """What a checkpoint must fit to be loaded into this trainer (see ``check_checkpoint``)."""
-        # Under FSDP the module's own state dict is sharded; the full one (collective) is what checkpoints hold, and
-        # its optimizer state is keyed by parameter names, so only its form is checked (torch maps it on loading).
-        world = self.dist.world_size
-        if self._fsdp:
-            return {"expected_model": self._model_state(), "optimizer": None, "world_size": world}
-        return {"expected_model": self.model.state_dict(), "optimizer": self.optimizer, "world_size": world}
+        # Under FSDP2 the module's state dict holds DTensors under the plain names, whose shapes are the full ones a
+        # checkpoint holds; its saved optimizer state is keyed by parameter names, so only its form is checked.
+        optimizer = None if self._fsdp else self.optimizer
+        return {"expected_model": self.model.state_dict(), "optimizer": optimizer, "world_size": self.dist.world_size}
 
     def load_state(self, checkpoint: dict[str, Any], where: str | Path = "the checkpoint") -> None:
         """Restore everything a checkpoint holds, so training continues exactly where it stopped.
