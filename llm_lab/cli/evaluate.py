@@ -47,12 +47,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
     if not data.is_file():
         raise FileNotFoundError(f"--data: no such file: {data}")
-    try:
-        text = data.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--data {data}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
+    from llm_lab.core.data.prepare import read_text_file
     from llm_lab.core.evaluation import evaluate_text
+
+    text = read_text_file(data)  # exactly as `data prepare` reads it: CRLF stays CRLF
     from llm_lab.core.package.io import load_package_or_run
 
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)

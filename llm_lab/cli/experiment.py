@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_posenc(args: argparse.Namespace) -> int:
     from llm_lab.core.model.config import POS_ENCODINGS
     from llm_lab.experiments.posenc import PosEncStudy, load_study_config, run_study, study_table
+    from llm_lab.experiments.sweep import seed_list
 
     data = args.data
     if data is None:
@@ -64,15 +65,13 @@ def _run_posenc(args: argparse.Namespace) -> int:
                 "`llm-lab data download tiny_shakespeare`)"
             )
     config = load_study_config(args.config, args.overrides, quick=args.quick)
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     study = PosEncStudy(
         base=config,
         data=data,
         out_dir=args.out,
         encodings=tuple(args.encodings) if args.encodings else POS_ENCODINGS,
         extrapolation_factor=args.factor,
-        seeds=[config.train.seed + i for i in range(args.seeds)],
+        seeds=seed_list(config.train.seed, args.seeds),
     )
     paths = run_study(study)
     print(study_table(study), end="")

@@ -30,12 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="a value shared by every run, e.g. --set train.max_steps=300 (repeatable)")
     sweep.add_argument("--seeds", type=int, default=None,
-                       help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's)")
+                       help="runs per setting, seeded train.seed, train.seed+1, ... (default 1, or the sweep file's; "
+                       "at most 1000)")
     sweep.add_argument("--baseline", default=None, metavar="SETTING",
                        help="the setting the others are compared with (default: the first)")
     sweep.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="equal wall time per run: the schedule is scaled to the steps that fill it (default: "
-                       "equal steps, the config's train.max_steps)")  # fmt: skip
+                       "equal steps, the config's train.max_steps; at most 604800, a week)")  # fmt: skip
     sweep.add_argument("--jobs", type=int, default=1,
                        help="runs at a time, each with its share of the cores (lowered to fit cores and memory)")
     sweep.add_argument("--extend", action="store_true", help="add these settings and seeds to the sweep in --out")
@@ -56,7 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from llm_lab.core.train.run import load_run_config
-    from llm_lab.experiments.sweep import SweepPlan, grid_settings, load_sweep_file, parse_grid_option, run_sweep
+    from llm_lab.experiments.sweep import (
+        SweepPlan,
+        grid_settings,
+        load_sweep_file,
+        parse_grid_option,
+        run_sweep,
+        seed_list,
+    )
     from llm_lab.experiments.sweep_report import write_sweep_report
 
     for option in ("config", "data", "out"):
@@ -71,8 +79,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--grid {key} is given twice; list all its values in one --grid")
         grid[key] = values
     seeds = args.seeds if args.seeds is not None else spec.get("seeds", 1)
-    if seeds < 1:
-        raise CLIError(f"--seeds must be at least 1, got {seeds}")
     if not grid and not spec.get("settings"):
         raise CLIError("nothing to compare: give --grid SECTION.KEY=V1,V2 or a --sweep-file with settings")
     base = load_run_config(args.config, shared)
@@ -80,7 +86,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         base=base,
         data=args.data,
         settings=grid_settings(grid, spec.get("settings")),
-        seeds=[base.train.seed + i for i in range(seeds)],
+        seeds=seed_list(base.train.seed, seeds),
         time_budget_s=args.time_budget if args.time_budget is not None else spec.get("time_budget_s"),
         baseline=args.baseline if args.baseline is not None else spec.get("baseline"),
     )

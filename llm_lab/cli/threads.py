@@ -24,7 +24,8 @@ from llm_lab.utils.threads import THREADS_ENV, Threads, apply_threads, default_t
 __all__ = ["THREADS_ENV", "THREADS_HELP", "add_threads_argument", "apply_threads_option", "threads_setting"]
 
 THREADS_HELP = (
-    f"CPU threads for torch: a number, or auto (one per core idle at start-up). Default: ${THREADS_ENV}, else "
+    f"CPU threads for torch: a number (capped at the usable CPUs), or auto (one per core idle at start-up). "
+    f"Default: ${THREADS_ENV}, else "
     "$OMP_NUM_THREADS as torch reads it, else auto"
 )
 

@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     if dist_info.is_main:
         lock.enter_context(lock_directory(args.out))
     try:
-        init_from = load_init_source(args.init_from) if args.init_from else None
+        init_from = load_init_source(args.init_from).with_overrides(args.overrides) if args.init_from else None
         prepared = prepare_run(
             config, args.data, args.out, resume=args.resume, overwrite=args.overwrite, init_from=init_from
         )

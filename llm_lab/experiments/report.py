@@ -89,8 +89,24 @@ def _config_summary(run_json: dict[str, Any]) -> tuple[str | None, int | None, s
     return summary, parameters, train.get("precision"), train.get("batch_size")
 
 
+def divergence(columns: dict[str, list[float | None]]) -> str | None:
+    """``"val_loss -inf at step 6"`` when a run's last logged validation (or training) loss is NaN or infinite,
+    else ``None``: such a run diverged, and no earlier loss may stand in as its final or best one."""
+    steps = columns.get("step", [])
+    for name in ("val_loss", "train_loss"):
+        logged = [(step, v) for step, v in zip(steps, columns.get(name, []), strict=False) if v is not None]
+        if logged and not math.isfinite(logged[-1][1]):
+            step, value = logged[-1]
+            return f"{name} {value} at step {int(step) if step is not None else '?'}"
+    return None
+
+
 def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any] | None:
-    """One report row for a run directory, or ``None`` when its ``metrics.csv`` has no rows yet."""
+    """One report row for a run directory, or ``None`` when its ``metrics.csv`` has no rows yet.
+
+    A run whose last logged loss is NaN or infinite has ``"diverged"`` set (see :func:`divergence`), its final
+    validation loss is that value and it has no best one.
+    """
     run_dir = Path(run_dir)
     columns = read_metric_columns(run_dir)
     steps = _finite(columns.get("step", []))
@@ -107,8 +123,10 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         runtime = load_json_file(run_dir / RUNTIME_FILE)
         if not isinstance(runtime, dict):
             raise ValueError(f"{run_dir / RUNTIME_FILE}: expected a JSON object with 'precision' and 'threads'")
+    diverged = divergence(columns)
     val = _finite(columns.get("val_loss", []))
     train = _finite(columns.get("train_loss", []))
+    logged_val = [v for v in columns.get("val_loss", []) if v is not None]
     tokens = _finite(columns.get("tokens", []))
     name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
     return {
@@ -121,8 +139,9 @@ def summarize_run(run_dir: str | Path, root: str | Path | None = None) -> dict[s
         "steps": int(max(steps)),
         "tokens": int(max(tokens)) if tokens else None,
         "train_loss": train[-1] if train else None,
-        "best_val_loss": min(val) if val else None,
-        "val_loss": val[-1] if val else None,
+        "best_val_loss": min(val) if val and not diverged else None,
+        "val_loss": logged_val[-1] if diverged and logged_val else (val[-1] if val else None),
+        "diverged": diverged,
         "tokens_per_second": _steady_median(columns.get("tokens_per_second", [])),
         "mfu": _steady_median(columns.get("mfu", [])),
     }
@@ -181,6 +200,9 @@ def write_report(root: Roots, out_dir: str | Path, title: str = "Runs") -> dict[
         "tokens/s and MFU: medians over each run's logged rows (the first, with warm-up, left out); MFU is "
         "against the matmul peak the run measured (or was given) for its precision.\n"
     )
+    diverged = [f"`{row['run']}` ({row['diverged']})" for row in rows if row["diverged"]]
+    if diverged:
+        notes += "Diverged (the last logged loss is NaN or infinite; no best loss): " + ", ".join(diverged) + "\n"
     if skipped:
         notes += "Runs without logged rows yet (skipped): " + ", ".join(f"`{p}`" for p in skipped) + "\n"
     table = markdown_table(rows, REPORT_COLUMNS, headers=HEADERS, digits=4)

@@ -81,6 +81,9 @@ from llm_lab.utils.threads import apply_threads
 from llm_lab.utils.words import plural
 
 __all__ = [
+    "MAX_RUNS",
+    "MAX_SEEDS",
+    "MAX_TIME_BUDGET_S",
     "SWEEP_FORMAT_VERSION",
     "RunSpec",
     "Setting",
@@ -93,6 +96,7 @@ __all__ = [
     "read_manifest",
     "run_sweep",
     "scale_schedule",
+    "seed_list",
     "size_jobs",
 ]
 
@@ -102,6 +106,14 @@ _KIND = "llm-lab sweep"
 # Keys a sweep owns: seeds come from the sweep's seed list, so a setting may not fix them.
 _RESERVED_KEYS = ("train.seed",)
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+# Bounds on what one value may ask of a sweep. Each run is a directory and a row of the report, so a sweep is
+# bounded by what a report can show and a person can compare: 1000 seeds per setting is far past the few a
+# confidence interval needs, 10,000 runs far past any grid worth reading. ``--seeds 1000000000`` built a list
+# of a billion seeds (23 GiB) before anything ran.
+MAX_SEEDS = 1000
+MAX_RUNS = 10_000
+#: The longest wall-time budget per run: a week. ``--time-budget 1e12`` (31,700 years) calibrated 3.2e14 steps.
+MAX_TIME_BUDGET_S = 7 * 24 * 3600.0
 
 
 # ------------------------------------------------------------------------------------------------- the plan
@@ -170,6 +182,9 @@ def grid_settings(
             raise ValueError(f"grid {key}: give a non-empty list of values, got {values!r}")
         if len(set(map(json.dumps, values))) != len(values):
             raise ValueError(f"grid {key}: each value may appear once, got {list(values)}")
+    combinations = math.prod(len(values) for values in grid.values()) * len(named)
+    if combinations > MAX_RUNS:
+        raise ValueError(f"the grid makes {combinations:,} settings; a sweep may have at most {MAX_RUNS:,} runs")
     short = _short_keys(list(grid))
     settings = []
     for label, fixed in named.items():
@@ -184,6 +199,18 @@ def grid_settings(
             overrides = base + [_override(k, v) for k, v in zip(grid, combo, strict=True)]
             settings.append(Setting(name, tuple(overrides)))
     return settings
+
+
+def seed_list(first: int, count: int) -> list[int]:
+    """``count`` consecutive seeds from ``first`` (``--seeds N``), refused above :data:`MAX_SEEDS` before any is
+    made.
+
+    Raises:
+        ValueError: ``count`` below 1 or above :data:`MAX_SEEDS`.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SEEDS:
+        raise ValueError(f"--seeds must be at least 1 and at most {MAX_SEEDS} (seeds per setting), got {count!r}")
+    return [first + i for i in range(count)]
 
 
 def _check_key(key: str, where: str) -> None:
@@ -241,6 +268,13 @@ class SweepPlan:
         for seed in self.seeds:
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise ValueError(f"seeds must be non-negative integers, got {seed!r}")
+        if len(self.seeds) > MAX_SEEDS:
+            raise ValueError(f"a sweep may have at most {MAX_SEEDS} seeds per setting, got {len(self.seeds):,}")
+        if len(self.settings) * len(self.seeds) > MAX_RUNS:
+            raise ValueError(
+                f"{len(self.settings):,} settings x {len(self.seeds):,} seeds make "
+                f"{len(self.settings) * len(self.seeds):,} runs; a sweep may have at most {MAX_RUNS:,}"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"each seed may appear once, got {list(self.seeds)}")
         names = [s.name for s in self.settings]
@@ -260,6 +294,11 @@ class SweepPlan:
             isinstance(self.time_budget_s, int | float) and math.isfinite(self.time_budget_s) and self.time_budget_s > 0
         ):
             raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s!r}")
+        if self.time_budget_s is not None and self.time_budget_s > MAX_TIME_BUDGET_S:
+            raise ValueError(
+                f"--time-budget {self.time_budget_s:g}s is more than a week per run; the most is "
+                f"{MAX_TIME_BUDGET_S:g}s (for longer runs, train them with llm-lab train)"
+            )
         if not self.data.exists():
             raise FileNotFoundError(f"--data {self.data} does not exist (give a text file or a prepared directory)")
 

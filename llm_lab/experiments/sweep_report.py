@@ -100,6 +100,8 @@ def collect_sweep(out_dir: str | Path) -> SweepRuns:
         row = run_row(spec, out_dir / "runs" / spec.name) if record is not None else None
         if row is None:
             runs.unfinished.append(spec.name)
+        elif row["diverged"]:  # its last logged loss is NaN or infinite: no earlier loss stands in as final
+            runs.diverged[spec.name] = f"the {row['diverged']}"
         else:
             runs.rows.append((spec, row | {"extra": record["extra"]}))  # type: ignore[index]
     return runs

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
-__all__ = ["BROKEN_PIPE_EXIT", "USER_ERRORS", "CLIError", "report_user_error"]
+__all__ = ["BROKEN_PIPE_EXIT", "USER_ERRORS", "CLIError", "report_user_error", "short_list"]
 
 
 class CLIError(Exception):
@@ -18,6 +19,13 @@ class CLIError(Exception):
 
 # Bad values (ValueError) and the file system's refusals (missing file, no space, permission: OSError).
 USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, ValueError, OSError)
+
+
+def short_list(names: Iterable[str], limit: int = 6) -> str:
+    """``"a, b, c (+2 more)"``: enough names for a one-line message."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 #: Exit code of a command whose reader went away (``llm-lab sample ... | head``): 128 + SIGPIPE, as shells report.

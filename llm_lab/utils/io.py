@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "disk_full_error",
+    "follow_umask",
     "is_disk_full",
     "reporting_disk_full",
 ]
@@ -137,6 +138,15 @@ def _default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file another library wrote the mode every other file gets (``open``'s: 0o666 less the umask).
+
+    Writers that go through a temporary file (``transformers``' ``save_pretrained`` writing safetensors) leave
+    mkstemp's 0o600, so a shared group or a web server could read every file of a directory but the weights.
+    """
+    os.chmod(path, _default_file_mode())
 
 
 def _fsync_dir(directory: Path) -> None:

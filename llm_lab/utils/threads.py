@@ -26,10 +26,12 @@ number sets that many threads; ``None`` keeps the process setting untouched (for
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -218,6 +220,12 @@ def auto_threads(idle: float | None, max_threads: int) -> int:
     return max(1, min(max_threads, free))
 
 
+@functools.cache
+def _warn_capped(setting: int, cpus: int) -> None:
+    """Say once per process that ``setting`` threads were capped (the CLI and the trainer both apply it)."""
+    warnings.warn(f"threads={setting} is more than the {cpus} CPUs this process may use; using {cpus}", stacklevel=4)
+
+
 def resolve_threads(
     setting: Threads,
     *,
@@ -227,14 +235,20 @@ def resolve_threads(
     """The thread count ``setting`` stands for: itself if a number, else :func:`auto_threads` of a measurement.
 
     Args:
-        setting: a positive integer or ``"auto"`` (validated with :func:`parse_threads`).
+        setting: a positive integer or ``"auto"`` (validated with :func:`parse_threads`). A number above the
+            CPUs this process may use (:func:`usable_cpus`) is capped to them, with a warning.
         measure: returns the idle cores (default: :func:`measure_idle_cores` over the usable CPUs).
         max_threads: the cap for ``auto`` (default: the physical cores among the usable CPUs).
     """
     setting = parse_threads(setting)
-    if setting != AUTO:
-        return setting
     cpus = usable_cpus()
+    if setting != AUTO:
+        if setting > len(cpus):
+            # More threads than CPUs only makes them wait for each other at every operation (--threads 1000 ran
+            # 240x slower); a config written on a bigger machine still runs, at the cores this one has.
+            _warn_capped(setting, len(cpus))
+            return len(cpus)
+        return setting
     if max_threads is None:
         max_threads = physical_core_count(cpus)
     idle = measure() if measure is not None else measure_idle_cores(cpus)

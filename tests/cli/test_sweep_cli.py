@@ -41,6 +41,10 @@ BASE = ["sweep", "--config", "base.json", "--data", "corpus.txt"]
         ([*BASE, "--out", "o", "--grid", "model.n_layer=1,two"], "setting 'n_layer=two'"),
         ([*BASE, "--out", "o", "--grid", "model.n_head=2,3"], "setting 'n_head=3'.*n_head"),
         ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--seeds", "0"], "--seeds must be at least 1"),
+        # Before: a billion-seed list grew to 23 GiB; a 1e12 s budget calibrated 3.2e14 steps. Both until killed.
+        ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--seeds", "1000000000"], "at most 1000 .*"
+         "got 1000000000"),
+        ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--time-budget", "1e12"], "more than a week per run"),
         ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--grid", "model.norm=layernorm"], "given twice"),
         ([*BASE, "--out", "o", "--sweep-file", "file.json"], "setting 'b'"),
         ([*BASE, "--out", "o", "--grid", "model.norm=rmsnorm", "--baseline", "x"], "baseline 'x' is not a setting"),

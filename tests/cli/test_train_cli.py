@@ -294,6 +294,20 @@ def test_init_from_a_package(config, corpus, tmp_path):
         torch.testing.assert_close(end[key], value, rtol=0, atol=1e-8, msg=key)
 
 
+def test_init_from_refuses_a_set_that_contradicts_the_weights(config, corpus, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert _train("--config", config, "--data", corpus, "--out", source) == 0
+    capsys.readouterr()
+    tuned = tmp_path / "tuned"
+    assert _train("--config", config, "--data", corpus, "--out", tuned, "--init-from", source,
+                  "--set", "model.n_embd=64") == 2  # fmt: skip
+    assert "model.n_embd=64 (the weights have 16) contradicts the weights" in _error(capsys)
+    assert not tuned.exists()
+    assert _train("--config", config, "--data", corpus, "--out", tuned, "--init-from", source,
+                  "--set", "model.dropout=0.2", "--set", "train.max_steps=2") == 0  # fmt: skip
+    assert json.loads((tuned / "run.json").read_text())["model"]["dropout"] == 0.2
+
+
 def test_non_finite_loss_stops_with_the_step(config, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--set", "train.lr=10000", "--set", "train.min_lr=10000", "--set", "train.warmup_steps=0"]

@@ -109,3 +109,16 @@ def test_collect_defaults_to_the_folders_the_scripts_write(tmp_path, monkeypatch
     assert main(["experiment", "collect"]) == 0
     rows = read_csv(tmp_path / "experiments" / "report" / "report.csv")
     assert [row["run"] for row in rows] == ["runs/hello", "experiments/p2_bpe"]
+
+
+def test_a_run_whose_last_validation_loss_is_minus_inf_is_marked_diverged(tmp_path):
+    """Before: the -inf row was skipped and 2.65 (an earlier evaluation) was reported as final and best."""
+    rows = rows_for(4, 3.0, [10.0, 1000.0, 1200.0, 1100.0])
+    rows[-1]["val_loss"] = float("-inf")
+    make_run(tmp_path / "runs" / "a", rows, MODEL)
+    paths = write_report(tmp_path / "runs", tmp_path / "report")
+    (row,) = read_csv(paths["csv"])
+    assert row["val_loss"] == "-inf" and row["best_val_loss"] == ""
+    assert "Diverged (the last logged loss is NaN or infinite; no best loss): `a` (val_loss -inf at step 4)" in (
+        paths["md"].read_text()
+    )

@@ -20,6 +20,7 @@ from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec
 from llm_lab.experiments import sweep as sweep_module
 from llm_lab.experiments.stats import t_quantile, welch_t_test
 from llm_lab.experiments.sweep import (
+    MAX_SEEDS,
     Setting,
     SweepPlan,
     budget_steps,
@@ -28,6 +29,7 @@ from llm_lab.experiments.sweep import (
     parse_grid_option,
     run_sweep,
     scale_schedule,
+    seed_list,
     size_jobs,
 )
 from llm_lab.experiments.sweep_report import RESULT_COLUMNS, write_sweep_report
@@ -170,6 +172,10 @@ def test_a_bad_grid_stops_before_anything_is_written(tmp_path, corpus, grid, mes
         ({"settings": []}, ValueError, "has no settings"),
         ({"baseline": "nope"}, ValueError, "baseline 'nope' is not a setting"),
         ({"time_budget_s": 0}, ValueError, "--time-budget must be a positive number"),
+        ({"time_budget_s": 1e12}, ValueError, r"--time-budget 1e\+12s is more than a week per run; the most is 604800"),
+        ({"seeds": list(range(1001))}, ValueError, "at most 1000 seeds per setting, got 1,001"),
+        ({"settings": [Setting(str(i)) for i in range(11)], "seeds": list(range(1000))}, ValueError,
+         "11 settings x 1,000 seeds make 11,000 runs; a sweep may have at most 10,000"),
         ({"settings": [Setting("a b"), Setting("a_b")]}, ValueError, "would share the directory name 'a_b'"),
         ({"data": "missing.txt"}, FileNotFoundError, "does not exist"),
     ],
@@ -302,6 +308,23 @@ def test_report_numbers_worked_by_hand(tmp_path, corpus, png_ok):
     assert rows["b"]["significance"] == "baseline" and rows["a"]["significance"] == "**"
     with pytest.raises(ValueError, match="baseline 'x' is not a setting"):
         write_sweep_report(out, baseline="x")
+
+
+@pytest.mark.parametrize("last", [float("-inf"), float("nan"), float("inf")])
+def test_a_run_whose_last_validation_loss_is_not_finite_is_reported_diverged(tmp_path, corpus, last):
+    """Before: the -inf row was skipped, and the run's earlier loss (2.1) was reported as final and best."""
+    out = tmp_path / "sweep"
+    plan = SweepPlan(tiny_config(), corpus, [Setting("a")], seeds=[1, 2])
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(plan.to_manifest() | {"steps": {}}))
+    write_run(out, "a-seed1", [2.5, 2.0], [1000, 90], [1, 2])
+    write_run(out, "a-seed2", [2.5, 2.1, last], [1000, 90, 90], [1, 2, 3])
+    paths = write_sweep_report(out)
+    (row,) = read_csv(paths["csv"])
+    assert row["seeds"] == "1" and float(row["val_loss_mean"]) == 2.0 and float(row["best_val_loss_mean"]) == 2.0
+    md = paths["md"].read_text()
+    assert f"a-seed2 (the val_loss {last} at step 9)" in md and "1 finished run(s) of 2" in md
+    assert [r["run"] for r in read_csv(paths["runs_csv"])] == ["a-seed1"]
 
 
 def test_report_of_a_folder_without_a_sweep(tmp_path):
@@ -439,3 +462,16 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, corpus, mon
     paths = write_sweep_report(tmp_path / "out")
     assert read_csv(paths["csv"])[0]["seeds"] == "2"
     assert "a-seed2 (the training loss became nan at step 3)" in paths["md"].read_text()
+
+
+def test_seed_lists_and_grids_are_bounded_before_they_are_built():
+    """``--seeds 1000000000`` built a billion-seed list (23 GiB) before anything ran: now the count is checked
+    first, and so is the size of a grid's product."""
+    assert seed_list(7, 3) == [7, 8, 9]
+    assert len(seed_list(0, MAX_SEEDS)) == MAX_SEEDS
+    for bad in (0, MAX_SEEDS + 1, 1_000_000_000):
+        with pytest.raises(ValueError, match=rf"--seeds must be at least 1 and at most {MAX_SEEDS} .*got {bad}"):
+            seed_list(0, bad)
+    grid = {f"model.k{i}": list(range(10)) for i in range(5)}  # 100,000 combinations, never listed
+    with pytest.raises(ValueError, match="the grid makes 100,000 settings; a sweep may have at most 10,000 runs"):
+        grid_settings(grid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -110,10 +112,11 @@ def test_parse_threads_refuses_everything_else(bad):
         parse_threads(bad)
 
 
-def test_resolve_threads_measures_only_for_auto():
+def test_resolve_threads_measures_only_for_auto(monkeypatch):
     def never() -> float:
         raise AssertionError("a fixed count must not measure")
 
+    monkeypatch.setattr("llm_lab.utils.threads.usable_cpus", lambda: [0, 1, 2, 3])
     assert resolve_threads(3, measure=never) == 3
     assert resolve_threads("auto", measure=lambda: 1.02, max_threads=2) == 1
     assert resolve_threads("auto", measure=lambda: 1.98, max_threads=2) == 2
@@ -225,3 +228,17 @@ def test_library_entry_points_follow_the_rule(entry_point, fresh_process, monkey
     assert torch.get_num_threads() == 2 and threads_module._settled is False
     entry_point("default")
     assert torch.get_num_threads() == 1
+
+
+def test_more_threads_than_cpus_are_capped_with_one_warning(monkeypatch):
+    """``--threads 1000`` on a 2-core machine ran 240x slower without a word: capped to the usable CPUs, said once."""
+    import llm_lab.utils.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: [0, 1, 2])
+    threads._warn_capped.cache_clear()
+    with pytest.warns(UserWarning, match=r"^threads=1000 is more than the 3 CPUs this process may use; using 3$"):
+        assert resolve_threads(1000) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_threads(1000) == 3  # said once per process: the CLI and the trainer both apply it
+        assert resolve_threads(3) == 3 and resolve_threads(2) == 2

@@ -73,6 +73,7 @@ __all__ = [
     "load_corpus_tokenizer",
     "load_prepared",
     "prepare_corpus",
+    "read_text_file",
     "usable_workers",
 ]
 
@@ -121,6 +122,19 @@ def iter_text_chunks(path: str | Path, read_bytes: int = _READ_BYTES) -> Iterato
             yield text, b"".join(read)
             read.clear()
     yield "", b"".join(read)
+
+
+def read_text_file(path: str | Path) -> str:
+    """The whole text of a UTF-8 file exactly as :func:`prepare_corpus` reads it (:func:`iter_text_chunks`).
+
+    No newline translation: ``\r\n`` stays two characters, as in the ids ``data prepare`` and ``train`` make, so
+    ``llm-lab eval`` scores the same tokens they would (Python's text mode turned CRLF into LF, and eval scored
+    other tokens than training saw).
+
+    Raises:
+        ValueError: the file is not UTF-8 (the message gives the byte offset).
+    """
+    return "".join(text for text, _ in iter_text_chunks(path))
 
 
 def _cuts_anywhere(tokenizer: Any) -> bool:

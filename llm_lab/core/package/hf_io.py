@@ -17,7 +17,12 @@
 ``pytorch_model.bin``, sharded or not, and a byte-level BPE tokenizer as ``tokenizer.json`` or ``vocab.json`` +
 ``merges.txt``) and writes a package. Nothing is ever executed from the directory: no remote code, and ``.bin``
 files are checked with ``torch.load(weights_only=True)`` before ``transformers`` sees them, every shard an index
-file names included (an index entry pointing outside the directory is refused).
+file names included (an index entry pointing outside the directory is refused). Before any model is built, the
+config is parsed by ``transformers`` and by :func:`~llm_lab.core.package.hf.config_from_hf`, and checked against
+the tensors the weights files hold (read from their headers): the number of layers, every tensor's shape, and no
+tensor missing (only an output head tied to the embedding may be absent). So a config that asks for more than the
+weights hold (``n_layer: 10000000`` beside one layer) is refused at once instead of building that model, and an
+untied model without its ``lm_head`` is refused instead of importing a random head.
 
 Both build their output beside its final path and swap it in (:mod:`llm_lab.utils.dirswap`). ``transformers`` is
 imported only here.
@@ -26,8 +31,10 @@ imported only here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,7 +48,7 @@ from llm_lab.core.package.io import save_model_package as _save_model_package
 from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
 from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
-from llm_lab.utils.io import atomic_write_json
+from llm_lab.utils.io import atomic_write_json, follow_umask
 from llm_lab.utils.json_input import load_json_file
 
 __all__ = ["export_hf", "import_hf"]
@@ -64,13 +71,17 @@ def _import_transformers() -> Any:
 
 @contextlib.contextmanager
 def _quiet_transformers(transformers: Any) -> Iterator[None]:
-    """No progress bars from transformers while saving or loading tiny directories (restored afterwards)."""
+    """No progress bars and no log lines from transformers while saving or loading (restored afterwards): what
+    matters is checked here and reported in one line."""
     hf_logging = transformers.utils.logging
     was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -208,6 +219,9 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
     with staged_directory(out) as tmp:
         with _quiet_transformers(transformers):
             hf_model.save_pretrained(tmp, safe_serialization=True)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                follow_umask(path)  # model.safetensors comes out 0o600; the rest of the export follows the umask
         generation.save_pretrained(tmp)
         _write_hf_tokenizer(tokenizer, tmp, config.max_positions)
         files = {p.relative_to(tmp).as_posix(): file_record(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -281,6 +295,131 @@ def _find_weights(hf_dir: Path) -> str:
         if (hf_dir / name).is_file():
             return name
     raise PackageError(f"{hf_dir}: no weights found (looked for {', '.join(names)})")
+
+
+def _read_hf_config(transformers: Any, hf_dir: Path) -> Any:
+    """``config.json`` parsed by ``transformers`` (its own validation) and mapped to a MiniGPT config, both checked.
+
+    Raises:
+        PackageError: one line with what ``transformers`` or MiniGPT rejects (a field of the wrong type, a zero
+            epsilon, a setting MiniGPT cannot express).
+    """
+    from llm_lab.core.package.hf import config_from_hf
+
+    where = hf_dir / "config.json"
+    rejected: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError)
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.errors import StrictDataclassError
+
+        rejected += (StrictDataclassError,)
+    try:
+        with _quiet_transformers(transformers):
+            hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=False)
+    except rejected as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        raise PackageError(f"{where}: transformers rejects this config: {detail}") from None
+    try:
+        config_from_hf(hf_config)
+    except ValueError as e:
+        raise PackageError(f"cannot import {hf_dir}: {e}") from None
+    return hf_config
+
+
+def _stored_shapes(hf_dir: Path, weights: str) -> dict[str, tuple[int, ...]]:
+    """``tensor name -> shape`` of every tensor the weights files hold, read from safetensors headers (no data)
+    or from the already checked pickle files.
+
+    Raises:
+        PackageError: a weights file that is not readable (a garbage safetensors header): the message names it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = _index_shards(hf_dir, weights) if weights in _INDEX_FILES else [hf_dir / weights]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    names = list(f.keys())  # a safe_open handle is not iterable
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in names})
+            except (SafetensorError, OSError, ValueError) as e:
+                raise PackageError(f"{path}: not a readable safetensors file ({e})") from None
+        else:
+            shapes.update({name: tuple(t.shape) for name, t in load_state_dict_file(path).items()})
+    return shapes
+
+
+# A transformer block's tensors carry its index: GPT-2 ``h.3.attn...``, Llama ``model.layers.3.self_attn...``.
+_LAYER = re.compile(r"(?:^|\.)(?:h|layers)\.(\d+)\.")
+
+
+def _check_config_against_weights(
+    transformers: Any, hf_config: Any, stored: dict[str, tuple[int, ...]], hf_dir: Path
+) -> None:
+    """Compare the config with the tensors present before building the model it describes.
+
+    The expected tensors come from a one-block model built on the ``meta`` device (shapes only, nothing
+    allocated, whatever the config says); block tensors are compared by their name in block 0.
+
+    Raises:
+        PackageError: another number of layers than the weights hold, a tensor of another shape than the config
+            implies, or a missing tensor (an output head tied to the embedding may be stored once).
+    """
+    where = hf_dir / "config.json"
+    n_layer = hf_config.num_hidden_layers
+    held = sorted({int(m.group(1)) for name in stored if (m := _LAYER.search(name))})
+    if held != list(range(n_layer)):
+        found = f"{len(held)} block{'' if len(held) == 1 else 's'}"
+        if held and held != list(range(len(held))):
+            found += f" (numbered {short_list(map(str, held), 4)})"
+        raise PackageError(
+            f"{where}: the config asks for {n_layer} layers, but the weights hold {found}; the config does not "
+            "describe these weights"
+        )
+    one_block = copy.deepcopy(hf_config)
+    one_block.num_hidden_layers = 1
+    try:
+        with torch.device("meta"), _quiet_transformers(transformers):
+            meta = transformers.AutoModelForCausalLM.from_config(one_block)
+    except (ValueError, TypeError, RuntimeError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PackageError(f"{where}: transformers cannot build this config: {detail}") from None
+    expected = {name: tuple(t.shape) for name, t in meta.state_dict().items()}
+    prefix = f"{meta.base_model_prefix}."
+
+    def block0(name: str) -> str:
+        return _LAYER.sub(lambda m: m.group(0).replace(f".{m.group(1)}.", ".0."), name, count=1)
+
+    def canonical(name: str) -> str:
+        name = block0(name)
+        return name if name in expected or prefix + name not in expected else prefix + name
+
+    wrong = [
+        f"{name} is {shape} but config.json implies {expected[canonical(name)]}"
+        for name, shape in stored.items()
+        if canonical(name) in expected and shape != expected[canonical(name)]
+    ]
+    if wrong:
+        raise PackageError(f"{hf_dir}: weights do not match config.json ({short_list(wrong, 3)})")
+    present = {(canonical(name), int(m.group(1)) if (m := _LAYER.search(name)) else None) for name in stored}
+    tied = set(getattr(meta, "_tied_weights_keys", None) or ()) if hf_config.tie_word_embeddings else set()
+    missing = []
+    for name in expected:
+        if name in tied or (hf_config.tie_word_embeddings and name == "lm_head.weight"):
+            continue
+        blocks = range(n_layer) if _LAYER.search(name) else [None]
+        missing += [
+            name if block is None else name.replace(".0.", f".{block}.", 1)
+            for block in blocks
+            if (name, block) not in present
+        ]
+    if missing:
+        head = "lm_head.weight" in missing
+        why = " (tie_word_embeddings is false: the output head is a tensor of its own)" if head else ""
+        raise PackageError(
+            f"{hf_dir}: the weights lack {short_list(missing, 4)}, which config.json needs{why}; refusing to import "
+            "a model with randomly initialised tensors"
+        )
 
 
 def _pattern_of(pre_tokenizer: dict[str, Any] | None, where: Path) -> str:
@@ -394,8 +533,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
 
     Raises:
         FileNotFoundError: ``hf_dir`` or its ``config.json`` is missing.
-        PackageError: another model type, a setting MiniGPT cannot express (named), a weights file holding
-            pickled Python objects, a tokenizer that is not byte-level BPE.
+        PackageError: another model type, a config ``transformers`` rejects or one MiniGPT cannot express
+            (named), a weights file that is not readable or holds pickled Python objects, weights that do not match
+            the config (layers, shapes, a missing tensor: named), a tokenizer that is not byte-level BPE.
     """
     transformers = _import_transformers()
     from llm_lab.core.package.hf import from_hf_model
@@ -414,13 +554,15 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
             f"{hf_dir / 'config.json'}: model_type {model_type!r} is not supported; "
             f"supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
         )
-    _find_weights(hf_dir)
+    weights = _find_weights(hf_dir)
     _check_weights_files(hf_dir)
+    hf_config = _read_hf_config(transformers, hf_dir)
+    _check_config_against_weights(transformers, hf_config, _stored_shapes(hf_dir, weights), hf_dir)
     tokenizer = _tokenizer_from_hf_dir(hf_dir)
     try:
         with _quiet_transformers(transformers):
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-                hf_dir, local_files_only=True, trust_remote_code=False, weights_only=True
+                hf_dir, config=hf_config, local_files_only=True, trust_remote_code=False, weights_only=True
             )
         model = from_hf_model(hf_model)
     except ValueError as e:

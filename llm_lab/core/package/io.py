@@ -67,6 +67,8 @@ from llm_lab.core.train.checkpoint import (
     LAST_FILE,
     RUN_FILE,
     CheckpointError,
+    check_size_fits,
+    check_state_dict,
     load_checkpoint,
     read_state_dict,
     reconcile_best,
@@ -209,30 +211,10 @@ def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
         for name in group:
             if name not in full and present:
                 full[name] = state[present[0]]
-    missing = [k for k in expected if k not in full]
-    unexpected = [k for k in full if k not in expected]
-    wrong_shape = [
-        f"{k} is {tuple(full[k].shape)} but the model expects {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in full and tuple(full[k].shape) != tuple(v.shape)
-    ]
-    wrong_dtype = [
-        f"{k} is {str(full[k].dtype).removeprefix('torch.')} but the model expects "
-        + ("floating point" if v.is_floating_point() else str(v.dtype).removeprefix("torch."))
-        for k, v in expected.items()
-        if k in full and not _compatible_dtype(full[k].dtype, v.dtype)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {short_list(unexpected)}")
-    if wrong_shape:
-        problems.append(f"wrong shapes: {short_list(wrong_shape, 4)}")
-    if wrong_dtype:
-        problems.append(f"wrong dtypes: {short_list(wrong_dtype, 4)}")
-    if problems:
-        raise PackageError(f"{source}: weights do not match the model config ({'; '.join(problems)})")
+    try:
+        check_state_dict(full, expected, source)
+    except CheckpointError as e:
+        raise PackageError(str(e)) from None
     not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if not_finite:
         raise PackageError(
@@ -240,11 +222,6 @@ def load_weights_into(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
             "damaged model); refusing to load them"
         )
     model.load_state_dict(full, strict=True)
-
-
-def _compatible_dtype(stored: torch.dtype, expected: torch.dtype) -> bool:
-    """Floating weights may be stored in any float precision (bf16 packages); anything else must match exactly."""
-    return stored.is_floating_point and expected.is_floating_point or stored == expected
 
 
 def _weights_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype | None:
@@ -536,6 +513,10 @@ def save_model_package(
 
 
 def _finish_model(config: MiniGPTConfig, state: dict[str, torch.Tensor], source: Path, device: Any) -> nn.Module:
+    try:
+        check_size_fits(state, config, source)  # before building what the config asks for
+    except CheckpointError as e:
+        raise PackageError(str(e)) from None
     model = _build_model(config)
     load_weights_into(model, state, source)
     dtype = _weights_dtype(state)

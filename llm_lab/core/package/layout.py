@@ -27,7 +27,6 @@ catch damage that happens afterwards.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from llm_lab.core.train.checkpoint import BEST_FILE, CHECKPOINT_DIR, FILES, LAST_FILE, RUN_FILE
 from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import unexpected_files
+from llm_lab.utils.errors import short_list
 from llm_lab.utils.json_input import loads_strict
 
 __all__ = [
@@ -99,13 +99,6 @@ class TrainingSummary:
     def from_dict(cls, data: dict[str, Any] | None) -> TrainingSummary:
         data = data or {}
         return cls(steps=data.get("steps"), tokens=data.get("tokens"), best_val_loss=data.get("best_val_loss"))
-
-
-def short_list(names: Iterable[str], limit: int = 6) -> str:
-    """``"a, b, c (+2 more)"``: enough names for a one-line message."""
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def read_json(path: Path, *, damaged: str = "") -> Any:

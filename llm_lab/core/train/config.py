@@ -29,6 +29,13 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 
 
+#: The most micro-batches one optimizer step may sum. One step is the unit of progress: a checkpoint, a log row
+#: and Ctrl+C all wait for it, so its work must stay bounded (``grad_accum_steps=1000000000`` made a step that
+#: never ended). 1024 covers the large-batch recipes on one device (GPT-2's 0.5M tokens a step are 32 micro-batches
+#: of 16 x 1024 tokens) with room to spare.
+MAX_GRAD_ACCUM_STEPS = 1024
+
+
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -42,8 +49,8 @@ class TrainerConfig:
 
     Attributes:
         batch_size: sequences per micro-batch (per process under DDP/FSDP).
-        grad_accum_steps: micro-batches summed into one optimizer step. The tokens of one step are
-            ``batch_size * grad_accum_steps * context_length * world_size``.
+        grad_accum_steps: micro-batches summed into one optimizer step, at most :data:`MAX_GRAD_ACCUM_STEPS`.
+            The tokens of one step are ``batch_size * grad_accum_steps * context_length * world_size``.
         max_steps: optimizer steps of the whole run; training stops there.
         lr: peak learning rate, reached at the end of warmup.
         min_lr: the floor the schedule's decay ends at.
@@ -131,6 +138,12 @@ class TrainerConfig:
         positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_batches", "log_interval")
         for name in (*positive, "muon_ns_steps"):
             _positive_int(name, getattr(self, name))
+        if self.grad_accum_steps > MAX_GRAD_ACCUM_STEPS:
+            raise ValueError(
+                f"grad_accum_steps must be at most {MAX_GRAD_ACCUM_STEPS} (one optimizer step sums that many "
+                f"micro-batches before it can log or checkpoint), got {self.grad_accum_steps}; for more tokens per "
+                "step raise batch_size"
+            )
         for name in ("warmup_steps", "sample_interval", "muon_momentum_warmup_steps"):
             _positive_int(name, getattr(self, name), allow_zero=True)
         for name in ("lr_decay_steps", "checkpoint_interval"):

@@ -54,7 +54,6 @@ from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import (
     CHECKPOINT_DIR,
     RUN_FILE,
-    CheckpointError,
     load_resume_checkpoint,
     run_checkpoint_path,
 )
@@ -294,10 +293,37 @@ def seed_everything(seed: int) -> None:
 class InitSource:
     """Weights to fine-tune from (``--init-from``): the model config, its tokenizer and a state dict."""
 
+    #: Model settings a fine-tuning run may change: they change neither the tensors nor what they compute.
+    FREE_FIELDS: ClassVar[tuple[str, ...]] = ("dropout", "max_seq_len", *MiniGPTConfig.execution_fields)
+
     model_config: MiniGPTConfig
     tokenizer: Any
     state_dict: dict[str, torch.Tensor]
     path: str
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> InitSource:
+        """Apply the ``model.*`` values of ``--set`` overrides to the source's model config.
+
+        Only :attr:`FREE_FIELDS` may differ from the source; any other value that differs (``model.n_embd=64`` on
+        16-wide weights, ``model.norm=rmsnorm`` on LayerNorm weights) contradicts the weights and is refused.
+
+        Raises:
+            ValueError: names each contradicting key, the source's value and what may change.
+        """
+        model_overrides = [item for item in overrides if item.split("=", 1)[0].startswith("model.")]
+        if not model_overrides:
+            return self
+        changed = apply_overrides({"model": self.model_config}, model_overrides)["model"]
+        old, new = config_to_dict(self.model_config), config_to_dict(changed)
+        contradict = [k for k in new if new[k] != old[k] and k not in self.FREE_FIELDS]
+        if contradict:
+            said = ", ".join(f"model.{k}={new[k]!r} (the weights have {old[k]!r})" for k in contradict)
+            free = ", ".join(f"model.{k}" for k in self.FREE_FIELDS)
+            raise ValueError(
+                f"--init-from {self.path}: {said} contradict{'s' if len(contradict) == 1 else ''} the weights; "
+                f"fine-tuning keeps the source's architecture, so drop that --set (only {free} may change)"
+            )
+        return dataclasses.replace(self, model_config=changed)
 
 
 def _read_text(path: Path) -> tuple[str, str]:
@@ -524,8 +550,16 @@ def _check_resume(
     The data must be the run's own (same format, split sizes, content fingerprint and tokenizer), the model the
     checkpoint's, ``train.max_steps`` not below the checkpoint's step, the process count the same.
     """
-    last = run_checkpoint_path(out, "last")
-    checkpoint = load_resume_checkpoint(out)  # also repairs best_val.pt after a kill at the final evaluation
+
+    def expected() -> dict[str, torch.Tensor]:
+        with torch.device("meta"):  # names, shapes and dtypes only: nothing is allocated
+            return MiniGPT(config.model).state_dict()
+
+    # Checked whole against this run (config, tensors, counters, RNG and data states) before anything is touched;
+    # then best_val.pt is repaired if a kill at the final evaluation left it behind.
+    checkpoint = load_resume_checkpoint(
+        out, model_config=config_to_dict(config.model), expected_model=expected, world_size=dist_info.world_size
+    )
     saved = _saved_data_source(out)
     for key in ("format", "train_tokens", "val_tokens"):
         if key in saved and saved[key] != source[key]:
@@ -539,14 +573,6 @@ def _check_resume(
                 f"cannot resume: --data {data} has the same length as the run's data ({saved.get('path')}) but "
                 f"another {what} (fingerprint {source[key][:12]} vs {saved[key][:12]}); pass the same data"
             )
-    model_config = config_to_dict(config.model)
-    if checkpoint["model_config"] != model_config:
-        diff = _differences(checkpoint["model_config"], model_config)
-        raise CheckpointError(f"{last} holds a different model ({', '.join(diff)}) than {out / RUN_FILE}")
-    if int(checkpoint["rng"]["world_size"]) != dist_info.world_size:
-        raise CheckpointError(
-            f"{last} was written by {checkpoint['rng']['world_size']} process(es); resume with the same number"
-        )
     if config.train.max_steps < int(checkpoint["step"]):
         raise ValueError(
             f"cannot resume: train.max_steps={config.train.max_steps} is below the checkpoint's step "
@@ -641,7 +667,7 @@ class PreparedRun:
             **trainer_kwargs,
         )
         if self.resume_checkpoint is not None:
-            trainer.load_state(self.resume_checkpoint)
+            trainer.load_state(self.resume_checkpoint, run_checkpoint_path(self.out_dir, "last"))
         if self.dist.is_main:
             with lock_directory(self.out_dir):
                 pending = self._write_run_directory()

@@ -46,9 +46,11 @@ from llm_lab.core.train.checkpoint import (
     LAST_FILE,
     CheckpointError,
     capture_rng_state,
+    check_checkpoint,
     load_checkpoint,
     load_resume_checkpoint,
     restore_rng_state,
+    run_checkpoint_path,
     save_checkpoint,
 )
 from llm_lab.core.train.config import TrainerConfig
@@ -334,21 +336,27 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(state, path)
 
-    def load_state(self, checkpoint: dict[str, Any]) -> None:
+    def _expected(self) -> dict[str, Any]:
+        """What a checkpoint must fit to be loaded into this trainer (see ``check_checkpoint``)."""
+        # Under FSDP2 the module's state dict holds DTensors under the plain names, whose shapes are the full ones a
+        # checkpoint holds; its saved optimizer state is keyed by parameter names, so only its form is checked.
+        optimizer = None if self._fsdp else self.optimizer
+        return {"expected_model": self.model.state_dict(), "optimizer": optimizer, "world_size": self.dist.world_size}
+
+    def load_state(self, checkpoint: dict[str, Any], where: str | Path = "the checkpoint") -> None:
         """Restore everything a checkpoint holds, so training continues exactly where it stopped.
 
+        Nothing is restored before the whole checkpoint has been checked against this trainer
+        (:func:`~llm_lab.core.train.checkpoint.check_checkpoint`).
+
         Raises:
-            CheckpointError: the checkpoint is for another model architecture or another number of processes.
+            CheckpointError: the checkpoint is for another model architecture or another number of processes, or
+                it is damaged (tensors, counters, optimizer, RNG or data states); the message names ``where``.
         """
         model_config = getattr(self.model, "config", None)
-        if model_config is not None and checkpoint["model_config"] != config_to_dict(model_config):
-            raise CheckpointError("the checkpoint was written for a different model config than this run's")
-        saved_world = checkpoint["rng"]["world_size"]
-        if saved_world != self.dist.world_size:
-            raise CheckpointError(
-                f"the checkpoint was written by {saved_world} process(es); resume it with the same number "
-                f"(this run has {self.dist.world_size})"
-            )
+        if model_config is not None and checkpoint.get("model_config") != config_to_dict(model_config):
+            raise CheckpointError(f"{where} was written for a different model config than this run's")
+        check_checkpoint(checkpoint, where, training_state=True, **self._expected())
         if self._fsdp:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -380,7 +388,12 @@ class Trainer:
         A run directory is cleaned of a killed run's leftovers and its best checkpoint reconciled first.
         """
         path = Path(path)
-        self.load_state(load_resume_checkpoint(path) if path.is_dir() else load_checkpoint(path, training_state=True))
+        expected = self._expected()
+        if path.is_dir():
+            checkpoint, where = load_resume_checkpoint(path, **expected), run_checkpoint_path(path, "last")
+        else:
+            checkpoint, where = load_checkpoint(path, training_state=True, **expected), path
+        self.load_state(checkpoint, where)
 
     # ---------------------------------------------------------------------------------------------- training
     def _segment_elapsed(self) -> float:

@@ -407,6 +407,25 @@ def test_wrong_missing_and_unexpected_tensors(package):
         load_model_package(path)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_layer": 10_000_000}, r"missing tensors: blocks\.2\.\*, .*blocks\.7\.\* \(\+9,999,992 more\); "
+         r"the config says n_layer=10000000, the weights hold 2 block\(s\)"),
+        ({"vocab_size": 1_000_000_000}, r"wrong shapes: tok_emb\.weight is \(\d+, 16\) but the model expects "
+         r"\(1000000000, 16\)"),
+    ],
+)  # fmt: skip
+def test_a_config_larger_than_its_weights_is_refused_before_building(package, changes, message):
+    """Before: the model the config describes was built first (n_layer=1e7: minutes, then out of memory)."""
+    path, _, _ = package
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | changes))
+    refresh_sizes(path)
+    with pytest.raises(PackageError, match=r"model\.safetensors: weights do not match the model config \(.*" + message):
+        load_model_package(path)
+
+
 def test_corrupt_checkpoint_is_named(package):
     path, _, _ = package
     (path / "model.safetensors").unlink()

@@ -1,5 +1,6 @@
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from llm_lab.core.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    check_state_dict,
     load_checkpoint,
     load_resume_checkpoint,
     pickle_globals,
@@ -95,8 +97,19 @@ def test_pickled_objects_are_not_executed(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ best and last agree
 
 
+def _training_state() -> dict:
+    """What resuming needs beside the weights, in the form the trainer writes it (one process, a fresh AdamW)."""
+    return {
+        "optimizer": torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]).state_dict(),
+        "tokens_seen": 0,
+        "train_config": {},
+        "rng": {"world_size": 1, "states": [capture_rng_state()]},
+        "data_state": {"generators": [torch.Generator().get_state()]},
+    }
+
+
 def _run_checkpoint(step: int, best_step: int | None, best_val_loss: float, weight: float) -> dict:
-    ckpt = _minimal(step=step, best_val_loss=best_val_loss, model={"w": torch.full((2,), weight)})
+    ckpt = _minimal(step=step, best_val_loss=best_val_loss, model={"w": torch.full((2,), weight)}) | _training_state()
     return ckpt if best_step is None else ckpt | {"best_step": best_step}
 
 
@@ -146,3 +159,53 @@ def test_pickle_globals_names_what_a_file_would_import_without_running_it(tmp_pa
     with pytest.raises(CheckpointError, match=r"it would import __builtin__\.print"):
         load_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------- contents checked before use
+
+
+def test_resume_checks_the_whole_checkpoint_before_restoring_any_of_it(tmp_path, char_data, tiny_model, tiny_config):
+    """A damaged last.pt is refused by Trainer.resume with the file and the fault named, and the trainer's model,
+    step and RNG are untouched (before: an int64 weight was cast and used, an empty RNG list an IndexError)."""
+    from llm_lab.core.train import Trainer
+
+    train, val, vocab = char_data
+    source = Trainer(tiny_model(vocab), tiny_config(max_steps=4), train, val, out_dir=tmp_path / "run", progress=False)
+    source.train()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    good = torch.load(last, weights_only=True)
+    damage = {
+        "final_norm.weight stored as int64": (
+            lambda c: c["model"].__setitem__("final_norm.weight", torch.ones(32, dtype=torch.int64)),
+            r"wrong dtypes: final_norm.weight is int64 but the model expects floating point",
+        ),
+        "empty RNG states": (lambda c: c["rng"].__setitem__("states", []), r"damaged checkpoint: rng is not"),
+        "negative step": (lambda c: c.__setitem__("step", -5), r"step is -5, expected a non-negative integer"),
+    }
+    for change, message in damage.values():
+        checkpoint = torch.load(last, weights_only=True)
+        change(checkpoint)
+        damaged = tmp_path / "damaged.pt"
+        torch.save(checkpoint, damaged)
+        target = Trainer(tiny_model(vocab, seed=1), tiny_config(max_steps=4), train, val, progress=False)
+        before = {k: v.clone() for k, v in target.model.state_dict().items()}
+        rng = torch.get_rng_state()
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(damaged))}: .*{message}"):
+            target.resume(damaged)
+        assert target.step == 0 and torch.equal(torch.get_rng_state(), rng)
+        assert all(torch.equal(v, before[k]) for k, v in target.model.state_dict().items())
+    target = Trainer(tiny_model(vocab, seed=1), tiny_config(max_steps=4), train, val, progress=False)
+    target.resume(last)  # the undamaged file resumes
+    assert target.step == good["step"] == 4
+
+
+def test_check_state_dict_reads_only_shapes_and_dtypes(tiny_model):
+    with torch.device("meta"):
+        expected = tiny_model(10).state_dict()
+    state = {k: torch.zeros(v.shape) for k, v in expected.items()}
+    check_state_dict(state, expected, "w.pt")  # float32 weights for a meta model: fine
+    check_state_dict({k: v.bfloat16() for k, v in state.items()}, expected, "w.pt")  # any float precision
+    with pytest.raises(CheckpointError, match=r"^w.pt: weights do not match the model config \(missing tensors: "):
+        check_state_dict(dict(list(state.items())[1:]), expected, "w.pt")
+    with pytest.raises(CheckpointError, match=r"^w.pt: the model weights are not a mapping of names to tensors"):
+        check_state_dict({"tok_emb.weight": [1, 2]}, expected, "w.pt")

@@ -19,6 +19,8 @@ def test_defaults_round_trip_through_json():
     [
         ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
         ({"grad_accum_steps": -1}, r"grad_accum_steps must be a positive integer"),
+        # One step is the unit a checkpoint and Ctrl+C wait for: 1e9 micro-batches made a step that never ended.
+        ({"grad_accum_steps": 1_000_000_000}, r"grad_accum_steps must be at most 1024 \(one optimizer step sums"),
         ({"warmup_steps": -1}, r"warmup_steps must be a non-negative integer"),
         ({"lr": 0.0}, r"lr must be positive"),
         ({"lr": float("inf")}, r"lr must be a finite number, got inf"),

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec, resolve_run_config
+from llm_lab.core.model import MiniGPTConfig
+from llm_lab.core.train.run import DataConfig, InitSource, RunConfig, TokenizerSpec, resolve_run_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -55,3 +56,26 @@ def test_data_config_and_sections():
 def test_a_new_run_needs_a_config(tmp_path):
     with pytest.raises(ValueError, match=r"a new run needs --config FILE.json"):
         resolve_run_config(None, tmp_path)
+
+
+def _source() -> InitSource:
+    config = MiniGPTConfig(vocab_size=10, context_length=8, n_layer=1, n_head=2, n_embd=16, pos_encoding="rope")
+    return InitSource(model_config=config, tokenizer=None, state_dict={}, path="pkg")
+
+
+def test_init_from_refuses_model_values_that_contradict_the_weights():
+    """Before: ``train --init-from PACKAGE --set model.n_embd=64`` dropped the value without a word."""
+    with pytest.raises(ValueError, match=r"^--init-from pkg: model.n_embd=64 \(the weights have 16\) contradicts the "
+                       r"weights; fine-tuning keeps the source's architecture, so drop that --set \(only "
+                       r"model.dropout, model.max_seq_len, model.attn_impl may change\)$"):
+        _source().with_overrides(["train.lr=0.1", "model.n_embd=64"])
+    with pytest.raises(ValueError, match=r"model.n_head=4 \(the weights have 2\), model.norm='rmsnorm' \(the weights "
+                       r"have 'layernorm'\) contradict the weights"):
+        _source().with_overrides(["model.norm=rmsnorm", "model.n_head=4"])
+
+
+def test_init_from_takes_model_values_that_leave_the_weights_as_they_are():
+    source = _source()
+    assert source.with_overrides(["train.lr=0.1"]) is source
+    tuned = source.with_overrides(["model.dropout=0.1", "model.max_seq_len=32", "model.n_embd=16"])
+    assert (tuned.model_config.dropout, tuned.model_config.max_seq_len, tuned.model_config.n_embd) == (0.1, 32, 16)
