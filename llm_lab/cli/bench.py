@@ -97,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(default 64,1024)")  # fmt: skip
     gen.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    gen.add_argument("--dtype", help="weights ours decodes with: fp32 (default), bf16, int8 or auto; HF stays fp32")
     gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     gen.set_defaults(func=_run_generate)
 
@@ -250,6 +251,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         "batch_sizes": args.batch_sizes,
         "contexts": args.contexts,
         "vocab_size": args.vocab_size,
+        "dtype": args.dtype,
     }
     base = BenchSettings.quick() if args.quick else BenchSettings()
     # replace() validates the settings again: a bad value is one line, before any model is built.

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llm_lab.cli.sample import positive_int
+from llm_lab.cli.sample import add_dtype_argument, decode_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=positive_int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_dtype_argument(parser)
     parser.set_defaults(func=_run)
 
 
@@ -38,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
     result = evaluate_text(
-        model,
+        decode_model(model, args.dtype),
         tokenizer,
         text,
         context_length=args.context_length,

@@ -302,6 +302,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pending: int = 64,
     device: str | None = None,
+    decode_dtype: str = "fp32",
     limits: RequestLimits | None = None,
     bind_host: str | None = None,
     allow_hosts: Iterable[str] = (),
@@ -318,6 +319,8 @@ def create_app(
         max_body_bytes: request bodies above this get 413.
         max_pending: requests queued or running at once before new ones get 503.
         device: where to run the model (``"cpu"``, ``"cuda"``); default: where the model already is.
+        decode_dtype: the weights generation decodes with (``fp32``, ``bf16``, ``int8`` or ``auto``; see
+            :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`); scoring uses the model as loaded.
         limits: the most work and memory one request may ask for (default :class:`RequestLimits`).
         bind_host: the address the server listens on; its ``Host`` is accepted besides the loopback names.
         allow_hosts: more ``Host`` names to accept (e.g. this machine's name on a trusted network).
@@ -335,11 +338,17 @@ def create_app(
     elif isinstance(package, tuple):
         config, tokenizer, model = package
         engine = CompletionEngine(
-            config, tokenizer, model, model_name=model_name or "llm-lab", max_tokens_cap=max_tokens_cap, device=device
+            config,
+            tokenizer,
+            model,
+            model_name=model_name or "llm-lab",
+            max_tokens_cap=max_tokens_cap,
+            device=device,
+            decode_dtype=decode_dtype,
         )
     else:
         engine = CompletionEngine.from_package(
-            package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
+            package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device, decode_dtype=decode_dtype
         )
     runner = ModelRunner(max_pending=max_pending)
     completion_schema = completion_request_model()  # every sampling setting registered by now
