@@ -14,7 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_torch_save"]
+__all__ = [
+    "atomic_output_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_torch_save",
+]
 
 
 def _default_file_mode() -> int:
@@ -34,29 +41,42 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
+def atomic_output_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on a clean exit that file replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    For writers that open their file by name (:func:`atomic_write` opens it for you). The file is fsynced, given the
+    mode a plain ``open`` would give, renamed over ``path``, and the directory fsynced. On an exception the
+    temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid in the name lets a later run tell a dead writer's leftover from a live write.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fchmod(f.fileno(), _default_file_mode())
-            os.fsync(f.fileno())
+        yield tmp
+        with tmp.open("rb+") as written:
+            os.fchmod(written.fileno(), _default_file_mode())
+            os.fsync(written.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    with atomic_output_path(path) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
