@@ -418,8 +418,10 @@ def pays_to_prepare(model: nn.Module, new_tokens: int | None = None) -> bool:
     Only on a CPU (the layouts are about a CPU's BLAS; elsewhere the model runs as it is) and for at least
     :data:`MIN_NEW_TOKENS` steps, so that building the copy costs less than the steps save. ``new_tokens=None``
     asks about a copy kept for many generations, whose cost is paid once. Never for a model whose parameters are
-    not plain tensors (an FSDP-sharded model decodes as it is).
+    not plain tensors (an FSDP-sharded model decodes as it is), nor for a model with no ``nn.Linear`` left (a
+    decode copy, in whatever dtype it was prepared, is used as it is).
     """
     first = next(model.parameters(), None)
     on_cpu = first is not None and first.device.type == "cpu" and _plain_parameters(model)
-    return on_cpu and (new_tokens is None or new_tokens >= MIN_NEW_TOKENS)
+    unprepared = any(type(m) is nn.Linear for m in model.modules())  # a decode copy (any dtype) is used as it is
+    return on_cpu and unprepared and (new_tokens is None or new_tokens >= MIN_NEW_TOKENS)
