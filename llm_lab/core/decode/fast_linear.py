@@ -182,6 +182,8 @@ class Int8Weights(DecodeWeights):
     taken, so the stored pair is exactly what is multiplied. ``torch.ops.aten._weight_int8pack_mm(x, q, scale)``
     computes ``x @ (q * scale).T`` without building the float matrix; ``x`` goes in as bfloat16 (see the module
     docs), the bias is added in float32. ``packed_weight`` is ``q`` ``(out, in)`` int8, ``weight_scale`` ``(out,)``.
+    The kernel accumulates in float32 and returns bfloat16, so every product (the logits too) carries bfloat16's
+    rounding (8 significant bits) besides the weights'; the measured cost is in docs/how-to/low-precision-and-gguf.md.
     """
 
     name = "int8"
