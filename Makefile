@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all lint venv venv-dev clean browser browser-test
+.PHONY: demo test test-slow test-all lint venv venv-dev clean browser browser-test llama-cpp-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test-slow: venv-dev
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$rc
 
 test-all: test test-slow
+
+## make llama-cpp-check: build llama-cpp-python from source (minutes; no wheel for this machine) into .venv-llama,
+## a venv of its own (never the project's), then check that llama.cpp's greedy tokens on our f32 GGUF exports equal ours
+LLAMA_VENV := .venv-llama
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+$(LLAMA_VENV)/.installed:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LLAMA_VENV)/bin/python -m pip install llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
+	touch $@
+
+llama-cpp-check: venv-dev $(LLAMA_VENV)/.installed
+	$(PY) -m llm_lab bench llama-cpp --llama-python $(LLAMA_VENV)/bin/python
 
 ## make gpu-check: on a CUDA machine, the CUDA legs of the device tests, then the step, generate and time-to-loss
 ## benchmarks, within 7.5 minutes, ending in experiments/gpu_check/report.md; without CUDA: one line, exit 0.

@@ -47,6 +47,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "inspect",
     "package",
     "hf",
+    "gguf",
     "bench",
     "experiment",
     "sweep",

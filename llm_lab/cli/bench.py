@@ -1,5 +1,5 @@
-"""``llm-lab bench env|attention|step|threads|generate|serve|tokenizer|data|time-to-loss|eval``: the machine
-check and the benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
+"""``llm-lab bench env|attention|step|threads|generate|llama-cpp|serve|tokenizer|data|time-to-loss|eval``: the
+machine check and the benchmarks (parsing only; the library is ``llm_lab.experiments``)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(default 64,1024)")  # fmt: skip
     gen.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    gen.add_argument("--dtype", help="weights ours decodes with: fp32 (default), bf16, int8 or auto; HF stays fp32")
     gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     gen.set_defaults(func=_run_generate)
 
@@ -117,6 +118,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--rounds", type=int, default=None, help="alternating rounds, medians reported (default 3)")
     serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help="output directory")
     serve.set_defaults(func=_run_serve)
+
+    llama = commands.add_parser(
+        "llama-cpp",
+        help="llama.cpp's greedy tokens on our f32 GGUF exports against ours (needs llama-cpp-python elsewhere)",
+        description="Export a small random model of each llama.cpp family to GGUF (f32), decode greedily with ours "
+        "and with llama.cpp (run by --llama-python, an environment with llama-cpp-python: make llama-cpp-check "
+        "builds one), and compare the prompt's tokenization and the tokens. Exit code 1 when they differ.",
+    )
+    llama.add_argument("--llama-python", required=True, metavar="PYTHON", help="a Python that can import llama_cpp")
+    llama.add_argument("--new-tokens", type=int, default=24, help="greedy tokens to compare (default 24)")
+    llama.set_defaults(func=_run_llama_cpp)
 
     tok = commands.add_parser(
         "tokenizer", help="our byte-level BPE vs HF tokenizers (training) and tiktoken (encoding, same ranks)"
@@ -297,6 +309,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         "batch_sizes": args.batch_sizes,
         "contexts": args.contexts,
         "vocab_size": args.vocab_size,
+        "dtype": args.dtype,
     }
     base = BenchSettings.quick() if args.quick else BenchSettings()
     # replace() validates the settings again: a bad value is one line, before any model is built.
@@ -359,6 +372,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, result)
     return 0
+
+def _run_llama_cpp(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.llama_cpp_check import format_results, run_llama_cpp_check
+
+    if not Path(args.llama_python).is_file():
+        raise FileNotFoundError(f"--llama-python: no such file: {args.llama_python} (make llama-cpp-check builds one)")
+    results = run_llama_cpp_check(args.llama_python, new_tokens=args.new_tokens)
+    print(format_results(results))
+    return 0 if all(r.passed for r in results) else 1
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:

@@ -170,8 +170,13 @@ def run_task_file(args: argparse.Namespace) -> int:
     from llm_lab.core.chat.reply import score_task_file
     from llm_lab.core.package.io import load_package_or_run
 
+    for option in ("context_length", "max_tokens", "include_path", "num_fewshot", "output_path"):
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option.replace('_', '-')} does not apply to --task-file; leave it out")
+    if not args.task_file.is_file():
+        raise FileNotFoundError(f"--task-file: no such file: {args.task_file}")
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
-    score = score_task_file(model, tokenizer, args.task_file, batch_size=args.batch_size, limit=args.limit)
+    score = score_task_file(model, tokenizer, args.task_file, batch_size=args.batch_size or 64, limit=args.limit)
     if args.json:
         print(json.dumps({"task_file": str(args.task_file), "right": score.right, "total": score.total,
                           "accuracy": score.accuracy}, indent=2))

@@ -1,5 +1,6 @@
 """``llm-lab eval PACKAGE --data FILE``: loss, perplexity and bits per byte on a held-out text;
-``llm-lab eval PACKAGE --tasks hellaswag,...``: EleutherAI lm-evaluation-harness tasks (see ``core/harness.py``)."""
+``llm-lab eval PACKAGE --tasks hellaswag,...``: EleutherAI lm-evaluation-harness tasks (see ``core/harness.py``);
+``llm-lab eval PACKAGE --task-file FILE``: accuracy on a generated task by its checker (see ``core/chat``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llm_lab.cli.sample import positive_int
+from llm_lab.cli.sample import add_dtype_argument, decode_model, positive_int
 from llm_lab.utils.words import plural
 
 
@@ -23,9 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T1,T2",
         help="lm-evaluation-harness tasks, comma-separated (hellaswag,arc_easy,wikitext; needs the [eval] extra)",
     )
+    what.add_argument(
+        "--task-file",
+        metavar="FILE",
+        type=Path,
+        help="a generated task (llm-lab data synth): accuracy of greedy replies by the task's checker",
+    )
     harness = parser.add_argument_group("harness tasks (with --tasks)")
     harness.add_argument("--include-path", metavar="DIR", default=None, help="a folder of task YAML files of your own")
-    harness.add_argument("--limit", type=positive_int, default=None, help="at most N documents per task")
+    harness.add_argument("--limit", type=positive_int, default=None,
+                         help="at most N documents per task (with --task-file: the first N examples)")
     harness.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="examples per prompt")
     harness.add_argument("--output-path", metavar="FILE", default=None, help="write the harness's results JSON here")
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
@@ -36,12 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=positive_int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_dtype_argument(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.tasks is not None:
         return _run_tasks(args)
+    if args.task_file is not None:
+        from llm_lab.cli.chat import run_task_file
+
+        return run_task_file(args)
     data = Path(args.data)
     if data.is_dir():
         raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
@@ -55,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
     result = evaluate_text(
-        model,
+        decode_model(model, args.dtype),
         tokenizer,
         text,
         context_length=args.context_length,

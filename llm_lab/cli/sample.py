@@ -18,6 +18,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``: how the decode copy holds its weights (validated by the library, whose registry names them)."""
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        metavar="DTYPE",
+        help="weights to decode with: fp32 (default), bf16, int8 (weight-only, a scale per output channel) or auto "
+        "(int8 on a CPU, fp32 elsewhere); bf16 is slow on CPUs without bfloat16 units",
+    )
+
+
+def decode_model(model: Any, dtype: str) -> Any:
+    """``model`` for ``--dtype fp32`` (generation prepares its own copy when that pays), else its decode copy."""
+    if dtype == "fp32":
+        return model
+    from llm_lab.core.decode import prepare_for_decode
+
+    return prepare_for_decode(model, dtype)
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: bool = False) -> None:
     """The sampling flags shared by ``llm-lab sample`` and the sampling scripts.
 
@@ -111,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("path", metavar="PACKAGE_OR_RUN", help="a package directory or a Trainer run directory")
     add_sampling_arguments(parser, on_first_use=True)
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
+    add_dtype_argument(parser)
     parser.set_defaults(func=_run)
 
 
@@ -128,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     from llm_lab.core.package.io import load_package_or_run
 
     _, tokenizer, model = load_package_or_run(args.path, checkpoint=args.checkpoint, device=args.device)
-    return sample_and_print(args, tokenizer, model)
+    return sample_and_print(args, tokenizer, decode_model(model, args.dtype))
 
 
 def check_max_new_tokens(max_new_tokens: int, config: Any, prompt_length: int) -> None:

@@ -8,7 +8,7 @@ import logging
 import socket
 from pathlib import Path
 
-from llm_lab.cli.sample import positive_int
+from llm_lab.cli.sample import add_dtype_argument, positive_int
 from llm_lab.utils.errors import CLIError
 
 logger = logging.getLogger("llm_lab.serve")
@@ -130,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="accept requests whose Host header is NAME (besides loopback names and the bound address); repeatable",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    add_dtype_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=_run)
 
@@ -161,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_pending=args.max_pending,
         device=args.device,
+        decode_dtype=args.dtype,
         limits=RequestLimits(max_tokens=args.max_request_tokens, max_memory_bytes=args.max_request_memory_mb * 2**20),
         batch=BatchLimits(
             max_batch=args.max_batch,

@@ -1,9 +1,14 @@
 """Decoding speed: :func:`~llm_lab.core.decode.generate` against Hugging Face ``generate`` on the same weights.
 
-A random GPT-2-style model (``GPT2LMHeadModel``) is converted with ``from_hf_model``, so both sides run the
+A random GPT-2-style model (``GPT2LMHeadModel``) is converted with ``from_hf_model``, so both sides start from the
 very same fp32 weights. Ours decodes through a :func:`~llm_lab.core.decode.prepare_for_decode` copy made once
-(on a CPU), as a server does. Measured, each as the median of ``repeats`` runs, ours and theirs interleaved so
-that load from other processes hits both alike:
+(on a CPU), as a server does, in the decode dtype of the settings (``fp32``, ``bf16``, ``int8`` or ``auto``); HF
+always runs fp32. With fp32 both must give the same tokens; otherwise the share of greedy tokens that agree with
+HF's is reported, and a roofline for the dtype: the bytes of linear weights one decode step reads (the decode
+copy's buffers) against the memory read bandwidth measured in the same run with the same threads
+(:func:`read_bandwidth`, the sum of a buffer far larger than the caches), so ``bandwidth / bytes`` tokens/s is
+what a step that only streamed its weights would reach. Measured, each as the median of ``repeats`` runs, ours
+and theirs interleaved so that load from other processes hits both alike:
 
 * greedy tokens per second (``batch * new_tokens / wall time``, prefill included) per batch size, HF with
   ``do_sample=False, use_cache=True`` and its default cache, next to "matmul-only" tokens/s: the model's
@@ -25,12 +30,12 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.decode.fast_linear import DecodeLinear, pays_to_prepare, prepare_for_decode
+from llm_lab.core.decode.fast_linear import DecodeLinear, pays_to_prepare, prepare_for_decode, resolve_decode_dtype
 from llm_lab.core.decode.generate import generate, stream
 from llm_lab.utils.devices import resolve_device, synchronize
 from llm_lab.utils.words import plural
 
-__all__ = ["BenchSettings", "format_report", "run_benchmark"]
+__all__ = ["BenchSettings", "format_report", "read_bandwidth", "run_benchmark"]
 
 
 @dataclass
@@ -50,6 +55,8 @@ class BenchSettings:
     repeats: int = 5
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "fp32"
+    bandwidth_mib: int = 512
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +92,9 @@ class BenchSettings:
                 f"{self.new_tokens} new tokens"
             )
         resolve_device(self.device)
+        resolve_decode_dtype(self.dtype, self.device)
+        if isinstance(self.bandwidth_mib, bool) or not isinstance(self.bandwidth_mib, int) or self.bandwidth_mib < 1:
+            raise ValueError(f"bandwidth_mib must be a positive integer, got {self.bandwidth_mib!r}")
 
     @classmethod
     def quick(cls) -> BenchSettings:
@@ -101,6 +111,7 @@ class BenchSettings:
             contexts=(8, 64),
             context_new_tokens=6,
             repeats=2,
+            bandwidth_mib=16,
         )
 
 
@@ -140,13 +151,33 @@ def _gap_times(stamps: list[float]) -> float:
     return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
 
 
-def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
+def read_bandwidth(mib: int, repeats: int, device: torch.device) -> float:
+    """Bytes per second that summing a ``mib``-MiB float32 buffer reads (the median of ``repeats`` runs).
+
+    With the same threads as the decode, and a buffer far larger than the caches, this is the rate a step that
+    streams its weights from memory can reach here; the first pass (page faults) is not timed.
+    """
+    buffer = torch.ones(mib * 2**20 // 4, device=device)
+    seconds = _median_time(lambda: buffer.sum(), device, repeats)
+    return buffer.numel() * 4 / seconds
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of linear weights (with scales and biases) that one decode step of the decode copy reads."""
+    products = [m for m in model.modules() if isinstance(m, DecodeLinear)]
+    return sum(b.nbytes for m in products for b in m.buffers(recurse=False))
+
+
+def _weights_floor(
+    model: torch.nn.Module, batch: int, repeats: int, device: torch.device, dtype: str = "fp32"
+) -> float:
     """Seconds per decoding step spent in the model's linear layers alone (the unavoidable matmuls).
 
     Every ``nn.Linear`` (the output head included) is applied once to a random ``(batch, in_features)`` input,
     in both weight layouts (``nn.Linear``'s own and the decode copy's of
     :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`, fused groups as one product), and the faster
-    total counts: a practical lower bound on the time per token step with these fp32 weights on this machine.
+    total counts: a practical lower bound on the time per token step with these fp32 weights on this machine. For
+    another decode dtype only the decode copy in that dtype is timed.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, device=device) for m in layers}
@@ -156,14 +187,14 @@ def _weights_floor(model: torch.nn.Module, batch: int, repeats: int, device: tor
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
-    products = [m for m in prepare_for_decode(model).modules() if isinstance(m, DecodeLinear)]
+    products = [m for m in prepare_for_decode(model, dtype).modules() if isinstance(m, DecodeLinear)]
 
     def run_decode() -> None:
         with torch.inference_mode():
             for product in products:  # fused groups as one product each, the other layers alone
                 product(inputs[product.in_features])
 
-    runs = (run_own, run_decode)
+    runs = (run_own, run_decode) if dtype == "fp32" else (run_decode,)
     return min(_median_time(run, device, repeats) for run in runs)
 
 
@@ -179,8 +210,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     s.validate()  # fields may have changed since construction
     device = torch.device(s.device)
     hf, ours = _build_models(s)
+    dtype = resolve_decode_dtype(s.dtype, device)
     # Prepared once, as `llm-lab serve` does (the weights never change here); see prepare_for_decode.
-    fast = prepare_for_decode(ours) if pays_to_prepare(ours) else ours
+    fast = prepare_for_decode(ours, dtype) if dtype != "fp32" or pays_to_prepare(ours) else ours
     gen = torch.Generator().manual_seed(s.seed)
     results: dict[str, Any] = {
         "settings": {k: v for k, v in vars(s).items() if k != "extra"},
@@ -189,6 +221,14 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     }
     results["settings"]["threads"] = torch.get_num_threads()
     results["settings"]["parameters"] = ours.num_parameters()
+    results["settings"]["dtype"] = dtype
+    weight_bytes = _weight_bytes(fast if fast is not ours else prepare_for_decode(ours, dtype))
+    bandwidth = read_bandwidth(s.bandwidth_mib, max(s.repeats, 5), device)
+    results["roofline"] = {
+        "weight_bytes_per_token": weight_bytes,
+        "read_bandwidth_bytes_per_second": bandwidth,
+        "tokens_per_second": bandwidth / weight_bytes,
+    }
 
     for batch in s.batch_sizes:
         ids = torch.randint(0, s.vocab_size, (batch, s.prompt_len), generator=gen).to(device)
@@ -205,16 +245,17 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
 
         run_ours(), run_hf()  # warm-up
         ours_times, hf_times = [], []
-        same = True
+        same, agree = True, []
         for _ in range(s.repeats):
             t, a = _timed(run_ours, device)
             ours_times.append(t)
             t, b = _timed(run_hf, device)
             hf_times.append(t)
             same = same and torch.equal(a, b)
+            agree.append((a[:, s.prompt_len :] == b[:, s.prompt_len :]).float().mean().item())
         tokens = batch * s.new_tokens
         ours_tps, hf_tps = tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
-        floor_tps = batch / _weights_floor(ours, batch, s.repeats, device)
+        floor_tps = batch / _weights_floor(ours, batch, s.repeats, device, dtype)
         results["throughput"].append(
             {
                 "batch": batch,
@@ -223,6 +264,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
                 "hf_tokens_per_second": hf_tps,
                 "ratio": ours_tps / hf_tps,
                 "same_tokens": same,
+                "token_agreement": min(agree),
+                "roofline_fraction": ours_tps / batch / results["roofline"]["tokens_per_second"],
             }
         )
 
@@ -276,25 +319,32 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
 def format_report(results: dict[str, Any]) -> str:
     """The measurements as two plain-text tables."""
     s = results["settings"]
+    dtype = s.get("dtype", "fp32")
+    roof = results["roofline"]
     lines = [
         f"model: GPT-2 style, {plural(s['n_layer'], 'layer')}, {s['n_embd']} wide, vocab {s['vocab_size']}, "
-        f"{s['parameters'] / 1e6:.1f}M parameters, fp32, device {s['device']}, {plural(s['threads'], 'thread')}; "
-        f"median of {plural(s['repeats'], 'run')}",
+        f"{s['parameters'] / 1e6:.1f}M parameters, ours decodes in {dtype}, HF in fp32, device {s['device']}, "
+        f"{plural(s['threads'], 'thread')}; median of {plural(s['repeats'], 'run')}",
+        f"roofline ({dtype}): {roof['weight_bytes_per_token'] / 1e6:.1f} MB of weights per token at a measured read "
+        f"bandwidth of {roof['read_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s = "
+        f"{roof['tokens_per_second']:.1f} tokens/s per sequence",
         "",
         f"greedy throughput ({s['prompt_len']}-token prompt, {s['new_tokens']} new tokens, prefill included)",
-        f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  same tokens  "
-        f"{'matmul-only tok/s':>17}  {'ours/matmul-only':>16}",
+        f"{'batch':>5}  {'ours tok/s':>11}  {'HF tok/s':>10}  {'ours/HF':>7}  {'same as HF':>10}  "
+        f"{'matmul-only tok/s':>17}  {'ours/matmul-only':>16}  {'of roofline':>11}",
     ]
     for row in results["throughput"]:
         floor = row["matmul_only_tokens_per_second"]
+        same = "yes" if row["same_tokens"] else f"{100 * row['token_agreement']:.0f}%"
         lines.append(
             f"{row['batch']:>5}  {row['ours_tokens_per_second']:>11.1f}  {row['hf_tokens_per_second']:>10.1f}  "
-            f"{row['ratio']:>6.2f}x  {'yes' if row['same_tokens'] else 'NO':>11}  {floor:>17.1f}  "
-            f"{row['ours_tokens_per_second'] / floor:>15.2f}x"
+            f"{row['ratio']:>6.2f}x  {same:>10}  {floor:>17.1f}  "
+            f"{row['ours_tokens_per_second'] / floor:>15.2f}x  {100 * row['roofline_fraction']:>10.0f}%"
         )
     lines.append(
-        "(matmul-only: every linear layer once per step and nothing else, a practical upper bound on tokens/s for "
-        "these fp32 weights on this machine)"
+        f"(same as HF: identical tokens, or the share of greedy tokens equal to HF's fp32 ones; matmul-only: every "
+        f"linear layer once per step in {dtype} and nothing else; of roofline: ours against the weight-read roofline "
+        "above, per sequence)"
     )
     lines += [
         "",

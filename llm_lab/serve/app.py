@@ -277,6 +277,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pending: int = 64,
     device: str | None = None,
+    decode_dtype: str = "fp32",
     limits: RequestLimits | None = None,
     batch: BatchLimits | None = None,
     bind_host: str | None = None,
@@ -294,6 +295,8 @@ def create_app(
         max_body_bytes: request bodies above this get 413.
         max_pending: inspection and echo-scoring calls queued or running at once before new ones get 503.
         device: where to run the model (``"cpu"``, ``"cuda"``); default: where the model already is.
+        decode_dtype: the weights generation decodes with (``fp32``, ``bf16``, ``int8`` or ``auto``; see
+            :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`); scoring uses the model as loaded.
         limits: the most work and memory one request may ask for (default :class:`RequestLimits`).
         batch: the continuous batch's size, queue and prefill chunk (default
             :class:`~llm_lab.serve.scheduler.BatchLimits`).
@@ -313,11 +316,17 @@ def create_app(
     elif isinstance(package, tuple):
         config, tokenizer, model = package
         engine = CompletionEngine(
-            config, tokenizer, model, model_name=model_name or "llm-lab", max_tokens_cap=max_tokens_cap, device=device
+            config,
+            tokenizer,
+            model,
+            model_name=model_name or "llm-lab",
+            max_tokens_cap=max_tokens_cap,
+            device=device,
+            decode_dtype=decode_dtype,
         )
     else:
         engine = CompletionEngine.from_package(
-            package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device
+            package, model_name=model_name, max_tokens_cap=max_tokens_cap, device=device, decode_dtype=decode_dtype
         )
     runner = ModelRunner(max_pending=max_pending)
     scheduler = BatchScheduler(engine, batch if batch is not None else BatchLimits())

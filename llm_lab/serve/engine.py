@@ -61,6 +61,8 @@ class CompletionEngine:
         model_name: the id clients see.
         max_tokens_cap: the most new tokens per choice; default (and upper bound): the context window.
         device: move the model there (default: leave it where it is).
+        decode_dtype: the weights generation decodes with (``fp32``, ``bf16``, ``int8``, ``auto``; see
+            :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`); scoring and inspection use the model.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class CompletionEngine:
         model_name: str = "llm-lab",
         max_tokens_cap: int | None = None,
         device: str | torch.device | None = None,
+        decode_dtype: str = "fp32",
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -80,7 +83,8 @@ class CompletionEngine:
         self.model.eval()
         self.device = next(self.model.parameters()).device
         # Prepared once for every request (the weights never change here); scoring and inspection use the model.
-        self.decode_model = prepare_for_decode(self.model) if pays_to_prepare(self.model) else self.model
+        wanted = decode_dtype != "fp32" or pays_to_prepare(self.model)
+        self.decode_model = prepare_for_decode(self.model, decode_dtype) if wanted else self.model
         self.model_name = model_name
         # The model sees at most this many positions. The last new token is never fed back, so a prompt of P tokens
         # can get up to context_window - P + 1 new tokens (see llm_lab.core.decode.generate).
@@ -103,6 +107,7 @@ class CompletionEngine:
         model_name: str | None = None,
         max_tokens_cap: int | None = None,
         device: str | None = None,
+        decode_dtype: str = "fp32",
     ) -> CompletionEngine:
         """Load a model package (or a training run directory) and wrap it."""
         from llm_lab.core.package.io import load_package_or_run
@@ -116,6 +121,7 @@ class CompletionEngine:
             model_name=model_name or path.resolve().name,
             max_tokens_cap=max_tokens_cap,
             device=device,
+            decode_dtype=decode_dtype,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 __all__ = [
     "DiskFullError",
+    "atomic_output_path",
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
@@ -159,43 +160,54 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", *, size: int | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
+def atomic_output_path(path: str | Path, *, size: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on a clean exit that file replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is untouched; a full disk, however the writer
-    reported it, becomes a :class:`DiskFullError`.
+    For writers that open their file by name (:func:`atomic_write` opens it for you). The file is fsynced, given the
+    mode a plain ``open`` would give, renamed over ``path``, and the directory fsynced. On an exception the
+    temporary file is removed and ``path`` is untouched; a full disk, however the writer reported it, becomes a
+    :class:`DiskFullError`.
 
     Args:
         path: the file to write.
-        mode: ``"wb"`` or ``"w"`` (UTF-8).
         size: the bytes about to be written, when known (at least): a write that cannot fit is refused first.
     """
     path = Path(path)
     with reporting_disk_full(path, size):
         path.parent.mkdir(parents=True, exist_ok=True)
         _check_fits(path, size)
-    with reporting_disk_full(path, size), _replacing(path, mode) as f:
-        yield f
-
-
-@contextlib.contextmanager
-def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
-    # The writer's pid in the name lets a later run tell a dead writer's leftover from a live write.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        # The writer's pid in the name lets a later run tell a dead writer's leftover from a live write.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fchmod(f.fileno(), _default_file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with reporting_disk_full(path, size):
+            yield tmp
+            with tmp.open("rb+") as written:
+                os.fchmod(written.fileno(), _default_file_mode())
+                os.fsync(written.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", *, size: int | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically
+    (:func:`atomic_output_path`: on an exception ``path`` is untouched, a full disk is a :class:`DiskFullError`).
+
+    Args:
+        path: the file to write.
+        mode: ``"wb"`` or ``"w"`` (UTF-8).
+        size: the bytes about to be written, when known (at least): a write that cannot fit is refused first.
+    """
+    with atomic_output_path(path, size=size) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -109,3 +109,21 @@ def test_rl_runs_resumes_and_writes_a_package(capsys, tmp_path, chat_package) ->
     assert tokenizer.special_tokens == template.tokenizer.special_tokens
     code, _, err = run_cli(capsys, "rl", "--init-from", str(path), "--out", str(tmp_path / "none"), "--resume")
     assert code == 2 and "holds no RL run" in err
+
+
+def test_eval_task_file_scores_chat_and_base_models_like_the_library(capsys, tmp_path, chat_package) -> None:
+    from llm_lab.core.chat.reply import score_task_file
+
+    path, template, model = chat_package
+    task_file = tmp_path / "heldout.jsonl"
+    synth = ["data", "synth", "addition", "--n", "6", "--set", "digits=1", "--out", str(task_file)]
+    assert run_cli(capsys, *synth)[0] == 0
+    code, out, _ = run_cli(capsys, "eval", str(path), "--task-file", str(task_file), "--json")
+    expected = score_task_file(model, template.tokenizer, task_file)
+    assert code == 0 and json.loads(out)["right"] == expected.right and json.loads(out)["total"] == 6
+    base, base_model = make_package(tmp_path / "base", CharTokenizer.from_text(ALPHABET))
+    code, out, _ = run_cli(capsys, "eval", str(base), "--task-file", str(task_file), "--limit", "4")
+    base_score = score_task_file(base_model, CharTokenizer.from_text(ALPHABET), task_file, limit=4)
+    assert code == 0 and out.startswith(f"accuracy  {base_score.accuracy:.4f} ({base_score.right} of 4 right)")
+    code, _, err = run_cli(capsys, "eval", str(path), "--task-file", str(task_file), "--max-tokens", "3")
+    assert code == 2 and "--max-tokens does not apply to --task-file" in err

@@ -138,3 +138,18 @@ def test_eval_cli_misuse(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(path), "--data", __file__, "--batch-size", "0"])
     assert exc.value.code == 2
+
+
+def test_eval_cli_dtype_evaluates_the_decode_copy(capsys, tmp_path):
+    from llm_lab.core.decode import prepare_for_decode
+
+    tok = bpe_tokenizer()
+    path, model = make_package(tmp_path / "pkg", tok)
+    data = tmp_path / "heldout.txt"
+    data.write_text(HELD_OUT, encoding="utf-8")
+    for dtype in ("bf16", "int8"):
+        assert main(["eval", str(path), "--data", str(data), "--json", "--dtype", dtype]) == 0
+        got = json.loads(capsys.readouterr().out)
+        expected = evaluate_text(prepare_for_decode(model, dtype), tok, HELD_OUT)
+        assert got == pytest.approx(expected.to_dict(), rel=1e-6)
+        assert got["bits_per_byte"] == pytest.approx(evaluate_text(model, tok, HELD_OUT).bits_per_byte, rel=0.02)

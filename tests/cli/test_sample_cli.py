@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import runpy
 from pathlib import Path
@@ -284,3 +285,28 @@ def test_ctrl_c_prints_the_text_so_far(capsys, monkeypatch, bpe_package, stream_
     for shown, want in zip(heads, texts, strict=True):
         shown = shown.removeprefix("--- sample 1/2 ---\n").removesuffix("\n")
         assert shown.startswith("to") and want.startswith(shown[2:]) and len(shown) > 2
+
+
+def test_dtype_decodes_through_that_copy(capsys, bpe_package, monkeypatch):
+    from llm_lab.core.decode import prepare_for_decode
+    from llm_lab.core.decode.fast_linear import DecodeLinear
+
+    path, tok, model = bpe_package
+    seen = []
+    real_stream = importlib.import_module("llm_lab.core.decode").stream
+
+    def spy(decode_model, *args, **kwargs):
+        seen.append({m.dtype for m in decode_model.modules() if isinstance(m, DecodeLinear)})
+        return real_stream(decode_model, *args, **kwargs)
+
+    monkeypatch.setattr("llm_lab.core.decode.stream", spy)
+    code, out, _ = run_cli(
+        capsys, "sample", str(path), "--prompt", "to be", "--temperature", "0", "--max-new-tokens", "8", "--dtype",
+        "int8",
+    )  # fmt: skip
+    assert code == 0 and seen == [{"int8"}]
+    expected = generate_text(prepare_for_decode(model, "int8"), tok, "to be", 8, temperature=0)
+    assert out == "to be" + expected + "\n"
+    code, _, err = run_cli(capsys, "sample", str(path), "--prompt", "x", "--dtype", "fp8")
+    assert code == 2
+    assert err.strip() == "llm-lab: error: unknown decode dtype 'fp8'; choose one of: auto, fp32, bf16, int8"

@@ -80,3 +80,27 @@ def test_script_bad_arguments_are_one_line_and_exit_2(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_unknown_decode_dtype_is_refused_before_any_model_is_built():
+    with pytest.raises(ValueError, match="unknown decode dtype 'int4'; choose one of: auto, fp32, bf16, int8"):
+        dataclasses.replace(BenchSettings.quick(), dtype="int4")
+
+
+@pytest.mark.slow
+def test_quick_int8_benchmark_reports_agreement_and_the_roofline(tmp_path):
+    pytest.importorskip("transformers")
+    from llm_lab.experiments.generate_bench import run_benchmark
+
+    results = run_benchmark(dataclasses.replace(BenchSettings.quick(), dtype="int8"))
+    roof = results["roofline"]
+    assert results["settings"]["dtype"] == "int8"
+    # The decode copy's int8 weights: one byte per weight of every linear layer, plus scales and biases.
+    linear_weights = 2 * (64 * 64 * 3 + 64 * 64 + 2 * 64 * 256) + 64 * 128
+    assert linear_weights <= roof["weight_bytes_per_token"] < linear_weights * 1.2
+    assert roof["tokens_per_second"] == pytest.approx(roof["read_bandwidth_bytes_per_second"] / linear_weights, rel=0.2)
+    for row in results["throughput"]:
+        assert 0 <= row["token_agreement"] <= 1
+        assert row["roofline_fraction"] == pytest.approx(
+            row["ours_tokens_per_second"] / row["batch"] / roof["tokens_per_second"]
+        )

@@ -72,8 +72,9 @@ def disk_with_room(monkeypatch):
     """Writes through atomic_write get ``room`` bytes; the free space is not known (the write itself must fail)."""
 
     def install(room):
-        real_fdopen = io_module.os.fdopen
-        monkeypatch.setattr(io_module.os, "fdopen", lambda *a, **k: _FillingFile(real_fdopen(*a, **k), room))
+        real_open = open
+        # atomic_write opens its temporary file with the builtin open, looked up in the io module
+        monkeypatch.setattr(io_module, "open", lambda *a, **k: _FillingFile(real_open(*a, **k), room), raising=False)
         monkeypatch.setattr(io_module, "_free_bytes", lambda path: None)
 
     return install

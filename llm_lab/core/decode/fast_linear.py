@@ -35,23 +35,48 @@ kept and rebuilt when stale: noticing an in-place change needs the tensors' priv
 earlier implementation, which swapped methods onto the layers for each step, read), and a stale copy that goes
 unnoticed gives wrong text silently. The copy costs one more copy of the model's weights in memory while it
 lives, and forward hooks on the model's linear layers do not run in it.
+
+Lower precision (``dtype``). The copy can also hold its weights in fewer bytes, which is what a weight-read-bound
+step pays for. Each choice is a small class in :data:`DECODE_DTYPES`, the only list of their names:
+
+* ``fp32`` (:class:`Float32Weights`): the layout above; results equal the plain layers up to summation order.
+* ``bf16`` (:class:`BFloat16Weights`): weights rounded to bfloat16 (half the bytes), products through
+  ``torch.nn.functional.linear`` in bfloat16. Fast only where the CPU has bfloat16 units (``avx512_bf16``,
+  ``amx_bf16``); on an AVX2-only CPU torch converts every element and a step is slower than fp32.
+* ``int8`` (:class:`Int8Weights`): weight-only int8 with one scale per output channel (``absmax / 127``),
+  multiplied by torch's own ``torch.ops.aten._weight_int8pack_mm``, which dequantises inside the matmul on
+  AVX2 and AVX-512 alike (a quarter of the bytes). That kernel is fast for bfloat16 activations and several times
+  slower for float32 ones (measured here), so the input row is rounded to bfloat16 on the way in; the result comes
+  back as float32. ``torch._int_mm`` (int8 x int8) would quantise the activations too and was slower here, and the
+  ``torch.ao`` dynamic-quantisation operators are deprecated.
+
+``auto`` (:func:`resolve_decode_dtype`) picks ``int8`` on a CPU whose torch provides that kernel and ``fp32``
+anywhere else; it never picks ``bf16`` (its only gain is on CPUs with bfloat16 units, where int8 reads half as
+much again). Embeddings, norms and attention stay in float32 in every case: they read one row per token.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 __all__ = [
+    "DECODE_DTYPES",
     "MIN_BLOCK_COLUMNS",
     "MIN_NEW_TOKENS",
+    "BFloat16Weights",
     "DecodeLinear",
+    "DecodeWeights",
+    "Float32Weights",
+    "Int8Weights",
     "is_decode_copy",
     "pays_to_prepare",
     "prepare_for_decode",
+    "resolve_decode_dtype",
 ]
 
 #: A generation of fewer new tokens than this decodes with the model as it is. Building the copy reads and rewrites
@@ -73,23 +98,159 @@ def _split_count(columns: int, device: torch.device) -> int:
     return max(1, min(torch.get_num_threads(), columns // MIN_BLOCK_COLUMNS))
 
 
-class DecodeLinear(nn.Module):
-    """One or several linear layers that read the same input, as one product over an ``(in, out)`` weight copy.
+class DecodeWeights:
+    """How a :class:`DecodeLinear` stores its weight and multiplies by it: one subclass per decode dtype.
 
-    ``forward(x)`` gives what the layers give (``x @ W.T + b`` each, up to summation order): one tensor for one
-    layer, a tuple in the layers' order for several. The weights are buffers (a copy for inference, not
-    parameters to train), laid out as ``(in, out)``, or on a CPU with several threads as ``(parts, in, width)``
-    column blocks, zero-padded to equal width, that one ``bmm`` runs on all threads.
+    A subclass names itself (``name``, the key in :data:`DECODE_DTYPES`), says how many bytes a weight takes
+    (``bytes_per_weight``, what a weight-read-bound step reads) and implements :meth:`pack` (once, from the stacked
+    ``(out, in)`` weights) and :meth:`matmul` (every step). Adding a dtype is one class here and one registry entry.
+    """
+
+    name: ClassVar[str]
+    bytes_per_weight: ClassVar[float]
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        """The buffers to keep, from ``weight`` ``(out, in)`` and ``bias`` ``(out,)`` or ``None`` (both copies)."""
+        raise NotImplementedError
+
+    @classmethod
+    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+        """``flat @ W.T + b`` for ``flat`` ``(rows, in)``: ``(rows, out)`` in ``flat``'s dtype."""
+        raise NotImplementedError
+
+
+class Float32Weights(DecodeWeights):
+    """The model's own weights (float32 for a model from the lab), as an ``(in, out)`` copy cut into column blocks.
+
+    ``packed_weight`` is ``(in, out)``, or on a CPU with several threads ``(parts, in, width)`` column blocks,
+    zero-padded to equal width, that one ``bmm`` runs on all threads (see the module docs).
+    """
+
+    name = "fp32"
+    bytes_per_weight = 4.0
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        weight = weight.t()  # (in, total)
+        total = weight.shape[1]
+        parts = _split_count(total, weight.device)
+        if parts == 1:
+            return {"packed_weight": weight.clone(memory_format=torch.contiguous_format), "packed_bias": bias}
+        # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
+        width = -(-total // parts)
+        padded = weight.new_zeros(weight.shape[0], parts * width)
+        padded[:, :total] = weight
+        blocks = padded.view(-1, parts, width).transpose(0, 1).contiguous()
+        if bias is not None:
+            bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
+        return {"packed_weight": blocks, "packed_bias": bias}
+
+    @classmethod
+    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+        weight, bias = layer.packed_weight, layer.packed_bias
+        if weight.dim() == 2:  # (in, total)
+            return flat @ weight if bias is None else torch.addmm(bias, flat, weight)  # (rows, total)
+        stacked = flat.expand(weight.shape[0], *flat.shape)  # (parts, rows, in): one block per thread
+        out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias, stacked, weight)
+        return out.transpose(0, 1).reshape(flat.shape[0], -1)[:, : sum(layer.sizes)]  # (rows, total)
+
+
+class BFloat16Weights(DecodeWeights):
+    """Weights rounded to bfloat16, ``(out, in)`` as ``F.linear`` wants them; the input row is rounded too.
+
+    The bias stays float32 and is added to the float32 result. Fast only on CPUs with bfloat16 units.
+    """
+
+    name = "bf16"
+    bytes_per_weight = 2.0
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        return {"packed_weight": weight.to(torch.bfloat16).contiguous(), "packed_bias": bias}
+
+    @classmethod
+    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.linear(flat.to(torch.bfloat16), layer.packed_weight).to(flat.dtype)
+        return out if layer.packed_bias is None else out + layer.packed_bias
+
+
+class Int8Weights(DecodeWeights):
+    """Weight-only int8: ``W ~ q * scale`` with one scale per output channel, ``q`` in ``[-127, 127]``.
+
+    ``scale = absmax(row) / 127`` is rounded to bfloat16 (the kernel's dtype) before ``q = round(W / scale)`` is
+    taken, so the stored pair is exactly what is multiplied. ``torch.ops.aten._weight_int8pack_mm(x, q, scale)``
+    computes ``x @ (q * scale).T`` without building the float matrix; ``x`` goes in as bfloat16 (see the module
+    docs), the bias is added in float32. ``packed_weight`` is ``q`` ``(out, in)`` int8, ``weight_scale`` ``(out,)``.
+    The kernel accumulates in float32 and returns bfloat16, so every product (the logits too) carries bfloat16's
+    rounding (8 significant bits) besides the weights'; the measured cost is in docs/how-to/low-precision-and-gguf.md.
+    """
+
+    name = "int8"
+    bytes_per_weight = 1.0
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        weight = weight.float()
+        scale = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
+        q = torch.round(weight / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+        return {"packed_weight": q.contiguous(), "packed_bias": bias, "weight_scale": scale}
+
+    @classmethod
+    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+        x = flat.to(torch.bfloat16)
+        out = torch.ops.aten._weight_int8pack_mm(x, layer.packed_weight, layer.weight_scale).to(flat.dtype)
+        return out if layer.packed_bias is None else out + layer.packed_bias
+
+
+#: The decode dtypes by name, the only list of them (CLI choices and ``prepare_for_decode(dtype=...)`` read it).
+DECODE_DTYPES: dict[str, type[DecodeWeights]] = {
+    cls.name: cls for cls in (Float32Weights, BFloat16Weights, Int8Weights)
+}
+
+
+def _int8_kernel_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def resolve_decode_dtype(name: str, device: torch.device | str = "cpu") -> str:
+    """The decode dtype to use for ``name`` (a key of :data:`DECODE_DTYPES` or ``"auto"``) on ``device``.
+
+    ``auto`` is ``int8`` on a CPU whose torch has the int8 kernel (AVX2 and AVX-512 CPUs alike) and ``fp32``
+    anywhere else. It never picks ``bf16``: without bfloat16 units (AVX2-only CPUs) a bfloat16 product is slower
+    than float32, and with them int8 still reads half the bytes.
+
+    Raises:
+        ValueError: an unknown name (the message lists the choices), or ``int8`` where torch lacks the kernel.
+    """
+    if name == "auto":
+        on_cpu = torch.device(device).type == "cpu"
+        return "int8" if on_cpu and _int8_kernel_available() else "fp32"
+    if name not in DECODE_DTYPES:
+        raise ValueError(f"unknown decode dtype {name!r}; choose one of: auto, {', '.join(DECODE_DTYPES)}")
+    if name == "int8" and not _int8_kernel_available():
+        raise ValueError("decode dtype int8 needs torch.ops.aten._weight_int8pack_mm, which this torch lacks")
+    return name
+
+
+class DecodeLinear(nn.Module):
+    """One or several linear layers that read the same input, as one product over a decode copy of their weights.
+
+    ``forward(x)`` gives what the layers give (``x @ W.T + b`` each, up to summation order for ``fp32``, up to
+    the rounding of the dtype otherwise): one tensor for one layer, a tuple in the layers' order for several. The
+    weights are buffers (a copy for inference, not parameters to train) stored as the dtype's
+    :class:`DecodeWeights` class packs them.
 
     Args:
         layers: exact ``nn.Linear`` layers with the same input width, all with a bias or all without.
+        dtype: a key of :data:`DECODE_DTYPES` (``fp32``, ``bf16``, ``int8``).
 
     Raises:
         ValueError: no layers, a subclass of ``nn.Linear`` (its own forward would be skipped), different input
-            widths, or a mix of layers with and without a bias.
+            widths, a mix of layers with and without a bias, or an unknown dtype.
     """
 
-    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+    def __init__(self, layers: Sequence[nn.Linear], dtype: str = "fp32") -> None:
         super().__init__()
         if not layers or any(type(layer) is not nn.Linear for layer in layers):
             raise ValueError("DecodeLinear needs one or more nn.Linear layers (not subclasses, whose forward differs)")
@@ -97,44 +258,34 @@ class DecodeLinear(nn.Module):
             raise ValueError(
                 "layers fused into one DecodeLinear must share their input width and all have a bias or none"
             )
+        if dtype not in DECODE_DTYPES:
+            raise ValueError(f"unknown decode dtype {dtype!r}; choose one of: {', '.join(DECODE_DTYPES)}")
+        self.weights = DECODE_DTYPES[dtype]
         self.in_features = layers[0].in_features
         self.sizes = tuple(layer.out_features for layer in layers)
-        total = sum(self.sizes)
         with torch.no_grad():
-            weights = [layer.weight for layer in layers]
-            weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).t()  # (in, total)
-            bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,), a copy
-            parts = _split_count(total, weight.device)
-            if parts == 1:
-                weight = weight.clone(memory_format=torch.contiguous_format)  # always a copy, never a view
-            else:
-                # Column blocks, zero-padded to equal width: (parts, in, width), and the bias as (parts, 1, width).
-                width = -(-total // parts)
-                padded = weight.new_zeros(weight.shape[0], parts * width)
-                padded[:, :total] = weight
-                weight = padded.view(-1, parts, width).transpose(0, 1).contiguous()
-                if bias is not None:
-                    bias = torch.cat([bias, bias.new_zeros(parts * width - total)]).view(parts, 1, width)
-        # Not called weight/bias: code that reads a layer's ``weight`` expects ``(out, in)`` and must fail here, not
-        # compute with a transposed square matrix.
-        self.register_buffer("packed_weight", weight.detach(), persistent=False)
-        self.register_buffer("packed_bias", None if bias is None else bias.detach(), persistent=False)
+            weight = torch.cat([layer.weight for layer in layers])  # (total, in), a copy
+            bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])  # (total,)
+            buffers = self.weights.pack(weight, bias)
+        # Not called weight/bias: code that reads a layer's ``weight`` expects float ``(out, in)`` and must fail
+        # here, not compute with a transposed or quantised matrix.
+        for name, tensor in buffers.items():
+            self.register_buffer(name, None if tensor is None else tensor.detach(), persistent=False)
         self.train(False)
 
     @property
+    def dtype(self) -> str:
+        """The decode dtype's name (a key of :data:`DECODE_DTYPES`)."""
+        return self.weights.name
+
+    @property
     def parts(self) -> int:
-        """Column blocks the weight is cut into (1: a plain ``(in, out)`` matrix)."""
-        return 1 if self.packed_weight.dim() == 2 else self.packed_weight.shape[0]
+        """Column blocks the weight is cut into (1: one matrix)."""
+        return self.packed_weight.shape[0] if self.weights is Float32Weights and self.packed_weight.dim() == 3 else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        weight, bias, total = self.packed_weight, self.packed_bias, sum(self.sizes)
-        flat = x.reshape(-1, self.in_features)  # (rows, in)
-        if weight.dim() == 2:  # (in, total)
-            out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)  # (rows, total)
-        else:  # (parts, in, width): one block per thread
-            stacked = flat.expand(weight.shape[0], *flat.shape)  # (parts, rows, in)
-            out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias, stacked, weight)
-            out = out.transpose(0, 1).reshape(flat.shape[0], -1)[:, :total]  # (rows, total)
+        out = self.weights.matmul(self, x.reshape(-1, self.in_features))  # (rows, total)
+        total = sum(self.sizes)
         if len(self.sizes) == 1:
             return out.view(*x.shape[:-1], total)
         return tuple(part.view(*x.shape[:-1], part.shape[-1]) for part in out.split(self.sizes, dim=-1))
@@ -150,7 +301,10 @@ class DecodeLinear(nn.Module):
 
     def extra_repr(self) -> str:
         bias = self.packed_bias is not None
-        return f"in_features={self.in_features}, out_features={self.sizes}, bias={bias}, parts={self.parts}"
+        return (
+            f"in_features={self.in_features}, out_features={self.sizes}, bias={bias}, dtype={self.dtype}, "
+            f"parts={self.parts}"
+        )
 
 
 def _fusions(model: nn.Module) -> dict[nn.Module, tuple[str, ...]]:
@@ -170,7 +324,7 @@ def _fusions(model: nn.Module) -> dict[nn.Module, tuple[str, ...]]:
     return found
 
 
-def prepare_for_decode(model: nn.Module) -> nn.Module:
+def prepare_for_decode(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     """A decode-only copy of ``model`` with its linear layers as :class:`DecodeLinear` (see the module docs).
 
     Every exact ``nn.Linear`` is replaced (subclasses keep their own forward and are copied as they are), and the
@@ -183,6 +337,9 @@ def prepare_for_decode(model: nn.Module) -> nn.Module:
 
     Args:
         model: a ``MiniGPT`` or any module (on any device and dtype; the copy stays there).
+        dtype: how the copy holds its linear weights, a key of :data:`DECODE_DTYPES` or ``"auto"`` (see
+            :func:`resolve_decode_dtype` and the module docs): ``fp32`` (the default, the model's own weights),
+            ``bf16`` or ``int8`` (weight-only, a scale per output channel).
 
     Returns:
         The decode copy, or ``model`` itself when it has nothing to replace.
@@ -191,11 +348,24 @@ def prepare_for_decode(model: nn.Module) -> nn.Module:
 
         fast = prepare_for_decode(model)  # once; again after the weights change
         out = generate(fast, prompt_ids, 200, temperature=0.8, seed=0)
+        small = prepare_for_decode(model, dtype="int8")  # a quarter of the bytes per step
+
+    Raises:
+        ValueError: an unknown dtype, a prepared copy asked for another dtype than it holds, or a model whose
+            parameters are not plain tensors.
     """
+    first = next(model.parameters(), None)
+    dtype = resolve_decode_dtype(dtype, first.device if first is not None else "cpu")
     if type(model) is nn.Linear:  # a bare layer: it is its own (only) product
-        return DecodeLinear([model])
+        return DecodeLinear([model], dtype)
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if not linears:
+        held = {m.dtype for m in model.modules() if isinstance(m, DecodeLinear)}
+        if held and held != {dtype}:
+            raise ValueError(
+                f"this model is already a decode copy in {', '.join(sorted(held))}, not {dtype}; prepare the "
+                "original model again with the dtype you want"
+            )
         return model
     if not _plain_parameters(model):
         kinds = sorted({type(p).__name__ for p in model.parameters() if type(p) is not nn.Parameter})
@@ -213,12 +383,12 @@ def prepare_for_decode(model: nn.Module) -> nn.Module:
         target = decode.get_submodule(name)
         names = fusions.get(source, ())
         if names:
-            target.fused = DecodeLinear([getattr(source, n) for n in names])
+            target.fused = DecodeLinear([getattr(source, n) for n in names], dtype)
             for n in names:
                 delattr(target, n)  # the fused product replaces them; a stray use fails loudly
         for child_name, child in source.named_children():
             if type(child) is nn.Linear and child_name not in names:
-                setattr(target, child_name, DecodeLinear([child]))
+                setattr(target, child_name, DecodeLinear([child], dtype))
     decode.requires_grad_(False)
     # ``train()`` on the copy raises in its first DecodeLinear, after torch has already switched the modules before
     # it to training mode; this hook keeps such a half-switched copy from decoding with dropout on.
@@ -250,8 +420,10 @@ def pays_to_prepare(model: nn.Module, new_tokens: int | None = None) -> bool:
     Only on a CPU (the layouts are about a CPU's BLAS; elsewhere the model runs as it is) and for at least
     :data:`MIN_NEW_TOKENS` steps, so that building the copy costs less than the steps save. ``new_tokens=None``
     asks about a copy kept for many generations, whose cost is paid once. Never for a model whose parameters are
-    not plain tensors (an FSDP-sharded model decodes as it is).
+    not plain tensors (an FSDP-sharded model decodes as it is), nor for a model with no ``nn.Linear`` left (a
+    decode copy, in whatever dtype it was prepared, is used as it is).
     """
     first = next(model.parameters(), None)
     on_cpu = first is not None and first.device.type == "cpu" and _plain_parameters(model)
-    return on_cpu and (new_tokens is None or new_tokens >= MIN_NEW_TOKENS)
+    unprepared = any(type(m) is nn.Linear for m in model.modules())  # a decode copy (any dtype) is used as it is
+    return on_cpu and unprepared and (new_tokens is None or new_tokens >= MIN_NEW_TOKENS)

@@ -33,7 +33,7 @@ from llm_lab.core.model.mlp import MLPS
 from llm_lab.core.model.norms import NORMS
 from llm_lab.core.model.positional import POSITIONAL_ENCODINGS
 
-__all__ = ["config_from_hf", "from_hf_model", "hf_config_from", "to_hf_model"]
+__all__ = ["config_from_hf", "from_hf_model", "hf_activation", "hf_config_from", "hf_family", "to_hf_model"]
 
 # The two families, as the variant classes name them, and as people do.
 GPT2, LLAMA = "gpt2", "llama"
@@ -183,20 +183,20 @@ def _config_from_llama(c: Any) -> MiniGPTConfig:
     )
 
 
-def hf_config_from(config: MiniGPTConfig) -> Any:
-    """A Hugging Face ``GPT2Config`` (learned positions) or ``LlamaConfig`` (RoPE) for ``config``.
+def hf_family(config: MiniGPTConfig) -> str:
+    """The Hugging Face family (``"gpt2"`` or ``"llama"``) that can hold ``config``, after checking that it can.
+
+    The one place that decides what leaves the lab as a GPT-2 or a Llama: :func:`hf_config_from` (the HF export)
+    and the GGUF export (:mod:`llm_lab.core.package.gguf_io`) both ask it. It imports nothing heavy.
 
     Raises:
         ValueError: a setting neither family can express, naming the field (``pos_encoding``, ``norm``, ``mlp``,
             ``bias``, ``qk_norm``, ``n_kv_head``, ``bigram_embedding``, ``value_embeddings``). The zero-init rules
             (``zero_init_residual``, ``zero_init_head``) change only the starting weights and export like any model.
     """
-    import transformers
-
     _require(not config.qk_norm, "qk_norm=True has no counterpart in GPT-2 or Llama; set qk_norm=False")
     for name in ("bigram_embedding", "value_embeddings"):
         _require(not getattr(config, name), f"{name}=True has no counterpart in GPT-2 or Llama; set {name}=False")
-    common = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "initializer_range": config.init_std}
     family = _family_of(config)
     if family is None:
         usable = [
@@ -209,15 +209,35 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             f"{' or '.join(usable)}"
         )
     norms = [name for name, norm in NORMS.items() if family in norm.hf_families]
-    activations = _hf_activations(family)
+    _require_in_family("norm", config.norm, norms, family)
+    _require_in_family("mlp", config.mlp, list(_hf_activations(family)), family)
     if family == GPT2:
-        _require_in_family("norm", config.norm, norms, family)
         _require(config.bias, "bias=False: the GPT-2 family has biases in every linear layer and LayerNorm")
-        _require_in_family("mlp", config.mlp, list(activations), family)
         _require(
             config.n_kv_head == config.n_head,
             f"n_kv_head={config.n_kv_head}: the GPT-2 family is multi-head only (n_kv_head == n_head)",
         )
+    elif family != LLAMA:
+        raise ValueError(f"no export for the Hugging Face family {family!r} of pos_encoding={config.pos_encoding!r}")
+    return family
+
+
+def hf_activation(config: MiniGPTConfig) -> str:
+    """How ``config``'s family names its MLP (``"gelu_new"``, ``"silu"``, ...); call :func:`hf_family` first."""
+    return _hf_activations(_family_of(config))[config.mlp]
+
+
+def hf_config_from(config: MiniGPTConfig) -> Any:
+    """A Hugging Face ``GPT2Config`` (learned positions) or ``LlamaConfig`` (RoPE) for ``config``.
+
+    Raises:
+        ValueError: a setting neither family can express (see :func:`hf_family`).
+    """
+    import transformers
+
+    family = hf_family(config)
+    common = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "initializer_range": config.init_std}
+    if family == GPT2:
         return transformers.GPT2Config(
             vocab_size=config.vocab_size,
             n_positions=config.context_length,
@@ -225,7 +245,7 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             n_layer=config.n_layer,
             n_head=config.n_head,
             n_inner=config.mlp_hidden,
-            activation_function=activations[config.mlp],
+            activation_function=hf_activation(config),
             resid_pdrop=config.dropout,
             embd_pdrop=config.dropout,
             attn_pdrop=config.dropout,
@@ -233,35 +253,31 @@ def hf_config_from(config: MiniGPTConfig) -> Any:
             tie_word_embeddings=config.tie_embeddings,
             **common,
         )
-    if family == LLAMA:
-        _require_in_family("norm", config.norm, norms, family)
-        _require_in_family("mlp", config.mlp, list(activations), family)
-        if config.dropout > 0:
-            warnings.warn(
-                f"dropout={config.dropout}: Llama has attention dropout only; residual and embedding dropout "
-                "(training-time behaviour) are lost in the export",
-                stacklevel=2,
-            )
-        return transformers.LlamaConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.n_embd,
-            intermediate_size=config.hidden_dim,
-            num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head,
-            num_key_value_heads=config.n_kv_head,
-            head_dim=config.head_dim,
-            hidden_act=activations[config.mlp],
-            max_position_embeddings=config.max_positions,
-            rms_norm_eps=config.norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-            attention_bias=config.bias,
-            mlp_bias=config.bias,
-            attention_dropout=config.dropout,
-            tie_word_embeddings=config.tie_embeddings,
-            **{CONTEXT_LENGTH_KEY: config.context_length},
-            **common,
+    if config.dropout > 0:
+        warnings.warn(
+            f"dropout={config.dropout}: Llama has attention dropout only; residual and embedding dropout "
+            "(training-time behaviour) are lost in the export",
+            stacklevel=2,
         )
-    raise ValueError(f"no export for the Hugging Face family {family!r} of pos_encoding={config.pos_encoding!r}")
+    return transformers.LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        hidden_act=hf_activation(config),
+        max_position_embeddings=config.max_positions,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+        attention_dropout=config.dropout,
+        tie_word_embeddings=config.tie_embeddings,
+        **{CONTEXT_LENGTH_KEY: config.context_length},
+        **common,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
