@@ -60,6 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_lab.core.decode.processors import NonFiniteScoresError
 from llm_lab.core.decode.sampling import describe_sampling
+from llm_lab.serve.chat_api import chat_chunk, chat_response, chat_to_completion
 from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.errors import APIError
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
@@ -403,7 +404,25 @@ def create_app(
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
-        completion = await read_request(request, completion_schema)
+        return await _complete(request, await read_request(request, completion_schema))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        check_json_content_type(request)
+        try:
+            payload = loads_strict(await request.body(), what="request body")
+        except ValueError as error:
+            raise APIError(400, str(error), code="invalid_json") from None
+        body = await asyncio.to_thread(chat_to_completion, payload, engine.tokenizer)
+        try:
+            completion = completion_schema.model_validate(body)
+        except ValidationError as error:
+            message, param = describe_validation_error(error)
+            raise APIError(422, message, param=param, code="invalid_value") from None
+        return await _complete(request, completion, chat=True)
+
+    async def _complete(request: Request, completion: CompletionRequestBase, chat: bool = False) -> Response:
+        """A completion (or, with ``chat``, a chat completion: the same job, answered in the chat form)."""
         if completion.model is not None:
             _check_model(engine, completion.model)
         # Encoding a long prompt with BPE takes a while: do it off the event loop so streams keep flowing.
@@ -425,7 +444,7 @@ def create_app(
             events = await job.start(runner, scheduler)
             if completion.stream:
                 return StreamingResponse(
-                    _sse(job, events),
+                    _chat_sse(_sse(job, events)) if chat else _sse(job, events),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
@@ -440,7 +459,7 @@ def create_app(
             raise generation_failure(error) from None
         if choices is None:  # the client has gone; this answer reaches nobody
             return Response(status_code=499)
-        return JSONResponse(job.response(choices))
+        return JSONResponse(chat_response(job.response(choices)) if chat else job.response(choices))
 
     async def _score(job: _CompletionJob, completion: CompletionRequestBase) -> Response:
         if completion.stream:
@@ -698,6 +717,13 @@ def _plan(engine: CompletionEngine, request: CompletionRequestBase) -> _Completi
     )
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     return _CompletionJob(engine, request, prompts, prompt_ids, settings, seed)
+
+
+async def _chat_sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A completion stream's events in the chat form (:func:`~llm_lab.serve.chat_api.chat_chunk`)."""
+    started: set[int] = set()
+    async for line in lines:
+        yield chat_chunk(line, started)
 
 
 async def _sse(job: _CompletionJob, events: AsyncIterator[Any]) -> AsyncIterator[str]:

@@ -24,6 +24,7 @@ from llm_lab.core.decode import TokenLogprob, prepare_for_decode, score_tokens
 from llm_lab.core.decode import stream as decode_stream
 from llm_lab.core.decode.fast_linear import pays_to_prepare
 from llm_lab.core.decode.sampling import SamplingConfig
+from llm_lab.core.tokenization.chat_tokens import END_TOKEN
 from llm_lab.utils.devices import resolve_device
 
 FinishReason = str  # "stop" (end-of-text token or a stop string) or "length" (max_tokens reached)
@@ -98,6 +99,9 @@ class CompletionEngine:
             )
         self.max_tokens_cap = max_tokens_cap
         self.eot_token_id = getattr(tokenizer, "eot_token_id", None)
+        # What ends a choice: the end-of-text token and, for a chat model, the turn end (a reply is one turn).
+        turn_end = dict(getattr(tokenizer, "special_tokens", {}) or {}).get(END_TOKEN)
+        self.eos_token_ids = [int(i) for i in (self.eot_token_id, turn_end) if i is not None]
 
     @classmethod
     def from_package(
@@ -200,7 +204,7 @@ class CompletionEngine:
             rows,
             settings.max_new_tokens,
             sampling=settings.sampling,
-            eos_token_id=self.eot_token_id,
+            eos_token_id=self.eos_token_ids or None,
             stop=settings.stop or None,
             generator=generator,
             tokenizer=self.tokenizer,

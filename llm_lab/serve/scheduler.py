@@ -222,8 +222,7 @@ class BatchScheduler:
         self.engine = engine
         self.model = model
         self.tokenizer = engine.tokenizer
-        eos_token_id = engine.eot_token_id
-        self.eos_ids = frozenset() if eos_token_id is None else frozenset([int(eos_token_id)])
+        self.eos_ids = frozenset(engine.eos_token_ids)
         self.limits = limits
         self.context = context = engine.context_window
         tensors = [*model.parameters(), *model.buffers()]

@@ -1,0 +1,98 @@
+"""``POST /v1/chat/completions`` through the ``openai`` client: the reply equals ``generate`` on the rendered prompt
+(greedy), streamed and not; logprobs in the chat form; bad conversations and non-chat models named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+from serve_helpers import serve_in_thread
+
+from llm_lab.core.chat import ChatTemplate, add_chat_tokens
+from llm_lab.core.decode import generate
+from llm_lab.core.model import MiniGPT, MiniGPTConfig
+from llm_lab.core.tokenization import CharTokenizer
+from llm_lab.serve import create_app
+
+ALPHABET = "0123456789 +?=Whatis.abcdefghijklmnopqrstuvwxyz\n"
+CONVERSATION = [{"role": "system", "content": "add"}, {"role": "user", "content": "What is 2 + 3?"}]
+
+
+def tiny(tokenizer: Any) -> MiniGPT:
+    torch.manual_seed(0)
+    config = MiniGPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, n_layer=1, n_head=2, n_embd=16)
+    return MiniGPT(config).eval()
+
+
+@pytest.fixture(scope="module")
+def chat_server():
+    tokenizer = add_chat_tokens(CharTokenizer.from_text(ALPHABET))
+    model = tiny(tokenizer)
+    with serve_in_thread(create_app((model.config, tokenizer, model), model_name="chat")) as server:
+        yield server, ChatTemplate(tokenizer), model
+
+
+def reference(template: ChatTemplate, model: MiniGPT, max_tokens: int) -> tuple[str, str]:
+    out = generate(model, template.prompt_ids(CONVERSATION), max_tokens, temperature=0.0,
+                   eos_token_id=template.end_id, tokenizer=template.tokenizer)
+    return out.texts[0], "stop" if out.finish_reasons[0] == "eos" else out.finish_reasons[0]
+
+
+def test_the_openai_client_gets_the_libraries_greedy_reply(chat_server) -> None:
+    server, template, model = chat_server
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none")
+    text, reason = reference(template, model, 12)
+    answer = client.chat.completions.create(model="chat", messages=CONVERSATION, max_tokens=12, temperature=0)
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == text
+    assert answer.choices[0].finish_reason == reason
+    stream = client.chat.completions.create(model="chat", messages=CONVERSATION, max_tokens=12, temperature=0,
+                                            stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_logprobs_in_the_chat_form(chat_server) -> None:
+    server, template, model = chat_server
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none")
+    answer = client.chat.completions.create(model="chat", messages=CONVERSATION, max_tokens=4, temperature=0,
+                                            logprobs=True, top_logprobs=2)
+    content = answer.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == answer.choices[0].message.content
+    assert all(len(t.top_logprobs) >= 2 and t.logprob <= 0 for t in content)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages", "unknown role 'robot'"),
+        ({"messages": []}, "messages", "empty conversation"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages",
+         "the last message is the assistant's already"),
+        ({"messages": CONVERSATION, "prompt": "x"}, "prompt", "not a chat completion field"),
+        ({"messages": CONVERSATION, "top_logprobs": 3}, "top_logprobs", "with logprobs: true"),
+        ({"messages": CONVERSATION, "temperature": 9}, "temperature", "temperature"),
+    ],
+)
+def test_bad_requests_name_the_field(chat_server, body: dict, param: str, message: str) -> None:
+    server, _, _ = chat_server
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == param and message in error["message"]
+
+
+def test_a_model_without_chat_tokens_cannot_chat() -> None:
+    tokenizer = CharTokenizer.from_text(ALPHABET)
+    model = tiny(tokenizer)
+    with serve_in_thread(create_app((model.config, tokenizer, model))) as server:
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": CONVERSATION}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages" and "has no chat format" in response.json()["error"][
+        "message"]
