@@ -1,5 +1,5 @@
-"""``llm-lab experiment posenc|collect``: the positional-encoding study (a sweep preset) and the run report (parsing
-only)."""
+"""``llm-lab experiment posenc|collect|chat``: the positional-encoding study (a sweep preset), the run report and the
+chat recipe (parsing only)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ DEFAULT_RUN_ROOTS = (Path("runs"), Path("experiments"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    experiment = subparsers.add_parser("experiment", help="experiments: positional-encoding study, run report")
+    experiment = subparsers.add_parser(
+        "experiment", help="experiments: positional-encoding study, run report, chat recipe"
+    )
     commands = experiment.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
 
     posenc = commands.add_parser(
@@ -47,6 +49,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="output directory (default: ROOT/report for one ROOT, else experiments/report)")
     collect.add_argument("--title", default="Runs", help="report title")
     collect.set_defaults(func=_run_collect)
+
+    chat = commands.add_parser(
+        "chat", help="the chat recipe: base model, SFT and RL (3 seeds) scored side by side on held-out tasks"
+    )
+    chat.add_argument("--data", type=Path, default=None,
+                      help="the base model's text (default: data/tiny_shakespeare.txt, yours first)")
+    chat.add_argument("--recipe", type=Path, default=REPO_ROOT / "configs" / "chat_arithmetic",
+                      help="folder with recipe.json, base.json, sft.json, rl.json (default: configs/chat_arithmetic)")
+    chat.add_argument("--out", type=Path, default=Path("experiments") / "chat", help="output directory (new)")
+    chat.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in seconds")
+    chat.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from llm_lab.experiments.chat_recipe import run_chat_recipe
+
+    data = args.data
+    if data is None:
+        from llm_lab.core.data.download import default_corpus_path
+
+        data = default_corpus_path(REPO_ROOT)
+    result = run_chat_recipe(args.recipe, data, args.out, quick=args.quick)
+    print(result.files["markdown"].read_text(encoding="utf-8"))
+    print(f"report: {result.files['markdown']} and {result.files['csv']}")
+    return 0
 
 
 def _run_posenc(args: argparse.Namespace) -> int:

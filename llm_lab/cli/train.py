@@ -61,12 +61,9 @@ def make_sample_callback(
 
 def load_init_source(path: str | Path) -> InitSource:
     """Weights, model config and tokenizer of a run directory (best checkpoint) or a model package."""
-    from llm_lab.core.package.io import load_package_or_run
     from llm_lab.core.train.run import InitSource
 
-    config, tokenizer, model = load_package_or_run(path)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return InitSource(model_config=config, tokenizer=tokenizer, state_dict=state, path=str(path))
+    return InitSource.load(path)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -301,6 +301,15 @@ class InitSource:
     state_dict: dict[str, torch.Tensor]
     path: str
 
+    @classmethod
+    def load(cls, path: str | Path) -> InitSource:
+        """The weights, model config and tokenizer of a run directory (best checkpoint) or a model package."""
+        from llm_lab.core.package.io import load_package_or_run  # the package layer reads runs; run.py is below it
+
+        config, tokenizer, model = load_package_or_run(path)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(model_config=config, tokenizer=tokenizer, state_dict=state, path=str(path))
+
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> InitSource:
         """Apply the ``model.*`` values of ``--set`` overrides to the source's model config.
 

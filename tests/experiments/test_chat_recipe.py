@@ -1,0 +1,28 @@
+"""The chat recipe end to end at quick sizes: every step runs, the report has base, SFT and each RL seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_lab.experiments.chat_recipe import run_chat_recipe
+from llm_lab.experiments.tables import read_csv
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_quick_recipe_writes_the_side_by_side_report(tmp_path, small_text) -> None:
+    from llm_lab.cli.experiment import REPO_ROOT
+
+    text = tmp_path / "text.txt"
+    text.write_text(small_text * 4)
+    result = run_chat_recipe(REPO_ROOT / "configs" / "chat_arithmetic", text, tmp_path / "out", quick=True)
+    rows = read_csv(result.files["csv"])
+    assert [r["model"] for r in rows] == ["base", "sft", "rl seed 0", "rl seed 1", "rl seed 2",
+                                         "rl mean +- sd (3 seeds)"]
+    assert all(0.0 <= float(r["pass@1 3-digit"]) <= 1.0 for r in rows[:5])
+    assert (tmp_path / "out" / "sft" / "run.json").is_file()
+    assert (tmp_path / "out" / "rl-seed2" / "rl_state.pt").is_file()
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        run_chat_recipe(REPO_ROOT / "configs" / "chat_arithmetic", text, tmp_path / "out", quick=True)
+    with pytest.raises(ValueError, match=r"is not a chat recipe: recipe.json, base.json, sft.json, rl.json missing"):
+        run_chat_recipe(tmp_path, text, tmp_path / "other", quick=True)
