@@ -207,6 +207,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 def on_files(files: Any, config: Any) -> Any:
     from mkdocs.structure.files import File
 
-    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    # Its links are written from the repository root (where GitHub shows it); on the site it sits at the docs root.
+    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8").replace("](docs/", "](")
     files.append(File.generated(config, "contributing.md", content=text))
     return files

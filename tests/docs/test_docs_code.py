@@ -9,6 +9,8 @@ The convention each page is written to (also in ``docs/how-to/index.md``):
 * the directory holds ``configs/`` (a copy of the repository's), ``scripts/`` (a link to them) and
   ``data/tiny_shakespeare.txt``: the real corpus where ``../shared/data/`` beside the checkout has it (or
   ``LLM_LAB_DOCS_CORPUS`` names it), else a text made here; ``HOME`` points inside it;
+* the python blocks run with the CPU threads ``LLM_LAB_THREADS`` names, as ``llm-lab`` commands do (the test
+  suite sets 1 thread, see ``tests/conftest.py``);
 * ``LLM_LAB_DOCS_QUICK=1`` in the default suite: chapters that train longer read it for quick sizes; the slow
   suite runs every page again at full size, without it;
 * ```` ```console ````, ```` ```text ```` and other languages are shown, not run;
@@ -60,9 +62,9 @@ def code_blocks(text: str) -> list[Block]:
 
 
 def pages() -> list[Path]:
-    """Every page whose code runs: the tutorials, the how-to guides (new ones are picked up by the glob), README."""
+    """Every page with code to run: the tutorials, the how-to guides (new ones are picked up by the glob), README."""
     found = sorted((DOCS / "tutorials").glob("**/*.md")) + sorted((DOCS / "how-to").glob("**/*.md"))
-    return [*found, REPO / "README.md"]
+    return [page for page in [*found, REPO / "README.md"] if code_blocks(page.read_text(encoding="utf-8"))]
 
 
 def is_slow(page: Path) -> bool:
@@ -114,6 +116,12 @@ def page_env(work: Path, quick: bool) -> dict[str, str]:
 def run_page(page: Path) -> int:
     """Run ``page``'s blocks in the current directory (the runner a test starts); 0 when every block passed."""
     namespace: dict[str, object] = {"__name__": "__main__"}
+    if os.environ.get("LLM_LAB_THREADS"):  # the python blocks get the CPU threads llm-lab commands would use
+        import torch
+
+        from llm_lab.utils.threads import resolve_threads
+
+        torch.set_num_threads(resolve_threads(os.environ["LLM_LAB_THREADS"]))
     for block in code_blocks(page.read_text(encoding="utf-8")):
         where = f"{page.name} line {block.line} ({block.lang})"
         start = time.perf_counter()
