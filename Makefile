@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all lint venv venv-dev clean browser browser-test llama-cpp-check
+.PHONY: demo test test-slow test-all lint docs venv venv-dev clean browser browser-test llama-cpp-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,11 @@ venv-dev: $(VENV)/.installed-dev
 demo: venv
 	$(PY) scripts/p1_train_char.py
 
-## make test: lint, then the default test suite (slow tests excluded)
+## make test: lint, the docs site's strict build, then the default test suite (slow tests excluded; the docs'
+## code blocks run at quick sizes, LLM_LAB_DOCS_QUICK=1)
 test: venv-dev browser
 	$(PY) -m ruff check .
+	$(MKDOCS)
 	@LLM_LAB_TEST_ARTIFACTS=test-artifacts $(PY) -m pytest -q -m "not slow"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -59,6 +61,13 @@ gpu-check: venv-dev
 lint: venv-dev
 	$(PY) -m ruff check .
 
+# --- docs: MkDocs Material; the reference pages are generated from the code (docs/hooks/generate.py).
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+## make docs: build the documentation site into site/ (git-ignored); --strict: a broken link or page fails
+docs: venv-dev
+	$(MKDOCS)
+	@echo "docs: open site/index.html"
+
 # --- browser (serving): Debian's chromium for the playground's browser test; Playwright drives it, never downloads one.
 ## make browser: install Debian's chromium if it is missing (needs root and apt-get; elsewhere the browser
 ## test is skipped with a loud reason)
@@ -75,4 +84,4 @@ browser-test: venv-dev browser
 	  tests/serve/test_playground_inspect_browser.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -12,7 +12,7 @@ section        class                       notes
 ``data``       :class:`DataConfig`         ``{"val_fraction": 0.1}``: the last 10% of a text file is validation
 =============  ==========================  =====================================================================
 
-plus an optional ``"format_version": 1``. The run directory (see the README's "Training" section)::
+plus an optional ``"format_version": 1``. The run directory (see ``docs/reference/file-formats.md``)::
 
     RUN_DIR/run.json  tokenizer/  metrics.csv  samples.txt  checkpoints/last.pt  checkpoints/best_val.pt
 
