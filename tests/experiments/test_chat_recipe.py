@@ -7,9 +7,8 @@ import pytest
 from llm_lab.experiments.chat_recipe import run_chat_recipe
 from llm_lab.experiments.tables import read_csv
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_the_quick_recipe_writes_the_side_by_side_report(tmp_path, small_text) -> None:
     from llm_lab.cli.experiment import REPO_ROOT
 
@@ -26,3 +25,21 @@ def test_the_quick_recipe_writes_the_side_by_side_report(tmp_path, small_text) -
         run_chat_recipe(REPO_ROOT / "configs" / "chat_arithmetic", text, tmp_path / "out", quick=True)
     with pytest.raises(ValueError, match=r"is not a chat recipe: recipe.json, base.json, sft.json, rl.json missing"):
         run_chat_recipe(tmp_path, text, tmp_path / "other", quick=True)
+
+
+def test_the_recipe_files_are_valid() -> None:
+    """rl.json is an RLConfig, recipe.json names real tasks with valid settings (the run configs are checked with
+    every other example config)."""
+    import json
+
+    from llm_lab.cli.experiment import REPO_ROOT
+    from llm_lab.core.chat.rl import RLConfig
+    from llm_lab.core.chat.tasks import make_task
+    from llm_lab.utils.config_loader import load_json_config
+
+    recipe_dir = REPO_ROOT / "configs" / "chat_arithmetic"
+    assert load_json_config(recipe_dir / "rl.json", RLConfig).task == "addition"
+    recipe = json.loads((recipe_dir / "recipe.json").read_text())
+    for part in [*recipe["sft_data"], *recipe["heldout"]]:
+        make_task(part["task"], **part.get("settings", {}))
+    assert len(recipe["rl_seeds"]) == 3
