@@ -702,16 +702,23 @@ def _train_in_worker(task: _Task) -> str | None:
 @contextlib.contextmanager
 def _spawning_with_sigint_blocked():
     """Start pool workers (``submit`` spawns them) with SIGINT blocked, a mask a spawned interpreter inherits: a
-    Ctrl+C while a worker imports torch waits for its run instead of a traceback. In this process it is held
-    for the few milliseconds of the spawn and taken right after. A no-op off the main thread or without masks."""
+    Ctrl+C while a worker imports torch waits for its run instead of a traceback. A signal mask is per thread and a
+    Ctrl+C may land on any thread of this process, so for the few milliseconds of the spawn SIGINT is also only
+    recorded here, and raised as ``KeyboardInterrupt`` once the spawn is complete (never halfway through writing a
+    worker's start-up data). A no-op off the main thread or without masks."""
     if not _CAN_BLOCK or threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _run_in_pool(tasks: list[_Task], jobs: int, bar: tqdm, show: Callable[[int], None]) -> None:
@@ -727,9 +734,11 @@ def _run_in_pool(tasks: list[_Task], jobs: int, bar: tqdm, show: Callable[[int],
             while queue or running:
                 while queue and len(running) < jobs and stop_requested() is None:
                     before = {child.pid for child in multiprocessing.active_children()}
-                    with _spawning_with_sigint_blocked():
-                        running.add(pool.submit(_train_in_worker, queue.pop(0)))
-                    workers |= {child.pid for child in multiprocessing.active_children()} - before
+                    try:
+                        with _spawning_with_sigint_blocked():
+                            running.add(pool.submit(_train_in_worker, queue.pop(0)))
+                    finally:  # also when the Ctrl+C came during the spawn: the new worker is passed it too
+                        workers |= {child.pid for child in multiprocessing.active_children()} - before
                 if not running:
                     break  # stopped (SIGTERM) with runs left to start: a rerun starts them
                 show(len(running))

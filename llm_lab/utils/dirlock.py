@@ -190,7 +190,9 @@ def lock_directory(target: str | Path) -> Iterator[Path]:
         try:
             yield target
         finally:
-            _held[key][1] -= 1
+            entry = _held.get(key)  # gone if an interrupt already unwound the outer hold
+            if entry is not None:
+                entry[1] -= 1
         return
     with reporting_disk_full(lock_path(target)):
         target.parent.mkdir(parents=True, exist_ok=True)
