@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def check_max_new_tokens(max_new_tokens: int, config: Any, prompt_length: int) -> None:
     """Raise ``ValueError`` when ``--max-new-tokens`` is more than the model can generate in one call."""
-    from llm_lab.core.decode.generate import default_overflow_policy
+    from llm_lab.core.decode.decoder import default_overflow_policy
     from llm_lab.core.decode.limits import SLIDING_WINDOWS_LIMIT, new_tokens_limit
 
     limit = new_tokens_limit(config, prompt_length)

@@ -45,9 +45,9 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.decode.generate import RowText
 from llm_lab.core.decode.logprobs import step_logprobs, to_token_logprobs
 from llm_lab.core.decode.processors import Sampler, check_next_token_scores
+from llm_lab.core.decode.row_text import RowText
 from llm_lab.core.model.kv_cache import KVCache, SlotKVCache
 from llm_lab.serve.engine import CompletionEngine
 
@@ -170,7 +170,7 @@ class _Group:
         self.on_event(("finish", row, reason, self.counts[row]))
 
     def take(self, logits: torch.Tensor) -> None:
-        """Pick one token per row from ``(rows, V)`` logits and report it (what ``_Decoder.step`` does for one call)."""
+        """Pick one token per row from ``(rows, V)`` logits and report it (what ``Decoder.step`` does for one call)."""
         sampler = self.sampler
         if not sampler.greedy:
             logits = logits.float()

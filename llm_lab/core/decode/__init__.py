@@ -1,9 +1,16 @@
 """Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``,
-``stream``, ``generate_text``), a decode-only copy for speed (``prepare_for_decode``) and log-probabilities
-(``score_tokens``, ``TokenLogprob``)."""
+``stream``, ``generate_text``, with their settings as one ``GenerationConfig``), a decode-only copy for speed
+(``prepare_for_decode``) and log-probabilities (``score_tokens``, ``TokenLogprob``)."""
 
 from llm_lab.core.decode.fast_linear import prepare_for_decode
-from llm_lab.core.decode.generate import GenerationOutput, StreamChunk, generate, generate_text, stream
+from llm_lab.core.decode.generate import (
+    GenerationConfig,
+    GenerationOutput,
+    StreamChunk,
+    generate,
+    generate_text,
+    stream,
+)
 from llm_lab.core.decode.logprobs import TokenLogprob, score_tokens
 from llm_lab.core.decode.processors import (
     apply_repetition_penalty,
@@ -17,6 +24,7 @@ from llm_lab.core.decode.processors import (
 from llm_lab.core.decode.sampling import LogitsProcessor, SamplingConfig, SamplingParam, register_processor
 
 __all__ = [
+    "GenerationConfig",
     "GenerationOutput",
     "LogitsProcessor",
     "SamplingConfig",

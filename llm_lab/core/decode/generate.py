@@ -48,25 +48,26 @@ temperature below ``MIN_SAMPLING_TEMPERATURE``, 1e-5; see ``processors.py``). Sc
 
 from __future__ import annotations
 
-import codecs
-import inspect
+import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from llm_lab.core.decode.decoder import OVERFLOW_POLICIES, Decoder, OverflowPolicy, default_overflow_policy
 from llm_lab.core.decode.fast_linear import pays_to_prepare, prepare_for_decode
-from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, step_logprobs, to_token_logprobs
-from llm_lab.core.decode.processors import Sampler, check_next_token_scores
+from llm_lab.core.decode.logprobs import TokenLogprob, check_top_n, to_token_logprobs
 from llm_lab.core.decode.prompts import is_int, model_device, prepare_prompts
+from llm_lab.core.decode.row_text import RowText
 from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.modules import eval_mode
 from llm_lab.utils.threads import AUTO, Threads, settle_threads
 
 __all__ = [
     "FinishReason",
+    "GenerationConfig",
     "GenerationOutput",
     "OverflowPolicy",
     "StreamChunk",
@@ -76,16 +77,6 @@ __all__ = [
 ]
 
 FinishReason = Literal["eos", "stop", "length"]
-OverflowPolicy = Literal["slide", "stop", "error"]
-OVERFLOW_POLICIES: tuple[str, ...] = ("slide", "stop", "error")
-
-
-class _ByteTokenizer(Protocol):
-    """What decoding needs from a tokenizer (``CharTokenizer`` and ``SubwordTokenizer`` both provide it)."""
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode_bytes(self, ids: list[int]) -> bytes: ...
 
 
 @dataclass
@@ -169,183 +160,94 @@ def _stop_list(stop: str | Sequence[str] | None, tokenizer: Any) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Incremental text: UTF-8 reassembly and stop strings
+# The settings of a call
 
 
-class RowText:
-    """Decodes one row's tokens into text pieces that never split a character or leak part of a stop string."""
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every setting of a :func:`generate` or :func:`stream` call besides the model, the prompts and their mask and
+    ``max_new_tokens``: declared here once, checked once, passed whole.
 
-    def __init__(self, tokenizer: _ByteTokenizer, stops: list[str]) -> None:
-        self.tokenizer = tokenizer
-        self.stops = stops
-        # errors="replace": only invalid UTF-8 becomes U+FFFD; an incomplete character waits for its next bytes.
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""  # decoded but not yet released (a possible beginning of a stop string)
+    Both functions take it as ``generation=`` and each of its fields (and each sampling setting) as a keyword:
+    ``generate(model, ids, 20, temperature=0.8, seed=1)`` is ``generate(model, ids, 20,
+    generation=GenerationConfig.from_kwargs(temperature=0.8, seed=1))``. The checks that need the model (ids inside
+    its vocabulary, ``logprobs <= vocab_size``) run when the call starts.
 
-    def add(self, token_id: int) -> tuple[str, bool]:
-        """Feed one token; return (text now safe to show, whether a stop string was completed)."""
-        self.pending += self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
-        if not self.stops:
-            piece, self.pending = self.pending, ""
-            return piece, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            piece, self.pending = self.pending[: min(hits)], ""
-            return piece, True
-        # Hold back the longest tail that could still grow into a stop string.
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), hold, -1):
-                if self.pending.endswith(s[:k]):
-                    hold = k
-                    break
-        cut = len(self.pending) - hold
-        piece, self.pending = self.pending[:cut], self.pending[cut:]
-        return piece, False
+    Attributes:
+        sampling: the sampling settings as one :class:`~llm_lab.core.decode.sampling.SamplingConfig` (default: its
+            defaults, temperature 1, no filters). As keywords (``temperature=0.8, top_k=50``; ``0`` is greedy): every
+            registered processor's setting, see ``processors.py`` for each one's rule and the order they apply in.
+        eos_token_id: end token id(s); a row finishes after producing one. ``None``: no end token.
+        stop: stop string(s), matched on the decoded new text (needs ``tokenizer``); the text is cut before it.
+        tokenizer: with ``decode_bytes(ids) -> bytes``; enables ``texts`` and ``stop``.
+        generator: the random source for sampling (on the model's device).
+        seed: build a fresh generator with this seed (instead of ``generator``).
+        pad_token_id: fills positions after a row finished and pads list prompts; default the first end
+            token, else 0.
+        on_overflow: ``"slide"``, ``"stop"`` or ``"error"`` when the context is full (see the module docs);
+            default ``"slide"`` for learned positions and ``"stop"`` otherwise.
+        logprobs: report each new token's log-probability and this many most likely alternatives
+            (``0 <= N <= vocab_size``) in ``GenerationOutput.logprobs``; the distribution is the model's raw one,
+            before the penalty, temperature and filters (see the module docs). ``None``: not computed.
+        threads: torch's CPU threads: ``"auto"`` (default, as ``llm-lab`` does: settled once per process, so a
+            loop of calls measures nothing and an earlier setting is kept), a number, or ``None`` to leave the
+            process setting alone; see :func:`~llm_lab.utils.threads.settle_threads`.
 
-    def finish(self) -> str:
-        """Release everything still held (a dangling partial character becomes U+FFFD)."""
-        piece = self.pending + self.decoder.decode(b"", final=True)
-        self.pending = ""
-        return piece
+    Raises:
+        ValueError: a setting outside its range (the message names it), stop strings without a tokenizer, both
+            ``generator`` and ``seed``.
+    """
 
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eos_token_id: int | Sequence[int] | None = None
+    stop: str | Sequence[str] | None = None
+    tokenizer: Any = None
+    generator: torch.Generator | None = None
+    seed: int | None = None
+    pad_token_id: int | None = None
+    on_overflow: OverflowPolicy | None = None
+    logprobs: int | None = None
+    threads: Threads | None = AUTO
 
-# ----------------------------------------------------------------------------------------------------------------
-# The decoding loop
-
-
-class _Decoder:
-    """Holds the token buffer, mask, cache and per-row state of one generation; ``step()`` adds one token."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        max_new_tokens: int,
-        *,
-        sampling: SamplingConfig,
-        eos_ids: list[int],
-        pad_token_id: int,
-        generator: torch.Generator | None,
-        on_overflow: str,
-        can_stop: bool = False,
-        logprobs: int | None = None,
-    ) -> None:
-        from llm_lab.core.model.kv_cache import KVCache  # the decode layer sits above the model
-
-        config = model.config
-        self.model = model
-        # Per step, MiniGPT is told two things a stand-in model may not know: only the last position's logits are
-        # needed, and the ids need no range check (the prompt was checked once, up front, and every new id is drawn
-        # from the model's own vocabulary), so a step on a GPU reads nothing back for it.
-        known = inspect.signature(model.forward).parameters
-        self.step_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in known else {}
-        if "check_id_range" in known:
-            self.step_kwargs["check_id_range"] = False
-        self.generator = generator
-        self.pad_token_id = pad_token_id
-        self.logprobs = logprobs
-        # With logprobs: the last step's (chosen (B,), top ids (B, N), top logprobs (B, N)), see step_logprobs.
-        self.last_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        B, P = ids.shape
-        W = config.max_positions
-        self.window = W
-        if on_overflow != "slide":
-            if P > W:
-                raise ValueError(
-                    f"the prompt has {P} tokens but the model takes at most max_positions={W}; shorten it or pass "
-                    "on_overflow='slide' to keep only the last tokens"
-                )
-            room = W - P + 1
-            if max_new_tokens > room:
-                if on_overflow == "error":
-                    raise ValueError(
-                        f"{P} prompt tokens + {max_new_tokens} new tokens do not fit in max_positions={W} (at most "
-                        f"{room} new tokens fit); lower max_new_tokens or pass on_overflow='slide' or 'stop'"
-                    )
-                max_new_tokens = room
-        self.max_steps = max_new_tokens
-        self.prompt_len = P
-        self.length = P  # filled columns of self.tokens
-        device = ids.device
-        self.tokens = torch.empty(B, P + max_new_tokens, dtype=torch.long, device=device)
-        self.tokens[:, :P] = ids
-        self.mask: torch.Tensor | None = None
-        if mask is not None:
-            # New tokens are always real; finished rows' padding is never read back, so it stays 1 too. Boolean: the
-            # 0/1 values were checked up front, and a bool mask needs no per-step value check in the model.
-            self.mask = torch.ones(B, P + max_new_tokens, dtype=torch.bool, device=device)
-            self.mask[:, :P] = mask
-        cache_len = min(P + max_new_tokens - 1, W)
-        self.cache = KVCache(config, B, max_len=cache_len) if P <= W and cache_len >= P else None
-        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
-        self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device) if eos_ids else None
-        # Rows can finish early through an end token or (set from outside) a stop string.
-        self.rows_can_finish = bool(eos_ids) or can_stop
-        self.sampler = Sampler(sampling, ids, config.vocab_size, mask)
-
-    def _next_logits(self) -> torch.Tensor:
-        """``(B, V)`` logits for the token after ``tokens[:, :length]``."""
-        L = self.length
-        cache = self.cache
-        if cache is not None and cache.max_len >= L:
-            mask = None if self.mask is None else self.mask[:, :L]
-            logits, _ = self.model(
-                self.tokens[:, cache.length : L],
-                attention_mask=mask,
-                past_key_values=cache,
-                use_cache=True,
-                **self.step_kwargs,
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ValueError(f"sampling must be a SamplingConfig, got {type(self.sampling).__name__}")
+        if self.on_overflow is not None and self.on_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(
+                f"on_overflow={self.on_overflow!r} is not supported; choose one of: {', '.join(OVERFLOW_POLICIES)}"
             )
-        else:
-            # Past the window: recompute over the last W tokens, positions renumbered from the mask.
-            start = max(L - self.window, 0)
-            mask = None if self.mask is None else self.mask[:, start:L]
-            logits, _ = self.model(self.tokens[:, start:L], attention_mask=mask, **self.step_kwargs)
-        return logits[:, -1, :]
+        if self.generator is not None and self.seed is not None:
+            raise ValueError("pass either generator= or seed=, not both")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(self.generator).__name__}")
+        if self.seed is not None and not is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        _stop_list(self.stop, self.tokenizer)
 
-    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.sampler.greedy:
-            logits = logits.float()  # sampling maths in fp32 whatever the model's dtype
-        scores = self.sampler.process(logits)
-        check_next_token_scores(scores, logits)  # NaN weights or an overflow: a ValueError, never a NaN draw
-        return self.sampler.pick(scores, self.generator)
+    @classmethod
+    def from_kwargs(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """``base`` (default: the defaults) with ``options`` replacing some of its settings.
 
-    def step(self) -> torch.Tensor:
-        """Run one forward pass and append one token per row; return the ``(B,)`` new tokens."""
-        logits = self._next_logits()
-        token = self._pick(logits)
-        if self.rows_can_finish:
-            token = token.masked_fill(self.finished, self.pad_token_id)
-        if self.logprobs is not None:
-            self.last_logprobs = step_logprobs(logits, token, self.logprobs)
-        if self.eos is not None:
-            if self.eos.numel() == 1:
-                self.finished |= token == self.eos
-            else:
-                self.finished |= torch.isin(token, self.eos)
-        self.tokens[:, self.length] = token
-        self.length += 1
-        self.sampler.advance(token)
-        return token
+        ``options`` are this class's fields and the sampling settings (``temperature=0.8``), which replace those
+        of ``sampling`` (given here, else ``base``'s). A name that is neither is a ``TypeError`` listing the
+        sampling settings.
+        """
+        if base is not None and not isinstance(base, GenerationConfig):
+            raise ValueError(f"generation must be a GenerationConfig, got {type(base).__name__}")
+        base = base if base is not None else cls()
+        own = {name: options.pop(name) for name in _FIELDS if name in options}
+        sampling = own.pop("sampling", None)
+        if sampling is not None and not isinstance(sampling, SamplingConfig):
+            raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        own["sampling"] = SamplingConfig.from_kwargs(sampling if sampling is not None else base.sampling, **options)
+        return dataclasses.replace(base, **own)
 
-    def mark_finished(self, row: int) -> None:
-        self.finished[row] = True
 
-    @property
-    def steps(self) -> int:
-        return self.length - self.prompt_len
+_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public entry points
-
-
-def default_overflow_policy(config: Any) -> OverflowPolicy:
-    """``"stop"`` for a positional encoding that extrapolates (``config.extrapolates``, declared by its class: it runs
-    up to ``max_positions``), ``"slide"`` for one that cannot go past the context (learned positions)."""
-    return "stop" if config.extrapolates else "slide"
 
 
 @dataclass(frozen=True)
@@ -353,7 +255,7 @@ class _Call:
     """One validated call of :func:`generate` or :func:`stream`: the decoder, and what turning its tokens into
     results needs."""
 
-    decoder: _Decoder
+    decoder: Decoder
     prompt_lengths: list[int]
     stops: list[str]
     eos_ids: frozenset[int]
@@ -364,64 +266,47 @@ def _setup(
     model: nn.Module,
     input_ids: Any,
     max_new_tokens: int,
-    *,
-    sampling: SamplingConfig | None,
-    settings: dict[str, Any],
-    eos_token_id: int | Sequence[int] | None,
-    pad_token_id: int | None,
-    stop: str | Sequence[str] | None,
     attention_mask: torch.Tensor | None,
-    generator: torch.Generator | None,
-    seed: int | None,
-    tokenizer: Any,
-    on_overflow: str | None,
-    logprobs: int | None = None,
-    threads: Threads | None = AUTO,
+    generation: GenerationConfig | None,
+    options: dict[str, Any],
 ) -> _Call:
-    settle_threads(threads)
+    settings = GenerationConfig.from_kwargs(generation, **options)
+    settle_threads(settings.threads)
     if not hasattr(model, "config"):
         raise ValueError("model must be a MiniGPT (or expose .config like one)")
     config = model.config
     if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    sampling = SamplingConfig.from_kwargs(sampling, **settings)
-    if on_overflow is None:
-        on_overflow = default_overflow_policy(config)
-    if on_overflow not in OVERFLOW_POLICIES:
-        raise ValueError(f"on_overflow={on_overflow!r} is not supported; choose one of: {', '.join(OVERFLOW_POLICIES)}")
-    if generator is not None and seed is not None:
-        raise ValueError("pass either generator= or seed=, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if seed is not None and not is_int(seed):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    eos_ids = _token_list(eos_token_id, "eos_token_id", config.vocab_size)
+    on_overflow = settings.on_overflow if settings.on_overflow is not None else default_overflow_policy(config)
+    eos_ids = _token_list(settings.eos_token_id, "eos_token_id", config.vocab_size)
+    pad_token_id = settings.pad_token_id
     if pad_token_id is None:
         pad_token_id = eos_ids[0] if eos_ids else 0
     _token_list(pad_token_id, "pad_token_id", config.vocab_size)
-    stops = _stop_list(stop, tokenizer)
-    if logprobs is not None:
-        check_top_n(logprobs, config.vocab_size)
+    stops = _stop_list(settings.stop, settings.tokenizer)
+    if settings.logprobs is not None:
+        check_top_n(settings.logprobs, config.vocab_size)
     device = model_device(model)
     ids, mask, lengths = prepare_prompts(input_ids, attention_mask, pad_token_id, config.vocab_size, device)
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    generator = settings.generator
+    if settings.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
     if pays_to_prepare(model, new_tokens=max_new_tokens):
         model = prepare_for_decode(model)  # a snapshot of the current weights, for this call only
-    decoder = _Decoder(
+    decoder = Decoder(
         model,
         ids,
         mask,
         max_new_tokens,
-        sampling=sampling,
+        sampling=settings.sampling,
         eos_ids=eos_ids,
         pad_token_id=pad_token_id,
         generator=generator,
         on_overflow=on_overflow,
         can_stop=bool(stops),
-        logprobs=logprobs,
+        logprobs=settings.logprobs,
     )
-    return _Call(decoder, lengths, stops, frozenset(eos_ids), tokenizer)
+    return _Call(decoder, lengths, stops, frozenset(eos_ids), settings.tokenizer)
 
 
 def _chunks(call: _Call) -> Iterator[StreamChunk]:
@@ -464,18 +349,9 @@ def generate(
     input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    sampling: SamplingConfig | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop: str | Sequence[str] | None = None,
     attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    tokenizer: Any = None,
-    seed: int | None = None,
-    pad_token_id: int | None = None,
-    on_overflow: OverflowPolicy | None = None,
-    logprobs: int | None = None,
-    threads: Threads | None = AUTO,
-    **sampling_settings: Any,
+    generation: GenerationConfig | None = None,
+    **options: Any,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens per prompt with a KV cache (prefill once, then one token a step).
 
@@ -488,29 +364,12 @@ def generate(
             (``list[list[int]]``: left-padded here with ``pad_token_id``), or a ``(B, P)`` tensor, left-padded
             when ``attention_mask`` is given.
         max_new_tokens: most new tokens per row (``>= 0``).
-        sampling: the sampling settings as one
-            :class:`~llm_lab.core.decode.sampling.SamplingConfig` (default: its defaults, temperature 1, no
-            filters).
-        **sampling_settings: the same settings as keywords (``temperature=0.8, top_k=50``; ``0`` is greedy),
-            replacing those of ``sampling``: every registered processor's setting, see ``processors.py`` for
-            each one's rule and the order they apply in.
-        eos_token_id: end token id(s); a row finishes after producing one. ``None``: no end token.
-        stop: stop string(s), matched on the decoded new text (needs ``tokenizer``); the text is cut before it.
         attention_mask: ``(B, P)`` 0/1 mask for a tensor ``input_ids``: zeros then ones in each row (left
             padding).
-        generator: the random source for sampling (on the model's device).
-        tokenizer: with ``decode_bytes(ids) -> bytes``; enables ``texts`` and ``stop``.
-        seed: build a fresh generator with this seed (instead of ``generator``).
-        pad_token_id: fills positions after a row finished and pads list prompts; default the first end
-            token, else 0.
-        on_overflow: ``"slide"``, ``"stop"`` or ``"error"`` when the context is full (see the module docs);
-            default ``"slide"`` for learned positions and ``"stop"`` otherwise.
-        logprobs: report each new token's log-probability and this many most likely alternatives
-            (``0 <= N <= vocab_size``) in ``GenerationOutput.logprobs``; the distribution is the model's raw one,
-            before the penalty, temperature and filters (see the module docs). ``None``: not computed.
-        threads: torch's CPU threads: ``"auto"`` (default, as ``llm-lab`` does: settled once per process, so a
-            loop of calls measures nothing and an earlier setting is kept), a number, or ``None`` to leave the
-            process setting alone; see :func:`~llm_lab.utils.threads.settle_threads`.
+        generation: the call's settings as one :class:`GenerationConfig` (default: its defaults).
+        **options: the same settings as keywords, replacing those of ``generation``: each field of
+            :class:`GenerationConfig` (``seed=1``, ``stop="\\n"``, ``tokenizer=tok``, ...) and every sampling setting
+            (``temperature=0.8, top_k=50``; ``0`` is greedy).
 
     Returns:
         A :class:`GenerationOutput` (``sequences``, ``token_ids``, ``texts``, ``finish_reasons``,
@@ -523,23 +382,7 @@ def generate(
             overflow with ``on_overflow="error"``.
         TypeError: an unknown keyword (a misspelled sampling setting is named, with the known ones).
     """
-    call = _setup(
-        model,
-        input_ids,
-        max_new_tokens,
-        sampling=sampling,
-        settings=sampling_settings,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        stop=stop,
-        attention_mask=attention_mask,
-        generator=generator,
-        seed=seed,
-        tokenizer=tokenizer,
-        on_overflow=on_overflow,
-        logprobs=logprobs,
-        threads=threads,
-    )
+    call = _setup(model, input_ids, max_new_tokens, attention_mask, generation, options)
     decoder, eos_ids = call.decoder, call.eos_ids
     B = len(call.prompt_lengths)
     with eval_mode(model):
@@ -573,13 +416,13 @@ def generate(
                 end = next((i for i, t in enumerate(row) if t in eos_ids), None)
                 token_ids.append(row if end is None else row[:end])
                 reasons.append("length" if end is None else "eos")
-            scored = _stack_logprobs(steps_scored, token_ids, B) if logprobs is not None else []
+            scored = _stack_logprobs(steps_scored, token_ids, B) if decoder.logprobs is not None else []
             texts = None
-            if tokenizer is not None:
-                texts = [tokenizer.decode_bytes(ids).decode("utf-8", errors="replace") for ids in token_ids]
+            if call.tokenizer is not None:
+                texts = [call.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace") for ids in token_ids]
     sequences = decoder.tokens[:, : decoder.length].clone()
     return GenerationOutput(
-        sequences, token_ids, texts, reasons, call.prompt_lengths, scored if logprobs is not None else None
+        sequences, token_ids, texts, reasons, call.prompt_lengths, scored if decoder.logprobs is not None else None
     )
 
 
@@ -603,18 +446,9 @@ def stream(
     input_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    sampling: SamplingConfig | None = None,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop: str | Sequence[str] | None = None,
     attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    tokenizer: Any = None,
-    seed: int | None = None,
-    pad_token_id: int | None = None,
-    on_overflow: OverflowPolicy | None = None,
-    logprobs: int | None = None,
-    threads: Threads | None = AUTO,
-    **sampling_settings: Any,
+    generation: GenerationConfig | None = None,
+    **options: Any,
 ) -> Iterator[StreamChunk]:
     """Like :func:`generate`, but yield :class:`StreamChunk` items as tokens are produced.
 
@@ -630,23 +464,7 @@ def stream(
         for chunk in stream(model, tok.encode("Hello"), 50, tokenizer=tok, eos_token_id=tok.eot_token_id):
             print(chunk.text, end="", flush=True)
     """
-    call = _setup(
-        model,
-        input_ids,
-        max_new_tokens,
-        sampling=sampling,
-        settings=sampling_settings,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        stop=stop,
-        attention_mask=attention_mask,
-        generator=generator,
-        seed=seed,
-        tokenizer=tokenizer,
-        on_overflow=on_overflow,
-        logprobs=logprobs,
-        threads=threads,
-    )
+    call = _setup(model, input_ids, max_new_tokens, attention_mask, generation, options)
 
     def run() -> Iterator[StreamChunk]:
         with eval_mode(model):

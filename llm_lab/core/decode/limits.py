@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_lab.core.decode.generate import default_overflow_policy
+from llm_lab.core.decode.decoder import default_overflow_policy
 
 __all__ = ["SLIDING_WINDOWS_LIMIT", "new_tokens_limit"]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llm_lab.core.decode import generate, stream
+from llm_lab.core.decode.generate import GenerationConfig
 from llm_lab.core.decode.processors import min_p_filter, occurrence_flags, penalize_seen, top_k_filter, top_p_filter
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 
@@ -378,3 +379,32 @@ def test_a_model_with_nan_weights_is_a_value_error(temperature):
     chunks = stream(model, [1, 2], 5, temperature=temperature, seed=0)
     with pytest.raises(ValueError, match=r"non-finite logits"):
         next(chunks)
+
+
+def test_one_generation_config_passed_whole_gives_what_its_keywords_give():
+    """``generation=GenerationConfig(...)`` and the same settings as keywords are one call; keywords replace fields."""
+    model = tiny()
+    settings = GenerationConfig.from_kwargs(temperature=0.9, top_k=5, seed=7, eos_token_id=3, on_overflow="stop")
+    by_keywords = generate(model, PROMPTS, 12, temperature=0.9, top_k=5, seed=7, eos_token_id=3, on_overflow="stop")
+    by_object = generate(model, PROMPTS, 12, generation=settings)
+    assert by_object.token_ids == by_keywords.token_ids
+    assert by_object.finish_reasons == by_keywords.finish_reasons
+    streamed = [[] for _ in PROMPTS]
+    for chunk in stream(model, PROMPTS, 12, generation=settings):
+        if chunk.token_id is not None:
+            streamed[chunk.row].append(chunk.token_id)
+    assert streamed == by_object.token_ids
+    replaced = generate(model, PROMPTS, 12, generation=settings, seed=8, top_k=None)
+    assert replaced.token_ids == generate(model, PROMPTS, 12, temperature=0.9, seed=8, eos_token_id=3).token_ids
+    assert settings.sampling.top_k == 5 and settings.seed == 7  # passed whole, never changed
+
+
+def test_a_generation_config_is_checked_when_built():
+    with pytest.raises(ValueError, match="either generator= or seed="):
+        GenerationConfig(seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="on_overflow='wrap' is not supported"):
+        GenerationConfig.from_kwargs(on_overflow="wrap")
+    with pytest.raises(ValueError, match="generation must be a GenerationConfig, got dict"):
+        generate(tiny(), PROMPTS, 2, generation={"seed": 1})
+    with pytest.raises(TypeError, match="unknown sampling setting 'sed'"):
+        GenerationConfig.from_kwargs(sed=1)

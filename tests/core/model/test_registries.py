@@ -14,7 +14,7 @@ import torch
 from model_variants import ATTN, ATTN_IMPLS, MLP, NORM, PAIRWISE, POS, tiny_config
 from torch import nn
 
-from llm_lab.core.decode.generate import default_overflow_policy
+from llm_lab.core.decode.decoder import default_overflow_policy
 from llm_lab.core.model import MiniGPT, init_weights
 from llm_lab.core.model.attention import ATTENTION_IMPLS, ATTENTION_TYPES, CausalSelfAttention
 from llm_lab.core.model.config import EXTRAPOLATING_POS_ENCODINGS, MiniGPTConfig
