@@ -32,7 +32,7 @@ def harness_results(
 ) -> dict[str, Any]:
     """Every metric of ``tasks`` on the trained model, as ``{"task:metric": value}`` (standard errors left out)."""
     from llm_lab.core.harness import LabLM, evaluate_tasks
-    from llm_lab.core.package.io import unwrap_model
+    from llm_lab.core.package.weights import unwrap_model
 
     lm = LabLM(unwrap_model(trainer.model), prepared.tokenizer)
     results = evaluate_tasks(lm, tasks, include_path=Path(include_path) if include_path else None, limit=limit)

@@ -43,9 +43,10 @@ from typing import Any
 
 import torch
 
-from llm_lab.core.package.io import load_model_package, load_state_dict_file
+from llm_lab.core.package.io import load_model_package
 from llm_lab.core.package.io import save_model_package as _save_model_package
 from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
+from llm_lab.core.package.weights import load_state_dict_file
 from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
 from llm_lab.utils.io import atomic_write_json, follow_umask
