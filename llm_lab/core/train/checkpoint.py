@@ -44,16 +44,21 @@ import math
 import numbers
 import pickle
 import pickletools
-import random
 import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+# capture_rng_state / restore_rng_state live in rng_state.py and stay importable from here (the checkpoint's API).
+from llm_lab.core.train.rng_state import (
+    capture_rng_state,
+    generator_state_problem,
+    restore_rng_state,
+    rng_state_problem,
+)
 from llm_lab.utils.dirswap import remove_stale_temp_files
 from llm_lab.utils.errors import short_list
 from llm_lab.utils.io import atomic_torch_save
@@ -98,38 +103,6 @@ _SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, foreign or from another format version."""
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global RNG state this process draws from, in ``weights_only``-safe types."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back the RNG states saved by :func:`capture_rng_state`."""
-    py = state["python"]
-    # weights_only loading turns the inner tuple into a list; random.setstate wants tuples.
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def check_format_version(version: Any, where: str | Path) -> None:
@@ -242,49 +215,6 @@ def check_size_fits(state: Mapping[str, torch.Tensor], config: Any, where: str |
             f"{where}: weights do not match the model config ({'; '.join(problems)}; the config says "
             f"n_layer={config.n_layer}, the weights hold {len(held)} block(s))"
         )
-
-
-def _rng_state_problem(state: Any) -> str | None:
-    """What is wrong with one process's saved RNG state (:func:`capture_rng_state`'s form), or ``None``.
-
-    Each part is put into a scratch generator of its kind, which runs the generator's own checks without touching
-    the process's RNGs.
-    """
-    if not isinstance(state, Mapping) or not {"python", "numpy", "torch"} <= set(state):
-        return "not a dict with python, numpy and torch states"
-    try:
-        version, internal, gauss = state["python"]
-        random.Random().setstate((version, tuple(internal), gauss))
-    except (TypeError, ValueError, OverflowError):
-        return "the python RNG state is damaged"
-    npy = state["numpy"]
-    try:
-        keys = npy["keys"]
-        if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64:
-            raise TypeError
-        np.random.RandomState().set_state(
-            (npy["kind"], keys.numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
-        )
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        return "the numpy RNG state is damaged"
-    problem = _generator_state_problem(state["torch"])
-    if problem:
-        return f"the torch RNG state {problem}"
-    cuda = state.get("cuda", [])
-    if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda):
-        return "the cuda RNG states are not a list of byte tensors"
-    return None
-
-
-def _generator_state_problem(state: Any) -> str | None:
-    """What is wrong with a CPU ``torch.Generator`` state, or ``None`` (tried on a scratch generator)."""
-    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
-        return "is not a byte tensor"
-    try:
-        torch.Generator().set_state(state)
-    except RuntimeError as e:
-        return f"is damaged ({str(e).strip().splitlines()[0] if str(e).strip() else 'rejected'})"
-    return None
 
 
 def _optimizer_problem(saved: Any, optimizer: torch.optim.Optimizer | None) -> str | None:
@@ -404,7 +334,7 @@ def check_checkpoint(
             f"{world_size})"
         )
     for rank, state in enumerate(states):
-        problem = _rng_state_problem(state)
+        problem = rng_state_problem(state)
         if problem:
             raise bad(f"RNG state of process {rank}: {problem}")
     data = checkpoint["data_state"]
@@ -412,7 +342,7 @@ def check_checkpoint(
     if not isinstance(generators, list) or len(generators) != saved_world:
         raise bad(f"data_state is not {{'generators': [one batch-sampler state per process ({saved_world})]}}")
     for rank, state in enumerate(generators):
-        problem = _generator_state_problem(state)
+        problem = generator_state_problem(state)
         if problem:
             raise bad(f"the batch sampler's generator state of process {rank} {problem}")
 

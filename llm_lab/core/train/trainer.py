@@ -45,11 +45,9 @@ from llm_lab.core.train.checkpoint import (
     FORMAT_VERSION,
     LAST_FILE,
     CheckpointError,
-    capture_rng_state,
     check_checkpoint,
     load_checkpoint,
     load_resume_checkpoint,
-    restore_rng_state,
     run_checkpoint_path,
     save_checkpoint,
 )
@@ -65,6 +63,7 @@ from llm_lab.core.train.distributed import current_info, shard_model
 from llm_lab.core.train.flops import measure_matmul_peak
 from llm_lab.core.train.loggers import open_loggers
 from llm_lab.core.train.optim import apply_config, make_optimizer, set_step_values
+from llm_lab.core.train.rng_state import capture_rng_state, restore_rng_state
 from llm_lab.core.train.schedule import SCHEDULES
 from llm_lab.utils.config_loader import config_to_dict
 from llm_lab.utils.devices import synchronize
