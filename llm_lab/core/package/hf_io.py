@@ -25,28 +25,27 @@ weights hold (``n_layer: 10000000`` beside one layer) is refused at once instead
 untied model without its ``lm_head`` is refused instead of importing a random head.
 
 Both build their output beside its final path and swap it in (:mod:`llm_lab.utils.dirswap`). ``transformers`` is
-imported only here.
+imported only here. The tokenizer files each way are :mod:`llm_lab.core.package.hf_tokenizer`; the vetting of a
+directory's weights files is :mod:`llm_lab.core.package.hf_weights`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import pickle
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llm_lab.core.package.hf_tokenizer import tokenizer_from_hf_dir, write_hf_tokenizer
+from llm_lab.core.package.hf_weights import check_weights_files, find_weights, stored_shapes
 from llm_lab.core.package.io import load_model_package
 from llm_lab.core.package.io import save_model_package as _save_model_package
-from llm_lab.core.package.layout import PackageError, file_record, read_json, safe_relative_path, short_list
-from llm_lab.core.package.weights import load_state_dict_file
+from llm_lab.core.package.layout import PackageError, file_record, read_json, short_list
 from llm_lab.utils.dirlock import refuse_symlink
 from llm_lab.utils.dirswap import recover_directory, staged_directory, unexpected_files
 from llm_lab.utils.io import atomic_write_json, follow_umask
@@ -55,9 +54,6 @@ from llm_lab.utils.json_input import load_json_file
 __all__ = ["export_hf", "import_hf"]
 
 _SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
-# Text used to check that an imported tokenizer encodes exactly like the original (spaces, digits, accents,
-# newlines, punctuation: the places where pre-tokenisation rules differ).
-_PROBE_TEXT = "Hello world!  It's 2024:\n\tcafé naïve — 12345 tokens?\n\n  x=y+1; \"quoted\" don't"
 
 
 def _import_transformers() -> Any:
@@ -126,66 +122,6 @@ def _prepare_hf_target(out: Path, overwrite: bool) -> None:
         )
 
 
-def _char_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
-    """A ``tokenizers`` WordLevel model that splits text into single characters and joins them back verbatim."""
-    vocab = dict(tokenizer.vocab)
-    # Our unknown id decodes to U+FFFD, so that character is the WordLevel unknown token. Without an unknown id it
-    # is left out of the vocabulary and an unknown character is an encoding error, as in CharTokenizer.
-    unk = "\ufffd"
-    if tokenizer.unk_token_id is not None:
-        if unk in vocab:
-            raise PackageError("cannot export a CharTokenizer whose vocabulary holds U+FFFD and an unknown id")
-        vocab[unk] = tokenizer.unk_token_id
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [],
-        "normalizer": None,
-        # Every character is its own piece: [\s\S] matches any character, newlines included.
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[\\s\\S]"}, "behavior": "Isolated", "invert": False},
-        "post_processor": None,
-        # Fuse concatenates the pieces with nothing in between (WordLevel's default would insert spaces).
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk},
-    }
-
-
-def _write_hf_tokenizer(tokenizer: Any, out: Path, max_length: int) -> None:
-    from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer
-
-    if isinstance(tokenizer, SubwordTokenizer):
-        tokenizer.to_hf_tokenizer_json(out / "tokenizer.json")
-    elif isinstance(tokenizer, CharTokenizer):
-        atomic_write_json(out / "tokenizer.json", _char_tokenizer_json(tokenizer))
-    else:
-        raise PackageError(f"cannot export a {type(tokenizer).__name__} to a Hugging Face tokenizer.json")
-    specials = dict(getattr(tokenizer, "special_tokens", {}) or {})
-    eot_id = tokenizer.eot_token_id
-    eot = next((t for t, i in specials.items() if i == eot_id), None)
-    special_map: dict[str, Any] = {}
-    if eot is not None:
-        special_map.update(bos_token=eot, eos_token=eot)
-    if isinstance(tokenizer, CharTokenizer) and tokenizer.unk_token_id is not None:
-        special_map["unk_token"] = "\ufffd"
-    extra = [t for t in specials if t not in special_map.values()]
-    if extra:
-        special_map["additional_special_tokens"] = extra
-    atomic_write_json(out / "special_tokens_map.json", special_map)
-    atomic_write_json(
-        out / "tokenizer_config.json",
-        {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": max_length,
-            # Keep decode(encode(text)) == text: no clean-up of spaces before punctuation, no BOS added.
-            "clean_up_tokenization_spaces": False,
-            "add_bos_token": False,
-            "add_eos_token": False,
-            **special_map,
-        },
-    )
-
-
 def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write a package as a Hugging Face model directory that ``transformers`` loads without custom code.
 
@@ -224,7 +160,7 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
             if path.is_file():
                 follow_umask(path)  # model.safetensors comes out 0o600; the rest of the export follows the umask
         generation.save_pretrained(tmp)
-        _write_hf_tokenizer(tokenizer, tmp, config.max_positions)
+        write_hf_tokenizer(tokenizer, tmp, config.max_positions)
         files = {p.relative_to(tmp).as_posix(): file_record(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         marker = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "files": files}
         atomic_write_json(tmp / EXPORT_MARKER, marker)
@@ -232,70 +168,6 @@ def export_hf(package: str | Path, out: str | Path, *, overwrite: bool = False) 
 
 
 # --------------------------------------------------------------------------------------------- import
-
-
-# Files torch reads with pickle; safetensors files cannot run code.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-_INDEX_FILES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.index.json": ".bin"}
-
-
-def _index_shards(hf_dir: Path, index_name: str) -> list[Path]:
-    """The shard files an index names, each checked to be a regular file inside ``hf_dir``.
-
-    Raises:
-        PackageError: an index that is not ``{"weight_map": {tensor: file}}``, an entry that leaves the directory
-            (``../``, an absolute path, a symbolic link out), a missing shard, or a safetensors index naming a file
-            of another format (a pickle behind a safetensors name would reach torch's unpickler).
-    """
-    index_path = hf_dir / index_name
-    root = hf_dir.resolve()
-    try:
-        index = load_json_file(index_path)
-    except ValueError as e:
-        raise PackageError(str(e)) from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise PackageError(f'{index_path}: expected {{"weight_map": {{tensor name: shard file}}}}')
-    shards = []
-    for name in sorted(set(weight_map.values())):
-        safe_relative_path(name, index_path)
-        shard = hf_dir / name
-        if not shard.resolve().is_relative_to(root):
-            raise PackageError(f"{index_path}: {name!r} is not a path inside the directory; refusing it")
-        if not shard.is_file():
-            raise PackageError(f"{index_path}: names {name!r}, which is missing from {hf_dir}")
-        if index_name.endswith(".safetensors.index.json") and not name.endswith(".safetensors"):
-            raise PackageError(f"{index_path}: names {name!r}; a safetensors index must name .safetensors files only")
-        shards.append(shard)
-    return shards
-
-
-def _check_weights_files(hf_dir: Path) -> None:
-    """Read every pickle-format weights file with ``weights_only=True`` first: one that would run code is refused.
-
-    That is every top-level weights file the loader may open (``pytorch_model*`` / ``model*`` with a pickle suffix;
-    other files such as ``training_args.bin`` are never loaded) and every shard an index file names, whatever its
-    name or folder.
-    """
-    files = {
-        p
-        for p in hf_dir.iterdir()
-        if p.is_file() and p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model"))
-    }
-    for index_name in _INDEX_FILES:
-        if (hf_dir / index_name).is_file():
-            files.update(_index_shards(hf_dir, index_name))
-    for path in sorted(files):
-        if path.suffix != ".safetensors":
-            load_state_dict_file(path)
-
-
-def _find_weights(hf_dir: Path) -> str:
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    for name in names:
-        if (hf_dir / name).is_file():
-            return name
-    raise PackageError(f"{hf_dir}: no weights found (looked for {', '.join(names)})")
 
 
 def _read_hf_config(transformers: Any, hf_dir: Path) -> Any:
@@ -324,30 +196,6 @@ def _read_hf_config(transformers: Any, hf_dir: Path) -> Any:
     except ValueError as e:
         raise PackageError(f"cannot import {hf_dir}: {e}") from None
     return hf_config
-
-
-def _stored_shapes(hf_dir: Path, weights: str) -> dict[str, tuple[int, ...]]:
-    """``tensor name -> shape`` of every tensor the weights files hold, read from safetensors headers (no data)
-    or from the already checked pickle files.
-
-    Raises:
-        PackageError: a weights file that is not readable (a garbage safetensors header): the message names it.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    files = _index_shards(hf_dir, weights) if weights in _INDEX_FILES else [hf_dir / weights]
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in files:
-        if path.suffix == ".safetensors":
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    names = list(f.keys())  # a safe_open handle is not iterable
-                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in names})
-            except (SafetensorError, OSError, ValueError) as e:
-                raise PackageError(f"{path}: not a readable safetensors file ({e})") from None
-        else:
-            shapes.update({name: tuple(t.shape) for name, t in load_state_dict_file(path).items()})
-    return shapes
 
 
 # A transformer block's tensors carry its index: GPT-2 ``h.3.attn...``, Llama ``model.layers.3.self_attn...``.
@@ -423,102 +271,6 @@ def _check_config_against_weights(
         )
 
 
-def _pattern_of(pre_tokenizer: dict[str, Any] | None, where: Path) -> str:
-    """The pre-tokenisation regex of a byte-level BPE ``tokenizer.json`` (``"gpt2"`` for ByteLevel's own)."""
-    unsupported = PackageError(
-        f"{where}: only byte-level BPE tokenizers (GPT-2 style) can be imported; this pre_tokenizer is "
-        f"{json.dumps(pre_tokenizer)[:200]}"
-    )
-    if not isinstance(pre_tokenizer, dict):
-        raise unsupported
-    if pre_tokenizer.get("type") == "ByteLevel":
-        if pre_tokenizer.get("add_prefix_space") or not pre_tokenizer.get("use_regex", True):
-            raise PackageError(f"{where}: ByteLevel with add_prefix_space=True or use_regex=False is not supported")
-        return "gpt2"
-    if pre_tokenizer.get("type") == "Sequence":
-        parts = pre_tokenizer.get("pretokenizers") or []
-        if (
-            len(parts) == 2
-            and parts[0].get("type") == "Split"
-            and "Regex" in (parts[0].get("pattern") or {})
-            and parts[0].get("behavior") == "Isolated"
-            and not parts[0].get("invert")
-            and parts[1].get("type") == "ByteLevel"
-            and not parts[1].get("use_regex", True)
-            and not parts[1].get("add_prefix_space")
-        ):
-            return parts[0]["pattern"]["Regex"]
-    raise unsupported
-
-
-def _tokenizer_from_json(path: Path) -> Any:
-    from llm_lab.core.tokenization import SubwordTokenizer
-    from llm_lab.core.tokenization.bpe import _from_unicode
-
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise PackageError(f"{path}: expected a JSON object (a Hugging Face tokenizer.json)")
-    model = data.get("model") or {}
-    if model.get("type") != "BPE":
-        raise PackageError(f"{path}: model type {model.get('type')!r}; only byte-level BPE can be imported")
-    if model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-        raise PackageError(f"{path}: a SentencePiece-style BPE (byte_fallback / affixes) cannot be imported")
-    if data.get("normalizer"):
-        raise PackageError(f"{path}: tokenizers with a normalizer cannot be imported")
-    pattern = _pattern_of(data.get("pre_tokenizer"), path)
-    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
-    vocab = {_from_unicode(tok, str(path)): i for tok, i in model["vocab"].items() if tok not in specials}
-    merges = []
-    for m in model.get("merges", []):
-        left, right = m.split(" ") if isinstance(m, str) else m
-        merges.append((_from_unicode(left, str(path)), _from_unicode(right, str(path))))
-    try:
-        return SubwordTokenizer(vocab, merges, specials, pattern)
-    except ValueError as e:
-        raise PackageError(f"{path}: {e}") from None
-
-
-def _tokenizer_from_hf_dir(hf_dir: Path) -> Any:
-    from llm_lab.core.tokenization import SubwordTokenizer
-
-    if (hf_dir / "tokenizer.json").is_file():
-        tokenizer = _tokenizer_from_json(hf_dir / "tokenizer.json")
-    elif (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
-        # GPT-2's slow-tokenizer files; the HF tokenizer_config.json beside them is not ours, so load a copy.
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in ("vocab.json", "merges.txt"):
-                shutil.copy2(hf_dir / name, Path(tmp) / name)
-            try:
-                tokenizer = SubwordTokenizer.load(tmp)
-            except ValueError as e:
-                raise PackageError(f"{hf_dir}: cannot read vocab.json + merges.txt ({e})") from None
-    else:
-        hint = ""
-        if (hf_dir / "tokenizer.model").exists():
-            hint = " (SentencePiece tokenizer.model files are not supported)"
-        raise PackageError(f"{hf_dir}: no tokenizer.json or vocab.json + merges.txt{hint}")
-    _check_same_encoding(tokenizer, hf_dir)
-    return tokenizer
-
-
-def _check_same_encoding(tokenizer: Any, hf_dir: Path) -> None:
-    """Refuse a tokenizer that llm-lab would encode differently from the original."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return
-    path = hf_dir / "tokenizer.json"
-    if not path.is_file():
-        return
-    theirs = Tokenizer.from_file(str(path)).encode(_PROBE_TEXT, add_special_tokens=False).ids
-    ours = tokenizer.encode(_PROBE_TEXT)
-    if theirs != ours:
-        raise PackageError(
-            f"{path}: llm-lab's byte-level BPE encodes differently from this tokenizer (ids {ours[:8]}... vs "
-            f"{theirs[:8]}...); it uses settings that cannot be imported"
-        )
-
-
 def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Turn a local Hugging Face GPT-2 or Llama checkpoint directory into a package.
 
@@ -555,11 +307,11 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, overwrite: bool = False) -
             f"{hf_dir / 'config.json'}: model_type {model_type!r} is not supported; "
             f"supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
         )
-    weights = _find_weights(hf_dir)
-    _check_weights_files(hf_dir)
+    weights = find_weights(hf_dir)
+    check_weights_files(hf_dir)
     hf_config = _read_hf_config(transformers, hf_dir)
-    _check_config_against_weights(transformers, hf_config, _stored_shapes(hf_dir, weights), hf_dir)
-    tokenizer = _tokenizer_from_hf_dir(hf_dir)
+    _check_config_against_weights(transformers, hf_config, stored_shapes(hf_dir, weights), hf_dir)
+    tokenizer = tokenizer_from_hf_dir(hf_dir)
     try:
         with _quiet_transformers(transformers):
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(
