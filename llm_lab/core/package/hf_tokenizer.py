@@ -117,7 +117,7 @@ def _pattern_of(pre_tokenizer: dict[str, Any] | None, where: Path) -> str:
 
 def _tokenizer_from_json(path: Path) -> Any:
     from llm_lab.core.tokenization import SubwordTokenizer
-    from llm_lab.core.tokenization.bpe import _from_unicode
+    from llm_lab.core.tokenization.byte_level import token_from_unicode
 
     data = read_json(path)
     if not isinstance(data, dict):
@@ -131,11 +131,11 @@ def _tokenizer_from_json(path: Path) -> Any:
         raise PackageError(f"{path}: tokenizers with a normalizer cannot be imported")
     pattern = _pattern_of(data.get("pre_tokenizer"), path)
     specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
-    vocab = {_from_unicode(tok, str(path)): i for tok, i in model["vocab"].items() if tok not in specials}
+    vocab = {token_from_unicode(tok, str(path)): i for tok, i in model["vocab"].items() if tok not in specials}
     merges = []
     for m in model.get("merges", []):
         left, right = m.split(" ") if isinstance(m, str) else m
-        merges.append((_from_unicode(left, str(path)), _from_unicode(right, str(path))))
+        merges.append((token_from_unicode(left, str(path)), token_from_unicode(right, str(path))))
     try:
         return SubwordTokenizer(vocab, merges, specials, pattern)
     except ValueError as e:

@@ -8,11 +8,8 @@ gives the same ids for vocabularies trained this way (the parity tests check all
 
 Pieces repeat a lot in natural text ("Ġthe"), so encoded pieces are cached in a bounded dict.
 
-Files (GPT-2 format, so HF and tiktoken can read them):
-
-    <directory>/vocab.json             token string (GPT-2 byte-to-unicode form) -> id, special tokens included
-    <directory>/merges.txt             "#version: 0.2", then one merge per line: "Ġ t", in rank order
-    <directory>/tokenizer_config.json  {"type": "bpe", "pattern": ..., "pattern_regex": ..., "special_tokens": ...}
+Files: GPT-2's ``vocab.json`` + ``merges.txt`` and a ``tokenizer_config.json``, read and written by
+:mod:`llm_lab.core.tokenization.bpe_files`. Training: :mod:`llm_lab.core.tokenization.bpe_train`.
 """
 
 from __future__ import annotations
@@ -26,65 +23,25 @@ from typing import Any, Literal
 
 import regex
 
-from llm_lab.core.tokenization.base import CONFIG_FILE, read_json
+from llm_lab.core.tokenization.bpe_files import check_special_tokens, read_bpe_files, write_bpe_files
 from llm_lab.core.tokenization.bpe_train import TextSource, bytes_counts, count_pretokens, learn_merges
 from llm_lab.core.tokenization.byte_level import (
     bytes_to_text,
-    bytes_to_unicode,
     check_coverage,
     compile_pattern,
+    is_byte_level_spelling,
     resolve_pattern,
     text_to_bytes,
-    unicode_to_bytes,
+    token_from_unicode,
+    token_to_unicode,
 )
 from llm_lab.core.tokenization.chat_tokens import chat_template_of
-from llm_lab.utils.io import atomic_write_json, atomic_write_text
+from llm_lab.utils.io import atomic_write_text
 
 __all__ = ["EOT_TOKEN", "SubwordTokenizer"]
 
 EOT_TOKEN = "<|endoftext|>"
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
-MERGES_HEADER = "#version: 0.2"
-FORMAT_VERSION = 1
 _CACHE_MAX_ENTRIES = 200_000  # distinct pieces kept; when full the oldest half is dropped
-
-
-def _to_unicode(data: bytes) -> str:
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in data)
-
-
-def _from_unicode(token: str, where: str) -> bytes:
-    table = unicode_to_bytes()
-    try:
-        return bytes(table[ch] for ch in token)
-    except KeyError as exc:
-        raise ValueError(
-            f"{where}: unknown symbol {token!r}: character {exc.args[0]!r} is not in GPT-2's byte-to-unicode alphabet"
-        ) from None
-
-
-def _is_byte_level_spelling(token: str) -> bool:
-    table = unicode_to_bytes()
-    return all(ch in table for ch in token)
-
-
-def _check_specials(special_tokens: Iterable[str]) -> list[str]:
-    specials = list(special_tokens)
-    seen: set[str] = set()
-    for s in specials:
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-        if s in seen:
-            raise ValueError(f"special tokens collide: {s!r} is listed twice")
-        seen.add(s)
-        if len(s) == 1 and s in unicode_to_bytes():
-            raise ValueError(
-                f"special token {s!r} collides with the byte-level token of byte {unicode_to_bytes()[s]:#04x} in "
-                "vocab.json; use a distinct name such as '<|...|>'"
-            )
-    return specials
 
 
 class SubwordTokenizer:
@@ -109,7 +66,7 @@ class SubwordTokenizer:
         self.pattern_name, self.pattern = resolve_pattern(pattern)
         self._split = compile_pattern(self.pattern).findall
         specials = dict(special_tokens or {})
-        _check_specials(specials)
+        check_special_tokens(specials)
 
         missing = [b for b in range(256) if bytes([b]) not in vocab]
         if missing:
@@ -153,7 +110,7 @@ class SubwordTokenizer:
         if orphans:
             raise ValueError(f"vocab token {orphans[0]!r} (id {vocab[orphans[0]]}) is neither a byte nor produced by "
                              "a merge")
-        clash = [s for s in specials if _is_byte_level_spelling(s) and _from_unicode(s, "special token") in vocab]
+        clash = [s for s in specials if is_byte_level_spelling(s) and token_from_unicode(s, "special token") in vocab]
         if clash:
             raise ValueError(f"special token {clash[0]!r} collides with a regular token of the same name in vocab.json")
 
@@ -191,7 +148,7 @@ class SubwordTokenizer:
             The trained tokenizer. Ties between pairs of equal count go to the lexicographically smallest
             (left bytes, right bytes), so the same input always gives the same merges.
         """
-        specials = _check_specials(special_tokens)
+        specials = check_special_tokens(special_tokens)
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
             raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
         if vocab_size < 256 + len(specials):
@@ -207,7 +164,7 @@ class SubwordTokenizer:
         if not pretokens:
             raise ValueError("the training corpus is empty: no text to learn from (after removing special tokens)")
         # A regular token spelled like a special token in vocab.json would give that file two entries of one name.
-        forbidden = frozenset(_from_unicode(s, "special token") for s in specials if _is_byte_level_spelling(s))
+        forbidden = frozenset(token_from_unicode(s, "special token") for s in specials if is_byte_level_spelling(s))
         merges = learn_merges(bytes_counts(pretokens), vocab_size - 256 - len(specials), min_frequency=min_frequency,
                               forbidden=forbidden, show_progress=show_progress)
 
@@ -395,24 +352,7 @@ class SubwordTokenizer:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``directory`` (atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        vocab_json = {_to_unicode(data): i for data, i in self._vocab.items()}
-        vocab_json.update(self._special_tokens)
-        vocab_json = dict(sorted(vocab_json.items(), key=lambda kv: kv[1]))
-        lines = [MERGES_HEADER] + [f"{_to_unicode(left)} {_to_unicode(right)}" for left, right in self._merges]
-        atomic_write_json(directory / VOCAB_FILE, vocab_json)
-        atomic_write_text(directory / MERGES_FILE, "\n".join(lines) + "\n")
-        atomic_write_json(directory / CONFIG_FILE, {
-            "type": "bpe",
-            "format_version": FORMAT_VERSION,
-            "pattern": self.pattern_name,
-            "pattern_regex": self.pattern,
-            "special_tokens": self._special_tokens,
-            "vocab_size": self.vocab_size,
-            "chat_template": self.chat_template,
-        })
-        return directory
+        return write_bpe_files(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SubwordTokenizer:
@@ -421,76 +361,11 @@ class SubwordTokenizer:
         Without ``tokenizer_config.json`` the GPT-2 pattern is used and ``<|endoftext|>`` is special if present.
         Every inconsistency is a ``ValueError`` naming the file (and line for ``merges.txt``).
         """
-        directory = Path(directory)
-        vocab_path, merges_path, config_path = directory / VOCAB_FILE, directory / MERGES_FILE, directory / CONFIG_FILE
-        for path in (vocab_path, merges_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-        config: dict[str, Any] = {}
-        if config_path.is_file():
-            config = read_json(config_path)
-            if config.get("type") != "bpe":
-                raise ValueError(f"{config_path}: type is {config.get('type')!r}, expected 'bpe'")
-        vocab_json = read_json(vocab_path)
-        if not isinstance(vocab_json, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab_json.items()
-        ):
-            raise ValueError(f"{vocab_path}: expected a JSON object mapping token strings to integer ids")
-
-        if "special_tokens" in config:
-            specials = config["special_tokens"]
-            if not isinstance(specials, dict):
-                raise ValueError(f"{config_path}: special_tokens must be an object mapping text to id")
-            _check_specials(specials)
-            for text, i in specials.items():
-                if vocab_json.get(text) != i:
-                    found = "is missing" if text not in vocab_json else f"has id {vocab_json[text]}"
-                    raise ValueError(f"{vocab_path} disagrees with {config_path}: special token {text!r} {found}, "
-                                     f"expected id {i}")
-        else:
-            specials = {EOT_TOKEN: vocab_json[EOT_TOKEN]} if EOT_TOKEN in vocab_json else {}
-
-        vocab: dict[bytes, int] = {}
-        for token, i in vocab_json.items():
-            if token in specials:
-                continue
-            data = _from_unicode(token, str(vocab_path))
-            if data in vocab:
-                raise ValueError(f"{vocab_path}: token {token!r} appears twice")
-            vocab[data] = i
-
-        merges: list[tuple[bytes, bytes]] = []
-        produced = {bytes([b]) for b in range(256)}
-        with open(merges_path, encoding="utf-8", newline="") as f:
-            for lineno, raw in enumerate(f, start=1):
-                line = raw.rstrip("\r\n")
-                if (lineno == 1 and line.startswith("#version")) or not line:
-                    continue
-                parts = line.split(" ")
-                where = f"{merges_path}:{lineno}"
-                if len(parts) != 2 or not all(parts):
-                    raise ValueError(f"{where}: broken line {line!r}: expected two tokens separated by one space")
-                left, right = (_from_unicode(p, where) for p in parts)
-                for part, text in ((left, parts[0]), (right, parts[1])):
-                    if part not in produced:
-                        raise ValueError(f"{where}: unknown symbol {text!r}: neither a byte nor made by an earlier "
-                                         "merge")
-                merged = left + right
-                if merged not in vocab:
-                    raise ValueError(f"{vocab_path} disagrees with {merges_path}: line {lineno} makes "
-                                     f"{parts[0] + parts[1]!r}, which vocab.json lacks")
-                produced.add(merged)
-                merges.append((left, right))
-        orphans = sorted((i, data) for data, i in vocab.items() if data not in produced)
-        if orphans:
-            i, data = orphans[0]
-            raise ValueError(f"{vocab_path} disagrees with {merges_path}: token {_to_unicode(data)!r} (id {i}) is "
-                             "neither a byte nor made by any merge")
-        pattern = config.get("pattern_regex", config.get("pattern", "gpt2"))
+        vocab, merges, specials, pattern = read_bpe_files(directory, default_specials=(EOT_TOKEN,))
         try:
             return cls(vocab, merges, specials, pattern)
         except ValueError as exc:
-            raise ValueError(f"{directory}: {exc}") from exc
+            raise ValueError(f"{Path(directory)}: {exc}") from exc
 
     # ------------------------------------------------------------------ interop
 
@@ -520,7 +395,7 @@ class SubwordTokenizer:
                 {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False},
                 {**byte_level, "use_regex": False},
             ]}
-        vocab = {_to_unicode(data): i for data, i in sorted(self._vocab.items(), key=lambda kv: kv[1])}
+        vocab = {token_to_unicode(data): i for data, i in sorted(self._vocab.items(), key=lambda kv: kv[1])}
         return {
             "version": "1.0",
             "truncation": None,
@@ -542,7 +417,7 @@ class SubwordTokenizer:
                 "vocab": vocab,
                 # "left right" strings (the long-standing format every tokenizers version reads); byte-level
                 # token strings never contain a space, so the split is unambiguous.
-                "merges": [f"{_to_unicode(left)} {_to_unicode(right)}" for left, right in self._merges],
+                "merges": [f"{token_to_unicode(left)} {token_to_unicode(right)}" for left, right in self._merges],
             },
         }
 

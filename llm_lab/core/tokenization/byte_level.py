@@ -1,7 +1,8 @@
 """Byte-level helpers shared by the tokenizers: GPT-2's byte-to-unicode map, split patterns, exact UTF-8 round trips.
 
 - ``bytes_to_unicode``: GPT-2's reversible map from the 256 byte values to printable characters, so that token byte
-  strings can be written as text in ``vocab.json`` / ``merges.txt`` (a space becomes ``Ġ``, a newline ``Ċ``).
+  strings can be written as text in ``vocab.json`` / ``merges.txt`` (a space becomes ``Ġ``, a newline ``Ċ``);
+  ``token_to_unicode`` / ``token_from_unicode`` spell one token that way and back.
 - ``PATTERNS``: the pre-tokenisation split regexes of GPT-2 and GPT-4 (cl100k), for the ``regex`` package.
 - ``text_to_bytes`` / ``bytes_to_text``: UTF-8 that also carries lone surrogates (Python strings may hold them),
   so ``decode(encode(s)) == s`` for every ``str``, while bytes that are truly broken (an id sequence cut in the
@@ -27,7 +28,10 @@ __all__ = [
     "check_errors",
     "compile_pattern",
     "resolve_pattern",
+    "is_byte_level_spelling",
     "text_to_bytes",
+    "token_from_unicode",
+    "token_to_unicode",
     "unicode_to_bytes",
 ]
 
@@ -65,6 +69,29 @@ def bytes_to_unicode() -> dict[int, str]:
 def unicode_to_bytes() -> dict[str, int]:
     """The inverse of :func:`bytes_to_unicode`."""
     return {ch: b for b, ch in bytes_to_unicode().items()}
+
+
+def token_to_unicode(data: bytes) -> str:
+    """A token's bytes spelled in GPT-2's byte-to-unicode alphabet (as ``vocab.json`` and ``merges.txt`` hold it)."""
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in data)
+
+
+def token_from_unicode(token: str, where: str) -> bytes:
+    """The bytes of a token spelled in GPT-2's alphabet; a character outside it is a ``ValueError`` naming ``where``."""
+    table = unicode_to_bytes()
+    try:
+        return bytes(table[ch] for ch in token)
+    except KeyError as exc:
+        raise ValueError(
+            f"{where}: unknown symbol {token!r}: character {exc.args[0]!r} is not in GPT-2's byte-to-unicode alphabet"
+        ) from None
+
+
+def is_byte_level_spelling(token: str) -> bool:
+    """Whether every character of ``token`` belongs to GPT-2's byte-to-unicode alphabet."""
+    table = unicode_to_bytes()
+    return all(ch in table for ch in token)
 
 
 def resolve_pattern(pattern: str) -> tuple[str, str]:

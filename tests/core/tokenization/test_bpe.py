@@ -9,6 +9,7 @@ import pytest
 
 from llm_lab.core.tokenization import SubwordTokenizer, load_tokenizer
 from llm_lab.core.tokenization import bpe as bpe_module
+from llm_lab.core.tokenization.byte_level import token_to_unicode
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +263,7 @@ def test_merges_file_with_an_unknown_symbol(saved):
 def test_vocab_json_that_disagrees_with_merges(saved, tok):
     vocab_path = saved / "vocab.json"
     vocab = json.loads(vocab_path.read_text())
-    first_merge = "".join(bpe_module._to_unicode(b) for b in tok.merges[0])
+    first_merge = "".join(token_to_unicode(b) for b in tok.merges[0])
 
     missing = {k: v for k, v in vocab.items() if k != first_merge}
     vocab_path.write_text(json.dumps(missing))
