@@ -46,8 +46,8 @@ from typing import Any
 import torch
 
 from llm_lab.core.decode.logprobs import step_logprobs, to_token_logprobs
-from llm_lab.core.decode.processors import Sampler, check_next_token_scores
 from llm_lab.core.decode.row_text import RowText
+from llm_lab.core.decode.sampler import Sampler, check_next_token_scores
 from llm_lab.core.model.kv_cache import KVCache, SlotKVCache
 from llm_lab.serve.engine import CompletionEngine
 

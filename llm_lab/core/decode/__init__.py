@@ -16,11 +16,10 @@ from llm_lab.core.decode.processors import (
     apply_repetition_penalty,
     apply_temperature,
     min_p_filter,
-    process_logits,
-    sample_next_token,
     top_k_filter,
     top_p_filter,
 )
+from llm_lab.core.decode.sampler import process_logits, sample_next_token
 from llm_lab.core.decode.sampling import LogitsProcessor, SamplingConfig, SamplingParam, register_processor
 
 __all__ = [

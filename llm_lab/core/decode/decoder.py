@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from llm_lab.core.decode.logprobs import step_logprobs
-from llm_lab.core.decode.processors import Sampler, check_next_token_scores
+from llm_lab.core.decode.sampler import Sampler, check_next_token_scores
 from llm_lab.core.decode.sampling import SamplingConfig
 
 __all__ = ["OVERFLOW_POLICIES", "Decoder", "OverflowPolicy", "default_overflow_policy"]
