@@ -29,37 +29,39 @@ budget"; when less than :data:`MIN_STAGE_S` is left, the remaining stages are re
 numbers only (the step stage writes its eager numbers before it starts compiling).
 
 On a machine without CUDA the check says so in one line and runs nothing.
+
+This module plans the stages and runs them within the budget; each stage's own measurement is in
+:mod:`llm_lab.experiments.gpu_check_stages`, the report in :mod:`llm_lab.experiments.gpu_check_report`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from llm_lab.experiments.tables import format_value, markdown_table
-from llm_lab.utils.io import atomic_write_json, atomic_write_text
-from llm_lab.utils.words import plural
+# run_stage, write_report, read_test_results and the result file names stay importable from here.
+from llm_lab.experiments.gpu_check_report import read_test_results, write_report
+from llm_lab.experiments.gpu_check_stages import ENV_FILE, TESTS_FILE, run_stage
 
 __all__ = [
     "DEFAULT_BUDGET_S",
+    "ENV_FILE",
     "GpuCheckSettings",
     "Stage",
     "StageOutcome",
     "build_stages",
     "format_plan",
+    "read_test_results",
     "run_gpu_check",
     "run_process",
     "run_stage",
@@ -74,17 +76,7 @@ MIN_STAGE_S = 15.0
 # After SIGINT a stage gets this long to exit before SIGKILL: pytest then still writes the JUnit file of the tests
 # that ran, and torchrun stops its workers.
 KILL_GRACE_S = 10.0
-PEAK_MATMUL_SIZE = 8192
 NO_CUDA_MESSAGE = "gpu-check: CUDA is not available on this machine; nothing to run."
-
-# File names each stage leaves in the output directory (the report reads them).
-ENV_FILE, TESTS_FILE, STEP_FILE, GENERATE_FILE = "env.json", "tests.xml", "step.json", "generate.json"
-GPT2_STEP_FILE = "gpt2_step.json"
-GPT2_CONFIG = Path("configs") / "gpt2_small.json"
-# The GPT-2 stage's stand-in on a CPU (tests): the real config file, shrunk to a few thousand parameters.
-GPT2_QUICK_OVERRIDES = ("model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.context_length=32",
-                        "model.vocab_size=97", "train.batch_size=2")
-TIME_TO_LOSS_DIR = "time_to_loss"
 
 
 @dataclass
@@ -143,7 +135,7 @@ class StageOutcome:
 def _worker(name: str, out_dir: Path, **kwargs: Any) -> tuple[str, ...]:
     """The command that runs :func:`run_stage` for one stage in a fresh Python process."""
     arguments = ", ".join([repr(name), repr(str(out_dir))] + [f"{k}={v!r}" for k, v in kwargs.items()])
-    code = f"from llm_lab.experiments.gpu_check import run_stage; run_stage({arguments})"
+    code = f"from llm_lab.experiments.gpu_check_stages import run_stage; run_stage({arguments})"
     return (sys.executable, "-c", code)
 
 
@@ -294,331 +286,3 @@ def run_gpu_check(settings: GpuCheckSettings, *, launcher: Launcher | None = Non
     path = write_report(settings.out_dir, outcomes, budget_s=settings.budget_s, started=began)
     print(f"gpu-check: report written to {path}")
     return 0 if all(outcome.status == "ok" for outcome in outcomes) else 1
-
-
-# ----------------------------------------------------------------------------------- the stages' own work
-
-
-def run_stage(name: str, out_dir: str, **kwargs: Any) -> None:
-    """Run one stage's measurement in this process and write its result file to ``out_dir``.
-
-    Called in a fresh process by the check (so that it can be ended at its time), or directly by the tests with
-    ``device="cpu"`` and ``quick=True``.
-    """
-    workers = {"env": _stage_env, "step": _stage_step, "gpt2_step": _stage_gpt2_step, "generate": _stage_generate,
-               "time_to_loss": _stage_ttl}
-    if name not in workers:
-        raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(workers)}")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    workers[name](Path(out_dir), **kwargs)
-
-
-def _stage_env(out: Path, device: str = "cuda", quick: bool = False) -> None:
-    import torch
-
-    from llm_lab.core.train.flops import measure_matmul_peak
-
-    device_ = torch.device(device)
-    facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device_)}
-    if device_.type == "cuda":
-        props = torch.cuda.get_device_properties(device_)
-        facts |= {
-            "gpu": torch.cuda.get_device_name(device_),
-            "gpu_count": torch.cuda.device_count(),
-            "capability": ".".join(map(str, torch.cuda.get_device_capability(device_))),
-            "memory_gib": props.total_memory / 2**30,
-            "cudnn": torch.backends.cudnn.version(),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        }
-    size = 256 if quick else (PEAK_MATMUL_SIZE if device_.type == "cuda" else None)
-    peaks = {}
-    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
-        try:
-            peaks[precision] = measure_matmul_peak(device_, dtype, size=size, repeats=2 if quick else 5) / 1e12
-        except ValueError:  # a dtype this device cannot multiply
-            continue
-    facts["peak_tflops"] = peaks
-    facts["peak_matmul_size"] = size
-    atomic_write_json(out / ENV_FILE, facts)
-
-
-def _stage_step(out: Path, device: str = "cuda", quick: bool = False) -> None:
-    from llm_lab.experiments.step_bench import (
-        StepBenchConfig,
-        default_10m_config,
-        quick_step_config,
-        run_step_benchmark,
-        write_step_results,
-    )
-
-    if quick:
-        configs = [dataclasses.replace(quick_step_config(device), optimizers=("adamw", "muon"))]
-    else:
-        full = StepBenchConfig(model=default_10m_config(), batch_size=64, device=device, warmup=3, steps=10,
-                               rounds=2, peak_repeats=3, optimizers=("adamw", "muon"))  # fmt: skip
-        # Eager settings first (seconds), then the compiled bf16 ones (compiling takes most of the stage): if the
-        # stage is ended for its time while compiling, the eager numbers are already written.
-        configs = [
-            dataclasses.replace(full, compile_modes=(False,)),
-            dataclasses.replace(full, compile_modes=(True,), precisions=("bf16",), baseline=False),
-        ]
-    merged = None
-    for config in configs:
-        result = run_step_benchmark(config, progress=False)
-        if merged is None:
-            merged = result
-        else:  # the compiled rows join the eager run's table, compared with its baseline
-            baseline = [row["tokens_per_second"] for row in merged.rows if row["setting"] == "baseline"]
-            for row in result.rows:
-                row["vs_baseline"] = row["tokens_per_second"] / baseline[0] if baseline else None
-            merged.rows += result.rows
-            merged.notes += result.notes
-        write_step_results(merged, out / "step")
-        atomic_write_json(out / STEP_FILE, dataclasses.asdict(merged))
-
-
-def _stage_gpt2_step(out: Path, device: str = "cuda", repo_root: str = ".", quick: bool = False) -> None:
-    """GPT-2 small's training step, bf16 and compiled (the tests' CPU stand-in: shrunk, fp32, eager)."""
-    from llm_lab.experiments.step_bench import (
-        StepBenchConfig,
-        load_step_model_config,
-        run_step_benchmark,
-        write_step_results,
-    )
-
-    model, batch_size = load_step_model_config(Path(repo_root) / GPT2_CONFIG, GPT2_QUICK_OVERRIDES if quick else ())
-    settings: dict[str, Any] = {"precisions": ("bf16",), "compile_modes": (True,), "warmup": 3, "steps": 10,
-                                "rounds": 1, "peak_repeats": 3}
-    if quick:
-        settings = {"precisions": ("fp32",), "compile_modes": (False,), "warmup": 1, "steps": 2, "rounds": 1,
-                    "peak_repeats": 2}
-    config = StepBenchConfig(model=model, batch_size=batch_size, device=device, optimizers=("adamw",),
-                             baseline=False, **settings)
-    result = run_step_benchmark(config, progress=False)
-    write_step_results(result, out / "gpt2_step")
-    atomic_write_json(out / GPT2_STEP_FILE, dataclasses.asdict(result))
-
-
-def _stage_generate(out: Path, device: str = "cuda", quick: bool = False) -> None:
-    from llm_lab.experiments.generate_bench import BenchSettings, format_report, run_benchmark
-
-    settings = dataclasses.replace(BenchSettings.quick() if quick else BenchSettings(repeats=3), device=device)
-    results = run_benchmark(settings)
-    atomic_write_json(out / GENERATE_FILE, results)
-    atomic_write_text(out / "generate.txt", format_report(results) + "\n")
-
-
-def _stage_ttl(out: Path, device: str = "cuda", data: str | None = None, repo_root: str = ".",
-               quick: bool = False) -> None:  # fmt: skip
-    from llm_lab.experiments.time_to_loss import QUICK_OVERRIDES, format_summary, run_time_to_loss
-
-    overrides = [f"train.device={device.split(':')[0]}"]
-    if data is None or quick:
-        overrides = [*QUICK_OVERRIDES, *overrides]
-    if data is None:
-        data = str(out / "self_made_text.txt")
-        atomic_write_text(data, _self_made_text())
-    configs = Path(repo_root) / "configs"
-    target_dir = out / TIME_TO_LOSS_DIR
-    summary = run_time_to_loss(
-        {"baseline": configs / "shakespeare_char.json", "fast": configs / "shakespeare_char_fast.json",
-         "60s": configs / "shakespeare_char_60s.json"},
-        data, target_dir, overrides=overrides, progress=False,
-    )  # fmt: skip
-    summary.environment["overrides"] = overrides
-    summary.environment["data"] = str(data)
-    atomic_write_json(target_dir / "summary.json", summary.to_dict())
-    atomic_write_text(target_dir / "summary.md", format_summary(summary) + "\n")
-
-
-def _self_made_text(n_lines: int = 400) -> str:
-    """A few hundred lines of deterministic pseudo-English: enough windows for the quick time-to-loss runs."""
-    words = ("the", "a", "small", "model", "learns", "patterns", "of", "text", "to", "be", "or", "not", "that",
-             "is", "question", "all", "who", "wander", "are", "lost")  # fmt: skip
-    lines = []
-    for i in range(n_lines):
-        lines.append(" ".join(words[(i * 7 + j * j) % len(words)] for j in range(8 + i % 5)) + ".")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------ the report
-
-
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_test_results(path: Path) -> dict[str, Any] | None:
-    """Counts and failing test ids from pytest's JUnit XML, or ``None`` when the stage left none."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    counts = {"passed": 0, "failed": 0, "skipped": 0}
-    failures = []
-    for case in root.iter("testcase"):
-        if not case.get("name"):  # the test running when the stage was interrupted: no verdict
-            continue
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if case.find("failure") is not None or case.find("error") is not None:
-            counts["failed"] += 1
-            failures.append(name)
-        elif case.find("skipped") is not None:
-            counts["skipped"] += 1
-        else:
-            counts["passed"] += 1
-    return counts | {"failures": failures}
-
-
-def _mfu_rows(step: dict[str, Any], env: dict[str, Any] | None) -> tuple[list[dict[str, Any]], str]:
-    """The step rows with MFU against the GPU's measured peak (the env stage's, else the step's own)."""
-    peaks = {k: v * 1e12 for k, v in (env or {}).get("peak_tflops", {}).items()}
-    source = f"the env stage's {env.get('peak_matmul_size')}-wide matmul peak" if peaks else ""
-    if not peaks:
-        peaks = {k: v * 1e9 for k, v in step["peak_gflops"].items()}
-        source = "the step benchmark's own matmul peak"
-    rows = []
-    for row in step["rows"]:
-        achieved = row["tokens_per_second"] * step["flops_per_token"]
-        rows.append(
-            row
-            | {
-                "tflops": achieved / 1e12,
-                "mfu_own_peak": achieved / peaks[row["precision"]] if row["precision"] in peaks else None,
-                "mfu_bf16_peak": achieved / peaks["bf16"] if "bf16" in peaks else None,
-            }
-        )
-    return rows, source
-
-
-def write_report(
-    out_dir: Path, outcomes: Sequence[StageOutcome], *, budget_s: float, started: datetime | None = None
-) -> Path:
-    """Write ``report.md`` and ``report.json`` from the stages' files in ``out_dir``; return the markdown path.
-
-    A stage that ended without its result file (failed, over budget, skipped) is reported as such, with the
-    tail of its log; the other stages' numbers are reported in full.
-    """
-    out_dir = Path(out_dir)
-    env = _read_json(out_dir / ENV_FILE)
-    tests = read_test_results(out_dir / TESTS_FILE)
-    step = _read_json(out_dir / STEP_FILE)
-    gpt2 = _read_json(out_dir / GPT2_STEP_FILE)
-    generate = _read_json(out_dir / GENERATE_FILE)
-    ttl = _read_json(out_dir / TIME_TO_LOSS_DIR / "summary.json")
-    by_name = {outcome.name: outcome for outcome in outcomes}
-
-    md = ["# GPU check", ""]
-    when = (started or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    used = sum(outcome.used_s for outcome in outcomes)
-    md.append(f"Run {when}; budget {budget_s:.0f} s, stages took {used:.0f} s.")
-    md.append("")
-    md += ["## Machine", ""]
-    if env is not None:
-        md.append(
-            f"- GPU: {env.get('gpu', env.get('device'))} (x{env.get('gpu_count', 1)}), compute capability "
-            f"{env.get('capability', '-')}, {format_value(env.get('memory_gib'))} GiB"
-        )
-        md.append(f"- torch {env['torch']}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn', '-')}")
-        peaks = ", ".join(f"{k} {format_value(v)} TFLOP/s" for k, v in env.get("peak_tflops", {}).items())
-        md.append(f"- measured matmul peak ({env.get('peak_matmul_size')}-wide products, best of 5): {peaks}")
-    else:
-        md.append("- not measured (the env stage left no result)")
-    md += ["", "## Stages", ""]
-    md.append(markdown_table([dataclasses.asdict(o) for o in outcomes], ("name", "status", "allowed_s", "used_s"),
-                             headers={"allowed_s": "allowed s", "used_s": "used s"}, digits=3))  # fmt: skip
-
-    md += ["## Device tests (CUDA legs)", ""]
-    if tests is not None:
-        md.append(f"{tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped.")
-        md += [f"- failed: `{name}`" for name in tests["failures"]]
-    md += _missing("tests", tests, by_name, out_dir)
-
-    md += ["", "## Training step", ""]
-    if step is not None:
-        m = step["model"]
-        rows, source = _mfu_rows(step, env)
-        md.append(
-            f"{plural(m['n_layer'], 'layer')}, {m['n_embd']} wide, context {m['context_length']}, "
-            f"{step['num_parameters'] / 1e6:.1f}M parameters, batch {step['batch_size']} "
-            f"({step['tokens_per_step']} tokens/step), {step['device']}; MFU against {source}."
-        )
-        md.append("")
-        columns = ("setting", "precision", "compile", "optimizer", "ms_per_step", "tokens_per_second", "tflops",
-                   "mfu_own_peak", "mfu_bf16_peak", "vs_baseline", "loss_first", "loss_last")  # fmt: skip
-        headers = {"ms_per_step": "ms/step", "tokens_per_second": "tokens/s", "tflops": "TFLOP/s",
-                   "mfu_own_peak": "MFU (its dtype's peak)", "mfu_bf16_peak": "MFU (bf16 peak)",
-                   "vs_baseline": "x baseline"}  # fmt: skip
-        md.append(markdown_table(rows, columns, headers=headers, digits=3))
-        md += [f"note: {note}" for note in step.get("notes", [])]
-    md += _missing("step", step, by_name, out_dir)
-
-    md += ["", "## GPT-2 small training step", ""]
-    if gpt2 is not None:
-        m = gpt2["model"]
-        rows, source = _mfu_rows(gpt2, env)
-        md.append(
-            f"{GPT2_CONFIG}: {m['n_layer']} layers, {m['n_embd']} wide, context {m['context_length']}, vocab "
-            f"{m['vocab_size']}, {gpt2['num_parameters'] / 1e6:.1f}M parameters, batch {gpt2['batch_size']} "
-            f"({gpt2['tokens_per_step']} tokens/step), {gpt2['device']}; MFU against {source} (target: 45% bf16)."
-        )
-        md.append("")
-        columns = ("setting", "precision", "compile", "ms_per_step", "tokens_per_second", "tflops", "mfu_own_peak")
-        headers = {"ms_per_step": "ms/step", "tokens_per_second": "tokens/s", "tflops": "TFLOP/s",
-                   "mfu_own_peak": "MFU (its dtype's peak)"}
-        md.append(markdown_table(rows, columns, headers=headers, digits=3))
-        md += [f"note: {note}" for note in gpt2.get("notes", [])]
-    md += _missing("gpt2_step", gpt2, by_name, out_dir)
-
-    md += ["", "## Generate", ""]
-    if generate is not None:
-        from llm_lab.experiments.generate_bench import format_report
-
-        md += ["```text", format_report(generate), "```"]
-    md += _missing("generate", generate, by_name, out_dir)
-
-    md += ["", "## Time to loss", ""]
-    if ttl is not None:
-        env_ttl = ttl.get("environment", {})
-        md.append(f"data: {env_ttl.get('data')}; overrides: {' '.join(env_ttl.get('overrides', [])) or 'none'}")
-        md.append("")
-        md.append(_ttl_text(ttl))
-    md += _missing("time_to_loss", ttl, by_name, out_dir)
-
-    text = "\n".join(md).rstrip() + "\n"
-    path = out_dir / "report.md"
-    atomic_write_text(path, text)
-    atomic_write_json(
-        out_dir / "report.json",
-        {"budget_s": budget_s, "stages": [dataclasses.asdict(o) for o in outcomes], "env": env, "tests": tests,
-         "step": step, "gpt2_step": gpt2, "generate": generate, "time_to_loss": ttl},
-    )  # fmt: skip
-    return path
-
-
-def _ttl_text(summary: dict[str, Any]) -> str:
-    from llm_lab.experiments.time_to_loss import TimeToLossRun, TimeToLossSummary, format_summary
-
-    fields = {f.name for f in dataclasses.fields(TimeToLossSummary)}
-    rebuilt = TimeToLossSummary(**{k: v for k, v in summary.items() if k in fields})
-    rebuilt.runs = [TimeToLossRun(**run) for run in summary["runs"]]
-    rebuilt.environment = {}
-    return format_summary(rebuilt)
-
-
-def _missing(name: str, result: Any, by_name: dict[str, StageOutcome], out_dir: Path) -> list[str]:
-    """Lines explaining why a stage has no numbers (or why they may be partial), with the log's last lines."""
-    outcome = by_name.get(name)
-    if outcome is None or (outcome.status == "ok" and result is not None):
-        return []
-    lines = [f"**{name}: {outcome.status}**" + (f" (exit {outcome.returncode})" if outcome.returncode else "")
-             + ("" if result is not None else "; no result")]  # fmt: skip
-    log = Path(outcome.log) if outcome.log else None
-    if log is not None and log.is_file():
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        lines += ["", "```text", *tail, "```"]
-    return lines
