@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,11 @@ torch.set_num_threads(resolve_threads(os.environ["LLM_LAB_THREADS"]))
 def _seed_and_threads():
     torch.manual_seed(0)
     threads = torch.get_num_threads()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     torch.set_num_threads(threads)  # a command run in-process sets them for the whole process
+    for signum, handler in handlers.items():  # and its SIGTERM/SIGINT handlers: a later SIGTERM must stop pytest
+        signal.signal(signum, handler)
 
 
 @pytest.fixture
