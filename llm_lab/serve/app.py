@@ -418,7 +418,7 @@ def create_app(
             payload = loads_strict(await request.body(), what="request body")
         except ValueError as error:
             raise APIError(400, str(error), code="invalid_json") from None
-        body = await asyncio.to_thread(chat_to_completion, payload, engine.tokenizer)
+        body = await asyncio.to_thread(chat_to_completion, payload, engine.tokenizer, engine.context_window)
         try:
             completion = completion_schema.model_validate(body)
         except ValidationError as error:

@@ -31,12 +31,19 @@ CHAT_ONLY_FIELDS = ("messages", "logprobs", "top_logprobs")
 _NOT_IN_CHAT = ("prompt", "echo", "suffix", "best_of")
 
 
-def chat_to_completion(payload: Any, tokenizer: Any) -> dict[str, Any]:
+def chat_to_completion(payload: Any, tokenizer: Any, context_window: int | None = None) -> dict[str, Any]:
     """The completion request body of a chat request body (a parsed JSON object).
+
+    Args:
+        payload: the chat request body.
+        tokenizer: the model's tokenizer (with the chat tokens).
+        context_window: the model's context in tokens; a conversation longer than it once rendered is refused
+            (400 naming ``messages``), never truncated: a cut would drop the start of the conversation unseen.
 
     Raises:
         APIError: 400/422 naming the field: not an object, a bad conversation, a model without chat tokens, a
-            completion-only field, ``top_logprobs`` without ``logprobs`` or out of range.
+            conversation longer than the context, a completion-only field, ``top_logprobs`` without ``logprobs``
+            or out of range.
     """
     if not isinstance(payload, dict):
         raise APIError(422, "the request body must be a JSON object with 'messages'", code="invalid_value")
@@ -58,6 +65,10 @@ def chat_to_completion(payload: Any, tokenizer: Any) -> dict[str, Any]:
         prompt = template.prompt_ids(messages)
     except ValueError as error:
         raise APIError(422, f"messages: {error}", param="messages", code="invalid_value") from None
+    if context_window is not None and len(prompt) > context_window:
+        raise APIError(400, f"messages: the conversation is {len(prompt)} tokens long once rendered, more than this "
+                       f"model's context of {context_window} tokens; it is refused, not truncated: start a new "
+                       "conversation or shorten it", param="messages", code="context_length_exceeded")
     wants = payload.get("logprobs", False)
     top = payload.get("top_logprobs")
     if not isinstance(wants, bool):

@@ -132,7 +132,8 @@ def chat_room(engine: CompletionEngine, messages: list[dict[str, Any]]) -> dict[
         APIError: 400 ``not_a_chat_model`` for a model without a chat template; 422 naming ``messages`` for a bad
             conversation (as ``/v1/chat/completions`` answers it).
     """
-    ids = chat_to_completion({"messages": messages}, engine.tokenizer)["prompt"][0]
+    ids = chat_to_completion({"messages": messages}, engine.tokenizer)["prompt"][0]  # no context check: the
+    # room is 0 for a conversation that fills the context, and the page says so
     room = _room_after(engine, len(ids))
     return {
         "prompt_tokens": len(ids),

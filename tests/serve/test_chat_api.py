@@ -90,6 +90,22 @@ def test_bad_requests_name_the_field(chat_server, body: dict, param: str, messag
     assert error["param"] == param and message in error["message"]
 
 
+def test_a_conversation_longer_than_the_context_is_refused(chat_server) -> None:
+    server, template, _ = chat_server
+    messages = [{"role": "user", "content": "What is 2 + 3?" * 3}]  # 42 characters + 3 chat tokens: 45 of 48
+    assert len(template.prompt_ids(messages)) == 45
+    ok = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=30)
+    assert ok.status_code == 200
+    messages[0]["content"] += "What"  # 49 tokens, over the context of 48
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": messages}, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
+    assert error["message"] == ("messages: the conversation is 49 tokens long once rendered, more than this model's "
+                                "context of 48 tokens; it is refused, not truncated: start a new conversation or "
+                                "shorten it")
+
+
 def test_a_model_without_chat_tokens_cannot_chat() -> None:
     tokenizer = CharTokenizer.from_text(ALPHABET)
     model = tiny(tokenizer)

@@ -155,12 +155,14 @@ def test_a_refused_message_is_shown_and_the_conversation_kept(
     page.click("#chat-send")
     assert page.inner_text("#chat-error") == "nothing to send: type a message first"
     # A conversation longer than the context is refused (not truncated), and the page says why.
-    page.fill("#chat-system", "to be, or not to be. " * 13)  # 273 characters, one token each
+    page.fill("#chat-system", "to be, or not to be. " * 13)  # 273 characters, one token each: with "the fox"
+    # and 5 chat tokens (system, end, user, end, assistant), 285 tokens
     page.fill("#chat-input", "the fox")
     page.wait_for_function("document.getElementById('max-tokens-room').textContent.includes('fills the context')")
     page.click("#chat-send")
     page.wait_for_function("document.getElementById('chat-error').textContent.includes('context')")
-    assert "more than this model's context of 256 tokens" in page.inner_text("#chat-error")
+    assert page.inner_text("#chat-error").startswith("messages: the conversation is 285 tokens long once rendered, "
+                                                     "more than this model's context of 256 tokens; it is refused")
     assert turns(page) == []
     assert all(e.startswith("console: Failed to load resource: the server responded with a status of 4")
                for e in errors)
