@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--optimizers", nargs="+", default=None, help="adamw muon (default: adamw)")
     step.add_argument("--no-compile", action="store_true", help="eager only")
     step.add_argument("--no-baseline", action="store_true", help="skip the plain fp32 eager baseline")
+    step.add_argument("--sft", action="store_true",
+                      help="also time each of our settings on SFT batches of the same shape (the loss mask's cost)")
+    step.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3)")
     step.add_argument("--steps", type=int, default=None, help="timed steps per setting (median reported)")
     step.add_argument("--warmup", type=int, default=None, help="untimed steps first (compile happens here)")
     step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help="output directory")
@@ -262,6 +265,10 @@ def _run_step(args: argparse.Namespace) -> int:
         config.compile_modes = (False,)
     if args.no_baseline:
         config.baseline = False
+    if args.sft:
+        config.sft = True
+    if args.rounds is not None:
+        config.rounds = args.rounds
     if args.steps is not None:
         config.steps = args.steps
     if args.warmup is not None:

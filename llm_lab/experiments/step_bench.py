@@ -11,6 +11,12 @@ Settings measured, on the same random batch of the same shape:
   architecture: learned positions, LayerNorm, GELU MLP, tied embedding, SDPA attention), not built from
   ``MiniGPT``, so that speed work on our model never moves the yardstick.
 
+- ``ours SFT`` (with ``sft=True``): our step again, on supervised fine-tuning batches of the same shape: a
+  :class:`~llm_lab.core.chat.sft.ChatDataset` of conversations exactly ``context_length + 1`` ids long (so a
+  batch is ``(batch_size, context_length)`` like the plain one), each trained on its second part only (targets
+  ``-100`` on the prompt). It answers "what does the loss mask cost": its tokens/s over the plain step's, for
+  the same precision, compilation and optimizer, is in :attr:`StepBenchResult.sft_ratios` and the notes.
+
 For each setting: median ms/step, tokens/s, and MFU, the model FLOPs per second (``tokens/s x
 model.flops_per_token()``) over the matmul peak of the precision that ran, measured in the same run (before and
 after the steps, the better of the two). A step cannot beat the peak: where it seems to (a peak measured at a busy
@@ -36,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm_lab.core.chat.sft import ChatDataset
+from llm_lab.core.chat.template import RenderedChat
 from llm_lab.core.data import LanguageModelingDataset
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.train import Trainer, TrainerConfig
@@ -81,6 +89,7 @@ class StepBenchConfig:
         compile_modes: ``False`` (eager) and/or ``True`` (``torch.compile``) for our step.
         optimizers: ``train.optimizer`` names for our step (``adamw``, ``muon``).
         baseline: also run the plain fp32 eager baseline.
+        sft: also time each of our settings on SFT batches of the same shape (see the module docstring).
         warmup: untimed steps per setting first (compilation happens here).
         steps: timed steps per setting in all (split over ``rounds``).
         rounds: interleaved timing rounds.
@@ -95,6 +104,7 @@ class StepBenchConfig:
     compile_modes: Sequence[bool] = (False, True)
     optimizers: Sequence[str] = ("adamw",)
     baseline: bool = True
+    sft: bool = False
     warmup: int = 2
     steps: int = 6
     rounds: int = 3
@@ -251,7 +261,13 @@ class _Setting:
 
 
 def _ours_setting(
-    config: StepBenchConfig, precision: str, compiled: bool, optimizer: str, data: LanguageModelingDataset, peak: float
+    config: StepBenchConfig,
+    precision: str,
+    compiled: bool,
+    optimizer: str,
+    data: LanguageModelingDataset | ChatDataset,
+    peak: float,
+    name: str = "ours",
 ) -> _Setting:
     """Our step is the Trainer's: ``Trainer.train()`` itself, one CSV-style row per step, nothing written."""
     torch.manual_seed(config.seed)
@@ -281,7 +297,7 @@ def _ours_setting(
         kind = "AdamW fused" if trainer.optimizer.defaults.get("fused") else "AdamW foreach"
     else:
         kind = "Muon, NS in " + str(trainer.optimizer.ns_dtype).removeprefix("torch.")
-    return _Setting("ours", precision, compiled, kind, run)
+    return _Setting(name, precision, compiled, kind, run)
 
 
 def _baseline_setting(config: StepBenchConfig, data: LanguageModelingDataset) -> _Setting:
@@ -320,6 +336,19 @@ def _baseline_setting(config: StepBenchConfig, data: LanguageModelingDataset) ->
     return _Setting("baseline", "fp32", False, "AdamW for-loop", run)
 
 
+def sft_bench_data(model: MiniGPTConfig, seed: int, n_chats: int = 256) -> ChatDataset:
+    """Random conversations of exactly ``context_length + 1`` ids (batches as wide as the plain ones), each with a
+    prompt of 1 to ``context_length // 2`` untrained ids and the rest trained, as an assistant reply is."""
+    generator = torch.Generator().manual_seed(seed)
+    n_ids = model.context_length + 1
+    chats = []
+    for _ in range(n_chats):
+        ids = torch.randint(0, model.vocab_size, (n_ids,), generator=generator).tolist()
+        prompt = int(torch.randint(1, max(2, model.context_length // 2 + 1), (1,), generator=generator))
+        chats.append(RenderedChat(ids, [0] * prompt + [1] * (n_ids - prompt)))
+    return ChatDataset(chats, model.context_length, pad_id=0)
+
+
 @dataclass
 class StepBenchResult:
     """Rows (one per setting, ``CSV_COLUMNS``) and what they were measured against."""
@@ -333,6 +362,8 @@ class StepBenchResult:
     peak_gflops: dict[str, float]
     device: str
     notes: list[str] = field(default_factory=list)
+    #: SFT tokens/s over the plain step's, per (precision, compile, optimizer) of our settings (``sft=True``).
+    sft_ratios: dict[tuple[str, bool, str], float] = field(default_factory=dict)
 
 
 def _measure_peaks(device: torch.device, repeats: int, precisions: Sequence[str]) -> dict[str, float]:
@@ -371,6 +402,7 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
     n_tokens = max(100_000, 4 * config.batch_size * (config.model.context_length + 1))
     ids = torch.randint(0, config.model.vocab_size, (n_tokens,), generator=generator).numpy()
     data = LanguageModelingDataset(ids, config.model.context_length)
+    sft_data = sft_bench_data(config.model, config.seed) if config.sft else None
 
     compile_modes = list(config.compile_modes)
     if True in compile_modes and (reason := compile_unsupported_reason(device)) is not None:
@@ -383,6 +415,9 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
         for precision in precisions:
             for compiled in compile_modes:
                 settings.append(_ours_setting(config, precision, compiled, optimizer, data, peaks[precision]))
+                if config.sft:
+                    settings.append(_ours_setting(config, precision, compiled, optimizer, sft_data,
+                                                  peaks[precision], name="ours SFT"))
 
     per_round = max(1, math.ceil(config.steps / config.rounds))
     total = len(settings) * (config.warmup + per_round * config.rounds)
@@ -440,6 +475,14 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
     if baseline_tps is not None:
         for row in rows:
             row["vs_baseline"] = row["tokens_per_second"] / baseline_tps
+    sft_ratios = {}
+    plain = {(r["precision"], r["compile"], r["optimizer"]): r for r in rows if r["setting"] == "ours"}
+    for row in rows:
+        if row["setting"] == "ours SFT":
+            key = (row["precision"], row["compile"], row["optimizer"])
+            sft_ratios[key] = row["tokens_per_second"] / plain[key]["tokens_per_second"]
+            notes.append(f"SFT (masked loss) / plain tokens/s, {key[0]} compile={key[1]} {key[2]}: "
+                         f"{sft_ratios[key]:.3f}")  # fmt: skip
     return StepBenchResult(
         rows=rows,
         model={k: getattr(config.model, k) for k in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")},
@@ -450,6 +493,7 @@ def run_step_benchmark(config: StepBenchConfig, progress: bool = True) -> StepBe
         peak_gflops={k: v / 1e9 for k, v in peaks.items()},
         device=str(device),
         notes=notes,
+        sft_ratios=sft_ratios,
     )
 
 

@@ -18,7 +18,8 @@ Routes:
   remote tokenizer reads it (see ``tokenizer_api.py``); with them, token-id prompts and ``echo`` + ``logprobs`` +
   ``max_tokens: 0 or 1`` (see ``scoring.py``) make this server a ``local-completions`` backend of the harness.
 - ``GET /``: the playground (plain HTML and one script under ``/static``, no build step); ``POST
-  /playground/room`` tells it how many tokens a prompt takes and how many new ones fit (see ``playground.py``).
+  /playground/room`` tells it how many tokens a prompt takes and how many new ones fit, ``POST
+  /playground/chat_room`` the same for its Chat view's conversation (see ``playground.py``).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a body that is not JSON
 (duplicate keys and nesting deeper than 64 levels included), does not fit the model's context or asks for more work
@@ -65,7 +66,7 @@ from llm_lab.serve.engine import CompletionEngine, SamplingSettings
 from llm_lab.serve.errors import APIError
 from llm_lab.serve.inspect import InspectRequestError, plan_inspection
 from llm_lab.serve.logprobs import LogprobsBuilder
-from llm_lab.serve.playground import RoomRequest, playground_html, prompt_room
+from llm_lab.serve.playground import ChatRoomRequest, RoomRequest, chat_room, playground_html, prompt_room
 from llm_lab.serve.runner import ModelRunner, RunnerBusyError
 from llm_lab.serve.scheduler import BatchLimits, BatchScheduler, QueueFullError
 from llm_lab.serve.schemas import (
@@ -380,6 +381,10 @@ def create_app(
         except ValueError as error:
             raise APIError(400, f"prompt: {error}", param="prompt", code="invalid_prompt") from None
 
+    @app.post("/playground/chat_room", include_in_schema=False)
+    async def playground_chat_room(request: Request) -> dict[str, Any]:
+        return await asyncio.to_thread(chat_room, engine, (await read_request(request, ChatRoomRequest)).messages)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -413,7 +418,7 @@ def create_app(
             payload = loads_strict(await request.body(), what="request body")
         except ValueError as error:
             raise APIError(400, str(error), code="invalid_json") from None
-        body = await asyncio.to_thread(chat_to_completion, payload, engine.tokenizer)
+        body = await asyncio.to_thread(chat_to_completion, payload, engine.tokenizer, engine.context_window)
         try:
             completion = completion_schema.model_validate(body)
         except ValidationError as error:

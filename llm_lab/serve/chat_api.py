@@ -9,6 +9,10 @@ form: ``choices[i].message`` (or ``delta`` when streamed, the first chunk carryi
 ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}`` when ``logprobs: true`` (with
 ``top_logprobs: N`` alternatives).
 
+A role token the model generates inside its reply (a small or random model may) is left out of the reply's
+``content``, as :meth:`~llm_lab.core.chat.template.ChatTemplate.reply_text` leaves it out for ``llm-lab chat``: the
+reply is text the conversation can carry on with (a message may not hold a chat token); ``logprobs`` still list it.
+
 Only a model whose tokenizer holds the chat tokens can chat: another answers 400 naming ``messages``.
 """
 
@@ -17,22 +21,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llm_lab.core.chat.template import ChatTemplate, check_messages
+from llm_lab.core.chat.template import CHAT_SPECIAL_TOKENS, ChatTemplate, check_messages
 from llm_lab.serve.errors import APIError
 
-__all__ = ["CHAT_ONLY_FIELDS", "chat_logprobs", "chat_to_completion", "chat_chunk", "chat_response"]
+__all__ = ["CHAT_ONLY_FIELDS", "chat_logprobs", "chat_to_completion", "chat_chunk", "chat_response", "reply_content"]
 
 # Fields of a chat request that the completion schema does not take, and completion fields a chat has no use for.
 CHAT_ONLY_FIELDS = ("messages", "logprobs", "top_logprobs")
 _NOT_IN_CHAT = ("prompt", "echo", "suffix", "best_of")
 
 
-def chat_to_completion(payload: Any, tokenizer: Any) -> dict[str, Any]:
+def chat_to_completion(payload: Any, tokenizer: Any, context_window: int | None = None) -> dict[str, Any]:
     """The completion request body of a chat request body (a parsed JSON object).
+
+    Args:
+        payload: the chat request body.
+        tokenizer: the model's tokenizer (with the chat tokens).
+        context_window: the model's context in tokens; a conversation longer than it once rendered is refused
+            (400 naming ``messages``), never truncated: a cut would drop the start of the conversation unseen.
 
     Raises:
         APIError: 400/422 naming the field: not an object, a bad conversation, a model without chat tokens, a
-            completion-only field, ``top_logprobs`` without ``logprobs`` or out of range.
+            conversation longer than the context, a completion-only field, ``top_logprobs`` without ``logprobs``
+            or out of range.
     """
     if not isinstance(payload, dict):
         raise APIError(422, "the request body must be a JSON object with 'messages'", code="invalid_value")
@@ -54,6 +65,10 @@ def chat_to_completion(payload: Any, tokenizer: Any) -> dict[str, Any]:
         prompt = template.prompt_ids(messages)
     except ValueError as error:
         raise APIError(422, f"messages: {error}", param="messages", code="invalid_value") from None
+    if context_window is not None and len(prompt) > context_window:
+        raise APIError(400, f"messages: the conversation is {len(prompt)} tokens long once rendered, more than this "
+                       f"model's context of {context_window} tokens; it is refused, not truncated: start a new "
+                       "conversation or shorten it", param="messages", code="context_length_exceeded")
     wants = payload.get("logprobs", False)
     top = payload.get("top_logprobs")
     if not isinstance(wants, bool):
@@ -65,6 +80,13 @@ def chat_to_completion(payload: Any, tokenizer: Any) -> dict[str, Any]:
     body["prompt"] = [prompt]
     body["logprobs"] = (top or 0) if wants else None
     return body
+
+
+def reply_content(text: str) -> str:
+    """The reply text without the chat's special tokens (see the module docs)."""
+    for token in CHAT_SPECIAL_TOKENS:
+        text = text.replace(token, "")
+    return text
 
 
 def chat_logprobs(body: dict[str, list[Any]] | None) -> dict[str, Any] | None:
@@ -84,7 +106,7 @@ def chat_response(completion: dict[str, Any]) -> dict[str, Any]:
     choices = [
         {
             "index": choice["index"],
-            "message": {"role": "assistant", "content": choice["text"]},
+            "message": {"role": "assistant", "content": reply_content(choice["text"])},
             "logprobs": chat_logprobs(choice.get("logprobs")),
             "finish_reason": choice["finish_reason"],
         }
@@ -107,8 +129,8 @@ def chat_chunk(line: str, started: set[int]) -> str:
         if choice["index"] not in started:
             started.add(choice["index"])
             delta["role"] = "assistant"
-        if choice.get("text"):
-            delta["content"] = choice["text"]
+        if reply_content(choice.get("text") or ""):
+            delta["content"] = reply_content(choice["text"])
         choices.append({"index": choice["index"], "delta": delta, "logprobs": chat_logprobs(choice.get("logprobs")),
                         "finish_reason": choice.get("finish_reason")})
     chunk.update(id=chunk["id"].replace("cmpl-", "chatcmpl-", 1), object="chat.completion.chunk", choices=choices)

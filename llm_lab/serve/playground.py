@@ -9,6 +9,12 @@ The Max tokens slider follows the room the prompt leaves: as the prompt changes 
 page asks ``POST /playground/room`` (:func:`prompt_room`) how many tokens the prompt takes and how many new ones
 fit after it, and sets the slider's range to that. Its default is :data:`DEFAULT_MAX_TOKENS` or the room, if less;
 a value the user picked is kept while it fits. So Generate with every default works for any prompt that fits.
+
+The Chat view does the same for a conversation: ``POST /playground/chat_room`` (:func:`chat_room`) renders the
+conversation so far plus the message being typed through the model's chat template (the server's rendering, the
+one ``POST /v1/chat/completions`` and SFT use: the page never renders a template itself) and answers its length,
+the room after it and the rendered text, which the page shows under "What the model sees". A model without a chat
+template answers 400 with the code ``not_a_chat_model``, which the page shows instead of a chat.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llm_lab.core.decode.sampling import describe_sampling
+from llm_lab.serve.chat_api import chat_to_completion
 from llm_lab.serve.schemas import MAX_INSPECT_CHARS, Text
 
 if TYPE_CHECKING:
@@ -91,5 +98,47 @@ def prompt_room(engine: CompletionEngine, prompt: str) -> dict[str, int]:
         ValueError: the tokenizer cannot encode the prompt (the message says why).
     """
     n = len(engine.encode(prompt)) if prompt else 0
-    room = engine.max_tokens_cap if not prompt else max(0, min(engine.max_tokens_cap, engine.max_new_tokens_after(n)))
+    room = engine.max_tokens_cap if not prompt else _room_after(engine, n)
     return {"prompt_tokens": n, "max_tokens": room, "default_max_tokens": min(DEFAULT_MAX_TOKENS, room)}
+
+
+def _room_after(engine: CompletionEngine, n_prompt: int) -> int:
+    return max(0, min(engine.max_tokens_cap, engine.max_new_tokens_after(n_prompt)))
+
+
+class ChatRoomRequest(BaseModel):
+    """The body of ``POST /playground/chat_room``: the conversation to be sent (at most ``MAX_INSPECT_CHARS``
+    characters of content in all; the roles and order are checked as ``/v1/chat/completions`` checks them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]]
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        size = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        if size > MAX_INSPECT_CHARS:
+            raise ValueError(f"the conversation has {size} characters, more than {MAX_INSPECT_CHARS}")
+        return messages
+
+
+def chat_room(engine: CompletionEngine, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many tokens the conversation's prompt takes (rendered by the chat template, the assistant's role token
+    appended, exactly as ``/v1/chat/completions`` renders it), how many new ones fit after it, the Max tokens
+    default, and the prompt as text (``rendered``, the special tokens shown as their text).
+
+    Raises:
+        APIError: 400 ``not_a_chat_model`` for a model without a chat template; 422 naming ``messages`` for a bad
+            conversation (as ``/v1/chat/completions`` answers it).
+    """
+    ids = chat_to_completion({"messages": messages}, engine.tokenizer)["prompt"][0]  # no context check: the
+    # room is 0 for a conversation that fills the context, and the page says so
+    room = _room_after(engine, len(ids))
+    return {
+        "prompt_tokens": len(ids),
+        "max_tokens": room,
+        "default_max_tokens": min(DEFAULT_MAX_TOKENS, room),
+        "rendered": engine.tokenizer.decode(ids),
+    }
+

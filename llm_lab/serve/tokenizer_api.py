@@ -2,8 +2,9 @@
 
 - ``GET /tokenizer_info``: ``eos_token`` (the end-of-text token's text, ``null`` for a tokenizer without one),
   ``bos_token`` (``null``: packages have no separate start token; the harness then starts documents from
-  ``eos_token``), ``pad_token`` (as ``eos_token``), ``chat_template`` (``null``: no chat model here yet),
-  ``model_max_length`` (the context window in tokens) and ``vocab_size``.
+  ``eos_token``), ``pad_token`` (as ``eos_token``), ``chat_template`` (the tokenizer's Jinja chat
+  template, the very text its ``tokenizer_config.json`` stores, for a tokenizer with the chat tokens; ``null`` for
+  one without), ``model_max_length`` (the context window in tokens) and ``vocab_size``.
 - ``POST /tokenize {"prompt": str}`` -> ``{"tokens": [...], "count": n, "max_model_len": window}``. The text of a
   special token alone (``"<|endoftext|>"``) is that token's id, which is how the harness finds the end-of-text id;
   inside a longer text it is ordinary text, so user input cannot inject a document separator.
@@ -43,7 +44,7 @@ def tokenizer_info(engine: CompletionEngine) -> dict[str, Any]:
         "eos_token": eos,
         "bos_token": None,
         "pad_token": eos,
-        "chat_template": None,
+        "chat_template": getattr(engine.tokenizer, "chat_template", None),
         "model_max_length": engine.context_window,
         "vocab_size": int(engine.config.vocab_size),
     }

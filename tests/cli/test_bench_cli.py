@@ -51,9 +51,17 @@ def test_bench_step_quick_with_muon(tmp_path, capsys):
     assert len(optimizers) == 2 and optimizers[0] == "AdamW fused" and optimizers[1].startswith("Muon, NS in ")
 
 
+def test_bench_step_quick_with_sft(tmp_path, capsys):
+    argv = ["bench", "step", "--quick", "--precisions", "fp32", "--no-baseline", "--sft", "--rounds", "2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| ours SFT | fp32" in text and "note: SFT (masked loss) / plain tokens/s, fp32 compile=False" in text
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["bench", "step", "--quick", "--rounds", "0"], "rounds must be a positive integer, got 0"),
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
         (["bench", "step", "--quick", "--optimizers", "sgd"], "unknown optimizer(s) ['sgd']; choose from: adamw, muon"),

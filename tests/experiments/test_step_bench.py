@@ -154,3 +154,28 @@ def test_mfu_is_never_above_one(monkeypatch):
     result = run_step_benchmark(config, progress=False)
     assert [r["mfu"] for r in result.rows] == [1.0, 1.0]
     assert sum("MFU shown as 1.0" in note for note in result.notes) == 2
+
+
+def test_sft_batches_have_the_plain_shape_with_the_prompt_masked():
+    model = MiniGPTConfig(vocab_size=65, context_length=32, n_layer=2, n_head=2, n_embd=32)
+    data = step_bench.sft_bench_data(model, seed=0, n_chats=8)
+    x, y = data.get_batch(4, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 32)
+    for chat in data.chats:
+        assert len(chat.ids) == 33 and 1 <= chat.mask.count(0) <= 16 and chat.mask == sorted(chat.mask)
+    # The targets are the ids after each position, -100 where the prompt is (mask[1:] == 0).
+    masked = sum(chat.mask[1:].count(0) for chat in data.chats)
+    _, all_y = next(data.eval_batches(8))
+    assert int((all_y == -100).sum()) == masked
+
+
+def test_the_sft_setting_times_the_same_step_on_masked_batches():
+    config = quick_step_config()
+    config.precisions, config.baseline, config.sft = ("fp32",), False, True
+    result = run_step_benchmark(config, progress=False)
+    assert [(r["setting"], r["precision"]) for r in result.rows] == [("ours", "fp32"), ("ours SFT", "fp32")]
+    plain, sft = result.rows
+    key = ("fp32", False, plain["optimizer"])
+    assert result.sft_ratios == {key: pytest.approx(sft["tokens_per_second"] / plain["tokens_per_second"])}
+    assert any(note.startswith("SFT (masked loss) / plain tokens/s, fp32") for note in result.notes)
+    assert abs(sft["loss_first"] - math.log(65)) < 0.3 and math.isfinite(sft["loss_last"])

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import uvicorn
 
+from llm_lab.core.chat import add_chat_tokens
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.package.io import save_model_package
 from llm_lab.core.tokenization import CharTokenizer
@@ -25,9 +26,12 @@ TEXT = (
 )
 
 
-def make_package(path: Path, *, context_length: int = 64, seed: int = 0) -> Path:
-    """Save a tiny, randomly initialised character model as a package (what ``llm-lab serve`` loads)."""
+def make_package(path: Path, *, context_length: int = 64, seed: int = 0, chat: bool = False) -> Path:
+    """Save a tiny, randomly initialised character model as a package (what ``llm-lab serve`` loads); with
+    ``chat``, its tokenizer has the chat tokens (so the package has a chat template)."""
     tokenizer = CharTokenizer.from_text(TEXT)
+    if chat:
+        tokenizer = add_chat_tokens(tokenizer)
     config = MiniGPTConfig(
         vocab_size=tokenizer.vocab_size, context_length=context_length, n_layer=2, n_head=2, n_embd=32
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from llm_lab.core.decode import generate
 from llm_lab.core.model import MiniGPT, MiniGPTConfig
 from llm_lab.core.tokenization import CharTokenizer
 from llm_lab.serve import create_app
+from llm_lab.serve.chat_api import chat_chunk, chat_response
 
 ALPHABET = "0123456789 +?=Whatis.abcdefghijklmnopqrstuvwxyz\n"
 CONVERSATION = [{"role": "system", "content": "add"}, {"role": "user", "content": "What is 2 + 3?"}]
@@ -88,6 +90,22 @@ def test_bad_requests_name_the_field(chat_server, body: dict, param: str, messag
     assert error["param"] == param and message in error["message"]
 
 
+def test_a_conversation_longer_than_the_context_is_refused(chat_server) -> None:
+    server, template, _ = chat_server
+    messages = [{"role": "user", "content": "What is 2 + 3?" * 3}]  # 42 characters + 3 chat tokens: 45 of 48
+    assert len(template.prompt_ids(messages)) == 45
+    ok = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=30)
+    assert ok.status_code == 200
+    messages[0]["content"] += "What"  # 49 tokens, over the context of 48
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": messages}, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
+    assert error["message"] == ("messages: the conversation is 49 tokens long once rendered, more than this model's "
+                                "context of 48 tokens; it is refused, not truncated: start a new conversation or "
+                                "shorten it")
+
+
 def test_a_model_without_chat_tokens_cannot_chat() -> None:
     tokenizer = CharTokenizer.from_text(ALPHABET)
     model = tiny(tokenizer)
@@ -96,3 +114,18 @@ def test_a_model_without_chat_tokens_cannot_chat() -> None:
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages" and "has no chat format" in response.json()["error"][
         "message"]
+
+
+def test_a_role_token_inside_a_reply_is_left_out_of_its_content() -> None:
+    """As ``ChatTemplate.reply_text`` does for ``llm-lab chat``: the reply can go back into the conversation."""
+    completion = {"id": "cmpl-1", "object": "text_completion", "choices": [
+        {"index": 0, "text": "ab<|user|>c<|system|>", "finish_reason": "length", "logprobs": None}]}
+    assert chat_response(completion)["choices"][0]["message"]["content"] == "abc"
+    started: set[int] = set()
+    chunks = [json.loads(chat_chunk(f"data: {json.dumps({'id': 'cmpl-1', 'choices': [choice]})}", started)[6:])
+              for choice in ({"index": 0, "text": "ab"}, {"index": 0, "text": "<|user|>"}, {"index": 0, "text": "c"})]
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": "ab"}, {}, {"content": "c"}]
+    tokenizer = add_chat_tokens(CharTokenizer.from_text(ALPHABET))
+    template = ChatTemplate(tokenizer)
+    ids = [*tokenizer.encode("ab"), template.role_ids["user"], *tokenizer.encode("c"), template.end_id]
+    assert template.reply_text(ids) == "abc"

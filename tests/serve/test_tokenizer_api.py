@@ -7,6 +7,7 @@ naming the field.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -14,9 +15,12 @@ import httpx
 import pytest
 from package_helpers import bpe_tokenizer
 from package_helpers import make_package as make_bpe_package
+from serve_helpers import make_package as make_char_package
 from serve_helpers import serve_in_thread
 
+from llm_lab.core.chat import ChatTemplate
 from llm_lab.core.decode.logprobs import score_tokens
+from llm_lab.core.package.io import load_model_package
 from llm_lab.serve import create_app
 
 lm_eval_utils = pytest.importorskip("lm_eval.utils")
@@ -52,6 +56,23 @@ def test_the_harness_remote_tokenizer_reads_a_char_package(server: Any, referenc
     assert remote.decode(reference.tokenizer.encode("a fox")) == "a fox"
     assert remote.eos_token is None and remote.eos_token_id is None
     assert lm_eval_utils.check_remote_tokenizer_support(f"{server.base_url}/v1/completions")
+
+
+def test_the_harness_reads_the_chat_template_of_a_chat_package(tmp_path) -> None:
+    """``chat_template`` is the text the package's tokenizer_config.json stores, and the harness's renderer of it
+    writes the prompt the library renders from ids (special tokens shown as their text)."""
+    path = make_char_package(tmp_path / "chat", chat=True)
+    stored = json.loads((path / "tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    assert stored and "<|assistant|>" in stored
+    _, tokenizer, _ = load_model_package(path)
+    conversation = [{"role": "system", "content": "be brief."}, {"role": "user", "content": "to be, or not"},
+                    {"role": "assistant", "content": "to be."}, {"role": "user", "content": "the fox"}]
+    with serve_in_thread(create_app(path)) as running:
+        remote = lm_eval_utils.RemoteTokenizer(f"{running.base_url}/v1/chat/completions")
+        assert remote.tokenizer_info["chat_template"] == stored
+        rendered = remote.apply_chat_template(conversation, add_generation_prompt=True)
+    assert rendered == tokenizer.decode(ChatTemplate(tokenizer).prompt_ids(conversation))
+    assert rendered.endswith("<|user|>the fox<|end|><|assistant|>")
 
 
 def test_scoring_token_prompts_in_one_request(server: Any, reference: Any) -> None:

@@ -1,5 +1,6 @@
-// llm-lab playground: streams POST /v1/completions (server-sent events) into the page, and its Inspect view shows
-// token probabilities, attention and the logit lens from POST /v1/inspect. No build step.
+// llm-lab playground: streams POST /v1/completions (server-sent events) into the page, its Inspect view shows
+// token probabilities, attention and the logit lens from POST /v1/inspect, and its Chat view holds a conversation
+// over POST /v1/chat/completions (the server renders the chat template; nothing here does). No build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -43,11 +44,26 @@ async function loadModel() {
   }
   showSliderValues();
   await updateRoom();
+  await checkChat();
 }
 
-// Ask the server how many tokens the prompt takes and how many new ones fit, and fit the slider to it. A prompt the
-// tokenizer refuses leaves the slider alone: Generate then shows the server's message.
+// Whether the model can chat, known before the Chat view is opened: GET /tokenizer_info carries the tokenizer's
+// chat template (null without one).
+async function checkChat() {
+  try {
+    const info = await (await fetch("/tokenizer_info")).json();
+    if (info.chat_template) await updateChatRoom();
+    else showNoChat("its tokenizer has no chat tokens");
+  } catch (error) {
+    $("chat-error").textContent = "could not read /tokenizer_info: " + error;
+  }
+}
+
+// Ask the server how many tokens the prompt (or, in the Chat view, the conversation) takes and how many new ones
+// fit, and fit the slider to it. A prompt the tokenizer refuses leaves the slider alone: Generate (Send) then shows
+// the server's message.
 async function updateRoom() {
+  if (mode === "chat") return updateChatRoom();
   const prompt = $("prompt").value;
   let room;
   try {
@@ -61,29 +77,31 @@ async function updateRoom() {
   } catch (error) {
     return;
   }
-  if (prompt !== $("prompt").value) return;  // typed on meanwhile: a newer answer follows
+  if (prompt !== $("prompt").value || mode !== "complete") return;  // typed on meanwhile: a newer answer follows
   fitMaxTokens(room);
 }
 
-function fitMaxTokens(room) {
+function fitMaxTokens(room, what = "prompt") {
   const slider = $("max-tokens");
   slider.max = Math.max(1, room.max_tokens);
   if (!maxTokensPicked) slider.value = Math.max(1, room.default_max_tokens);
   else if (Number(slider.value) > room.max_tokens) slider.value = Math.max(1, room.max_tokens);
   $("max-tokens-room").textContent = room.max_tokens > 0
-    ? (room.prompt_tokens ? `prompt: ${room.prompt_tokens} tokens; ` : "") + `room for ${room.max_tokens} new`
-    : `the prompt (${room.prompt_tokens} tokens) fills the context: shorten it`;
+    ? (room.prompt_tokens ? `${what}: ${room.prompt_tokens} tokens; ` : "") + `room for ${room.max_tokens} new`
+    : `the ${what} (${room.prompt_tokens} tokens) fills the context: `
+      + (what === "prompt" ? "shorten it" : "clear it, or shorten the system prompt");
   showSliderValues();
 }
 
 function requestBody() {
-  const body = {
-    model: modelId,
-    prompt: $("prompt").value,
-    max_tokens: Number($("max-tokens").value),
-    stream: true,
-    stream_options: { include_usage: true },
-  };
+  return samplingFields({ model: modelId, prompt: $("prompt").value });
+}
+
+// The fields both views send: max tokens, every sampling slider that is not off, the seed; streamed, with usage.
+function samplingFields(body) {
+  body.max_tokens = Number($("max-tokens").value);
+  body.stream = true;
+  body.stream_options = { include_usage: true };
   for (const input of samplingInputs()) {
     const value = Number(input.value);
     if (input.dataset.off === undefined || value !== Number(input.dataset.off)) body[input.dataset.param] = value;
@@ -97,15 +115,18 @@ function setRunning(running) {
   $("generate").disabled = running;
   $("stop").disabled = !running;
   $("inspect").disabled = running;
+  $("chat-send").disabled = running || chat.available === false;
+  $("chat-stop").disabled = !running;
+  $("chat-clear").disabled = running;
   document.body.dataset.state = running ? "running" : "idle";
 }
 
-function showStats(tokens, started, finishReason) {
+function showStats(tokens, started, finishReason, target = "stats") {
   const seconds = (performance.now() - started) / 1000;
   const rate = seconds > 0 ? (tokens / seconds).toFixed(1) : "–";
   let text = `${tokens} tokens · ${seconds.toFixed(2)} s · ${rate} tokens/s`;
   if (finishReason) text += ` · finished: ${finishReason}`;
-  $("stats").textContent = text;
+  $(target).textContent = text;
 }
 
 // Split an SSE byte stream into "data:" payloads; a chunk may end in the middle of an event.
@@ -116,6 +137,35 @@ function* sseEvents(buffer) {
     buffer.text = buffer.text.slice(end + 2);
     const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
     if (data) yield data;
+  }
+}
+
+// POST a streamed request and hand each parsed chunk to onChunk; a refused request or an error event throws with
+// the server's message (which names the field at fault).
+async function streamChunks(url, body, onChunk) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    signal: controller.signal,
+  });
+  if (!response.ok) {
+    const answer = await response.json().catch(() => ({}));
+    throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const buffer = { text: "" };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer.text += decoder.decode(value, { stream: true });
+    for (const data of sseEvents(buffer)) {
+      if (data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      onChunk(chunk);
+    }
   }
 }
 
@@ -131,38 +181,17 @@ async function generate() {
   let tokens = 0;
   let finishReason = null;
   try {
-    const response = await fetch("/v1/completions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody()),
-      signal: controller.signal,
-    });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    const buffer = { text: "" };
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer.text += decoder.decode(value, { stream: true });
-      for (const data of sseEvents(buffer)) {
-        if (data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        if (chunk.usage) tokens = chunk.usage.completion_tokens;  // the exact count, at the end
-        for (const choice of chunk.choices) {
-          if (choice.text) {
-            $("output-text").textContent += choice.text;
-            tokens += 1;  // one chunk per token while streaming
-          }
-          if (choice.finish_reason) finishReason = choice.finish_reason;
+    await streamChunks("/v1/completions", requestBody(), (chunk) => {
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;  // the exact count, at the end
+      for (const choice of chunk.choices) {
+        if (choice.text) {
+          $("output-text").textContent += choice.text;
+          tokens += 1;  // one chunk per token while streaming
         }
-        showStats(tokens, started, finishReason);
+        if (choice.finish_reason) finishReason = choice.finish_reason;
       }
-    }
+      showStats(tokens, started, finishReason);
+    });
   } catch (error) {
     if (error.name === "AbortError") finishReason = "stopped";
     else $("error").textContent = String(error.message || error);
@@ -470,6 +499,172 @@ for (const id of ["inspect-layer", "inspect-head"]) {
     if (inspectState.body !== null) renderAttention().catch((error) => { $("error").textContent = String(error); });
   });
 }
+// ---------------------------------------------------------------------------------------------------------------
+// Chat: the conversation lives here as OpenAI messages; each Send posts all of it (the system prompt first, when
+// there is one) to /v1/chat/completions and streams the reply into a new assistant turn. The server renders the
+// chat template (POST /playground/chat_room shows its rendering and the room it leaves); this script never does.
+
+let mode = "complete";
+// messages: the finished turns (user, assistant, ...); available: null until the server has answered whether the
+// model has a chat template.
+const chat = { messages: [], available: null };
+let chatRoomTimer = null;
+
+function chatMessages(pending) {
+  const system = $("chat-system").value;
+  const messages = system ? [{ role: "system", content: system }] : [];
+  messages.push(...chat.messages);
+  if (pending !== undefined) messages.push({ role: "user", content: pending });
+  return messages;
+}
+
+function showView(name) {
+  mode = name;
+  for (const view of ["complete", "chat"]) {
+    $(`tab-${view}`).setAttribute("aria-selected", String(view === name));
+    $(`${view}-view`).hidden = view !== name;
+  }
+  if (name === "chat") $("inspect-view").hidden = true;
+  document.body.dataset.view = name;
+  updateRoom();
+}
+
+// A model without a chat template: the view says so and offers no Send (the completions view still works).
+function showNoChat(message) {
+  chat.available = false;
+  $("chat-note").hidden = false;
+  $("chat-note").textContent = "This model has no chat template, so it cannot chat: " + message
+    + ". Use the Complete view, or fine-tune it on conversations (llm-lab train --data chats.jsonl).";
+  for (const id of ["chat-send", "chat-input", "chat-system"]) $(id).disabled = true;
+}
+
+async function updateChatRoom() {
+  if (chat.available === false) return;
+  const pending = $("chat-input").value;
+  const system = $("chat-system").value;
+  let response;
+  let answer;
+  try {
+    response = await fetch("/playground/chat_room", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ messages: chatMessages(pending) }),
+    });
+    answer = await response.json();
+  } catch (error) {
+    return;
+  }
+  if (!response.ok) {
+    if (answer.error && answer.error.code === "not_a_chat_model") showNoChat(answer.error.message);
+    return;  // a message the tokenizer refuses: Send shows the server's message
+  }
+  if (pending !== $("chat-input").value || system !== $("chat-system").value) return;  // a newer answer follows
+  chat.available = true;
+  $("chat-rendered").textContent = answer.rendered;
+  if (mode === "chat") fitMaxTokens(answer, "conversation");
+}
+
+function addTurn(role, text) {
+  const turn = document.createElement("div");
+  turn.className = `turn ${role}`;
+  turn.dataset.role = role;
+  const label = document.createElement("span");
+  label.className = "role";
+  label.textContent = role;
+  const content = document.createElement("span");
+  content.className = "content";
+  content.textContent = text;
+  turn.append(label, content);
+  $("chat-log").append(turn);
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
+  return turn;
+}
+
+async function sendChat() {
+  const text = $("chat-input").value;
+  $("chat-error").textContent = "";
+  if (chat.available === false || controller) return;
+  if (!text.trim()) {
+    $("chat-error").textContent = "nothing to send: type a message first";
+    return;
+  }
+  controller = new AbortController();
+  setRunning(true);
+  await updateChatRoom();  // Max tokens fits this conversation, with this message
+  const messages = chatMessages(text);
+  const userTurn = addTurn("user", text);
+  const replyTurn = addTurn("assistant", "");
+  const content = replyTurn.querySelector(".content");
+  replyTurn.classList.add("streaming");
+  $("chat-stats").textContent = "";
+  const started = performance.now();
+  let tokens = 0;
+  let finishReason = null;
+  let reply = "";
+  try {
+    await streamChunks("/v1/chat/completions", samplingFields({ model: modelId, messages }), (chunk) => {
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+      for (const choice of chunk.choices) {
+        if (choice.delta && choice.delta.content) {
+          reply += choice.delta.content;
+          content.textContent = reply;
+          tokens += 1;
+          $("chat-log").scrollTop = $("chat-log").scrollHeight;
+        }
+        if (choice.finish_reason) finishReason = choice.finish_reason;
+      }
+      showStats(tokens, started, finishReason, "chat-stats");
+    });
+    chat.messages.push({ role: "user", content: text }, { role: "assistant", content: reply });
+    $("chat-input").value = "";
+  } catch (error) {
+    if (error.name === "AbortError") {
+      // What was shown is kept as the reply: the conversation goes on from the text the user saw.
+      finishReason = "stopped";
+      replyTurn.classList.add("stopped");
+      chat.messages.push({ role: "user", content: text }, { role: "assistant", content: reply });
+      $("chat-input").value = "";
+    } else {
+      // A refused message leaves the conversation as it was, and the message in the box to edit.
+      userTurn.remove();
+      replyTurn.remove();
+      $("chat-error").textContent = String(error.message || error);
+    }
+  } finally {
+    replyTurn.classList.remove("streaming");
+    showStats(tokens, started, finishReason, "chat-stats");
+    controller = null;
+    setRunning(false);
+    updateChatRoom();
+  }
+}
+
+function clearChat() {
+  chat.messages = [];
+  $("chat-log").replaceChildren();
+  $("chat-error").textContent = "";
+  $("chat-stats").textContent = "";
+  updateChatRoom();
+}
+
+function chatEdited() {
+  clearTimeout(chatRoomTimer);
+  chatRoomTimer = setTimeout(updateChatRoom, 150);
+}
+
+$("tab-complete").addEventListener("click", () => showView("complete"));
+$("tab-chat").addEventListener("click", () => showView("chat"));
+$("chat-send").addEventListener("click", sendChat);
+$("chat-stop").addEventListener("click", () => controller && controller.abort());
+$("chat-clear").addEventListener("click", clearChat);
+$("chat-input").addEventListener("input", chatEdited);
+$("chat-system").addEventListener("input", chatEdited);
+$("chat-input").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendChat();
+  }
+});
 $("inspect").addEventListener("click", inspect);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
