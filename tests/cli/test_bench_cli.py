@@ -31,14 +31,15 @@ def test_bench_env_prints_report_and_writes_json(tmp_path, capsys):
 
 def test_bench_attention_quick(tmp_path, capsys):
     assert main(["bench", "attention", "--quick", "--modes", "fwd", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"attention.csv", "attention.md", "attention.png"}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"attention.csv", "attention.md", "attention.png", "llm_lab_output.json"}
     text = capsys.readouterr().out
     assert "| reference ms |" in text and "fwd_bwd" not in text
 
 
 def test_bench_step_quick(tmp_path, capsys):
     assert main(["bench", "step", "--quick", "--precisions", "fp32", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"step.csv", "step.md"}
+    assert {p.name for p in tmp_path.iterdir()} == {"step.csv", "step.md", "llm_lab_output.json"}
     text = capsys.readouterr().out
     assert "| baseline |" in text and "| ours     | fp32" in text and "| ours     | bf16" not in text
 
