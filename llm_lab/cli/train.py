@@ -112,6 +112,10 @@ def _train(args: argparse.Namespace) -> int:
                 f"{' x ' + plural(dist_info.world_size, 'process', 'processes') if dist_info.enabled else ''}, "
                 f"{prepared.data_source['train_tokens']:,} train / {prepared.data_source['val_tokens']:,} val tokens"
             )
+            if args.overwrite and Path(trainer.out_dir) != Path(args.out):
+                # The replacement trains beside the old run (which stays whole until then): say where to look.
+                print(f"until its first checkpoint the new run is written to {trainer.out_dir} (metrics.csv there), "
+                      f"then it replaces {args.out}")  # fmt: skip
         try:
             result = trainer.train()
         except NonFiniteLossError as e:

@@ -153,6 +153,11 @@ def test_an_out_dir_holding_a_run_is_refused_and_left_untouched(config, corpus, 
     # --overwrite replaces it
     assert _train("--config", config, "--data", corpus, "--out", run, "--overwrite", "--set", "train.max_steps=3") == 0
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == ["1", "2", "3"]
+    # ... saying where the new run's files are until it is swapped in (metrics.csv is not in RUN_DIR until then)
+    staged = re.search(r"^until its first checkpoint the new run is written to (\S+) \(metrics\.csv there\), then it "
+                       rf"replaces {re.escape(str(run))}$", capsys.readouterr().out, re.MULTILINE)  # fmt: skip
+    assert staged and re.fullmatch(rf"\.run\.tmp-{os.getpid()}-[0-9a-f]{{8}}", Path(staged[1]).name)
+    assert Path(staged[1]).parent == run.parent and not Path(staged[1]).exists()
     # a directory with other content is never a run to overwrite
     other = tmp_path / "other"
     other.mkdir()
