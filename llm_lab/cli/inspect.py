@@ -2,7 +2,9 @@
 
 Writes into ``DIR``: ``tokens.csv``/``tokens.md`` (each token's probability given the ones before it and the top
 alternatives), ``attention.png`` (one heatmap per layer and head), ``logit_lens.csv``/``logit_lens.md`` and
-``logit_lens.png``. The computation is :func:`llm_lab.core.inspect.inspect_text`.
+``logit_lens.png``, and ``llm_lab_output.json`` listing them. ``DIR`` is new, empty or an earlier ``inspect``
+output, which is replaced whole (:mod:`llm_lab.utils.outputs`). The computation is
+:func:`llm_lab.core.inspect.inspect_text`.
 """
 
 from __future__ import annotations
