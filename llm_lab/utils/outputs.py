@@ -9,7 +9,7 @@ to); a folder given where a file is expected, or a file where a folder is, is na
 
 How an output is recognised, one mark per kind of file, written by the project with every output:
 
-* an image (``.png``, ``.svg``, ``.pdf``, ``.eps``): its ``Creator`` metadata is :data:`IMAGE_MARK`
+* an image (PNG, SVG, PDF, EPS, known by its first bytes): its ``Creator`` metadata is :data:`IMAGE_MARK`
   (:func:`image_metadata`; found in the file's first or last 64 KiB, where the formats keep their metadata);
 * a JSON file: an object whose first key is :data:`MARK_KEY` (``"llm_lab_output"``), naming the command;
 * a folder: it holds :data:`FOLDER_MARKER` (``llm_lab_output.json``, itself such a JSON file) listing every file
@@ -82,7 +82,15 @@ def is_llm_lab_file(path: str | Path) -> bool:
     if _JSON_MARK.match(head):
         return True
     mark = IMAGE_MARK.encode()
-    return path.suffix.lower() in IMAGE_SUFFIXES and (mark in head or mark in tail)
+    return _is_image(head) and (mark in head or mark in tail)
+
+
+def _is_image(head: bytes) -> bool:
+    """Whether a file that begins with ``head`` is a PNG, PDF, PostScript or SVG image (by its content, whatever
+    its name: ``plot --out fig`` writes a PNG)."""
+    return head.startswith((b"\x89PNG\r\n\x1a\n", b"%PDF-", b"%!PS")) or (
+        head.lstrip().startswith(b"<?xml") and b"<svg" in head
+    )
 
 
 def _refuse_link(path: Path, option: str, what: str) -> None:

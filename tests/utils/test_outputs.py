@@ -42,6 +42,13 @@ def test_every_figure_carries_the_mark_and_a_users_figure_does_not(tmp_path, suf
     assert image_metadata(f"x{suffix}") == {"Creator": "llm-lab output"} and image_metadata("x.jpg") is None
 
 
+def test_a_figure_is_known_by_its_content_not_its_name(tmp_path):
+    ours = plot_runs(_metrics(tmp_path / "run"), tmp_path / "fig")  # no suffix: a PNG
+    (tmp_path / "notes.png").write_text("a text file that says llm-lab output")
+    assert is_llm_lab_file(ours) and not is_llm_lab_file(tmp_path / "notes.png")
+    check_output_file(ours)  # a re-run may replace it
+
+
 def test_json_is_ours_only_with_the_mark_as_its_first_key(tmp_path):
     ours = write_output_json(tmp_path / "r.json", "bench generate", {"rows": [1]})
     assert json.loads(ours.read_text()) == {MARK_KEY: "llm-lab bench generate", "rows": [1]}
