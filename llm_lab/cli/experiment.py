@@ -108,7 +108,7 @@ def _run_posenc(args: argparse.Namespace) -> int:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from llm_lab.experiments.report import write_report
+    from llm_lab.experiments.report import find_runs, write_report
     from llm_lab.utils.outputs import check_output_directory, output_directory
 
     roots = args.roots or [p for p in DEFAULT_RUN_ROOTS if p.is_dir()]
@@ -117,6 +117,8 @@ def _run_collect(args: argparse.Namespace) -> int:
             f"no {' or '.join(map(str, DEFAULT_RUN_ROOTS))} folder here; pass the folder that holds your runs"
         )
     out = args.out if args.out is not None else roots[0] / "report" if len(roots) == 1 else Path("experiments/report")
+    for root in roots:
+        find_runs(root)  # a missing ROOT is named before the default ROOT/report could create it
     check_output_directory(out)  # a folder of yours is refused before the runs are read (llm_lab.utils.outputs)
     with output_directory(out, "experiment collect") as staged:
         written = write_report(roots, staged.path, title=args.title)
