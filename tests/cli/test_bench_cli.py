@@ -81,7 +81,7 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypa
     ],
 )
 def test_scripts_wrap_the_cli(script, args, expected, tmp_path):
-    extra = ["--out", str(tmp_path)] if script != "p1_env_sanity.py" else []
+    extra = ["--out", str(tmp_path / "out")] if script != "p1_env_sanity.py" else []  # a sub-folder: not the cwd
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args, *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
