@@ -127,7 +127,7 @@ def check_output_file(path: str | Path, option: str = "--out") -> None:
         raise ValueError(f"{option} {path} is not a regular file (a FIFO, socket or device); give a file path")
     if not is_llm_lab_file(path):
         raise ValueError(
-            f"{option} {path} exists and llm-lab did not write it (it carries no llm-lab output mark), so it is "
+            f"{option} {path} exists and is not an llm-lab output (it carries no llm-lab output mark), so it is "
             "left as it is: give another path, or remove the file yourself if it may go"
         )
 
@@ -186,7 +186,7 @@ def check_output_directory(path: str | Path, option: str = "--out") -> None:
     listed = _listed_files(path)
     if listed is None:
         raise ValueError(
-            f"{option} {path} is not empty and llm-lab did not write it (no {FOLDER_MARKER}; it holds "
+            f"{option} {path} is not empty and is not an llm-lab result folder (no {FOLDER_MARKER}; it holds "
             f"{short_list(found, 4)}), so it is left as it is: give a new or empty folder, or remove it yourself"
         )
     foreign = [name for name in found if name not in listed and name != FOLDER_MARKER]

@@ -64,7 +64,7 @@ def test_plot_replaces_its_own_figure_and_refuses_a_users_file(tmp_path, capsys)
     photo = tmp_path / "photo.png"
     photo.write_bytes(USERS)
     _refused(capsys, ["plot", run, "--out", photo],
-             r"--out .*photo\.png exists and llm-lab did not write it \(it carries no llm-lab output mark\), so it "
+             r"--out .*photo\.png exists and is not an llm-lab output \(it carries no llm-lab output mark\), so it "
              r"is left as it is: give another path, or remove the file yourself if it may go")  # fmt: skip
     _refused(capsys, ["plot", run, "--out", tmp_path], r"--out .* is a directory; give the path of a file to write .*")
     (tmp_path / "link.png").symlink_to(photo)
@@ -76,7 +76,7 @@ def test_plot_default_figure_in_a_run_follows_the_rule(tmp_path, capsys):
     run = _run(tmp_path / "run")
     assert _cli(capsys, "plot", run)[0] == 0 and _cli(capsys, "plot", run)[0] == 0  # RUN/loss.png, then again
     (run / "loss.png").write_bytes(USERS)
-    _refused(capsys, ["plot", run], r"--out .*loss\.png exists and llm-lab did not write it .*")
+    _refused(capsys, ["plot", run], r"--out .*loss\.png exists and is not an llm-lab output .*")
     assert (run / "loss.png").read_bytes() == USERS
 
 
@@ -96,7 +96,7 @@ def test_inspect_refuses_a_users_folder_a_link_to_it_and_a_file(tmp_path, capsys
     package, _ = make_package(tmp_path / "pkg", char_tokenizer())
     args = ["inspect", package, "--text", "the", "--out"]
     _refused(capsys, [*args, users_folder],
-             r"--out .*mine is not empty and llm-lab did not write it \(no llm_lab_output\.json; it holds "
+             r"--out .*mine is not empty and is not an llm-lab result folder \(no llm_lab_output\.json; it holds "
              r"thesis\.tex\), so it is left as it is: give a new or empty folder, or remove it yourself")  # fmt: skip
     (tmp_path / "link").symlink_to(users_folder)
     _refused(capsys, [*args, tmp_path / "link"], r"--out .*link is a symbolic link \(to .*mine\); .*")
@@ -113,7 +113,7 @@ def test_bench_env_json_replaces_its_own_file_and_refuses_a_users(tmp_path, caps
     mine = tmp_path / "mine.json"
     mine.write_bytes(b'{"mine": 1}')
     _refused(capsys, ["bench", "env", "--no-compile", "--no-peak", "--json", mine],
-             r"--json .*mine\.json exists and llm-lab did not write it .*")  # fmt: skip
+             r"--json .*mine\.json exists and is not an llm-lab output .*")  # fmt: skip
     assert mine.read_bytes() == b'{"mine": 1}'
 
 
@@ -135,7 +135,7 @@ def test_every_json_output_is_checked_before_any_work(tmp_path, capsys, args):
     args = [a.replace("CORPUS", str(tmp_path / "corpus.txt")).replace("PACKAGE", str(tmp_path / "pkg")) for a in args]
     mine = tmp_path / "mine.json"
     mine.write_bytes(b"[1, 2, 3]")
-    _refused(capsys, [*args, mine], rf"{args[-1]} .*mine\.json exists and llm-lab did not write it .*")
+    _refused(capsys, [*args, mine], rf"{args[-1]} .*mine\.json exists and is not an llm-lab output .*")
     _refused(capsys, [*args, tmp_path], rf"{args[-1]} .* is a directory; give the path of a file to write .*")
     assert mine.read_bytes() == b"[1, 2, 3]"
 
@@ -155,7 +155,7 @@ def test_every_json_output_is_checked_before_any_work(tmp_path, capsys, args):
 )
 def test_every_output_folder_is_checked_before_any_work(tmp_path, capsys, users_folder, args):
     args = [a.replace("ROOT", str(tmp_path)) for a in args]
-    _refused(capsys, [*args, "--out", users_folder], r"--out .*mine is not empty and llm-lab did not write it .*")
+    _refused(capsys, [*args, "--out", users_folder], r"--out .*mine is not empty and is not an llm-lab result .*")
     _refused(capsys, [*args, "--out", users_folder / "thesis.tex"], r"--out .*thesis\.tex is a file; give a folder.*")
     (tmp_path / "link").symlink_to(users_folder)
     _refused(capsys, [*args, "--out", tmp_path / "link"], r"--out .*link is a symbolic link .*")

@@ -104,6 +104,6 @@ def test_script_errors_are_one_line(tmp_path, capsys, small_text):
     (mine / "summary.md").write_text("my notes")  # a folder of the user's is refused before any training
     assert main(["--data", str(data), "--config", str(FAST), "--quick", "--seeds", "1", "--out", str(mine)]) == 2
     err = capsys.readouterr().err
-    assert f"error: --out {mine} is not empty and llm-lab did not write it (no llm_lab_output.json; it holds " \
+    assert f"error: --out {mine} is not empty and is not an llm-lab result folder (no llm_lab_output.json; it holds " \
            "summary.md)" in err  # fmt: skip
     assert [p.name for p in mine.iterdir()] == ["summary.md"] and (mine / "summary.md").read_text() == "my notes"

@@ -61,7 +61,7 @@ def test_json_is_ours_only_with_the_mark_as_its_first_key(tmp_path):
 def test_a_users_file_a_directory_a_link_and_a_file_parent_are_refused_unchanged(tmp_path):
     mine = tmp_path / "mine.json"
     mine.write_bytes(b'{"mine": true}')
-    with pytest.raises(ValueError, match=r"--json .*mine\.json exists and llm-lab did not write it .*remove the file"):
+    with pytest.raises(ValueError, match=r"--json .*mine\.json exists and is not an llm-lab output .*remove the file"):
         write_output_json(mine, "bench env", {})
     assert mine.read_bytes() == b'{"mine": true}'
     with pytest.raises(ValueError, match=r"--out .* is a directory; give the path of a file"):
@@ -106,7 +106,7 @@ def test_an_output_folder_is_marked_replaced_whole_and_a_users_folder_refused(tm
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "thesis.tex").write_text("mine")
-    refused = r"is not empty and llm-lab did not write it \(no llm_lab_output\.json; it holds thesis\.tex\)"
+    refused = r"is not empty and is not an llm-lab result folder \(no llm_lab_output\.json; it holds thesis\.tex\)"
     with pytest.raises(ValueError, match=refused), output_directory(theirs, "inspect"):
         pass
     (tmp_path / "link").symlink_to(theirs)
