@@ -17,6 +17,7 @@ from llm_lab.core.train.run import load_run_config
 from llm_lab.experiments.ablation import QUICK_OVERRIDES, SUMMARY_COLUMNS, default_arms, run_ablation
 from llm_lab.experiments.tables import markdown_table
 from llm_lab.utils.errors import USER_ERRORS, report_user_error
+from llm_lab.utils.outputs import check_output_directory, output_directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, default=Path("configs/shakespeare_char_fast.json"), help="base")
     parser.add_argument("--data", type=Path, required=True, help="the text corpus (tiny_shakespeare.txt)")
-    parser.add_argument("--out", type=Path, default=Path("experiments/ablation"), help="output directory")
+    parser.add_argument("--out", type=Path, default=Path("experiments/ablation"),
+                        help="output directory: new, empty, or one this script wrote (replaced whole when done); "
+                        "never a folder of yours")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm and budget (0, 1, ...)")
     parser.add_argument("--steps", type=int, default=None, help="step budget (default: the config's max_steps)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds of training per run (time pass)")
@@ -51,10 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unknown:
                 raise ValueError(f"unknown arm(s) {unknown}; choose from: {', '.join(a.name for a in arms)}")
             arms = [a for a in arms if a.name == "base" or a.name in args.arms]
-        _, summary = run_ablation(
-            base, args.data, args.out, arms=arms, seeds=range(args.seeds), steps=args.steps,
-            time_budget_s=args.time_budget,
-        )  # fmt: skip
+        check_output_directory(args.out)  # a folder of yours is refused before any training (llm_lab.utils.outputs)
+        with output_directory(args.out, "ablate_speedrun") as staged:  # runs and tables beside --out, then swapped in
+            _, summary = run_ablation(
+                base, args.data, staged.path, arms=arms, seeds=range(args.seeds), steps=args.steps,
+                time_budget_s=args.time_budget,
+            )  # fmt: skip
     except USER_ERRORS as e:
         return report_user_error(parser.prog, e)
     print(markdown_table(summary, SUMMARY_COLUMNS, digits=4))

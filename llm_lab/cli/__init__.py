@@ -10,10 +10,10 @@ go through :func:`run_command`, so their ``--help`` shows their own name.
 
 User mistakes (a ``ValueError``, a missing file) end with a one-line ``llm-lab: error: ...`` and exit code 2,
 never a traceback. Python warnings print as one ``llm-lab: warning: ...`` line (no file path, no category). Ctrl+C
-ends a command with ``llm-lab: interrupted`` and exit code 130, also while the command is still starting (the
-handler is installed first thing in :func:`main`, before the subcommands are imported); SIGTERM the same way,
-with its own line and exit 143 (:mod:`llm_lab.utils.signals`: a training step in progress finishes and is
-checkpointed first).
+ends a command with ``llm-lab: interrupted`` and exit code 130, and SIGTERM with ``llm-lab: terminated (SIGTERM)``
+and exit code 143, also while the command is still starting (both handlers are installed first thing in
+:func:`main`, before the subcommands are imported; :mod:`llm_lab.utils.signals`: a training step in progress
+finishes and is checkpointed first).
 """
 
 from __future__ import annotations
@@ -113,36 +113,42 @@ def warning_line(prog: str) -> Callable[..., str]:
 @contextlib.contextmanager
 def quiet_startup_interrupts(prog: str) -> Iterator[None]:
     """While the command starts (imports, argument parsing), Ctrl+C ends the process at once with
-    ``prog: interrupted`` and exit code 130, instead of a ``KeyboardInterrupt`` traceback from whatever import
-    it landed in. The previous handler is back for the command itself (training saves a checkpoint on Ctrl+C).
-    A no-op off the main thread, where signal handlers cannot be set."""
+    ``prog: interrupted`` and exit code 130, and SIGTERM with ``prog: terminated (SIGTERM)`` and exit code 143,
+    instead of a ``KeyboardInterrupt`` traceback from whatever import it landed in (or, for SIGTERM, a death by the
+    signal with no word). Afterwards the previous SIGINT handler is back for the command itself (training saves a
+    checkpoint on Ctrl+C) and SIGTERM is a clean stop (:func:`llm_lab.utils.signals.install_stop_handler`). A no-op
+    off the main thread, where signal handlers cannot be set."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupted(_signum, _frame) -> None:
-        os.write(2, f"{prog}: interrupted\n".encode())
-        os._exit(130)  # nothing of the command ran yet: nothing to save or flush
+    def stopped(signum, _frame) -> None:
+        what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+        os.write(2, f"{prog}: {what}\n".encode())
+        os._exit(128 + signum)  # nothing of the command ran yet: nothing to save or flush
 
-    previous = signal.signal(signal.SIGINT, interrupted)
+    previous = signal.signal(signal.SIGINT, stopped)
+    signal.signal(signal.SIGTERM, stopped)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        install_stop_handler()  # SIGTERM from here on: a clean stop like Ctrl+C, exit 143
 
 
-def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
-    """Parse, apply ``--threads`` (which imports torch), keep freed memory for reuse, run the command; user errors:
-    one line and exit code 2; warnings: one line each; Ctrl+C: one line and exit code 130."""
+def _run(make_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None, prog: str) -> int:
+    """Build the parser (importing the subcommands), parse, apply ``--threads`` (which imports torch), keep freed
+    memory for reuse, run the command; user errors: one line and exit code 2; warnings: one line each; Ctrl+C: one
+    line and exit code 130; SIGTERM: one line and exit code 143, from the first moment on."""
     previous_format = warnings.formatwarning
     warnings.formatwarning = warning_line(prog)
     try:
-        with quiet_startup_interrupts(prog):
+        with quiet_startup_interrupts(prog):  # first thing: the imports of the subcommands are interruptible
+            parser = make_parser()
             args = parser.parse_args(argv)
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
-            install_stop_handler()  # SIGTERM: a clean stop like Ctrl+C, exit 143
             apply_threads_option(args.threads)
             retain_freed_memory()  # tensor temporaries are reused, not faulted in again (llm_lab.utils.malloc)
         return int(args.func(args) or 0)
@@ -158,9 +164,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``llm-lab`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    with quiet_startup_interrupts("llm-lab"):  # first thing: the imports of the subcommands are interruptible
-        parser = build_parser()
-    return _run(parser, argv, "llm-lab")
+    return _run(build_parser, argv, "llm-lab")
 
 
 def run_command(command: Sequence[str], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -171,12 +175,16 @@ def run_command(command: Sequence[str], argv: Sequence[str] | None = None, prog:
         argv: the script's arguments (default: ``sys.argv[1:]``).
         prog: the name in usage and error lines (default: the script's file name, as argparse shows it).
     """
-    with quiet_startup_interrupts(prog or os.path.basename(sys.argv[0])):
+    prog = prog or os.path.basename(sys.argv[0])
+
+    def make_parser() -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = build_parser()
         for name in command:
             parser = parser.subcommands[name]  # type: ignore[attr-defined]
-        parser.prog = prog or os.path.basename(sys.argv[0])
-    return _run(parser, argv, parser.prog)
+        parser.prog = prog
+        return parser
+
+    return _run(make_parser, argv, prog)
 
 
 if __name__ == "__main__":

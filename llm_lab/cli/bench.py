@@ -9,9 +9,13 @@ import json
 from pathlib import Path
 
 from llm_lab.utils.errors import CLIError
+from llm_lab.utils.outputs import check_output_directory, check_output_file, output_directory, write_output_json
 
 DEFAULT_BENCH_DIR = Path("experiments") / "bench"
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where the default corpus is looked for (default_corpus_path)
+# The output rule (llm_lab.utils.outputs), in every benchmark's --help.
+_OUT_HELP = "output directory: new, empty, or one this command wrote (replaced whole); never a folder of yours"
+_JSON_HELP = "(replaces only a JSON file llm-lab wrote)"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -19,6 +23,15 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8; got {text!r}") from None
+
+
+def _check_outputs(*, json_file: Path | None = None, folder: Path | None = None) -> None:
+    """Refuse a --json file or an --out folder that is not llm-lab's before measuring anything
+    (:mod:`llm_lab.utils.outputs`: a result replaces only an earlier result of llm-lab's, atomically)."""
+    if json_file is not None:
+        check_output_file(json_file, "--json")
+    if folder is not None:
+        check_output_directory(folder, "--out")
 
 
 def _check_device(device: str | None) -> None:
@@ -40,13 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env.add_argument("--device", default=None, help="device to probe (default: cuda > mps > cpu)")
     env.add_argument("--no-compile", action="store_true", help="skip the torch.compile check (slow on CPUs)")
     env.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peaks")
-    env.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    env.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file " + _JSON_HELP)
     env.set_defaults(func=_run_env)
 
     attention = commands.add_parser(
         "attention", help="reference attention vs scaled_dot_product_attention and chunked: time and peak memory"
     )
-    attention.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "attention", help="output directory")
+    attention.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "attention", help=_OUT_HELP)
     attention.add_argument("--seq-lens", type=int, nargs="+", default=None, help="default: 128 256 512 1024")
     attention.add_argument("--head-dims", type=int, nargs="+", default=None, help="default: 32 64")
     attention.add_argument("--dtypes", nargs="+", default=None, help="float32 bfloat16 float16 (default: fp32 bf16)")
@@ -77,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3)")
     step.add_argument("--steps", type=int, default=None, help="timed steps per setting (median reported)")
     step.add_argument("--warmup", type=int, default=None, help="untimed steps first (compile happens here)")
-    step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help="output directory")
+    step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help=_OUT_HELP)
     step.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
     step.set_defaults(func=_run_step)
 
@@ -88,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     threads.add_argument("--repeats", type=int, default=None, help="timed rounds per setting (median reported)")
     threads.add_argument("--conditions", nargs="+", default=None, choices=("idle", "busy"),
                          help="default: idle busy (busy starts a spinning background process and stops it)")
-    threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help="output directory")
+    threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help=_OUT_HELP)
     threads.set_defaults(func=_run_threads)
 
     gen = commands.add_parser(
@@ -103,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     gen.add_argument("--dtype", help="weights ours decodes with: fp32 (default), bf16, int8 or auto; HF stays fp32")
-    gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file " + _JSON_HELP)
     gen.set_defaults(func=_run_generate)
 
     serve = commands.add_parser(
@@ -119,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--new-tokens", type=int, default=None, help="tokens per completion (default 64)")
     serve.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batching server (default 8)")
     serve.add_argument("--rounds", type=int, default=None, help="alternating rounds, medians reported (default 3)")
-    serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help="output directory")
+    serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help=_OUT_HELP)
     serve.set_defaults(func=_run_serve)
 
     llama = commands.add_parser(
@@ -140,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="UTF-8 text file (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
     tok.add_argument("--vocab-sizes", type=int, nargs="+", default=[1024, 4096])
     tok.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
-    tok.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
+    tok.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file " + _JSON_HELP)
     tok.set_defaults(func=_run_tokenizer)
 
     data = commands.add_parser(
@@ -155,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the tokenizers trained here")
     data.add_argument("--train-mb", type=float, default=10, help="MB for the tokenizer-training comparison (0: skip)")
     data.add_argument("--repeats", type=int, default=1, help="runs per side, alternating (median reported)")
-    data.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "data", help="output directory")
+    data.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "data", help=_OUT_HELP)
     data.set_defaults(func=_run_data)
 
     ev = commands.add_parser(
@@ -169,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--hf-batch-sizes", type=_int_list, default=(1, 8, 32), help="the hf backend's, tried each")
     ev.add_argument("--server-batch-size", type=int, default=8, help="prompts per server request (0: skip)")
     ev.add_argument("--rounds", type=int, default=3, help="timed passes per route (median reported)")
-    ev.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
+    ev.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file " + _JSON_HELP)
     ev.set_defaults(func=_run_eval)
 
     ttl = commands.add_parser(
@@ -187,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="another config in the rotation (repeatable), e.g. sixty=configs/shakespeare_char_60s.json")
     ttl.add_argument("--target", type=float, default=None, help="validation loss to reach (default 1.88)")
     ttl.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
-    ttl.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help="output directory")
+    ttl.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help=_OUT_HELP)
     ttl.add_argument("--quick", action="store_true",
                      help="tiny model, a few steps (checks the output format in seconds; not a benchmark)")
     ttl.set_defaults(func=_run_time_to_loss)
@@ -196,16 +209,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_env(args: argparse.Namespace) -> int:
     _check_device(args.device)
     from llm_lab.experiments.env import collect_environment, format_env_report
-    from llm_lab.utils.io import atomic_write_json
 
+    _check_outputs(json_file=args.json)
     report = collect_environment(
         args.device, measure_peak=not args.no_peak, check_compile_works=not args.no_compile
     )
     print(format_env_report(report), end="")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.json, report.to_dict())
-        print(f"wrote {args.json}")
+        print(f"wrote {write_output_json(args.json, 'bench env', report.to_dict())}")
     return 0
 
 
@@ -232,10 +243,13 @@ def _run_attention(args: argparse.Namespace) -> int:
     }
     given = {name: value for name, value in chosen.items() if value is not None}
     config = dataclasses.replace(base, **given, measure_memory=not args.no_memory)  # validated again
+    _check_outputs(folder=args.out)
     rows = run_attention_benchmark(config)
-    paths = write_attention_results(rows, args.out, title=f"B={config.batch_size}, H={config.n_head}, {args.device}")
+    title = f"B={config.batch_size}, H={config.n_head}, {args.device}"
+    with output_directory(args.out, "bench attention") as staged:
+        paths = [staged.final(p) for p in write_attention_results(rows, staged.path, title=title).values()]
     print(attention_summary_table(rows), end="")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -274,10 +288,12 @@ def _run_step(args: argparse.Namespace) -> int:
     if args.warmup is not None:
         config.warmup = args.warmup
     config.validate()
+    _check_outputs(folder=args.out)
     result = run_step_benchmark(config)
-    paths = write_step_results(result, args.out)
+    with output_directory(args.out, "bench step") as staged:
+        paths = [staged.final(p) for p in write_step_results(result, staged.path).values()]
     print(step_summary_table(result), end="")
-    print(json.dumps({"wrote": [str(p) for p in paths.values()]}))
+    print(json.dumps({"wrote": [str(p) for p in paths]}))
     return 0
 
 
@@ -297,17 +313,18 @@ def _run_threads(args: argparse.Namespace) -> int:
     if args.conditions is not None:
         config.conditions = tuple(args.conditions)
     config.validate()
+    _check_outputs(folder=args.out)
     rows = run_thread_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     note = f"{'--quick' if args.quick else 'full'} run; per row: the idle cores seen before/after and the load."
-    paths = write_thread_results(rows, args.out, note=note)
+    with output_directory(args.out, "bench threads") as staged:
+        paths = [staged.final(p) for p in write_thread_results(rows, staged.path, note=note).values()]
     print(thread_table(rows), end="")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def _run_generate(args: argparse.Namespace) -> int:
     from llm_lab.experiments.generate_bench import BenchSettings, format_report, run_benchmark
-    from llm_lab.utils.io import atomic_write_json
 
     chosen = {
         "device": args.device,
@@ -321,10 +338,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     base = BenchSettings.quick() if args.quick else BenchSettings()
     # replace() validates the settings again: a bad value is one line, before any model is built.
     settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    _check_outputs(json_file=args.json)
     results = run_benchmark(settings)
     print(format_report(results))
     if args.json:
-        atomic_write_json(args.json, results)
+        write_output_json(args.json, "bench generate", results)
     return 0
 
 
@@ -348,10 +366,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     base = ServeBenchSettings.quick() if args.quick else ServeBenchSettings()
     # replace() validates again: a bad value is one line, before a model is built or a server started.
     settings = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    _check_outputs(folder=args.out)
     rows = run_serve_benchmark(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_serve_table(rows), end="")
-    paths = write_serve_results(rows, settings, args.out)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    with output_directory(args.out, "bench serve") as staged:
+        paths = [staged.final(p) for p in write_serve_results(rows, settings, staged.path).values()]
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -362,7 +382,6 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError(
             f'bench eval needs lm-eval ({error.name} is missing): pip install "foundry-llm[eval]"'
         ) from None
-    from llm_lab.utils.io import atomic_write_json
 
     settings = EvalBenchSettings(
         package=Path(args.package),
@@ -374,10 +393,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         server_batch_size=args.server_batch_size,
         rounds=args.rounds,
     )
+    _check_outputs(json_file=args.json)
     result = run_eval_bench(settings)
     print(format_eval_bench(result))
     if args.json:
-        atomic_write_json(args.json, result)
+        write_output_json(args.json, "bench eval", result)
     return 0
 
 def _run_llama_cpp(args: argparse.Namespace) -> int:
@@ -395,14 +415,14 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
 
     from llm_lab.core.data.download import default_corpus_path
     from llm_lab.experiments.tokenizer_bench import format_table, run_tokenizer_benchmark
-    from llm_lab.utils.io import atomic_write_text
 
     data = args.data or default_corpus_path(REPO_ROOT)
+    _check_outputs(json_file=args.json)
     rows = run_tokenizer_benchmark(data, args.vocab_sizes, args.repeats, log=lambda msg: print(msg, file=sys.stderr))
     print(f"data: {data} ({data.stat().st_size:,} bytes), repeats: {args.repeats}")
     print(format_table(rows))
     if args.json:
-        atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        write_output_json(args.json, "bench tokenizer", {"rows": [r.to_dict() for r in rows]})
     return 0
 
 
@@ -415,6 +435,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from llm_lab.experiments.data_bench import format_tables, run_data_benchmark, write_data_bench_results
 
     workers = args.workers or usable_workers()
+    _check_outputs(folder=args.out)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine skews every number
     with tempfile.TemporaryDirectory(prefix="llm-lab-bench-data-") as work:
         rows, train_row = run_data_benchmark(
@@ -426,7 +447,9 @@ def _run_data(args: argparse.Namespace) -> int:
                "load average before": load_before,
                "load average after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     print(format_tables(rows, train_row))
-    print(f"wrote {write_data_bench_results(rows, train_row, args.out, context)}")
+    with output_directory(args.out, "bench data") as staged:
+        written = staged.final(write_data_bench_results(rows, train_row, staged.path, context))
+    print(f"wrote {written}")
     return 0
 
 
@@ -446,18 +469,23 @@ def _run_time_to_loss(args: argparse.Namespace) -> int:
         if not sep or not label or not path or label in configs:
             raise ValueError(f"--add wants a new LABEL=CONFIG (not baseline/fast or a repeat), got {item!r}")
         configs[label] = Path(path)
-    try:
-        summary = run_time_to_loss(
-            configs,
-            args.data or default_corpus_path(REPO_ROOT),
-            args.out,
-            target=DEFAULT_TARGET if args.target is None else args.target,
-            repeats=args.repeats,
-            overrides=QUICK_OVERRIDES if args.quick else (),
-            threads=args.threads,
-        )
-    except RuntimeError as e:  # a failed training process: its message, not a traceback
-        raise CLIError(str(e)) from None
-    print(format_summary(summary))
-    write_time_to_loss_results(summary, args.out)
+    _check_outputs(folder=args.out)
+    # The runs and results are written beside --out and swapped in at the end (llm_lab.utils.outputs).
+    with output_directory(args.out, "bench time-to-loss") as staged:
+        try:
+            summary = run_time_to_loss(
+                configs,
+                args.data or default_corpus_path(REPO_ROOT),
+                staged.path,
+                target=DEFAULT_TARGET if args.target is None else args.target,
+                repeats=args.repeats,
+                overrides=QUICK_OVERRIDES if args.quick else (),
+                threads=args.threads,
+            )
+        except RuntimeError as e:  # a failed training process: its message, not a traceback
+            raise CLIError(str(e)) from None
+        for run in summary.runs:  # name each run by where it will be
+            run.out_dir = str(staged.final(run.out_dir))
+        print(format_summary(summary))
+        write_time_to_loss_results(summary, staged.path)
     return 0

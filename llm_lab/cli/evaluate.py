@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     harness.add_argument("--limit", type=positive_int, default=None,
                          help="at most N documents per task (with --task-file: the first N examples)")
     harness.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="examples per prompt")
-    harness.add_argument("--output-path", metavar="FILE", default=None, help="write the harness's results JSON here")
+    harness.add_argument("--output-path", metavar="FILE", default=None, help="write the harness's results JSON here "
+                         "(replaces only a JSON file llm-lab wrote)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.add_argument("--context-length", type=positive_int, default=None, help="window (default: the model's)")
     parser.add_argument(
@@ -104,8 +105,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
             f"--tasks needs EleutherAI's lm-evaluation-harness ({(error.name or 'lm_eval').split('.')[0]} is missing): "
             'pip install "foundry-llm[eval]" (from a checkout: pip install -e ".[eval]")'
         ) from None
-    from llm_lab.utils.io import atomic_write_text
+    from llm_lab.utils.outputs import check_output_file, write_output_json
 
+    if args.output_path is not None:  # before the model is loaded: a file of yours is refused first
+        check_output_file(args.output_path, "--output-path")
     lm = LabLM.from_package(
         args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16
     )
@@ -114,6 +117,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     if "groups" in results:
         print(make_table(results, "groups"))
     if args.output_path is not None:
-        atomic_write_text(args.output_path, json.dumps(results, indent=2, default=str) + "\n")
+        # The harness's results hold a few objects JSON has no type for (dtypes, functions): written as text.
+        write_output_json(args.output_path, "eval", json.loads(json.dumps(results, default=str)), "--output-path")
         print(f"wrote {args.output_path}")
     return 0

@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("roots", type=Path, nargs="*", metavar="ROOT",
                          help="folders holding run directories (default: runs and experiments, those that exist)")
     collect.add_argument("--out", type=Path, default=None,
-                         help="output directory (default: ROOT/report for one ROOT, else experiments/report)")
+                         help="output directory (default: ROOT/report for one ROOT, else experiments/report): new, "
+                         "empty, or one collect wrote (replaced whole); never a folder of yours")
     collect.add_argument("--title", default="Runs", help="report title")
     collect.set_defaults(func=_run_collect)
 
@@ -107,7 +108,8 @@ def _run_posenc(args: argparse.Namespace) -> int:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from llm_lab.experiments.report import write_report
+    from llm_lab.experiments.report import find_runs, write_report
+    from llm_lab.utils.outputs import check_output_directory, output_directory
 
     roots = args.roots or [p for p in DEFAULT_RUN_ROOTS if p.is_dir()]
     if not roots:
@@ -115,7 +117,11 @@ def _run_collect(args: argparse.Namespace) -> int:
             f"no {' or '.join(map(str, DEFAULT_RUN_ROOTS))} folder here; pass the folder that holds your runs"
         )
     out = args.out if args.out is not None else roots[0] / "report" if len(roots) == 1 else Path("experiments/report")
-    paths = write_report(roots, out, title=args.title)
-    print(paths["md"].read_text(encoding="utf-8"), end="")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    for root in roots:
+        find_runs(root)  # a missing ROOT is named before the default ROOT/report could create it
+    check_output_directory(out)  # a folder of yours is refused before the runs are read (llm_lab.utils.outputs)
+    with output_directory(out, "experiment collect") as staged:
+        written = write_report(roots, staged.path, title=args.title)
+        print(written["md"].read_text(encoding="utf-8"), end="")
+    print("wrote " + ", ".join(str(staged.final(p)) for p in written.values()))
     return 0

@@ -2,7 +2,9 @@
 
 Writes into ``DIR``: ``tokens.csv``/``tokens.md`` (each token's probability given the ones before it and the top
 alternatives), ``attention.png`` (one heatmap per layer and head), ``logit_lens.csv``/``logit_lens.md`` and
-``logit_lens.png``. The computation is :func:`llm_lab.core.inspect.inspect_text`.
+``logit_lens.png``, and ``llm_lab_output.json`` listing them. ``DIR`` is new, empty or an earlier ``inspect``
+output, which is replaced whole (:mod:`llm_lab.utils.outputs`). The computation is
+:func:`llm_lab.core.inspect.inspect_text`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("package", metavar="PACKAGE", help="a package directory (or a run directory)")
     parser.add_argument("--text", required=True, help="the text to inspect (at most the model's context in tokens)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and figures")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and figures: "
+                        "a new or empty one, or one inspect wrote (replaced whole); never a folder of yours")
     parser.add_argument("--top", type=positive_int, default=5, help="alternatives listed per token (default 5)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
@@ -34,16 +37,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from llm_lab.core.inspect import inspect_text
     from llm_lab.core.package.io import load_package_or_run
+    from llm_lab.utils.outputs import check_output_directory, output_directory
+
+    check_output_directory(args.out)  # before the model is loaded: a folder of yours is refused first
+    _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
+    found = inspect_text(model, tokenizer, args.text, top_n=min(args.top, model.config.vocab_size))
+    name = Path(args.package).resolve().name
+    with output_directory(args.out, "inspect") as staged:  # written beside --out, swapped in when complete
+        written = _write(found, name, staged.path)
+    scored = [s.logprob for s in found.logprobs[1:]]
+    if scored:
+        mean = -sum(scored) / len(scored)
+        shown = plural(len(found.token_ids), "token")
+        print(f"{shown}; mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.3f})")
+    for path in written:
+        print(f"wrote {staged.final(path)}")
+    return 0
+
+
+def _write(found, name: str, out: Path) -> list[Path]:
+    """The tables and figures of ``found`` (an ``inspect_text`` result) in the folder ``out``; returns the files."""
     from llm_lab.experiments.tables import markdown_table, write_csv
     from llm_lab.utils.io import atomic_write_text
     from llm_lab.utils.plotting import plot_attention_grid, plot_logit_lens
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out: {args.out} is a file; give a folder for the tables and figures")
-    _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
-    found = inspect_text(model, tokenizer, args.text, top_n=min(args.top, model.config.vocab_size))
-    name = Path(args.package).resolve().name
-    out = args.out
     written = []
 
     token_rows = found.token_rows()
@@ -82,12 +99,4 @@ def _run(args: argparse.Namespace) -> int:
             title=f"logit lens: {name}",
         )
     )
-
-    scored = [s.logprob for s in found.logprobs[1:]]
-    if scored:
-        mean = -sum(scored) / len(scored)
-        shown = plural(len(found.token_ids), "token")
-        print(f"{shown}; mean loss {mean:.4f} nats/token (perplexity {math.exp(mean):.3f})")
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llm_lab.utils.outputs import check_output_file
 from llm_lab.utils.plotting import plot_runs
 from llm_lab.utils.words import plural
 
@@ -18,6 +19,8 @@ def _plot(args: argparse.Namespace) -> int:
         if len(runs) > 1:
             raise ValueError("with several runs, say where the figure goes: --out FILE.png")
         args.out = (runs[0] if runs[0].is_dir() else runs[0].parent) / "loss.png"
+    # The figure replaces only an earlier figure of llm-lab's (llm_lab.utils.outputs), checked before any drawing.
+    check_output_file(args.out, "--out")
     source = dict(zip(args.labels, runs, strict=True)) if args.labels else runs
     out = plot_runs(source, args.out, x_axes=args.x, title=args.title, log_y=args.log_y)
     print(f"wrote {out}")
@@ -32,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Several runs are drawn on the same axes, one colour each.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or metrics.csv files)")
-    parser.add_argument("--out", type=Path, default=None, help="image file (.png/.svg/.pdf); default RUN_DIR/loss.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="image file (.png/.svg/.pdf); default RUN_DIR/loss.png. An existing file is replaced "
+                        "only if llm-lab drew it (its mark), never a file of yours")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run (default: directory names)")
     parser.add_argument(
         "--x",

@@ -72,9 +72,13 @@ def _train(args: argparse.Namespace) -> int:
     from llm_lab.core.train.distributed import init_distributed, shutdown_distributed
     from llm_lab.core.train.run import prepare_run, resolve_run_config
 
-    if args.package is not None and args.package.exists() and not args.overwrite:
+    if args.package is not None:
         # Checked before training, so a finished run never ends on a refusal.
-        raise CLIError(f"--package {args.package} already exists; choose another path or pass --overwrite")
+        if args.package.exists() and not args.overwrite:
+            raise CLIError(f"--package {args.package} already exists; choose another path or pass --overwrite")
+        from llm_lab.core.package.layout import check_replaceable
+
+        check_replaceable(args.package)  # --overwrite replaces only a package llm-lab wrote (and its files only)
     # An explicit --threads wins over train.threads in the config (and is recorded in run.json).
     overrides = [*args.overrides, f"train.threads={args.threads}"] if args.threads is not None else args.overrides
     config = resolve_run_config(args.config, args.out, overrides, resume=args.resume)
@@ -108,6 +112,10 @@ def _train(args: argparse.Namespace) -> int:
                 f"{' x ' + plural(dist_info.world_size, 'process', 'processes') if dist_info.enabled else ''}, "
                 f"{prepared.data_source['train_tokens']:,} train / {prepared.data_source['val_tokens']:,} val tokens"
             )
+            if args.overwrite and Path(trainer.out_dir) != Path(args.out):
+                # The replacement trains beside the old run (which stays whole until then): say where to look.
+                print(f"until its first checkpoint the new run is written to {trainer.out_dir} (metrics.csv there), "
+                      f"then it replaces {args.out}")  # fmt: skip
         try:
             result = trainer.train()
         except NonFiniteLossError as e:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_lab.utils.io import atomic_write
+from llm_lab.utils.outputs import image_metadata
 
 
 def new_figure(figsize: tuple[float, float]) -> Any:
@@ -23,11 +24,11 @@ def new_figure(figsize: tuple[float, float]) -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a figure as PNG, atomically."""
+    """Save a figure as PNG, atomically, with the llm-lab output mark (:mod:`llm_lab.utils.outputs`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
+        fig.savefig(f, format="png", dpi=dpi, metadata=image_metadata(".png"))
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_lab.utils.io import atomic_write
+from llm_lab.utils.outputs import image_metadata
 
 __all__ = ["plot_attention_grid", "plot_logit_lens", "plot_runs", "read_metric_columns", "token_label"]
 
@@ -84,7 +85,8 @@ def plot_runs(
     Args:
         runs: a run directory (or its ``metrics.csv``), a list of them (labelled by directory name), or a
             mapping ``{label: run}`` for your own labels.
-        out: the image file to write (atomically; parent directories are created).
+        out: the image file to write (atomically; parent directories are created), marked as an llm-lab output
+            (:func:`llm_lab.utils.outputs.image_metadata`).
         x_axes: columns for the x axes, one panel each: ``"step"``, ``"tokens"`` and/or ``"elapsed_s"``.
         metrics: columns to draw on the y axis (default: train and validation loss).
         title: figure title (default: none).
@@ -164,7 +166,7 @@ def plot_runs(
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower() or "png"
     with atomic_write(out, "wb") as f:
-        fig.savefig(f, format=fmt, dpi=dpi)
+        fig.savefig(f, format=fmt, dpi=dpi, metadata=image_metadata(f".{fmt}"))
     return out
 
 
@@ -191,8 +193,9 @@ def _new_figure(figsize: tuple[float, float]) -> Any:
 def _save(fig: Any, out: str | Path, dpi: int) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = out.suffix.lstrip(".").lower() or "png"
     with atomic_write(out, "wb") as f:
-        fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=dpi)
+        fig.savefig(f, format=fmt, dpi=dpi, metadata=image_metadata(f".{fmt}"))
     return out
 
 

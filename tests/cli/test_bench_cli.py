@@ -31,14 +31,15 @@ def test_bench_env_prints_report_and_writes_json(tmp_path, capsys):
 
 def test_bench_attention_quick(tmp_path, capsys):
     assert main(["bench", "attention", "--quick", "--modes", "fwd", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"attention.csv", "attention.md", "attention.png"}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"attention.csv", "attention.md", "attention.png", "llm_lab_output.json"}
     text = capsys.readouterr().out
     assert "| reference ms |" in text and "fwd_bwd" not in text
 
 
 def test_bench_step_quick(tmp_path, capsys):
     assert main(["bench", "step", "--quick", "--precisions", "fp32", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"step.csv", "step.md"}
+    assert {p.name for p in tmp_path.iterdir()} == {"step.csv", "step.md", "llm_lab_output.json"}
     text = capsys.readouterr().out
     assert "| baseline |" in text and "| ours     | fp32" in text and "| ours     | bf16" not in text
 
@@ -88,7 +89,7 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypa
     ],
 )
 def test_scripts_wrap_the_cli(script, args, expected, tmp_path):
-    extra = ["--out", str(tmp_path)] if script != "p1_env_sanity.py" else []
+    extra = ["--out", str(tmp_path / "out")] if script != "p1_env_sanity.py" else []  # a sub-folder: not the cwd
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args, *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,

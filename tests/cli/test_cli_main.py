@@ -54,14 +54,14 @@ def test_a_warning_is_one_line_without_path_or_category(capsys, monkeypatch):
         assert main([]) == 0
 
 
-# A subprocess that sends itself SIGINT at a chosen point of the start-up: while the subcommands are imported, or
-# while --threads imports torch. Deterministic: the signal is sent from inside the step it must interrupt.
+# A subprocess that sends itself SIGINT (or SIGTERM) at a chosen point of the start-up: while the subcommands are
+# imported, or while --threads imports torch. Deterministic: the signal is sent from inside the step it must stop.
 INTERRUPT_AT = """
 import importlib, os, signal, sys, time
 import llm_lab.cli as cli
 
 def interrupt():
-    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), getattr(signal, sys.argv[2] if len(sys.argv) > 2 else "SIGINT"))
     time.sleep(5)  # the handler ends the process long before this returns
 
 where = sys.argv[1]
@@ -87,6 +87,19 @@ def test_ctrl_c_while_starting_is_one_line_not_a_traceback(where):
     result = subprocess.run([sys.executable, "-c", INTERRUPT_AT, where], capture_output=True, text=True, timeout=120,
                             env={**os.environ})  # fmt: skip
     assert (result.returncode, result.stderr) == (130, "llm-lab: interrupted\n")
+
+
+@pytest.mark.parametrize("where", ["imports", "threads"])
+def test_sigterm_while_starting_is_the_clean_stop_not_a_death_by_signal(where):
+    """SIGTERM in the first second (the imports) ended the process with -15 and no word; now the same line and exit
+    code 143 as a SIGTERM later on."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", INTERRUPT_AT, where, "SIGTERM"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ})  # fmt: skip
+    assert (result.returncode, result.stderr) == (143, "llm-lab: terminated (SIGTERM)\n")
 
 
 def test_a_real_commands_warning_is_one_line(tmp_path):

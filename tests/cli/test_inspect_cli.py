@@ -27,7 +27,7 @@ def test_inspect_writes_tables_and_figures(tmp_path, capsys, tokenizer, override
     assert main(["inspect", str(path), "--text", text, "--out", str(out), "--top", "3"]) == 0
     printed = capsys.readouterr().out
     names = ["tokens.csv", "tokens.md", "attention.png", "logit_lens.csv", "logit_lens.md", "logit_lens.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "llm_lab_output.json"])
     assert all((out / n).read_bytes().startswith(PNG) for n in names if n.endswith(".png"))
 
     ids = tok.encode(text)
@@ -61,4 +61,4 @@ def test_inspect_names_bad_input(tmp_path, capsys):
     assert "cannot inspect 36 tokens: the model sees at most max_positions=32" in capsys.readouterr().err
     (tmp_path / "file").write_text("mine")
     assert main(["inspect", str(path), "--text", "the", "--out", str(tmp_path / "file")]) == 2
-    assert "--out: " in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+    assert "is a file; give a folder" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"

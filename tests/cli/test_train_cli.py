@@ -153,6 +153,11 @@ def test_an_out_dir_holding_a_run_is_refused_and_left_untouched(config, corpus, 
     # --overwrite replaces it
     assert _train("--config", config, "--data", corpus, "--out", run, "--overwrite", "--set", "train.max_steps=3") == 0
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == ["1", "2", "3"]
+    # ... saying where the new run's files are until it is swapped in (metrics.csv is not in RUN_DIR until then)
+    staged = re.search(r"^until its first checkpoint the new run is written to (\S+) \(metrics\.csv there\), then it "
+                       rf"replaces {re.escape(str(run))}$", capsys.readouterr().out, re.MULTILINE)  # fmt: skip
+    assert staged and re.fullmatch(rf"\.run\.tmp-{os.getpid()}-[0-9a-f]{{8}}", Path(staged[1]).name)
+    assert Path(staged[1]).parent == run.parent and not Path(staged[1]).exists()
     # a directory with other content is never a run to overwrite
     other = tmp_path / "other"
     other.mkdir()
@@ -352,3 +357,24 @@ def test_package_at_the_end_of_a_run(config, corpus, tmp_path, capsys):
     err = _error(capsys)
     assert "--package" in err and "already exists" in err
     assert not (tmp_path / "run2").exists() and _snapshot(run) == before
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "file"])
+def test_a_package_destination_not_ours_is_refused_before_training(config, corpus, tmp_path, capsys, kind):
+    """--package --overwrite replaces only an llm-lab package: anything else is refused before a step is trained
+    (it was refused only after the whole run), and the run directory is not even created."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    target = {"folder": mine, "link": tmp_path / "link", "file": mine / "notes.txt"}[kind]
+    if kind == "link":
+        target.symlink_to(mine)
+    args = ("--config", config, "--data", corpus, "--out", tmp_path / "run", "--package", target, "--overwrite")
+    assert _train(*args) == 2
+    err = _error(capsys)
+    assert {
+        "folder": "is not an llm-lab package; refusing to replace it (it holds notes.txt and no package.json)",
+        "link": "is a symbolic link",
+        "file": "exists and is a file; a package is a directory",
+    }[kind] in err, err
+    assert not (tmp_path / "run").exists() and (mine / "notes.txt").read_text() == "mine"

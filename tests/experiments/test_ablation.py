@@ -99,3 +99,11 @@ def test_script_errors_are_one_line(tmp_path, capsys, small_text):
     assert "error: unknown arm(s) ['nope']; choose from: base, " in capsys.readouterr().err
     assert main(["--data", str(tmp_path / "missing.txt"), "--config", str(FAST), "--quick", "--seeds", "1"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")  # a folder of the user's is refused before any training
+    assert main(["--data", str(data), "--config", str(FAST), "--quick", "--seeds", "1", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {mine} is not empty and is not an llm-lab result folder (no llm_lab_output.json; it holds " \
+           "summary.md)" in err  # fmt: skip
+    assert [p.name for p in mine.iterdir()] == ["summary.md"] and (mine / "summary.md").read_text() == "my notes"

@@ -80,7 +80,9 @@ def test_quick_study_on_tiny_shakespeare(shakespeare_path, tmp_path):
         assert as_float(row["val_loss"]) < 4.2  # below the uniform guess over 65 characters, ln 65 = 4.17
     assert (tmp_path / "posenc" / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     collect = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "p1_collect_phase4_numbers.py"), str(tmp_path / "posenc")],
+        # --out: the default posenc/report is the study's own sweep report, which collect may not replace
+        [sys.executable, str(REPO / "scripts" / "p1_collect_phase4_numbers.py"), str(tmp_path / "posenc"), "--out",
+         str(tmp_path / "collected")],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert collect.returncode == 0, collect.stderr[-2000:]

@@ -165,6 +165,18 @@ def default_corpus_path(
     return next((path for path in candidates if path.is_file()), candidates[0])
 
 
+def _kept(target: Path, spec: RemoteFile) -> bool:
+    """``True`` when ``target`` already is the file; ``False`` when nothing is there; raise when something else is."""
+    if not target.exists() and not target.is_symlink():
+        return False
+    if target.is_file() and _matches(target, spec):
+        return True
+    raise FileExistsError(
+        f"{target} exists and is not {spec.name} (its size or sha256 differ), so it is left as it is: move it away "
+        "or give another --out"
+    )
+
+
 def download_dataset(
     name: str,
     out_dir: str | Path = "data",
@@ -176,7 +188,9 @@ def download_dataset(
 ) -> Path:
     """Fetch a known corpus into ``out_dir`` and return its path, checking size and sha256.
 
-    A file already in place with the right hash is kept as is (no network needed).
+    A file already in place with the right hash is kept as is (no network needed); any other file (or link) there is
+    someone's own and is refused, untouched, before anything is fetched (the output rule of
+    :mod:`llm_lab.utils.outputs`: only what llm-lab wrote and recognises, here by its hash, is ever replaced).
 
     Args:
         name: a key of :data:`DATASETS` (``"tiny_shakespeare"``).
@@ -191,6 +205,7 @@ def download_dataset(
         ChecksumError: the fetched or copied bytes are not the expected file (nothing is saved).
         DownloadError: the network could not deliver the file; pass ``from_path`` on an offline machine.
         FileNotFoundError: ``from_path`` does not exist.
+        FileExistsError: ``out_dir / spec.filename`` holds another file.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
@@ -205,10 +220,12 @@ def download_dataset(
             if not _matches(source, spec):
                 raise ChecksumError(f"{source} is not {spec.name}: its size or sha256 differ from the expected")
             return target
+        if _kept(target, spec):
+            return target
         with open(source, "rb") as src:
             _copy_checked(src, target, spec, str(source))
         return target
-    if target.is_file() and _matches(target, spec):
+    if _kept(target, spec):
         return target
     url = url or spec.url
     opener = urlopen or urllib.request.urlopen

@@ -105,11 +105,31 @@ def test_download_with_wrong_bytes_keeps_nothing(self_made_spec, tmp_path, paylo
 
 
 def test_download_wrong_bytes_do_not_replace_a_good_file(self_made_spec, tmp_path):
+    target = tmp_path / "data" / "sonnet.txt"
+    target.parent.mkdir()
+    with serve(SELF_MADE) as url:
+        download_dataset("sonnet", target.parent, url=url, timeout=5)
+    with serve(b"x" * len(SELF_MADE)) as url:  # our good file is kept: nothing is fetched
+        download_dataset("sonnet", target.parent, url=url, timeout=5)
+    assert target.read_bytes() == SELF_MADE
+
+
+@pytest.mark.parametrize("how", ["from the network", "--from a file"])
+def test_another_file_of_that_name_is_the_users_and_is_refused_untouched(self_made_spec, tmp_path, how):
+    """A file of the user's under the corpus's name (edited, or another text) was replaced by the download."""
     target = tmp_path / "sonnet.txt"
-    target.write_bytes(b"an older, different file")
-    with serve(b"x" * len(SELF_MADE)) as url, pytest.raises(ChecksumError, match=r"input.txt is not sonnet: .* bytes"):
-        download_dataset("sonnet", tmp_path, url=url, timeout=5)
-    assert target.read_bytes() == b"an older, different file"
+    target.write_bytes(b"my own edited sonnet")
+    (tmp_path / "good.txt").write_bytes(SELF_MADE)
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "sonnet.txt").symlink_to(tmp_path / "missing.txt")  # a dangling link is not ours either
+    refused = r"sonnet\.txt exists and is not sonnet \(its size or sha256 differ\), so it is left as it is: move it"
+    for out in (tmp_path, tmp_path / "link"):
+        with serve(SELF_MADE) as url, pytest.raises(FileExistsError, match=refused):
+            if how == "--from a file":
+                download_dataset("sonnet", out, from_path=tmp_path / "good.txt")
+            else:
+                download_dataset("sonnet", out, url=url, timeout=5)
+    assert target.read_bytes() == b"my own edited sonnet" and (tmp_path / "link" / "sonnet.txt").is_symlink()
 
 
 def test_no_network_is_a_download_error(self_made_spec, tmp_path):
