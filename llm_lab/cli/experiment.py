@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("roots", type=Path, nargs="*", metavar="ROOT",
                          help="folders holding run directories (default: runs and experiments, those that exist)")
     collect.add_argument("--out", type=Path, default=None,
-                         help="output directory (default: ROOT/report for one ROOT, else experiments/report): new, "
+                         help="output directory (default: ROOT/report for one ROOT, ROOT/collected for a sweep, else "
+                         "experiments/report): new, "
                          "empty, or one collect wrote (replaced whole); never a folder of yours")
     collect.add_argument("--title", default="Runs", help="report title")
     collect.set_defaults(func=_run_collect)
@@ -107,6 +108,15 @@ def _run_posenc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_collect_out(roots: list[Path]) -> Path:
+    """ROOT/report for one ROOT (ROOT/collected for a sweep: its report/ is the sweep's), else experiments/report."""
+    if len(roots) != 1:
+        return Path("experiments/report")
+    from llm_lab.experiments.sweep import MANIFEST
+
+    return roots[0] / ("collected" if (roots[0] / MANIFEST).is_file() else "report")
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     from llm_lab.experiments.report import find_runs, write_report
     from llm_lab.utils.outputs import check_output_directory, output_directory
@@ -116,7 +126,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"no {' or '.join(map(str, DEFAULT_RUN_ROOTS))} folder here; pass the folder that holds your runs"
         )
-    out = args.out if args.out is not None else roots[0] / "report" if len(roots) == 1 else Path("experiments/report")
+    out = args.out if args.out is not None else _default_collect_out(roots)
     for root in roots:
         find_runs(root)  # a missing ROOT is named before the default ROOT/report could create it
     check_output_directory(out)  # a folder of yours is refused before the runs are read (llm_lab.utils.outputs)

@@ -188,3 +188,17 @@ def test_experiment_collect_replaces_its_own_report_and_refuses_a_users_folder(t
     assert _cli(capsys, "experiment", "collect", runs)[0] == 0
     _refused(capsys, ["experiment", "collect", runs, "--out", users_folder], r"--out .*mine is not empty .*")
     _unchanged(users_folder)
+
+
+def test_experiment_collect_on_a_sweep_defaults_beside_the_sweeps_own_report(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    _run(sweep / "a")
+    (sweep / "sweep.json").write_text("{}")  # a sweep folder: its report/ is the sweep's, not collect's
+    (sweep / "report").mkdir()
+    (sweep / "report" / "report.md").write_text("the sweep's report")
+    for _ in range(2):
+        code, err = _cli(capsys, "experiment", "collect", sweep)
+        assert code == 0, err
+    assert (sweep / "report" / "report.md").read_text() == "the sweep's report"
+    assert (sweep / "collected" / "report.md").is_file()
