@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from llm_lab.core.train.run import load_run_config
+    from llm_lab.core.train.run_config import load_run_config
     from llm_lab.experiments.sweep import run_sweep
     from llm_lab.experiments.sweep_plan import (
         SweepPlan,

@@ -66,7 +66,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llm_lab.core.train.checkpoint import RUN_FILE, run_checkpoint_path
-from llm_lab.core.train.run import PreparedRun, RunConfig, prepare_run
+from llm_lab.core.train.run import PreparedRun, prepare_run
+from llm_lab.core.train.run_config import RunConfig
 from llm_lab.core.train.trainer import NonFiniteLossError
 
 # The plan and the budgets; their names also stay importable from here, where they were first defined.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_lab.core.train.run import RunConfig
+from llm_lab.core.train.run_config import RunConfig
 from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.json_input import load_json_file
 
