@@ -46,8 +46,8 @@ import torch
 from llm_lab.core.chat import ChatTemplate, add_chat_tokens, grow_vocab
 from llm_lab.core.chat.sft import ChatDataset, read_conversations, render_conversations
 from llm_lab.core.data import LanguageModelingDataset
+from llm_lab.core.data.corpus import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.data.datasets import PACKINGS
-from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.data.shards import ShardedIds
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
