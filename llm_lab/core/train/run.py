@@ -181,7 +181,6 @@ def _check_split(name: str, n_tokens: int, context_length: int, hint: str) -> No
         )
 
 
-
 # ----------------------------------------------------------------------------------------------- run preparation
 
 
