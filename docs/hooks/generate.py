@@ -159,7 +159,7 @@ def sampling_table() -> str:
 
 
 def config_reference() -> str:
-    from llm_lab.core.train.run import RunConfig
+    from llm_lab.core.train.run_config import RunConfig
 
     out = []
     for section, cls in RunConfig.SECTIONS.items():

@@ -81,7 +81,7 @@ def _run_chat(args: argparse.Namespace) -> int:
 def _run_posenc(args: argparse.Namespace) -> int:
     from llm_lab.core.model.config import POS_ENCODINGS
     from llm_lab.experiments.posenc import PosEncStudy, load_study_config, run_study, study_table
-    from llm_lab.experiments.sweep import seed_list
+    from llm_lab.experiments.sweep_plan import seed_list
 
     data = args.data
     if data is None:

@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from llm_lab.serve import create_app
-        from llm_lab.serve.app import RequestLimits
+        from llm_lab.serve.completions import RequestLimits
         from llm_lab.serve.protocol import half_close_tolerant_protocol
         from llm_lab.serve.scheduler import BatchLimits
         from llm_lab.serve.security import host_is_loopback

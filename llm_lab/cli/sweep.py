@@ -56,13 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from llm_lab.core.train.run import load_run_config
-    from llm_lab.experiments.sweep import (
+    from llm_lab.core.train.run_config import load_run_config
+    from llm_lab.experiments.sweep import run_sweep
+    from llm_lab.experiments.sweep_plan import (
         SweepPlan,
         grid_settings,
         load_sweep_file,
         parse_grid_option,
-        run_sweep,
         seed_list,
     )
     from llm_lab.experiments.sweep_report import write_sweep_report

@@ -70,7 +70,8 @@ def _train(args: argparse.Namespace) -> int:
     from llm_lab.cli import CLIError
     from llm_lab.core.train import NonFiniteLossError
     from llm_lab.core.train.distributed import init_distributed, shutdown_distributed
-    from llm_lab.core.train.run import prepare_run, resolve_run_config
+    from llm_lab.core.train.run import prepare_run
+    from llm_lab.core.train.run_config import resolve_run_config
 
     if args.package is not None:
         # Checked before training, so a finished run never ends on a refusal.

@@ -36,7 +36,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llm_lab.core.train.run import RunConfig, prepare_run
+from llm_lab.core.train.run import prepare_run
+from llm_lab.core.train.run_config import RunConfig
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.words import plural

@@ -63,7 +63,8 @@ def _write_conversations(path: Path, parts: list[dict[str, Any]], quick: bool, s
 
 
 def _train(config_path: Path, data: Path, out: Path, quick: bool, init_from: Path | None = None) -> Any:
-    from llm_lab.core.train.run import InitSource, load_run_config, prepare_run
+    from llm_lab.core.train.run import InitSource, prepare_run
+    from llm_lab.core.train.run_config import load_run_config
 
     overrides = [f"train.max_steps={QUICK_STEPS}", f"train.eval_interval={QUICK_STEPS}", "train.warmup_steps=1",
                  "train.eval_batches=1"] if quick else []

@@ -38,8 +38,10 @@ from llm_lab.core.model.config import POS_ENCODINGS, MiniGPTConfig
 from llm_lab.core.model.gpt import MiniGPT
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import autocast_context
-from llm_lab.core.train.run import DataConfig, PreparedRun, RunConfig, TokenizerSpec, load_run_config
-from llm_lab.experiments.sweep import Setting, SweepPlan, run_sweep
+from llm_lab.core.train.run import PreparedRun
+from llm_lab.core.train.run_config import DataConfig, RunConfig, TokenizerSpec, load_run_config
+from llm_lab.experiments.sweep import run_sweep
+from llm_lab.experiments.sweep_plan import Setting, SweepPlan
 from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import plot_runs

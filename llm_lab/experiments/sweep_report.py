@@ -26,7 +26,8 @@ from typing import Any
 from llm_lab.experiments.plots import new_figure, save_figure
 from llm_lab.experiments.report import summarize_run
 from llm_lab.experiments.stats import SIGNIFICANCE_LEVEL, significance_marker, summarize, welch_t_test
-from llm_lab.experiments.sweep import RunSpec, SweepPlan, finished_record, sweep_runs
+from llm_lab.experiments.sweep import finished_record, sweep_runs
+from llm_lab.experiments.sweep_plan import RunSpec, SweepPlan
 from llm_lab.experiments.tables import format_value, markdown_table, write_csv
 from llm_lab.utils.io import atomic_write_text
 from llm_lab.utils.plotting import read_metric_columns

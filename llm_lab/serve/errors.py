@@ -6,6 +6,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from llm_lab.core.decode.processors import NonFiniteScoresError
+
 
 class APIError(Exception):
     """An error answered in OpenAI's shape.
@@ -39,3 +41,12 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status_code)
+
+
+def generation_failure(error: BaseException) -> APIError:
+    """The 500 for a model call that failed; a model whose scores are NaN says so, without a Python type name."""
+    if isinstance(error, NonFiniteScoresError):
+        return APIError(500, str(error), error_type="server_error", code="non_finite_scores")
+    return APIError(
+        500, f"generation failed: {type(error).__name__}: {error}", error_type="server_error", code="internal_error"
+    )

@@ -138,7 +138,7 @@ class MiniGPTConfig:
 
     json_section: ClassVar[str] = "model"
     #: Fields that choose how the model is computed, not what it computes (the same weights give the same values
-    #: either way): resuming a run may name another one (``llm_lab.core.train.run.resolve_run_config``).
+    #: either way): resuming a run may name another one (``llm_lab.core.train.run_config.resolve_run_config``).
     execution_fields: ClassVar[tuple[str, ...]] = ("attn_impl",)
 
     vocab_size: int = 65

@@ -25,18 +25,20 @@ data of a resumed run, the memory estimate, the model and its precision) before 
 never damages an earlier run; :meth:`PreparedRun.start` then builds the
 :class:`~llm_lab.core.train.trainer.Trainer` and only then writes the run directory (a new run is built beside
 the old one and swapped in).
+
+This module prepares and starts a run; the config's sections are in :mod:`llm_lab.core.train.run_config`, the rule
+of which directory a run may write or replace in :mod:`llm_lab.core.train.run_directory`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,15 +46,14 @@ import torch
 from llm_lab.core.chat import ChatTemplate, add_chat_tokens, grow_vocab
 from llm_lab.core.chat.sft import ChatDataset, read_conversations, render_conversations
 from llm_lab.core.data import LanguageModelingDataset
+from llm_lab.core.data.corpus import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.data.datasets import PACKINGS
-from llm_lab.core.data.prepare import corpus_fingerprint, load_corpus_tokenizer, load_prepared
 from llm_lab.core.data.shards import ShardedIds
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
 from llm_lab.core.model.memory import MemoryEstimate, check_memory, estimate_memory
 from llm_lab.core.tokenization import CharTokenizer, SubwordTokenizer, load_tokenizer
 from llm_lab.core.tokenization.fingerprint import tokenizer_fingerprint
 from llm_lab.core.train.checkpoint import (
-    CHECKPOINT_DIR,
     RUN_FILE,
     load_resume_checkpoint,
     run_checkpoint_path,
@@ -60,15 +61,24 @@ from llm_lab.core.train.checkpoint import (
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.core.train.device import resolve_precision, select_device
 from llm_lab.core.train.distributed import DistributedInfo, current_info
-from llm_lab.core.train.loggers import check_loggers, is_logger_file
-from llm_lab.core.train.trainer import RUNTIME_FILE, SampleCallback, Trainer
-from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict, replace_config
-from llm_lab.utils.dirlock import lock_directory, refuse_symlink
+from llm_lab.core.train.loggers import check_loggers
+
+# The run config and the run directory's rule; their names also stay importable from here, where they were first
+# defined.
+from llm_lab.core.train.run_config import (
+    RUN_FORMAT_VERSION,
+    DataConfig,
+    RunConfig,
+    TokenizerSpec,
+    load_run_config,
+    resolve_run_config,
+)
+from llm_lab.core.train.run_directory import RUN_KIND, check_run_directory
+from llm_lab.core.train.trainer import SampleCallback, Trainer
+from llm_lab.utils.config_loader import apply_overrides, config_to_dict, replace_config
+from llm_lab.utils.dirlock import lock_directory
 from llm_lab.utils.dirswap import (
     PendingReplacement,
-    holds_working_directory,
-    recover_directory,
-    remove_stale_temp_files,
     unexpected_files,
 )
 from llm_lab.utils.io import atomic_write_json
@@ -90,196 +100,7 @@ __all__ = [
     "seed_everything",
 ]
 
-RUN_FORMAT_VERSION = 1
-RUN_KIND = "llm-lab run"  # run.json's marker: only a directory whose run.json carries it may be replaced
-# Keys of run.json that describe where a run came from; they are recorded, not configured.
-_RECORD_KEYS = ("kind", "format_version", "description", "data_source", "init_from", "files")
 _TOKENIZER_DIR = "tokenizer"
-# Files a run writes besides run.json, its tokenizer (listed in run.json's "files") and checkpoints/*.pt:
-# the metrics and samples of the Trainer, and the default figure of `llm-lab plot`.
-_RUN_FILES = frozenset({RUN_FILE, RUNTIME_FILE, "metrics.csv", "samples.txt", "loss.png"})
-
-
-@dataclass
-class TokenizerSpec:
-    """How ``llm-lab train`` gets its tokenizer for a plain-text corpus.
-
-    Attributes:
-        type: ``char`` (one id per character of the corpus) or ``bpe`` (byte-level BPE trained on the
-            training split); ``None`` when ``path`` is given.
-        vocab_size: BPE only: the vocabulary size to train.
-        path: a directory holding a saved tokenizer (``tokenizer.save(DIR)``); used as is.
-    """
-
-    json_section: ClassVar[str] = "tokenizer"
-
-    type: Literal["char", "bpe"] | None = "char"
-    vocab_size: int | None = None
-    path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.path is not None:
-            self.type = None
-            if self.vocab_size is not None:
-                raise ValueError("tokenizer: give either path (a saved tokenizer) or vocab_size (to train one)")
-            return
-        if self.type not in ("char", "bpe"):
-            raise ValueError(f"tokenizer.type={self.type!r}: choose 'char' or 'bpe', or give tokenizer.path")
-        if self.type == "bpe" and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
-            raise ValueError(
-                f"tokenizer type 'bpe' needs vocab_size above 256 (the byte alphabet), got {self.vocab_size!r}"
-            )
-        if self.type == "char" and self.vocab_size is not None:
-            raise ValueError("tokenizer type 'char' takes its vocabulary from the corpus; remove vocab_size")
-
-
-@dataclass
-class DataConfig:
-    """How the data is read, split, and where training windows start.
-
-    Attributes:
-        val_fraction: the last fraction held out for validation (of the tokens of a text; of the conversations of a
-            chat file).
-        packing: "contiguous" (default: windows start anywhere) or "bos" (only at document starts); see
-            :data:`llm_lab.core.data.datasets.PACKINGS`.
-        format: ``"text"`` (a text file or a prepared corpus, trained as windows of tokens) or ``"chat"`` (JSONL
-            conversations, ``{"messages": [...]}`` a line: supervised fine-tuning, one conversation a row, the loss
-            on the assistant's tokens only; see :mod:`llm_lab.core.chat.sft`).
-    """
-
-    json_section: ClassVar[str] = "data"
-
-    val_fraction: float = 0.1
-    format: Literal["text", "chat"] = "text"
-    packing: str = "contiguous"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.packing not in PACKINGS:
-            raise ValueError(f"data.packing must be one of {sorted(PACKINGS)}, got {self.packing!r}")
-
-
-@dataclass
-class RunConfig:
-    """All sections of a run config."""
-
-    model: MiniGPTConfig = dataclasses.field(default_factory=MiniGPTConfig)
-    train: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    tokenizer: TokenizerSpec = dataclasses.field(default_factory=TokenizerSpec)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-
-    SECTIONS: ClassVar[dict[str, type]] = {
-        "model": MiniGPTConfig,
-        "train": TrainerConfig,
-        "tokenizer": TokenizerSpec,
-        "data": DataConfig,
-    }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "run config") -> RunConfig:
-        """Build from a JSON object; unknown sections and keys are rejected by name.
-
-        Raises:
-            ValueError: not an object, an unknown section, a ``format_version`` other than 1, a bad value.
-        """
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a JSON object with sections {', '.join(cls.SECTIONS)}")
-        version = data.get("format_version", RUN_FORMAT_VERSION)
-        if version != RUN_FORMAT_VERSION:
-            raise ValueError(
-                f"{where}: format_version {version!r} is from another version of llm-lab; this one reads "
-                f"format_version {RUN_FORMAT_VERSION}"
-            )
-        unknown = [k for k in data if k not in cls.SECTIONS and k not in _RECORD_KEYS]
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown section{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"valid sections are: {', '.join(cls.SECTIONS)}"
-            )
-        sections = {
-            name: config_from_dict(kind, data.get(name) or {}, where=f"{where}: [{name}]")
-            for name, kind in cls.SECTIONS.items()
-        }
-        return cls(**sections)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunConfig:
-        """Read a run config JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        return cls.from_dict(load_json_file(path), where=str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format_version": RUN_FORMAT_VERSION} | {
-            name: config_to_dict(getattr(self, name)) for name in self.SECTIONS
-        }
-
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
-        """Apply ``section.key=value`` overrides (type-checked; unknown keys listed)."""
-        if not overrides:
-            return self
-        sections = apply_overrides({name: getattr(self, name) for name in self.SECTIONS}, list(overrides))
-        return RunConfig(**sections)
-
-
-def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """``RunConfig.load(path).with_overrides(overrides)``."""
-    return RunConfig.load(path).with_overrides(overrides)
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _differences(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def resolve_run_config(
-    config_path: str | Path | None,
-    out_dir: str | Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    *,
-    resume: bool = False,
-) -> RunConfig:
-    """The config a run uses.
-
-    A new run reads ``config_path`` (required). A resumed run reads its own ``RUN_DIR/run.json``; when a
-    ``config_path`` is given too it must say the same (after the same overrides), so resuming with another
-    config is caught instead of silently mixing two runs. ``--set`` overrides apply either way (e.g. a larger
-    ``train.max_steps`` extends a finished run; ``vocab_size`` is taken from the tokenizer in both).
-
-    Raises:
-        ValueError: no config, an unreadable one, or one that differs from the run being resumed.
-    """
-    if not resume:
-        if config_path is None:
-            raise ValueError("a new run needs --config FILE.json (or --resume to continue the run in --out)")
-        return load_run_config(config_path, overrides)
-    run_json = Path(out_dir) / RUN_FILE
-    if not run_json.is_file():
-        raise ValueError(f"cannot resume: {out_dir} holds no run (no run.json); drop --resume to start one there")
-    saved = load_run_config(run_json, overrides)
-    if config_path is not None:
-        given = load_run_config(config_path, overrides)
-        # The vocabulary comes from the tokenizer, and an execution choice (the attention kernel) does not make
-        # another model: a run saved with attn_impl "sdpa" resumes under a config that says "auto".
-        kept = {name: getattr(saved.model, name) for name in ("vocab_size", *saved.model.execution_fields)}
-        given = dataclasses.replace(given, model=replace_config(given.model, **kept))
-        # Compare the configs as built (resolved: n_kv_head=null and n_kv_head=n_head are the same model).
-        built = [{name: dataclasses.asdict(getattr(c, name)) for name in c.SECTIONS} for c in (saved, given)]
-        diff = _differences(*built)
-        if diff:
-            raise ValueError(
-                f"cannot resume: {config_path} differs from the run in {out_dir} ({', '.join(diff)}); resume "
-                "without --config to use the run's own run.json, or change it with --set"
-            )
-    return saved
 
 
 def seed_everything(seed: int) -> None:
@@ -357,89 +178,6 @@ def _check_split(name: str, n_tokens: int, context_length: int, hint: str) -> No
         raise ValueError(
             f"the {name} split has {n_tokens} tokens, fewer than one window of context_length + 1 = "
             f"{context_length + 1}; {hint}"
-        )
-
-
-# ------------------------------------------------------------------------------------------ the run directory
-
-
-def _is_run_file(name: str, listed: set[str]) -> bool:
-    """Whether ``name`` (relative POSIX path) is a file the project writes into a run directory."""
-    if name in _RUN_FILES or name in listed or is_logger_file(name):
-        return True
-    folder, _, file = name.partition("/")
-    return folder == CHECKPOINT_DIR and "/" not in file and file.endswith(".pt") and not file.startswith(".")
-
-
-def _recognised_run(out: Path) -> dict[str, Any]:
-    """``run.json`` of ``out`` when this project wrote it (marker and format version), else ``ValueError``."""
-    run_json = out / RUN_FILE
-    data = load_json_file(run_json)
-    if not isinstance(data, dict) or data.get("kind") != RUN_KIND or data.get("format_version") != RUN_FORMAT_VERSION:
-        raise ValueError(
-            f"{run_json} was not written by this version of llm-lab (no \"kind\": \"{RUN_KIND}\" with "
-            f"format_version {RUN_FORMAT_VERSION}), so --overwrite will not replace {out}; nothing was changed"
-        )
-    return data
-
-
-def check_run_directory(
-    out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, clean_up: bool = True
-) -> None:
-    """May ``out_dir`` receive this run? Raise if not; change nothing but what killed writers left behind.
-
-    A new run needs a missing or empty directory. ``overwrite`` replaces only a run this project wrote and can
-    recognise: ``run.json`` with ``"kind": "llm-lab run"`` and this format version, and nothing but the files a run
-    writes (``run.json``, the tokenizer files it lists, ``metrics.csv``, ``samples.txt``, ``loss.png``,
-    ``checkpoints/*.pt``). Anything else is refused with the first foreign file named, and stays untouched.
-
-    With ``clean_up`` (one process of a group does it), interrupted replacements of ``out_dir`` are finished or
-    rolled back, and temporary files of killed writes (``.last.pt.PID.XXXX.tmp``) are removed, first.
-
-    Raises:
-        ValueError: contradictory options, ``out_dir`` a file, or a directory that may not be replaced.
-    """
-    out = Path(out_dir)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other; pick one")
-    refuse_symlink(out)  # the one rule of every command that writes a directory (llm_lab.utils.dirlock)
-    if clean_up:
-        recover_directory(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory")
-    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker))
-    if not resume and holds_working_directory(out):
-        raise ValueError(
-            f"--out {out} is the current directory (or holds it); a run is written beside it and swapped in, so "
-            "give a sub-directory or run from elsewhere"
-        )
-    if not out.is_dir():
-        return
-    if clean_up:
-        remove_stale_temp_files(out)
-        remove_stale_temp_files(out / CHECKPOINT_DIR)
-    if resume:
-        return  # resolve_run_config and the checkpoint check cover it
-    found = unexpected_files(out, ())
-    if not found:
-        return
-    if not (out / RUN_FILE).is_file():
-        raise ValueError(
-            f"--out {out} is not empty and holds no llm-lab run (found {found[0]}); choose a new or empty directory"
-        )
-    if not overwrite:
-        raise ValueError(
-            f"--out {out} already holds a run (run.json); pass --resume to continue it or --overwrite to replace it"
-        )
-    listed = _recognised_run(out).get("files")
-    listed = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
-    foreign = [name for name in found if not _is_run_file(name, listed)]
-    if foreign:
-        raise ValueError(
-            f"--out {out} holds {foreign[0]}, which llm-lab did not write; move it out (or choose another --out) "
-            "before --overwrite replaces the run"
         )
 
 

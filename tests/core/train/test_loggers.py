@@ -115,7 +115,7 @@ def test_tracker_files_count_as_run_files_for_overwrite():
     """`train --overwrite` may replace a run that logged to TensorBoard or W&B: their files are the run's own;
     a file beside them that no logger writes is still foreign."""
     from llm_lab.core.train.loggers import is_logger_file
-    from llm_lab.core.train.run import _is_run_file
+    from llm_lab.core.train.run_directory import _is_run_file
 
     assert is_logger_file("tensorboard/events.out.tfevents.1700000000.host.123.0")
     assert is_logger_file("wandb/offline-run-20261130_120000-abc/files/config.yaml")
