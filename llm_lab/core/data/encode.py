@@ -18,17 +18,14 @@ in flight either way, so memory stays bounded whatever the corpus size.
 from __future__ import annotations
 
 import array
-import collections
-import contextlib
-import multiprocessing
-import signal
-import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
+
+from llm_lab.utils.parallel import map_in_order, worker_processes
 
 __all__ = ["ENCODERS", "LlmLabEncoder", "TiktokenEncoder", "choose_encoder", "encode_batches"]
 
@@ -167,21 +164,8 @@ def choose_encoder(tokenizer: Any, dtype: np.dtype, choice: str = "auto", sample
 _worker_encoder: LlmLabEncoder | None = None
 
 
-def _die_with_parent() -> None:
-    """On Linux, ask the kernel to end this worker when its parent dies (a killed ``prepare`` leaves no orphans)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def _start_worker(encoder: LlmLabEncoder) -> None:
     global _worker_encoder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle; workers just stop
-    _die_with_parent()
     _worker_encoder = encoder
 
 
@@ -205,21 +189,7 @@ def encode_batches(
         return
     pool: Executor
     if encoder.releases_gil:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="llm-lab-encode")
-        encode = encoder
+        pool, encode = ThreadPoolExecutor(workers, thread_name_prefix="llm-lab-encode"), encoder
     else:
-        # fork where the platform has it: workers start at once, and a script calling this needs no __main__ guard
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ProcessPoolExecutor(workers, context, _start_worker, (encoder,))
-        encode = _encode_in_worker
-    try:
-        in_flight: collections.deque = collections.deque()
-        for batch in batches:
-            in_flight.append(pool.submit(encode, batch))
-            if len(in_flight) >= 2 * workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool, encode = worker_processes(workers, _start_worker, (encoder,)), _encode_in_worker
+    yield from map_in_order(pool, encode, batches, 2 * workers)
