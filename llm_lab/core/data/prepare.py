@@ -442,7 +442,8 @@ def prepare_corpus(
         read_bytes: bytes read per step (tests use small values to exercise chunking).
         text_field: the field of JSON lines, Parquet and datasets records that holds the text.
         separator: split text files into documents at this text (e.g. TinyStories' ``<|endoftext|>`` lines).
-        workers: processes that encode (1: in this process). The ids do not depend on it.
+        workers: parallel encoders (1: in this thread; tiktoken runs in threads, the pure-Python encoder in
+            processes). The ids do not depend on it.
         shard_tokens: write shards of at most this many ids (``train-00000.bin, ...``) instead of one file each.
         encoder: "auto" (tiktoken where it gives the same ids, else the tokenizer's own), "tiktoken", "llm-lab".
 
