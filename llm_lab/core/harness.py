@@ -6,7 +6,8 @@ each with this project's own code:
 1. ``loglikelihood(context, continuation)`` (multiple-choice tasks such as HellaSwag and ARC): the summed
    log-probability of the continuation's tokens and whether greedy decoding would produce it. Requests that share
    a context (the choices of one question) run that context once, keep its key/value cache, and run only the
-   continuations on top of it, as one batch. The other requests run in batches of similar length, longest first,
+   continuations on top of it, ``batch_size`` of similar length at a time (those of several questions mixed, so
+   little of a batch is padding). The other requests run in batches of similar length, longest first,
    left-padded. Either way the output head runs only at the positions that are scored: for a small model with a
    large vocabulary, the head is most of the work of a forward pass.
 2. ``loglikelihood_rolling(text)`` (perplexity tasks such as wikitext): the whole text's log-likelihood, cut into
