@@ -345,6 +345,12 @@ def _tokenise_inputs(
     return summaries, eot_count, encoder.name
 
 
+def _save_tokenizer(tokenizer: Any, staged: Path, options: dict[str, Any]) -> None:
+    """Step 5, run while the encoders work: the tokenizer into the corpus, and its fingerprint for ``meta.json``."""
+    tokenizer.save(staged / "tokenizer")
+    options["fingerprint"] = tokenizer_fingerprint(tokenizer)
+
+
 def _split_sizes(total: int, val_fraction: float, context_length: int | None) -> int:
     """Step 4a: the number of training tokens (the rest is validation), with a warning for a useless val split."""
     n_val = int(total * val_fraction)
@@ -387,7 +393,7 @@ def _corpus_meta(
             "path": "tokenizer",
             "vocab_size": vocab_size,
             "eot_token_id": tokenizer.eot_token_id,
-            "fingerprint": tokenizer_fingerprint(tokenizer),
+            "fingerprint": options["fingerprint"],
         },
         "vocab_size": vocab_size,
         "dtype": dtype.name,
@@ -468,7 +474,7 @@ def prepare_corpus(
         writer = StreamWriter(staged, dtype, shard_tokens)
         try:
             summaries, eot_count, options["encoder_used"] = _tokenise_inputs(
-                tokenizer, sources, writer, options, lambda: tokenizer.save(staged / "tokenizer"))  # and step 5
+                tokenizer, sources, writer, options, lambda: _save_tokenizer(tokenizer, staged, options))
         except BaseException:
             writer.abort()
             raise
