@@ -114,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--overwrite", action="store_true", help="replace a corpus already prepared in DIR")
     prepare.add_argument(
         "--workers", type=positive_int, default=None, metavar="N",
-        help="processes that encode (default: the usable CPU cores); the ids do not depend on it",
+        help="parallel encoders: threads with tiktoken, else processes (default: the usable CPU cores); the ids "
+        "do not depend on it",
     )
     prepare.add_argument(
         "--shard-tokens", type=positive_int, default=None, metavar="N",

@@ -9,6 +9,7 @@ from llm_lab.cli.sample import positive_int
 
 
 def _train(args: argparse.Namespace) -> int:
+    from llm_lab.core.data.prepare import usable_workers
     from llm_lab.core.data.tokenizer_training import train_tokenizer
 
     summary = train_tokenizer(
@@ -21,6 +22,7 @@ def _train(args: argparse.Namespace) -> int:
         special_tokens=args.special,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        workers=args.workers if args.workers is not None else usable_workers(),
     )
     short = (
         f"; stopped below {args.vocab_size:,}: no pair left that occurs twice"
@@ -55,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2", help="pre-tokenisation (default gpt2)")
     train.add_argument("--special", nargs="*", default=["<|endoftext|>"], metavar="TOKEN",
                        help="special tokens (default: <|endoftext|>; give none for no special token)")
+    train.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="processes that count the words (default: the usable CPU cores); the result does not "
+                       "depend on it")
     train.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)

@@ -6,7 +6,8 @@ each with this project's own code:
 1. ``loglikelihood(context, continuation)`` (multiple-choice tasks such as HellaSwag and ARC): the summed
    log-probability of the continuation's tokens and whether greedy decoding would produce it. Requests that share
    a context (the choices of one question) run that context once, keep its key/value cache, and run only the
-   continuations on top of it, as one batch. The other requests run in batches of similar length, longest first,
+   continuations on top of it, ``batch_size`` of similar length at a time (those of several questions mixed, so
+   little of a batch is padding). The other requests run in batches of similar length, longest first,
    left-padded. Either way the output head runs only at the positions that are scored: for a small model with a
    large vocabulary, the head is most of the work of a forward pass.
 2. ``loglikelihood_rolling(text)`` (perplexity tasks such as wikitext): the whole text's log-likelihood, cut into
@@ -153,11 +154,12 @@ class LabLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm)
         with eval_mode(self.model), torch.inference_mode():
-            # Questions of similar context length together, as many as give about batch_size continuations.
+            # Up to batch_size questions of similar context length together (their continuations then run
+            # batch_size at a time, see _score_shared).
             shared.sort(key=lambda members: -len(fitted[members[0]][0]))
             batch: list[list[int]] = []
             for members in shared + [[]]:
-                if batch and (not members or sum(map(len, batch)) + len(members) > self.batch_size):
+                if batch and (not members or len(batch) == self.batch_size):
                     contexts = [fitted[m[0]][0] for m in batch]
                     scores = self._score_shared(contexts, [[fitted[i][1] for i in m] for m in batch])
                     for m, group_scores in zip(batch, scores, strict=True):
@@ -204,7 +206,8 @@ class LabLM(TemplateLM):
         self, contexts: list[list[int]], continuations: list[list[list[int]]]
     ) -> list[list[tuple[float, bool]]]:
         """Score several continuations of each of several contexts: the contexts once, as one left-padded batch
-        whose keys and values are cached, then every continuation on a copy of its context's cache, as one batch."""
+        whose keys and values are cached, then every continuation on a copy of its context's cache, ``batch_size``
+        continuations of similar length at a time."""
         width = max(len(ctx) for ctx in contexts)
         longest = max(len(cont) for conts in continuations for cont in conts)
         ids = torch.zeros(len(contexts), width, dtype=torch.long)
@@ -223,26 +226,35 @@ class LabLM(TemplateLM):
         first_logp = torch.log_softmax(first[:, 0].float(), dim=-1)  # (G, V): predicts each first continuation token
         owners = [g for g, conts in enumerate(continuations) for _ in conts]
         flat = [cont for conts in continuations for cont in conts]
-        rest_logp = None
-        if longest > 1:
-            # Right padding of the continuations: a real token never attends to the padding after it.
-            rest = torch.zeros(len(flat), longest - 1, dtype=torch.long)
-            for row, cont in enumerate(flat):
-                rest[row, : len(cont) - 1] = torch.tensor(cont[:-1])
-            index = torch.tensor(owners)
-            rest_mask = torch.cat([mask[index], torch.ones(len(flat), longest - 1, dtype=torch.long)], dim=1)
-            logits, _ = self.model(
-                rest.to(self.device),
-                attention_mask=rest_mask.to(self.device) if padded else None,
-                past_key_values=cache.select_rows(index),
-            )
-            rest_logp = torch.log_softmax(logits.float(), dim=-1)  # (R, longest - 1, V)
+        flat_scores: list[tuple[float, bool] | None] = [None] * len(flat)
+        # The continuations run batch_size at a time, shortest first, so that little of a batch is padding.
+        order = sorted(range(len(flat)), key=lambda r: len(flat[r]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            chunk_longest = max(len(flat[r]) for r in rows)
+            rest_logp = None
+            if chunk_longest > 1:
+                # Right padding of the continuations: a real token never attends to the padding after it.
+                rest = torch.zeros(len(rows), chunk_longest - 1, dtype=torch.long)
+                for k, r in enumerate(rows):
+                    rest[k, : len(flat[r]) - 1] = torch.tensor(flat[r][:-1])
+                index = torch.tensor([owners[r] for r in rows])
+                rest_mask = torch.cat([mask[index], torch.ones(len(rows), chunk_longest - 1, dtype=torch.long)], dim=1)
+                logits, _ = self.model(
+                    rest.to(self.device),
+                    attention_mask=rest_mask.to(self.device) if padded else None,
+                    past_key_values=cache.select_rows(index),
+                )
+                rest_logp = torch.log_softmax(logits.float(), dim=-1)  # (rows, chunk_longest - 1, V)
+            for k, r in enumerate(rows):
+                cont = flat[r]
+                logp = first_logp[owners[r] : owners[r] + 1]
+                if rest_logp is not None:
+                    logp = torch.cat([logp, rest_logp[k, : len(cont) - 1]])
+                flat_scores[r] = _score(logp[: len(cont)], cont)
         scores: list[list[tuple[float, bool]]] = [[] for _ in contexts]
-        for row, (owner, cont) in enumerate(zip(owners, flat, strict=True)):
-            logp = first_logp[owner : owner + 1]
-            if rest_logp is not None:
-                logp = torch.cat([logp, rest_logp[row, : len(cont) - 1]])
-            scores[owner].append(_score(logp[: len(cont)], cont))
+        for owner, score in zip(owners, flat_scores, strict=True):
+            scores[owner].append(score)  # type: ignore[arg-type]
         return scores
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

@@ -3,19 +3,21 @@
 For each size (10 MB and 100 MB by default), the first that many bytes of the corpus (cut at a line end) are:
 
 - prepared by ``llm-lab data prepare --workers N`` in a fresh process: wall time, MB/s, peak resident memory of
-  the main process and of its largest worker, and CPU seconds of the main process and of the workers;
+  the main process and of its largest worker process (tiktoken encodes in threads: then there is none), and the
+  CPU seconds of the main thread and of the encoders (threads or processes);
 - encoded by ``tiktoken`` on one thread with the same ranks and pattern (``encode_ordinary``, 1 MB blocks, ids
   counted, in a fresh process): the reference speed.
 
 The two alternate, ``repeats`` times each (medians), so a change in the machine's load hits both alike. On a busy
 machine wall times say little about parallel speed; the "ratio from CPU s" column estimates the idle-machine ratio
-from CPU seconds instead (tiktoken's, over the longer of prepare's main process alone and all of prepare's CPU
-time shared among ``workers`` cores). The corpus
+from CPU seconds instead (tiktoken's, over the longer of prepare's main thread alone and all of prepare's CPU
+time shared among ``workers`` cores; CPU seconds count from the start of the timed work). The corpus
 is the user's file or, by default, generated text (Zipf-distributed made-up words in sentences and lines; no
 download). The tokenizer is the user's or a BPE trained here on the corpus's first 2 MB.
 
-Tokenizer training is timed on ``train_mb`` MB the same way: ``SubwordTokenizer.train`` (ours, the reference
-trainer) against Hugging Face ``tokenizers`` (Rust, all cores), same file, vocabulary and special token.
+Tokenizer training is timed on ``train_mb`` MB the same way: ``llm-lab tokenizer train --workers N``'s library
+call (the reference trainer with its words counted in ``workers`` processes) against Hugging Face ``tokenizers``
+(Rust, all cores), same file, vocabulary and special token.
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ class PrepareBenchRow:
     worker_rss_mb: float  # of its largest worker (0 with one worker)
     tiktoken_rss_mb: float
     tokens: int
-    prepare_cpu_main_s: float = 0.0  # CPU seconds (user + system) of prepare's main process
-    prepare_cpu_workers_s: float = 0.0  # of all its workers together
+    prepare_cpu_main_s: float = 0.0  # CPU seconds (user + system) of prepare's main thread
+    prepare_cpu_workers_s: float = 0.0  # of all its encoders together (threads or processes)
     tiktoken_cpu_s: float = 0.0  # of the whole tiktoken process
 
     @property
     def idle_estimate(self) -> float:
         """The ratio to expect on an idle machine with one core per worker, from CPU seconds (which the machine's
-        load hardly changes): tiktoken's CPU time over prepare's, that is the longer of its main process alone
+        load hardly changes): tiktoken's CPU time over prepare's, that is the longer of its main thread alone
         and all its processes' CPU time shared among ``workers`` cores."""
         total = self.prepare_cpu_main_s + self.prepare_cpu_workers_s
         parallel = max(self.prepare_cpu_main_s, total / max(self.workers, 1))
@@ -98,6 +100,7 @@ class TrainBenchRow:
     vocab_size: int
     ours_s: float
     hf_s: float
+    workers: int = 1  # processes counting the words for ours
 
     @property
     def ratio(self) -> float:
@@ -178,19 +181,23 @@ import json, resource, sys, time
 from llm_lab.core.data.prepare import prepare_corpus
 from llm_lab.core.tokenization import load_tokenizer
 tokenizer = load_tokenizer(sys.argv[1])
+cpu_start, main_start = cpu_s(resource.RUSAGE_SELF), time.thread_time()
 start = time.perf_counter()
 meta = prepare_corpus(tokenizer, [sys.argv[2]], sys.argv[3], progress=False, workers=int(sys.argv[4]),
                       overwrite=True)
 seconds = time.perf_counter() - start
+main_thread = time.thread_time() - main_start  # tiktoken's encoders are threads of this process
+others = cpu_s(resource.RUSAGE_SELF) - cpu_start - main_thread + cpu_s(resource.RUSAGE_CHILDREN)
 print(json.dumps({"seconds": seconds, "tokens": meta["total_tokens"], "encoder": meta["encoder"],
                   "rss_kb": peak_kb(), "child_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                  "cpu_main_s": cpu_s(resource.RUSAGE_SELF), "cpu_workers_s": cpu_s(resource.RUSAGE_CHILDREN)}))
+                  "cpu_main_s": main_thread, "cpu_workers_s": others}))
 """
 
 _TIKTOKEN_CHILD = _PEAK_RSS + """
 import json, resource, sys, time
 from llm_lab.core.tokenization import load_tokenizer
 encoding = load_tokenizer(sys.argv[1]).to_tiktoken()
+cpu_start = cpu_s(resource.RUSAGE_SELF)
 start = time.perf_counter()
 tokens = 0
 with open(sys.argv[2], "rb") as f:
@@ -203,7 +210,7 @@ with open(sys.argv[2], "rb") as f:
     tokens += len(encoding.encode_ordinary(pending.decode("utf-8")))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "tokens": tokens, "rss_kb": peak_kb(),
-                  "cpu_main_s": cpu_s(resource.RUSAGE_SELF)}))
+                  "cpu_main_s": cpu_s(resource.RUSAGE_SELF) - cpu_start}))
 """
 
 
@@ -252,6 +259,7 @@ def run_data_benchmark(
         repeats: runs per side (median reported).
         train_mb: MB of text for the tokenizer-training comparison (0: skip it).
     """
+    from llm_lab.core.data.tokenizer_training import train_tokenizer
     from llm_lab.core.tokenization import SubwordTokenizer, load_tokenizer
     from llm_lab.experiments.tokenizer_bench import train_hf_reference
 
@@ -304,7 +312,8 @@ def run_data_benchmark(
         text = _prefix(corpus, int(train_mb * _MB), work / "train-text.txt")
         log(f"tokenizer training on {text.stat().st_size / _MB:.1f} MB: ours and HF tokenizers ...")
         runs = _median_runs({
-            "ours": lambda: _timed(lambda: SubwordTokenizer.train(text, vocab_size, show_progress=False)),
+            "ours": lambda: _timed(lambda: train_tokenizer([text], vocab_size, work / "trained", overwrite=True,
+                                                           progress=False, workers=workers)),
             "hf": lambda: _timed(lambda: train_hf_reference(text, vocab_size)),
         }, repeats)
         train_row = TrainBenchRow(
@@ -312,6 +321,7 @@ def run_data_benchmark(
             vocab_size=vocab_size,
             ours_s=statistics.median(r["seconds"] for r in runs["ours"]),
             hf_s=statistics.median(r["seconds"] for r in runs["hf"]),
+            workers=workers,
         )
     return rows, train_row
 
@@ -322,8 +332,8 @@ PREPARE_HEADERS = {
     "prepare_rss_mb": "peak RSS main MB",
     "worker_rss_mb": "peak RSS worker MB", "tiktoken_rss_mb": "tiktoken RSS MB",
 }
-TRAIN_HEADERS = {"size_mb": "MB", "vocab_size": "vocab", "ours_s": "ours s", "hf_s": "HF tokenizers s",
-                 "ratio": "ours / HF"}
+TRAIN_HEADERS = {"size_mb": "MB", "vocab_size": "vocab", "workers": "workers", "ours_s": "ours s",
+                 "hf_s": "HF tokenizers s", "ratio": "ours / HF"}
 
 
 def format_tables(rows: list[PrepareBenchRow], train_row: TrainBenchRow | None) -> str:

@@ -22,13 +22,14 @@ def _files(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
-def test_train_from_jsonl_equals_the_reference_trainer(tmp_path, documents, pattern, capsys):
+@pytest.mark.parametrize(("pattern", "workers"), [("gpt2", "1"), ("gpt2", "2"), ("gpt4", "2")])
+def test_train_from_jsonl_equals_the_reference_trainer(tmp_path, documents, pattern, workers, capsys):
+    """In one process or with words counted in two, the files equal the reference trainer's."""
     data = "".join(json.dumps({"body": d, "n": k}) + "\n" for k, d in enumerate(documents)).encode()
     (tmp_path / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
     out = tmp_path / "tok"
     assert main(["tokenizer", "train", "--input", str(tmp_path / "docs.jsonl.zst"), "--text-field", "body",
-                 "--vocab-size", "400", "--out", str(out), "--pattern", pattern, "--quiet"]) == 0
+                 "--vocab-size", "400", "--out", str(out), "--pattern", pattern, "--quiet", "--workers", workers]) == 0
     reference = SubwordTokenizer.train(documents, 400, pattern=pattern)
     n = reference.vocab_size  # below 400: the small corpus runs out of pairs seen twice
     assert n < 400

@@ -55,12 +55,12 @@ def reference_loglikelihood(model: MiniGPT, context: list[int], continuation: li
     return float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
 
 
-@pytest.mark.parametrize("batch_size", [3, 8])
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
 @pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
 def test_loglikelihood_equals_one_forward_per_request(arch, batch_size):
     """Shared contexts (each run once, several of them left-padded into one batch, then the choices on copies of
-    their caches), lone requests (left-padded batches) and a request longer than the context (cut from the left)
-    all give what a plain forward of each request gives."""
+    their caches, batch_size at a time, shortest first, mixing questions), lone requests (left-padded batches)
+    and a request longer than the context (cut from the left) all give what a plain forward of each request gives."""
     tok = bpe_tokenizer()
     model = tiny_model(tok, **arch)
     lm = LabLM(model, tok, batch_size=batch_size)

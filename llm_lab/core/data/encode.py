@@ -1,4 +1,4 @@
-"""Encoding a stream of text pieces into ids, in worker processes, in input order, with bounded memory.
+"""Encoding a stream of text pieces into ids, in parallel, in input order, with bounded memory.
 
 Two encoders give the same ids; :func:`choose_encoder` picks one:
 
@@ -8,25 +8,24 @@ Two encoders give the same ids; :func:`choose_encoder` picks one:
                                                                  the corpus's first batch); tiktoken installed
     llm-lab    the tokenizer's own ``encode``                    always: the fallback and the reference
 
-:func:`encode_batches` sends batches of pieces to ``workers`` processes (each builds its encoder once) and yields
-the results in the order the batches were read. At most ``2 * workers`` batches are in flight, so memory stays
-bounded whatever the corpus size.
+:func:`encode_batches` hands batches of pieces to ``workers`` parallel encoders and yields the results in the order
+the batches were read. An encoder that releases Python's GIL while it works (tiktoken's Rust core does) runs in
+threads of this process: no process start-up, no text or ids copied between processes. The pure-Python encoder
+holds the GIL, so it runs in worker processes (each builds its encoder once). At most ``2 * workers`` batches are
+in flight either way, so memory stays bounded whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import array
-import collections
-import contextlib
-import multiprocessing
-import signal
-import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
+
+from llm_lab.utils.parallel import map_in_order, worker_processes
 
 __all__ = ["ENCODERS", "LlmLabEncoder", "TiktokenEncoder", "choose_encoder", "encode_batches"]
 
@@ -43,6 +42,8 @@ class LlmLabEncoder:
     """
 
     name: ClassVar[str] = "llm-lab"
+    #: Whether encoding lets other Python threads run (then parallel encoders are threads, not processes).
+    releases_gil: ClassVar[bool] = False
 
     def __init__(self, tokenizer: Any, dtype: np.dtype) -> None:
         self.tokenizer = tokenizer
@@ -53,22 +54,28 @@ class LlmLabEncoder:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of ``text`` as a uint32 array (checked to fit the vocabulary by :meth:`__call__`)."""
+        ids = self.encode_text(text)
+        try:
+            flat = array.array("I", ids)  # C unsigned ints: list -> array is one C loop, several times numpy's speed
+        except OverflowError:  # below 0 or above 2**32 - 1
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"the tokenizer produced id {bad} outside its vocabulary of {self.vocab_size}") from None
+        return np.frombuffer(flat, dtype=np.uint32) if flat.itemsize == 4 else np.array(ids, dtype=np.uint32)
+
     def __call__(self, batch: Batch) -> tuple[np.ndarray, list[int]]:
         """The ids of a batch (an end-of-text id before each piece marked so) and each piece's token count."""
-        flat = array.array("I")  # C unsigned ints: list -> array is one C loop, several times numpy's speed
+        parts: list[np.ndarray] = []
         counts: list[int] = []
+        eot = None if self.eot is None else np.array([self.eot], dtype=np.uint32)
         for text, eot_before in batch:
-            if eot_before and self.eot is not None:
-                flat.append(self.eot)
-            ids = self.encode_text(text)
-            try:
-                flat.extend(ids)
-            except OverflowError:  # below 0 or above 2**32 - 1
-                bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-                message = f"the tokenizer produced id {bad} outside its vocabulary of {self.vocab_size}"
-                raise ValueError(message) from None
+            if eot_before and eot is not None:
+                parts.append(eot)
+            ids = self.encode_array(text)
+            parts.append(ids)
             counts.append(len(ids))
-        ids_array = np.frombuffer(flat, dtype=np.uint32) if flat.itemsize == 4 else np.array(flat, dtype=np.uint32)
+        ids_array = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
         if ids_array.size and int(ids_array.max()) >= self.vocab_size:
             raise ValueError(f"the tokenizer produced id {int(ids_array.max())} outside its vocabulary of "
                              f"{self.vocab_size}")
@@ -79,17 +86,32 @@ class TiktokenEncoder(LlmLabEncoder):
     """Encode with ``tiktoken`` over the tokenizer's ranks (``SubwordTokenizer.to_tiktoken``); same ids, faster."""
 
     name: ClassVar[str] = "tiktoken"
+    releases_gil: ClassVar[bool] = True  # its Rust core encodes with the GIL released
 
     def __init__(self, tokenizer: Any, dtype: np.dtype) -> None:
         super().__init__(tokenizer, dtype)
         self._encoding = tokenizer.to_tiktoken()
+        # tiktoken 0.8+ hands the ids over as one buffer, without building a list of Python ints under the GIL
+        self._to_numpy = getattr(self._encoding, "encode_to_numpy", None)
 
-    def encode_text(self, text: str) -> list[int]:
+    @staticmethod
+    def _has_lone_surrogates(text: str) -> bool:
         try:
             text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: tiktoken would replace them, ours keeps their bytes
+        except UnicodeEncodeError:  # tiktoken would replace them, ours keeps their bytes
+            return True
+        return False
+
+    def encode_text(self, text: str) -> list[int]:
+        if self._has_lone_surrogates(text):
             return self.tokenizer.encode(text)
         return self._encoding.encode_ordinary(text)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        if self._to_numpy is None or self._has_lone_surrogates(text):
+            return super().encode_array(text)
+        # no special token allowed and none refused: special-token text is ordinary text, as in encode_ordinary
+        return self._to_numpy(text, allowed_special=set(), disallowed_special=())
 
     @staticmethod
     def applies_to(tokenizer: Any) -> str | None:
@@ -142,21 +164,8 @@ def choose_encoder(tokenizer: Any, dtype: np.dtype, choice: str = "auto", sample
 _worker_encoder: LlmLabEncoder | None = None
 
 
-def _die_with_parent() -> None:
-    """On Linux, ask the kernel to end this worker when its parent dies (a killed ``prepare`` leaves no orphans)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def _start_worker(encoder: LlmLabEncoder) -> None:
     global _worker_encoder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle; workers just stop
-    _die_with_parent()
     _worker_encoder = encoder
 
 
@@ -168,7 +177,8 @@ def _encode_in_worker(batch: Batch) -> tuple[np.ndarray, list[int]]:
 def encode_batches(
     batches: Iterable[Batch], encoder: LlmLabEncoder, workers: int = 1
 ) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Encode ``batches`` in order: in this process (``workers=1``) or in ``workers`` processes.
+    """Encode ``batches`` in order: in this thread (``workers=1``), or ``workers`` at a time in threads (an encoder
+    that releases the GIL) or in worker processes (one that does not).
 
     Yields:
         Per batch, ``(ids, token counts per piece)``, in the order the batches came.
@@ -177,17 +187,9 @@ def encode_batches(
         for batch in batches:
             yield encoder(batch)
         return
-    # fork where the platform has it: workers start at once, and a script calling this needs no __main__ guard
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(workers, context, _start_worker, (encoder,))
-    try:
-        in_flight: collections.deque = collections.deque()
-        for batch in batches:
-            in_flight.append(pool.submit(_encode_in_worker, batch))
-            if len(in_flight) >= 2 * workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool: Executor
+    if encoder.releases_gil:
+        pool, encode = ThreadPoolExecutor(workers, thread_name_prefix="llm-lab-encode"), encoder
+    else:
+        pool, encode = worker_processes(workers, _start_worker, (encoder,)), _encode_in_worker
+    yield from map_in_order(pool, encode, batches, 2 * workers)

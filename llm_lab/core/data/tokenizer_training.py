@@ -2,8 +2,9 @@
 
 The documents come from :func:`llm_lab.core.data.sources.resolve_inputs` (text, JSON lines, Parquet, a
 ``datasets`` folder; compressed; folders and globs), streamed as pieces cut at safe points, and go straight into
-:meth:`SubwordTokenizer.train <llm_lab.core.tokenization.SubwordTokenizer.train>`, the readable reference trainer:
-the result equals ``SubwordTokenizer.train(documents, ...)`` on the same documents. Memory grows with the number of
+:meth:`SubwordTokenizer.train <llm_lab.core.tokenization.SubwordTokenizer.train>`, the readable reference trainer,
+with its words counted in ``workers`` processes: the result equals ``SubwordTokenizer.train(documents, ...)`` on the
+same documents. Memory grows with the number of
 *distinct* pre-tokens (words), not with the corpus size. The folder written is what ``data prepare --tokenizer DIR``
 reads; it replaces ``out_dir`` only when complete, and only a folder that holds nothing but a tokenizer.
 """
@@ -66,6 +67,7 @@ def train_tokenizer(
     special_tokens: Sequence[str] = (EOT_TOKEN,),
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train a byte-level BPE tokenizer on the documents of ``inputs`` and save it in ``out_dir``.
 
@@ -79,6 +81,7 @@ def train_tokenizer(
         special_tokens: texts with an id each (default: ``<|endoftext|>``, the document separator).
         overwrite: replace a tokenizer already in ``out_dir``.
         progress: progress bars (bytes read, then merges) on stderr.
+        workers: processes that count the words (the result does not depend on it).
 
     Returns:
         A summary: ``vocab_size``, ``merges``, ``pattern``, ``documents``, ``bytes``.
@@ -91,7 +94,7 @@ def train_tokenizer(
     _check_out(out_dir, overwrite)
     tokenizer = SubwordTokenizer.train(
         _texts(sources, progress), vocab_size, special_tokens=tuple(special_tokens), pattern=pattern,
-        show_progress=progress,
+        show_progress=progress, workers=workers,
     )
     _check_out(out_dir, overwrite)  # still ours to replace after the (long) training
     with staged_directory(out_dir) as staged:

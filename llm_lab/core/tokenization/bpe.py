@@ -24,7 +24,7 @@ from typing import Any, Literal
 import regex
 
 from llm_lab.core.tokenization.bpe_files import check_special_tokens, read_bpe_files, write_bpe_files
-from llm_lab.core.tokenization.bpe_train import TextSource, bytes_counts, count_pretokens, learn_merges
+from llm_lab.core.tokenization.bpe_train import TextSource, bytes_counts, count_pretokens_parallel, learn_merges
 from llm_lab.core.tokenization.byte_level import (
     bytes_to_text,
     check_coverage,
@@ -130,6 +130,7 @@ class SubwordTokenizer:
         pattern: str = "gpt2",
         min_frequency: int = 2,
         show_progress: bool | None = None,
+        workers: int = 1,
     ) -> SubwordTokenizer:
         """Learn a byte-level BPE vocabulary.
 
@@ -143,6 +144,7 @@ class SubwordTokenizer:
             pattern: "gpt2" (default), "gpt4" (cl100k), or a custom regex.
             min_frequency: smallest count a pair needs to be merged (default 2: a pair seen once is noise).
             show_progress: tqdm bar over the merges; None shows it on a terminal only, after a second.
+            workers: processes that count the pre-tokens (the counts, and so the result, do not depend on it).
 
         Returns:
             The trained tokenizer. Ties between pairs of equal count go to the lexicographically smallest
@@ -160,7 +162,9 @@ class SubwordTokenizer:
             raise ValueError(f"min_frequency must be a non-negative int, got {min_frequency!r}")
         _, pattern_regex = resolve_pattern(pattern)
 
-        pretokens = count_pretokens(texts, pattern_regex, specials)
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
+        pretokens = count_pretokens_parallel(texts, pattern_regex, specials, workers)
         if not pretokens:
             raise ValueError("the training corpus is empty: no text to learn from (after removing special tokens)")
         # A regular token spelled like a special token in vocab.json would give that file two entries of one name.

@@ -24,6 +24,7 @@ whose bytes would spell a special token is skipped, so ``vocab.json`` never has 
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import os
 import sys
@@ -36,8 +37,9 @@ import regex
 from tqdm.auto import tqdm
 
 from llm_lab.core.tokenization.byte_level import PATTERNS, check_coverage, compile_pattern, text_to_bytes
+from llm_lab.utils.parallel import map_in_order, worker_processes
 
-__all__ = ["count_pretokens", "iter_text_blocks", "learn_merges"]
+__all__ = ["count_pretokens", "count_pretokens_parallel", "iter_text_blocks", "learn_merges"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,15 @@ def _iter_file(path: Path, streamable: bool) -> Iterator[str]:
         raise ValueError(f"{path}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from exc
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised here that names the first caller outside the ``llm_lab`` package."""
+    package = str(Path(__file__).resolve().parents[2])
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return max(level - 1, 1)
+
+
 def iter_text_blocks(texts: TextSource, pattern_regex: str) -> Iterator[str]:
     """Yield blocks of text that can be pre-tokenised independently.
 
@@ -103,7 +114,7 @@ def iter_text_blocks(texts: TextSource, pattern_regex: str) -> Iterator[str]:
                 warnings.warn(
                     f"training on the text {item!r}, which is also the name of a file; pass pathlib.Path({item!r}) "
                     "to train on the file's contents",
-                    stacklevel=4,  # the caller of SubwordTokenizer.train
+                    stacklevel=_user_stacklevel(),  # the caller of SubwordTokenizer.train
                 )
             yield item
         elif isinstance(item, os.PathLike):
@@ -115,25 +126,82 @@ def iter_text_blocks(texts: TextSource, pattern_regex: str) -> Iterator[str]:
             raise ValueError(f"texts must hold str or pathlib.Path items, got {type(item).__name__}")
 
 
+class _PretokenCounter:
+    """Counts the pre-tokens of text blocks; special-token text is cut out first and not counted."""
+
+    def __init__(self, pattern_regex: str, special_tokens: Iterable[str] = ()) -> None:
+        findall = compile_pattern(pattern_regex).findall
+        if pattern_regex not in PATTERNS.values():
+            def split(text: str) -> list[str]:
+                pieces = findall(text)
+                check_coverage(pattern_regex, text, pieces)
+                return pieces
+        else:
+            split = findall
+        self._split = split
+        specials = sorted(set(special_tokens), key=len, reverse=True)
+        self._special_split = compile_pattern("|".join(map(regex.escape, specials))).split if specials else None
+
+    def __call__(self, blocks: Iterable[str]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for block in blocks:
+            if self._special_split is None:
+                counts.update(self._split(block))
+            else:
+                for segment in self._special_split(block):
+                    counts.update(self._split(segment))
+        return counts
+
+
 def count_pretokens(texts: TextSource, pattern_regex: str, special_tokens: Iterable[str] = ()) -> Counter[str]:
     """Count each distinct pre-token of ``texts``; special-token text is cut out first and not counted."""
-    findall = compile_pattern(pattern_regex).findall
-    if pattern_regex not in PATTERNS.values():
-        def split(text: str) -> list[str]:
-            pieces = findall(text)
-            check_coverage(pattern_regex, text, pieces)
-            return pieces
-    else:
-        split = findall
-    specials = sorted(set(special_tokens), key=len, reverse=True)
-    special_split = compile_pattern("|".join(map(regex.escape, specials))).split if specials else None
+    return _PretokenCounter(pattern_regex, special_tokens)(iter_text_blocks(texts, pattern_regex))
+
+
+_worker_counter: _PretokenCounter | None = None
+_PARALLEL_BATCH_CHARS = 1 << 22  # characters per task: few tasks, so summing their counts stays cheap
+
+
+def _start_counter(counter: _PretokenCounter) -> None:
+    global _worker_counter
+    _worker_counter = counter
+
+
+def _count_in_worker(blocks: list[str]) -> Counter[str]:
+    assert _worker_counter is not None
+    return _worker_counter(blocks)
+
+
+def _batched_blocks(blocks: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for block in blocks:
+        batch.append(block)
+        size += len(block)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def count_pretokens_parallel(
+    texts: TextSource, pattern_regex: str, special_tokens: Iterable[str] = (), workers: int = 2
+) -> Counter[str]:
+    """:func:`count_pretokens` in ``workers`` processes: the same counts, in about ``1 / workers`` of the time.
+
+    Blocks (read in this process, as :func:`iter_text_blocks` cuts them) go to the workers a few MB at a time;
+    each returns the counts of its share and they are summed here. At most ``2 * workers`` shares are in flight,
+    so memory stays bounded whatever the corpus size.
+    """
+    counter = _PretokenCounter(pattern_regex, special_tokens)
+    if workers <= 1:
+        return counter(iter_text_blocks(texts, pattern_regex))
+    pool = worker_processes(workers, _start_counter, (counter,))
+    shares = _batched_blocks(iter_text_blocks(texts, pattern_regex), _PARALLEL_BATCH_CHARS)
     counts: Counter[str] = Counter()
-    for block in iter_text_blocks(texts, pattern_regex):
-        if special_split is None:
-            counts.update(split(block))
-        else:
-            for segment in special_split(block):
-                counts.update(split(segment))
+    for part in map_in_order(pool, _count_in_worker, shares, 2 * workers):
+        counts.update(part)
     return counts
 
 

@@ -1,4 +1,5 @@
-"""Tests for llm_lab/core/data/encode.py: tiktoken's ids equal ours; worker processes change nothing."""
+"""Tests for llm_lab/core/data/encode.py: tiktoken's ids equal ours; parallel encoders (threads or processes)
+change nothing."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def test_tiktoken_ids_equal_ours(bpe):
     assert isinstance(fast, TiktokenEncoder)
     for text in [*_stdlib_texts(), MIXED, "lone \ud800 surrogate"]:
         assert fast.encode_text(text) == ours.encode_text(text)
+        assert fast.encode_array(text).tolist() == ours.encode_text(text)  # the buffer route too
+    assert fast.encode_array("<|endoftext|>").tolist() == bpe.encode("<|endoftext|>")  # special text is ordinary
+
+
+def test_tiktoken_without_its_numpy_route_gives_the_same_batch(bpe):
+    """tiktoken before 0.8 has no ``encode_to_numpy``: the list route gives the same ids."""
+    fast = choose_encoder(bpe, np.dtype(np.uint16), "tiktoken")
+    batch = [(MIXED, False), ("second doc", True), ("", False)]
+    with_buffer = fast(batch)
+    fast._to_numpy = None
+    without = fast(batch)
+    assert with_buffer[0].tolist() == without[0].tolist() and with_buffer[1] == without[1]
+    assert with_buffer[0].dtype == np.uint16
 
 
 def test_encoders_and_the_choice(bpe):
@@ -69,6 +83,32 @@ def test_workers_keep_the_input_order(bpe):
     serial = [ids.tolist() for ids, _ in encode_batches(batches, encoder, 1)]
     parallel = [ids.tolist() for ids, _ in encode_batches(iter(batches), encoder, 2)]
     assert parallel == serial
+
+
+def test_tiktoken_encodes_in_threads_and_the_pure_python_encoder_in_processes(bpe):
+    """tiktoken releases the GIL, so its parallel encoders are threads (no process started, nothing pickled)."""
+    import multiprocessing
+
+    batches = [[(f"batch {k} " * 50, False)] for k in range(8)]
+    fast = choose_encoder(bpe, np.dtype(np.uint16), "tiktoken")
+    assert fast.releases_gil and not LlmLabEncoder.releases_gil
+    stream = encode_batches(batches, fast, 2)
+    first = next(stream)
+    assert multiprocessing.active_children() == []
+    assert [first[0].tolist(), *(ids.tolist() for ids, _ in stream)] == [fast(b)[0].tolist() for b in batches]
+    stream = encode_batches(batches, LlmLabEncoder(bpe, np.dtype(np.uint16)), 2)
+    next(stream)
+    assert len(multiprocessing.active_children()) == 2
+    stream.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_an_error_in_a_thread_reaches_the_caller(bpe):
+    small = SubwordTokenizer.train("ab ab ab", 258, special_tokens=())
+    fast = choose_encoder(small, np.dtype(np.uint16), "tiktoken")
+    fast.vocab_size = 200  # as if the ranks held ids the corpus's dtype cannot store
+    with pytest.raises(ValueError, match="the tokenizer produced id 2\\d\\d outside its vocabulary of 200"):
+        list(encode_batches([[("ab", False)], [("ab", False)], [("ab", False)]], fast, 2))
 
 
 def test_an_error_in_a_worker_reaches_the_caller():

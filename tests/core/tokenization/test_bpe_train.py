@@ -219,3 +219,27 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(bpe_train.sys.stderr, "isatty", lambda: True)
     SubwordTokenizer.train("ab ab ab", 258, special_tokens=(), show_progress=None)
     assert calls[-1]["disable"] is False
+
+
+@pytest.mark.parametrize("pattern", [GPT2_PATTERN, GPT4_PATTERN])
+def test_parallel_counts_equal_serial_counts(pattern, tmp_path, monkeypatch, stress_text, small_text):
+    """Counting in worker processes sums the same counts: files cut into blocks, documents, special tokens."""
+    text = (small_text + "<|endoftext|>" + stress_text) * 5
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(bpe_train, "_BLOCK_CHARS", 211)
+    monkeypatch.setattr(bpe_train, "_PARALLEL_BATCH_CHARS", 1000)  # many shares, summed in the parent
+    texts = [path, small_text, "<|endoftext|> x", stress_text]
+    serial = count_pretokens(texts, pattern, ["<|endoftext|>"])
+    assert bpe_train.count_pretokens_parallel(texts, pattern, ["<|endoftext|>"], workers=2) == serial
+    assert "<|endoftext|>" not in serial
+
+
+def test_training_with_workers_equals_training_in_one_process(tmp_path, small_text, stress_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text((small_text + stress_text) * 4, encoding="utf-8", newline="")
+    one = SubwordTokenizer.train(path, 420, show_progress=False)
+    two = SubwordTokenizer.train(path, 420, show_progress=False, workers=2)
+    assert two.merges == one.merges and two.vocab == one.vocab
+    with pytest.raises(ValueError, match="workers must be an int from 1 to 256, got 0"):
+        SubwordTokenizer.train(path, 420, workers=0)
