@@ -155,20 +155,25 @@ class LabLM(TemplateLM):
         progress = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm)
         with eval_mode(self.model), torch.inference_mode():
             # Up to batch_size questions of similar context length together (their continuations then run
-            # batch_size at a time, see _score_shared).
+            # batch_size at a time, see _score_shared), as long as the longest context and the longest
+            # continuation of the batch fit the model's context together (each question fits on its own).
             shared.sort(key=lambda members: -len(fitted[members[0]][0]))
             batch: list[list[int]] = []
+            longest = 0  # the longest continuation in the batch
             for members in shared + [[]]:
-                if batch and (not members or len(batch) == self.batch_size):
+                member_longest = max((len(fitted[i][1]) for i in members), default=0)
+                fits = batch and len(fitted[batch[0][0]][0]) + max(longest, member_longest) - 1 <= self.max_length
+                if batch and (not members or len(batch) == self.batch_size or not fits):
                     contexts = [fitted[m[0]][0] for m in batch]
                     scores = self._score_shared(contexts, [[fitted[i][1] for i in m] for m in batch])
                     for m, group_scores in zip(batch, scores, strict=True):
                         for i, score in zip(m, group_scores, strict=True):
                             results[i] = score
                     progress.update(sum(map(len, batch)))
-                    batch = []
+                    batch, longest = [], 0
                 if members:
                     batch.append(members)
+                    longest = max(longest, member_longest)
             for start in range(0, len(single), self.batch_size):
                 chunk = single[start : start + self.batch_size]
                 for i, score in zip(chunk, self._score_batch([fitted[i] for i in chunk]), strict=True):

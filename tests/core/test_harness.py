@@ -77,6 +77,23 @@ def test_loglikelihood_equals_one_forward_per_request(arch, batch_size):
         assert greedy == expected_greedy
 
 
+def test_questions_that_fit_alone_but_not_together_are_scored_apart():
+    """A long context with short choices and a short context with long choices each fit the 24-token context,
+    but not in one shared cache (longest context + longest choice): they are batched apart, not refused."""
+    tok = bpe_tokenizer()
+    model = tiny_model(tok)
+    lm = LabLM(model, tok, batch_size=8)
+    ids = tok.encode(TEXT)
+    long_context, short_context = ids[:20], ids[40:42]
+    requests = [(None, long_context, [ids[20 + k]]) for k in range(3)]
+    requests += [(None, short_context, ids[50 + k : 65 + k]) for k in range(3)]
+    got = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    for (_, context, continuation), (logprob, greedy) in zip(requests, got, strict=True):
+        expected, expected_greedy = reference_loglikelihood(model, context, continuation)
+        assert logprob == pytest.approx(expected, abs=1e-4)
+        assert greedy == expected_greedy
+
+
 def test_greedy_flag_is_true_for_the_models_own_greedy_continuation():
     tok = bpe_tokenizer()
     model = tiny_model(tok)
