@@ -13,7 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from llm_lab.cli.sample import add_sampling_config_arguments_on_first_use, positive_int, sampling_config_from_args
+from llm_lab.cli.sample import (
+    add_sampling_config_arguments_on_first_use,
+    positive_int,
+    sampling_config_from_args,
+    seed_int,
+)
 
 RL_PACKAGE_DIR = "package"
 
@@ -24,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "chat tokens")
     chat.add_argument("--system", default=None, metavar="TEXT", help="a system message to start the conversation")
     chat.add_argument("--max-new-tokens", type=positive_int, default=200, metavar="N", help="longest reply (200)")
-    chat.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same replies")
+    chat.add_argument("--seed", type=seed_int, default=None, metavar="S", help="same seed, same replies")
     chat.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     add_sampling_config_arguments_on_first_use(chat)
@@ -133,7 +138,7 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("task", metavar="TASK", help="addition, addition_steps or reverse")
     synth.add_argument("--n", type=positive_int, required=True, help="how many examples to write")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", required=True, type=Path, metavar="FILE", help="the JSONL file to write")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a task setting, e.g. digits=4 (addition) or max_length=8 (reverse)")

@@ -63,6 +63,7 @@ from llm_lab.core.decode.processors import Sampler, check_next_token_scores
 from llm_lab.core.decode.prompts import is_int, model_device, prepare_prompts
 from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.seeds import check_seed
 from llm_lab.utils.threads import AUTO, Threads, settle_threads
 
 __all__ = [
@@ -393,8 +394,8 @@ def _setup(
         raise ValueError("pass either generator= or seed=, not both")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if seed is not None and not is_int(seed):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if seed is not None:
+        check_seed(seed)
     eos_ids = _token_list(eos_token_id, "eos_token_id", config.vocab_size)
     if pad_token_id is None:
         pad_token_id = eos_ids[0] if eos_ids else 0
