@@ -17,6 +17,7 @@ task                prompt -> reference reply                   checked
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -34,6 +35,7 @@ __all__ = [
     "TaskExample",
     "TaskFile",
     "make_task",
+    "task_settings",
     "read_task_file",
     "synth_examples",
     "write_task_file",
@@ -175,10 +177,18 @@ def make_task(name: str, **settings: object) -> Task:
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks are {sorted(TASKS)}")
-    try:
-        return TASKS[name](**settings)
-    except TypeError as exc:  # an unknown keyword
-        raise ValueError(f"task {name!r}: {exc}") from None
+    known = task_settings(name)
+    unknown = [key for key in settings if key not in known]
+    if unknown:
+        valid = ", ".join(f"{key} (default {default!r})" for key, default in known.items()) or "none"
+        raise ValueError(f"task {name!r} has no setting {unknown[0]!r}; its settings are: {valid}")
+    return TASKS[name](**settings)
+
+
+def task_settings(name: str) -> dict[str, object]:
+    """The settings task ``name`` takes, each with its default (the keyword arguments of its constructor)."""
+    parameters = list(inspect.signature(TASKS[name].__init__).parameters.values())[1:]  # past self
+    return {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def synth_examples(task: Task, n: int, seed: int) -> Iterator[TaskExample]:

@@ -76,7 +76,9 @@ def test_the_same_seed_gives_the_same_examples_and_files_round_trip(tmp_path) ->
         ("addition", {"digits": 0}, r"digits must be an integer in \[1, 18\], got 0"),
         ("addition", {"digits": True}, r"digits must be an integer in \[1, 18\], got True"),
         ("reverse", {"min_length": 5, "max_length": 2}, r"max_length must be an integer in \[5, 64\], got 2"),
-        ("reverse", {"letters": 2}, r"task 'reverse': .*unexpected keyword argument 'letters'"),
+        # was Python's "__init__() got an unexpected keyword argument": the setting and the valid ones are named
+        ("reverse", {"letters": 2}, r"^task 'reverse' has no setting 'letters'; its settings are: min_length \(default "
+         r"3\), max_length \(default 6\)$"),
     ],
 )
 def test_bad_tasks_are_refused_by_name(name: str, settings: dict, message: str) -> None:
