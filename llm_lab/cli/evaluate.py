@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from llm_lab.cli.sample import add_dtype_argument, decode_model, positive_int
+from llm_lab.utils.paths import check_input_file
 from llm_lab.utils.words import plural
 
 
@@ -55,11 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         from llm_lab.cli.chat import run_task_file
 
         return run_task_file(args)
-    data = Path(args.data)
-    if data.is_dir():
-        raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
-    if not data.is_file():
-        raise FileNotFoundError(f"--data: no such file: {data}")
+    data = check_input_file(args.data, "--data", "a UTF-8 text file")  # a directory, a FIFO, a device: said so
     from llm_lab.core.data.prepare import read_text_file
     from llm_lab.core.evaluation import evaluate_text
 

@@ -117,7 +117,7 @@ def test_eval_cli(capsys, tmp_path):
 def test_eval_cli_misuse(capsys, tmp_path):
     path, _ = make_package(tmp_path / "pkg", char_tokenizer())
     cases = [
-        (["eval", str(path), "--data", str(tmp_path / "none.txt")], "--data: no such file"),
+        (["eval", str(path), "--data", str(tmp_path / "none.txt")], "none.txt does not exist; give a UTF-8 text file"),
         (["eval", str(tmp_path / "nopkg"), "--data", __file__], "no package or run directory"),
     ]
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -130,7 +130,7 @@ def test_eval_cli_misuse(capsys, tmp_path):
         (["eval", str(path), "--data", str(tmp_path / "one.txt"), "--context-length", "999"], "longer than the model")
     )
     cases.append((["eval", str(path), "--data", str(tmp_path / "one.txt"), "--device", "gpu0"], "not a device name"))
-    cases.append((["eval", str(path), "--data", str(tmp_path)], "--data: not a file"))
+    cases.append((["eval", str(path), "--data", str(tmp_path)], "is a directory, not a file; give a UTF-8 text file"))
     for argv, fragment in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -73,6 +73,7 @@ from llm_lab.utils.dirswap import (
 )
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.paths import check_input_file
 
 __all__ = [
     "RUN_FORMAT_VERSION",
@@ -206,9 +207,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         """Read a run config JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
+        path = check_input_file(path, "config file", "a run config JSON file")  # a directory, a FIFO: said so
         return cls.from_dict(load_json_file(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -467,6 +466,8 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
     ``tokenizer`` is the one the run must use (resume, fine-tuning) or ``None`` (a new run decides it).
     """
     T = config.model.context_length
+    if not data.is_dir():
+        check_input_file(data, "--data", "a text file or a prepared directory")  # missing, a FIFO, a device: said so
     if data.is_dir():
         train_ids, val_ids, meta = load_prepared(data)
         data_tokenizer = load_corpus_tokenizer(data, meta)
@@ -479,7 +480,7 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
             )
         source = {"path": str(data), "format": "prepared", "fingerprint": corpus_fingerprint(meta)}
         hint = f"prepare {data} from more text or lower model.context_length ({T})"
-    elif data.is_file():
+    else:
         text, digest = _read_text(data)
         if not text:
             raise ValueError(f"{data} is empty; give a text file with at least context_length + 1 = {T + 1} tokens")
@@ -496,8 +497,6 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
             f"use a longer corpus, lower model.context_length ({T}) or raise data.val_fraction "
             f"({config.data.val_fraction})"
         )
-    else:
-        raise FileNotFoundError(f"--data {data} does not exist (give a text file or a prepared directory)")
     source |= {
         "train_tokens": int(len(train_ids)),
         "val_tokens": int(len(val_ids)),
