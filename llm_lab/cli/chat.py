@@ -19,6 +19,7 @@ from llm_lab.cli.sample import (
     sampling_config_from_args,
     seed_int,
 )
+from llm_lab.utils.paths import check_input_file
 
 RL_PACKAGE_DIR = "package"
 
@@ -178,8 +179,7 @@ def run_task_file(args: argparse.Namespace) -> int:
     for option in ("context_length", "max_tokens", "include_path", "num_fewshot", "output_path"):
         if getattr(args, option) is not None:
             raise ValueError(f"--{option.replace('_', '-')} does not apply to --task-file; leave it out")
-    if not args.task_file.is_file():
-        raise FileNotFoundError(f"--task-file: no such file: {args.task_file}")
+    check_input_file(args.task_file, "--task-file", "a task file written by llm-lab data synth")
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
     score = score_task_file(model, tokenizer, args.task_file, batch_size=args.batch_size or 64, limit=args.limit)
     if args.json:

@@ -56,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
         from llm_lab.cli.chat import run_task_file
 
         return run_task_file(args)
+    for option in ("include_path", "limit", "num_fewshot", "output_path"):  # harness options: silently ignored before
+        if getattr(args, option) is not None:
+            hint = "; print the result as JSON with --json > FILE" if option == "output_path" else ""
+            raise ValueError(f"--{option.replace('_', '-')} does not apply to --data; leave it out{hint}")
     data = check_input_file(args.data, "--data", "a UTF-8 text file")  # a directory, a FIFO, a device: said so
     from llm_lab.core.data.prepare import read_text_file
     from llm_lab.core.evaluation import evaluate_text
