@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from llm_lab.utils.io import atomic_write
+from llm_lab.utils.json_input import loads_strict
 
 __all__ = [
     "TASKS",
@@ -227,16 +228,20 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
         ValueError: a line that is not such a record, or records of different tasks (naming the line).
     """
     examples, names = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # lines decoded one by one, so a bad byte is named by its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text; a task file is JSON lines") from None
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = loads_strict(line, what=f"{path}, line {number}")  # deep nesting: a ValueError too
                 messages, target, name = record["messages"], record["target"], record["task"]
                 prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
                 reply = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
-            except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+            except (ValueError, KeyError, TypeError, StopIteration):
                 raise ValueError(
                     f"{path}, line {number}: not a task record (expected an object with 'messages' holding a user "
                     "turn, 'target' and 'task', as llm-lab data synth writes)"
