@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.sample import seed_int
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.decode import generate_text
 from llm_lab.core.model.gpt import MiniGPTConfig
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     p.add_argument("--sample-tokens", type=int, default=200, help="characters sampled at the end (0: none)")
     p.add_argument("--prompt", default="The ", help="start of the sample")
     add_threads_argument(p)

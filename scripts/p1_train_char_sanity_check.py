@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.sample import seed_int
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--context-length", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--min-drop", type=float, default=0.3, help="required fall of the validation loss (nats)")
     add_threads_argument(p)
     return p

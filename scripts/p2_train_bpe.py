@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from llm_lab.cli import USER_ERRORS, report_user_error
+from llm_lab.cli.sample import seed_int
 from llm_lab.cli.threads import add_threads_argument, apply_threads_option
 from llm_lab.core.data.download import default_corpus_path
 from llm_lab.core.decode import generate_text
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-batches", type=int, default=10)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     p.add_argument("--sample-tokens", type=int, default=60, help="tokens of the sample printed at the end (0: none)")
     add_threads_argument(p)
     return p

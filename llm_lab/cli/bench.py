@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+from llm_lab.cli.sample import bounded_int
 from llm_lab.utils.errors import CLIError
 from llm_lab.utils.outputs import check_output_directory, check_output_file, output_directory, write_output_json
 
@@ -18,11 +20,53 @@ _OUT_HELP = "output directory: new, empty, or one this command wrote (replaced w
 _JSON_HELP = "(replaces only a JSON file llm-lab wrote)"
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,8; got {text!r}") from None
+# Caps on the counts a benchmark takes (docs/how-to/checks-and-limits.md): one value must not ask for unbounded time
+# or memory (``bench generate --repeats 100000000000`` ran until killed). Medians settle within a few dozen repeats.
+MAX_REPEATS = 1000
+_REPEATS = bounded_int(MAX_REPEATS, "a median settles within a few dozen")
+_WARMUP = bounded_int(MAX_REPEATS, "a few untimed steps are enough", low=0)
+_STEPS = bounded_int(10_000, "timed steps; a median settles within a few dozen")
+_BATCH = bounded_int(1024, "sequences per batch")
+_TOKENS = bounded_int(65_536, "tokens per sequence")
+_VOCAB = bounded_int(1_048_576, "vocabulary entries")
+_BPE_VOCAB = bounded_int(1_048_576, "a BPE vocabulary starts from the 256 bytes", low=257)
+_CLIENTS = bounded_int(256, "concurrent clients")
+_HEAD_DIM = bounded_int(1024, "channels per head")
+
+_MEGABYTES = 100_000.0  # 100 GB of text: generated or read, tokenized and written by a benchmark
+
+
+def _int_list(high: int, why: str) -> Callable[[str], tuple[int, ...]]:
+    """argparse type: comma-separated integers, each from 1 to ``high``."""
+    one = bounded_int(high, why)
+
+    def int_list(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(one(part) for part in text.split(","))
+        except argparse.ArgumentTypeError as e:
+            message = f"expected comma-separated integers such as 1,8; in {text!r}, {e}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return int_list
+
+
+def _megabytes(*, zero: bool = False) -> Callable[[str], float]:
+    """argparse type: a size in MB, above 0 (or 0 when ``zero``) and at most :data:`_MEGABYTES`."""
+
+    def megabytes(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value > _MEGABYTES:
+            low = "from 0" if zero else "above 0"
+            raise argparse.ArgumentTypeError(f"expected a number of MB {low} and at most {_MEGABYTES:,.0f}, got {text}")
+        return value
+
+    return megabytes
+
+
+_BATCH_LIST = _int_list(1024, "sequences per batch")
 
 
 def _check_outputs(*, json_file: Path | None = None, folder: Path | None = None) -> None:
@@ -60,15 +104,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attention", help="reference attention vs scaled_dot_product_attention and chunked: time and peak memory"
     )
     attention.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "attention", help=_OUT_HELP)
-    attention.add_argument("--seq-lens", type=int, nargs="+", default=None, help="default: 128 256 512 1024")
-    attention.add_argument("--head-dims", type=int, nargs="+", default=None, help="default: 32 64")
+    attention.add_argument("--seq-lens", type=_TOKENS, nargs="+", default=None, help="default: 128 256 512 1024")
+    attention.add_argument("--head-dims", type=_HEAD_DIM, nargs="+", default=None, help="default: 32 64")
     attention.add_argument("--dtypes", nargs="+", default=None, help="float32 bfloat16 float16 (default: fp32 bf16)")
     attention.add_argument("--modes", nargs="+", default=None, help="fwd fwd_bwd (default: both)")
     attention.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
-    attention.add_argument("--batch-size", type=int, default=None, help="default: 4")
-    attention.add_argument("--n-head", type=int, default=None, help="default: 6")
+    attention.add_argument("--batch-size", type=_BATCH, default=None, help="default: 4")
+    attention.add_argument("--n-head", type=bounded_int(256, "heads"), default=None, help="default: 6")
     attention.add_argument("--device", default="cpu")
-    attention.add_argument("--repeats", type=int, default=None, help="timed trials per case (median reported)")
+    attention.add_argument("--repeats", type=_REPEATS, default=None, help="timed trials per case (median reported)")
     attention.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     attention.add_argument("--quick", action="store_true", help="a tiny setting that runs in seconds")
     attention.set_defaults(func=_run_attention)
@@ -79,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--config", type=Path, default=None, help="run config JSON (default: the 10M char model)")
     step.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override model.* or train.batch_size, e.g. --set model.n_layer=4 (repeatable)")
-    step.add_argument("--batch-size", type=int, default=None, help="default: the config's, else 16")
+    step.add_argument("--batch-size", type=_BATCH, default=None, help="default: the config's, else 16")
     step.add_argument("--device", default="cpu")
     step.add_argument("--precisions", nargs="+", default=None, help="fp32 bf16 (default: both where they work)")
     step.add_argument("--optimizers", nargs="+", default=None, help="adamw muon (default: adamw)")
@@ -87,9 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     step.add_argument("--no-baseline", action="store_true", help="skip the plain fp32 eager baseline")
     step.add_argument("--sft", action="store_true",
                       help="also time each of our settings on SFT batches of the same shape (the loss mask's cost)")
-    step.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3)")
-    step.add_argument("--steps", type=int, default=None, help="timed steps per setting (median reported)")
-    step.add_argument("--warmup", type=int, default=None, help="untimed steps first (compile happens here)")
+    step.add_argument("--rounds", type=_REPEATS, default=None, help="interleaved timing rounds (default 3)")
+    step.add_argument("--steps", type=_STEPS, default=None, help="timed steps per setting (median reported)")
+    step.add_argument("--warmup", type=_WARMUP, default=None, help="untimed steps first (compile happens here)")
     step.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "step", help=_OUT_HELP)
     step.add_argument("--quick", action="store_true", help="a tiny model and few steps: runs in seconds")
     step.set_defaults(func=_run_step)
@@ -98,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "threads", help="--threads auto vs 1 and 2 threads: training and decoding, idle and next to a busy loop"
     )
     threads.add_argument("--quick", action="store_true", help="fewer steps and tokens: a minute or two on 2 cores")
-    threads.add_argument("--repeats", type=int, default=None, help="timed rounds per setting (median reported)")
+    threads.add_argument("--repeats", type=_REPEATS, default=None, help="timed rounds per setting (median reported)")
     threads.add_argument("--conditions", nargs="+", default=None, choices=("idle", "busy"),
                          help="default: idle busy (busy starts a spinning background process and stops it)")
     threads.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "threads", help=_OUT_HELP)
@@ -108,12 +152,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="KV-cached generate vs Hugging Face generate on the same converted weights (tokens/s)"
     )
     gen.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test)")
-    gen.add_argument("--repeats", type=int, help="timed runs per measurement (median reported)")
-    gen.add_argument("--new-tokens", type=int, help="new tokens per throughput run (default 256)")
-    gen.add_argument("--batch-sizes", type=_int_list, help="comma-separated batch sizes (default 1,8)")
-    gen.add_argument("--contexts", type=_int_list, help="comma-separated prompt lengths for per-token time "
+    gen.add_argument("--repeats", type=_REPEATS, help="timed runs per measurement (median reported)")
+    gen.add_argument("--new-tokens", type=_TOKENS, help="new tokens per throughput run (default 256)")
+    gen.add_argument("--batch-sizes", type=_BATCH_LIST, help="comma-separated batch sizes (default 1,8)")
+    gen.add_argument("--contexts", type=_int_list(65_536, "tokens per prompt"),
+                     help="comma-separated prompt lengths for per-token time "
                      "(default 64,1024)")  # fmt: skip
-    gen.add_argument("--vocab-size", type=int, help="vocabulary size (default 50257, GPT-2's)")
+    gen.add_argument("--vocab-size", type=_VOCAB, help="vocabulary size (default 50257, GPT-2's)")
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     gen.add_argument("--dtype", help="weights ours decodes with: fp32 (default), bf16, int8 or auto; HF stays fp32")
     gen.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file " + _JSON_HELP)
@@ -127,11 +172,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "takes the same loads as the baseline. Prints a markdown table and writes serve.csv and serve.md.",
     )
     serve.add_argument("--quick", action="store_true", help="tiny model and few tokens (a smoke test, seconds)")
-    serve.add_argument("--clients", type=int, default=None, help="concurrent clients (default 8)")
-    serve.add_argument("--requests", type=int, default=None, help="requests per client per round (default 3)")
-    serve.add_argument("--new-tokens", type=int, default=None, help="tokens per completion (default 64)")
-    serve.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batching server (default 8)")
-    serve.add_argument("--rounds", type=int, default=None, help="alternating rounds, medians reported (default 3)")
+    serve.add_argument("--clients", type=_CLIENTS, default=None, help="concurrent clients (default 8)")
+    serve.add_argument("--requests", type=_REPEATS, default=None, help="requests per client per round (default 3)")
+    serve.add_argument("--new-tokens", type=_TOKENS, default=None, help="tokens per completion (default 64)")
+    serve.add_argument("--max-batch", type=_BATCH, default=None, help="--max-batch of the batching server (default 8)")
+    serve.add_argument("--rounds", type=_REPEATS, default=None, help="alternating rounds, medians reported (default 3)")
     serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help=_OUT_HELP)
     serve.set_defaults(func=_run_serve)
 
@@ -143,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "builds one), and compare the prompt's tokenization and the tokens. Exit code 1 when they differ.",
     )
     llama.add_argument("--llama-python", required=True, metavar="PYTHON", help="a Python that can import llama_cpp")
-    llama.add_argument("--new-tokens", type=int, default=24, help="greedy tokens to compare (default 24)")
+    llama.add_argument("--new-tokens", type=_TOKENS, default=24, help="greedy tokens to compare (default 24)")
     llama.set_defaults(func=_run_llama_cpp)
 
     tok = commands.add_parser(
@@ -151,8 +196,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tok.add_argument("--data", type=Path, default=None,
                      help="UTF-8 text file (default: tiny Shakespeare, your data/ first: see default_corpus_path)")
-    tok.add_argument("--vocab-sizes", type=int, nargs="+", default=[1024, 4096])
-    tok.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is reported")
+    tok.add_argument("--vocab-sizes", type=_BPE_VOCAB, nargs="+", default=[1024, 4096])
+    tok.add_argument("--repeats", type=_REPEATS, default=5, help="runs per measurement; the median is reported")
     tok.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file " + _JSON_HELP)
     tok.set_defaults(func=_run_tokenizer)
 
@@ -160,14 +205,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data", help="data prepare MB/s and peak memory vs one-thread tiktoken; tokenizer training vs HF tokenizers"
     )
     data.add_argument("--corpus", type=Path, default=None, help="UTF-8 text file (default: generated text)")
-    data.add_argument("--sizes", type=float, nargs="+", default=[10, 100], metavar="MB",
+    data.add_argument("--sizes", type=_megabytes(), nargs="+", default=[10, 100], metavar="MB",
                       help="corpus sizes to prepare, in MB (default: 10 100)")
-    data.add_argument("--workers", type=int, default=None, help="data prepare --workers (default: usable cores)")
+    data.add_argument("--workers", type=bounded_int(1024, "processes"), default=None,
+                      help="data prepare --workers (default: usable cores)")
     data.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
                       help="a saved BPE tokenizer (default: one trained here on the corpus's first 2 MB)")
-    data.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the tokenizers trained here")
-    data.add_argument("--train-mb", type=float, default=10, help="MB for the tokenizer-training comparison (0: skip)")
-    data.add_argument("--repeats", type=int, default=1, help="runs per side, alternating (median reported)")
+    data.add_argument("--vocab-size", type=_BPE_VOCAB, default=8192, help="vocabulary of the tokenizers trained here")
+    data.add_argument("--train-mb", type=_megabytes(zero=True), default=10,
+                      help="MB for the tokenizer-training comparison (0: skip)")
+    data.add_argument("--repeats", type=_REPEATS, default=1, help="runs per side, alternating (median reported)")
     data.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "data", help=_OUT_HELP)
     data.set_defaults(func=_run_data)
 
@@ -177,11 +224,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("package", metavar="PACKAGE", help="a GPT-2- or Llama-family package (export-hf must take it)")
     ev.add_argument("--tasks", required=True, metavar="T1,T2", help="harness tasks, comma-separated")
     ev.add_argument("--include-path", type=Path, default=None, metavar="DIR", help="a folder of task YAML files")
-    ev.add_argument("--limit", type=int, default=None, help="at most N documents per task")
-    ev.add_argument("--batch-size", type=int, default=16, help="ours: sequences per forward (default 16)")
-    ev.add_argument("--hf-batch-sizes", type=_int_list, default=(1, 8, 32), help="the hf backend's, tried each")
-    ev.add_argument("--server-batch-size", type=int, default=8, help="prompts per server request (0: skip)")
-    ev.add_argument("--rounds", type=int, default=3, help="timed passes per route (median reported)")
+    ev.add_argument("--limit", type=bounded_int(1_000_000, "documents per task"), default=None,
+                    help="at most N documents per task")
+    ev.add_argument("--batch-size", type=_BATCH, default=16, help="ours: sequences per forward (default 16)")
+    ev.add_argument("--hf-batch-sizes", type=_BATCH_LIST, default=(1, 8, 32), help="the hf backend's, tried each")
+    ev.add_argument("--server-batch-size", type=bounded_int(1024, "prompts per request", low=0), default=8,
+                    help="prompts per server request (0: skip)")
+    ev.add_argument("--rounds", type=_REPEATS, default=3, help="timed passes per route (median reported)")
     ev.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file " + _JSON_HELP)
     ev.set_defaults(func=_run_eval)
 
@@ -199,7 +248,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ttl.add_argument("--add", action="append", default=[], metavar="LABEL=CONFIG",
                      help="another config in the rotation (repeatable), e.g. sixty=configs/shakespeare_char_60s.json")
     ttl.add_argument("--target", type=float, default=None, help="validation loss to reach (default 1.88)")
-    ttl.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
+    ttl.add_argument("--repeats", type=_REPEATS, default=1, help="alternating rounds; medians are reported")
     ttl.add_argument("--out", type=Path, default=Path("experiments/time_to_loss"), help=_OUT_HELP)
     ttl.add_argument("--quick", action="store_true",
                      help="tiny model, a few steps (checks the output format in seconds; not a benchmark)")

@@ -13,7 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from llm_lab.cli.sample import add_sampling_config_arguments_on_first_use, positive_int, sampling_config_from_args
+from llm_lab.cli.sample import (
+    add_sampling_config_arguments_on_first_use,
+    positive_int,
+    sampling_config_from_args,
+    seed_int,
+)
+from llm_lab.utils.paths import check_input_file
 
 RL_PACKAGE_DIR = "package"
 
@@ -24,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "chat tokens")
     chat.add_argument("--system", default=None, metavar="TEXT", help="a system message to start the conversation")
     chat.add_argument("--max-new-tokens", type=positive_int, default=200, metavar="N", help="longest reply (200)")
-    chat.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same replies")
+    chat.add_argument("--seed", type=seed_int, default=None, metavar="S", help="same seed, same replies")
     chat.add_argument("--checkpoint", choices=("best", "last"), default=None, help="weights to use")
     chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     add_sampling_config_arguments_on_first_use(chat)
@@ -133,7 +139,7 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("task", metavar="TASK", help="addition, addition_steps or reverse")
     synth.add_argument("--n", type=positive_int, required=True, help="how many examples to write")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     synth.add_argument("--out", required=True, type=Path, metavar="FILE", help="the JSONL file to write")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a task setting, e.g. digits=4 (addition) or max_length=8 (reverse)")
@@ -173,8 +179,7 @@ def run_task_file(args: argparse.Namespace) -> int:
     for option in ("context_length", "max_tokens", "include_path", "num_fewshot", "output_path"):
         if getattr(args, option) is not None:
             raise ValueError(f"--{option.replace('_', '-')} does not apply to --task-file; leave it out")
-    if not args.task_file.is_file():
-        raise FileNotFoundError(f"--task-file: no such file: {args.task_file}")
+    check_input_file(args.task_file, "--task-file", "a task file written by llm-lab data synth")
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
     score = score_task_file(model, tokenizer, args.task_file, batch_size=args.batch_size or 64, limit=args.limit)
     if args.json:

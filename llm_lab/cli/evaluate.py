@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from llm_lab.cli.sample import add_dtype_argument, decode_model, positive_int
+from llm_lab.utils.paths import check_input_file
 from llm_lab.utils.words import plural
 
 
@@ -56,11 +57,11 @@ def _run(args: argparse.Namespace) -> int:
         from llm_lab.cli.chat import run_task_file
 
         return run_task_file(args)
-    data = Path(args.data)
-    if data.is_dir():
-        raise ValueError(f"--data: not a file: {data} is a directory; give a UTF-8 text file")
-    if not data.is_file():
-        raise FileNotFoundError(f"--data: no such file: {data}")
+    for option in ("include_path", "limit", "num_fewshot", "output_path"):  # harness options: silently ignored before
+        if getattr(args, option) is not None:
+            hint = "; print the result as JSON with --json > FILE" if option == "output_path" else ""
+            raise ValueError(f"--{option.replace('_', '-')} does not apply to --data; leave it out{hint}")
+    data = check_input_file(args.data, "--data", "a UTF-8 text file")  # a directory, a FIFO, a device: said so
     from llm_lab.core.data.prepare import read_text_file
     from llm_lab.core.evaluation import evaluate_text
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
+
+#: The most samples one ``llm-lab sample`` decodes (one batch): far past what a person reads, and a bound on the
+#: batch's memory (``--num-samples 1000000000`` grew to 16 GB before it was killed).
+MAX_NUM_SAMPLES = 1024
 
 
 def positive_int(text: str) -> int:
@@ -16,6 +21,33 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def bounded_int(high: int, why: str, *, low: int = 1) -> Callable[[str], int]:
+    """argparse type: an integer from ``low`` to ``high``. One value must not ask for unbounded time or memory, so
+    every count flag (samples, repeats, rounds, sizes) has a cap; ``why`` says why it is where it is, in the message
+    and in the docs (``docs/how-to/checks-and-limits.md``)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high:,}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high:,} ({why}), got {value:,}")
+        return value
+
+    return count
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer from 0 to 2**63 - 1 (:data:`llm_lab.utils.seeds.MAX_SEED`)."""
+    from llm_lab.utils.seeds import check_seed
+
+    try:
+        return check_seed(int(text), "a seed")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}") from None
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +94,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: boo
         add_sampling_config_arguments_on_first_use(parser)
     else:
         add_sampling_config_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
+    parser.add_argument("--seed", type=seed_int, default=None, metavar="S", help="same seed, same text")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
-    parser.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="samples (one batch)")
+    parser.add_argument(
+        "--num-samples",
+        type=bounded_int(MAX_NUM_SAMPLES, "the samples are one batch, decoded together"),
+        default=1,
+        metavar="N",
+        help=f"samples, decoded as one batch (default 1, at most {MAX_NUM_SAMPLES})",
+    )
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
 
@@ -168,6 +206,20 @@ def check_max_new_tokens(max_new_tokens: int, config: Any, prompt_length: int) -
     raise ValueError(f"--max-new-tokens {max_new_tokens} is more than this model can generate: at most {limit} ({why})")
 
 
+def check_batch_memory(config: Any, num_samples: int, positions: int, device: str) -> None:
+    """Raise ``ValueError`` when ``num_samples`` sequences of ``positions`` tokens (the KV cache, one layer's work,
+    the scores) cannot fit ``device``'s memory, before generating."""
+    from llm_lab.core.model.memory import check_memory, estimate_memory
+
+    seq_len = min(positions, config.max_positions)  # a sliding window never caches more than its context
+    check_memory(
+        estimate_memory(config, batch_size=num_samples, seq_len=seq_len),
+        device,
+        what=f"--num-samples {num_samples} x {seq_len} positions",
+        hint="ask for fewer samples (--num-samples) or tokens (--max-new-tokens)",
+    )
+
+
 def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> int:
     """Generate with the sampling flags in ``args`` (see :func:`add_sampling_arguments`) and print the texts.
 
@@ -186,6 +238,7 @@ def sample_and_print(args: argparse.Namespace, tokenizer: Any, model: Any) -> in
         prompt_ids = [eot]
     check_max_new_tokens(args.max_new_tokens, model.config, len(prompt_ids))
     n = args.num_samples
+    check_batch_memory(model.config, n, len(prompt_ids) + args.max_new_tokens, args.device)
     chunks = stream(
         model,
         [prompt_ids] * n,

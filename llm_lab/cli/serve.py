@@ -23,17 +23,20 @@ def _port(text: str) -> int:
 
 def check_port_free(host: str, port: int) -> None:
     """Bind ``host:port`` the way uvicorn will (``SO_REUSEADDR``) and let it go again, so a port in use is one line
-    before the model loads, not uvicorn's start-up lines and exit code 3. Port 0 (any free port) is not checked.
+    before the model loads, not uvicorn's start-up lines and exit code 3. Port 0 (any free port) checks the host.
 
     Raises:
         CLIError: the port is taken, needs privileges, or the address is not this machine's.
     """
-    if port == 0:
-        return
+    # uvicorn binds an IPv6 socket for a host with a colon and an IPv4 one for anything else: resolve the same way.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0]
     except socket.gaierror as error:
         raise CLIError(f"--host {host}: {error.strerror}") from None
+    except UnicodeError as error:  # a name the IDNA codec refuses: an empty label (a..b), a label of 64+ letters
+        raise CLIError(f"--host {host[:80]!r} is not a host name: one of its dot-separated labels is empty or longer "
+                       f"than 63 characters ({error})") from None
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

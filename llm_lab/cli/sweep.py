@@ -7,6 +7,7 @@ import functools
 import json
 from pathlib import Path
 
+from llm_lab.cli.sample import positive_int
 from llm_lab.utils.errors import CLIError
 
 
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--eval-tasks", default=None, metavar="T1,T2",
                        help="also score each run on lm-evaluation-harness tasks (columns in results.csv and report)")
     sweep.add_argument("--eval-include-path", default=None, metavar="DIR", help="a folder of task YAML files")
-    sweep.add_argument("--eval-limit", type=int, default=None, metavar="N", help="at most N documents per task")
+    sweep.add_argument("--eval-limit", type=positive_int, default=None, metavar="N",
+                       help="at most N documents per task")
     sweep.set_defaults(func=_run_sweep)
 
     commands = sweep.add_subparsers(dest="sweep_command", metavar="[report DIR]", title="rebuilding the report")

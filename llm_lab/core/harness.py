@@ -46,6 +46,7 @@ from tqdm import tqdm
 from llm_lab.core.decode.generate import generate
 from llm_lab.utils.devices import resolve_device
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.paths import path_kind
 
 __all__ = ["LabLM"]
 
@@ -398,7 +399,10 @@ def task_manager(tasks: Sequence[str], include_path: str | Path | None = None) -
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(f"--include-path: no such folder: {include_path}")
+        kind = path_kind(include_path)  # a file or a FIFO is not "no such folder"
+        if kind is None:
+            raise FileNotFoundError(f"--include-path: no such folder: {include_path}")
+        raise ValueError(f"--include-path {include_path} is {kind}, not a folder; give a folder of task YAML files")
     if include_path is not None:
         _check_task_files(Path(include_path))
         # Indexing the harness's own thousands of task files takes half a minute: skip it when the folder has them all.

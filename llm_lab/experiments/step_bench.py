@@ -54,6 +54,7 @@ from llm_lab.experiments.tables import markdown_table, write_csv
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict
 from llm_lab.utils.devices import synchronize
 from llm_lab.utils.io import atomic_write_text
+from llm_lab.utils.paths import check_input_file
 from llm_lab.utils.words import plural
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -169,9 +170,7 @@ def load_step_model_config(path: str | Path | None, overrides: Sequence[str] = (
     if path is None:
         model = default_10m_config()
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = check_input_file(path, "config file", "a run config JSON file")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:

@@ -82,6 +82,7 @@ from llm_lab.experiments.sweep_budget import (
 )
 from llm_lab.experiments.sweep_plan import (
     MANIFEST,
+    MAX_GRID_VALUES,
     MAX_RUNS,
     MAX_SEEDS,
     MAX_TIME_BUDGET_S,
@@ -103,6 +104,7 @@ from llm_lab.utils.signals import Stopped, deferred_stop, stop_requested
 from llm_lab.utils.threads import apply_threads
 
 __all__ = [
+    "MAX_GRID_VALUES",
     "MAX_RUNS",
     "MAX_SEEDS",
     "MAX_TIME_BUDGET_S",

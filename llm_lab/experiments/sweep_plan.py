@@ -20,6 +20,7 @@ from typing import Any
 from llm_lab.core.train.run_config import RunConfig
 from llm_lab.utils.config_loader import parse_override_value
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.seeds import check_seed
 
 SWEEP_FORMAT_VERSION = 1
 MANIFEST = "sweep.json"
@@ -33,6 +34,10 @@ _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 # of a billion seeds (23 GiB) before anything ran.
 MAX_SEEDS = 1000
 MAX_RUNS = 10_000
+#: The most values one grid axis may take: past 100, an axis is a curve to fit, not settings to compare side by
+#: side (each value is a row of the report and a line or bar of its plots). ``--grid train.lr=`` with 5000 values
+#: was accepted (5000 runs, under :data:`MAX_RUNS`) and ran for hours.
+MAX_GRID_VALUES = 100
 #: The longest wall-time budget per run: a week. ``--time-budget 1e12`` (31,700 years) calibrated 3.2e14 steps.
 MAX_TIME_BUDGET_S = 7 * 24 * 3600.0
 
@@ -101,6 +106,11 @@ def grid_settings(
         _check_key(key, "grid")
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"grid {key}: give a non-empty list of values, got {values!r}")
+        if len(values) > MAX_GRID_VALUES:
+            raise ValueError(
+                f"grid {key}: {len(values):,} values; one grid axis may have at most {MAX_GRID_VALUES} (each value is "
+                "a row of the report); sample the range more coarsely"
+            )
         if len(set(map(json.dumps, values))) != len(values):
             raise ValueError(f"grid {key}: each value may appear once, got {list(values)}")
     combinations = math.prod(len(values) for values in grid.values()) * len(named)
@@ -131,6 +141,7 @@ def seed_list(first: int, count: int) -> list[int]:
     """
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SEEDS:
         raise ValueError(f"--seeds must be at least 1 and at most {MAX_SEEDS} (seeds per setting), got {count!r}")
+    check_seed(first + count - 1, f"the last seed (train.seed {first} + --seeds {count} - 1)")
     return [first + i for i in range(count)]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llm_lab.utils.csv_input import read_csv_file
 from llm_lab.utils.io import atomic_write_text
 
 
@@ -40,9 +41,9 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequ
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """Read a CSV file into a list of dicts of strings."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """Read a CSV file into a list of dicts of strings (``ValueError`` naming the file and line if it is not UTF-8
+    CSV; :func:`llm_lab.utils.csv_input.read_csv_file`)."""
+    return [row for _, row in read_csv_file(path)[1]]
 
 
 def format_value(value: Any, digits: int = 4) -> str:

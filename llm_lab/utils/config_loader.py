@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from llm_lab.utils.json_input import load_json_file, loads_strict
+from llm_lab.utils.paths import check_input_file
 
 T = TypeVar("T")
 
@@ -172,9 +173,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+    path = check_input_file(path, "config file", "a JSON file")  # a directory, a FIFO: said so
     return load_json_file(path)  # strict: a duplicate key, NaN or deep nesting is refused, never last-one-wins
 
 

@@ -11,12 +11,12 @@ this works on machines without a display and inside servers or tests.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llm_lab.utils.csv_input import read_csv_file
 from llm_lab.utils.io import atomic_write
 from llm_lab.utils.outputs import image_metadata
 
@@ -48,18 +48,17 @@ def read_metric_columns(run: str | Path) -> dict[str, list[float | None]]:
         ValueError: the file has no header, or a cell is not a number.
     """
     path = _metrics_csv(run)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise ValueError(f"{path} is empty (no header row)")
-        columns: dict[str, list[float | None]] = {name: [] for name in reader.fieldnames}
-        for line, row in enumerate(reader, start=2):
-            for name in reader.fieldnames:
-                cell = (row.get(name) or "").strip()
-                try:
-                    columns[name].append(float(cell) if cell else None)
-                except ValueError:
-                    raise ValueError(f"{path}:{line}: column {name!r} holds {cell!r}, not a number") from None
+    header, rows = read_csv_file(path)  # not UTF-8, not CSV, too many fields: the file and the line are named
+    if not header:
+        raise ValueError(f"{path} is empty (no header row)")
+    columns: dict[str, list[float | None]] = {name: [] for name in header}
+    for line, row in rows:
+        for name in header:
+            cell = (row.get(name) or "").strip()
+            try:
+                columns[name].append(float(cell) if cell else None)
+            except ValueError:
+                raise ValueError(f"{path}:{line}: column {name!r} holds {cell[:40]!r}, not a number") from None
     return columns
 
 

@@ -66,7 +66,7 @@ def test_bench_step_quick_with_sft(tmp_path, capsys):
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
         (["bench", "step", "--quick", "--optimizers", "sgd"], "unknown optimizer(s) ['sgd']; choose from: adamw, muon"),
-        (["bench", "step", "--config", "missing.json"], "config file not found"),
+        (["bench", "step", "--config", "missing.json"], "config file missing.json does not exist"),
         (["bench", "env", "--device", "foo", "--no-peak"], "device 'foo' is not a device name"),
         (["bench", "attention", "--quick", "--device", "gpu"], "device 'gpu' is not a device name"),
         (["bench", "step", "--quick", "--device", "cuda:99"], "device 'cuda:99': "),

@@ -47,6 +47,8 @@ def test_synth_writes_the_seeded_examples(capsys, tmp_path) -> None:
         (["chess", "--n", "2"], r"unknown task 'chess'"),
         (["addition", "--n", "2", "--set", "digits"], r"--set 'digits': expected KEY=VALUE"),
         (["addition", "--n", "2", "--set", "digits=99"], r"digits must be an integer in \[1, 18\], got 99"),
+        (["addition", "--n", "2", "--set", "foo=1"], r"task 'addition' has no setting 'foo'; its settings are: digits "
+         r"\(default 3\)"),
     ],
 )
 def test_synth_bad_input_is_one_line(capsys, tmp_path, argv, message) -> None:

@@ -117,7 +117,7 @@ def test_eval_cli(capsys, tmp_path):
 def test_eval_cli_misuse(capsys, tmp_path):
     path, _ = make_package(tmp_path / "pkg", char_tokenizer())
     cases = [
-        (["eval", str(path), "--data", str(tmp_path / "none.txt")], "--data: no such file"),
+        (["eval", str(path), "--data", str(tmp_path / "none.txt")], "none.txt does not exist; give a UTF-8 text file"),
         (["eval", str(tmp_path / "nopkg"), "--data", __file__], "no package or run directory"),
     ]
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -130,7 +130,14 @@ def test_eval_cli_misuse(capsys, tmp_path):
         (["eval", str(path), "--data", str(tmp_path / "one.txt"), "--context-length", "999"], "longer than the model")
     )
     cases.append((["eval", str(path), "--data", str(tmp_path / "one.txt"), "--device", "gpu0"], "not a device name"))
-    cases.append((["eval", str(path), "--data", str(tmp_path)], "--data: not a file"))
+    cases.append((["eval", str(path), "--data", str(tmp_path)], "is a directory, not a file; give a UTF-8 text file"))
+    # harness options were silently ignored with --data (no file was written at --output-path)
+    one = str(tmp_path / "one.txt")
+    cases.append((["eval", str(path), "--data", one, "--output-path", str(tmp_path / "r.json")],
+                  "--output-path does not apply to --data; leave it out; print the result as JSON with --json > FILE"))
+    cases.append((["eval", str(path), "--data", one, "--num-fewshot", "2"], "--num-fewshot does not apply to --data"))
+    cases.append((["eval", str(path), "--data", one, "--limit", "2"], "--limit does not apply to --data"))
+    cases.append((["eval", str(path), "--task-file", str(tmp_path)], "is a directory, not a file; give a task file"))
     for argv, fragment in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,28 @@ def test_plot_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"metrics.csv:2: column 'train_loss' holds 'oops', not a number"):
         read_metric_columns(bad)
     assert not (tmp_path / "e.png").exists() and not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # was "'utf-8' codec can't decode byte 0xff in position 55", naming neither the file nor the line
+        (b"step,train_loss\n1,2.0\n2,\xff\xfe\n", r"metrics\.csv:3: not UTF-8 text \(byte 0xff\); expected UTF-8 CSV"),
+        # extra fields were read under a None key and ignored
+        (b"step,train_loss\n1,2.0\n2,1.5,9\n", r"metrics\.csv:3: 3 fields, but the header has 2"),
+        # a quoted field spanning lines: the row is named by the line it starts on
+        (b'step,train_loss\n1,"2\n0"\n2,oops\n', r"metrics\.csv:2: column 'train_loss' holds '2\\n0', not a number"),
+    ],
+)
+def test_a_damaged_metrics_file_is_one_line_naming_the_file_and_line(tmp_path, capsys, monkeypatch, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_bytes(content)
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(rf"llm-lab: error: .*run/{message}", err), err
+    monkeypatch.setattr(llm_lab.cli, "_COMMAND_MODULES", ("experiment",))  # the report reads the same way
+    assert main(["experiment", "collect", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(rf"llm-lab: error: .*run/{message}", err), err
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "r.md").exists()

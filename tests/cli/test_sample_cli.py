@@ -100,13 +100,52 @@ def test_bad_flag_values(capsys, bpe_package, flags, fragment):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("flags", [["--max-new-tokens", "0"], ["--top-k", "zero"], ["--num-samples", "-2"]])
-def test_bad_flag_types_are_usage_errors(capsys, bpe_package, flags):
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--max-new-tokens", "0"], "expected a positive integer"),
+        (["--top-k", "zero"], "expected a positive integer"),
+        (["--num-samples", "-2"], "expected an integer from 1 to 1,024"),
+    ],
+)
+def test_bad_flag_types_are_usage_errors(capsys, bpe_package, flags, fragment):
     path, _, _ = bpe_package
     with pytest.raises(SystemExit) as exc:
         main(["sample", str(path), *flags])
     assert exc.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        # torch's "Overflow when unpacking long long" named no flag; 1e24 is no integer
+        (["--seed", "1e24"], "argument --seed: expected an integer from 0 to 2**63 - 1, got '1e24'"),
+        (["--seed", str(2**70)], f"argument --seed: expected an integer from 0 to 2**63 - 1, got '{2**70}'"),
+        (["--seed", "-1"], "argument --seed: expected an integer from 0 to 2**63 - 1, got '-1'"),
+        # a billion samples grew to 16 GB before the kernel killed it
+        (["--num-samples", "1000000000"], "argument --num-samples: expected an integer from 1 to 1,024 (the samples "
+         "are one batch, decoded together), got 1,000,000,000"),
+    ],
+)
+def test_seeds_and_counts_out_of_range_are_usage_errors(capsys, bpe_package, flags, fragment):
+    path, _, _ = bpe_package
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", str(path), "--prompt", "x", *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.endswith(f"llm-lab sample: error: {fragment}\n")
+
+
+def test_a_batch_of_samples_that_cannot_fit_is_refused_before_generating(capsys, bpe_package, monkeypatch):
+    from llm_lab.core.model import memory
+
+    path, _, _ = bpe_package
+    monkeypatch.setattr(memory, "_host_memory", lambda: 2**20)  # a machine of 1 MiB: the weights alone fit no more
+    code, out, err = run_cli(capsys, "sample", str(path), "--prompt", "x", "--num-samples", "1024")
+    assert code == 2 and out == ""
+    assert re.fullmatch(r"llm-lab: error: --num-samples 1024 x \d+ positions needs about .* but this machine has "
+                        r"1\.0 MiB of memory; ask for fewer samples \(--num-samples\) or tokens \(--max-new-tokens\)\n",
+                        err), err
 
 
 @pytest.mark.parametrize(

@@ -61,3 +61,25 @@ def test_bad_input_is_one_line_and_nothing_is_written(argv, message, files, caps
     assert err.startswith("llm-lab: error: ") and err.count("\n") == 1
     assert re.search(message, err), err
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # an axis of 5000 values was accepted (5000 runs, under the 10,000-run cap) and ran for hours
+        (["--grid", "train.lr=" + ",".join(str(i / 1e5) for i in range(1, 5001))],
+         "llm-lab: error: grid train.lr: 5,000 values; one grid axis may have at most 100"),
+        (["--grid", "train.lr=0.001,0.002", "--eval-limit", "-5"], "--eval-limit: expected a positive integer"),
+    ],
+)  # fmt: skip
+def test_one_axis_and_the_eval_limit_are_bounded(tmp_path, capsys, flags, message):
+    config = tmp_path / "tiny.json"
+    config.write_text('{"model": {"context_length": 8, "n_layer": 1, "n_head": 2, "n_embd": 8}}')
+    (tmp_path / "corpus.txt").write_text("to be or not to be\n" * 20)
+    argv = ["sweep", "--config", str(config), "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "sw")]
+    try:
+        code = main([*argv, *flags])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()

@@ -66,8 +66,15 @@ def test_bad_settings_are_refused_before_any_model_is_built(changes, message):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--repeats", "0"], "repeats must be a positive integer, got 0"),
-        (["--batch-sizes", "1,x"], "expected comma-separated integers such as 1,8; got '1,x'"),
+        (["--repeats", "0"], "argument --repeats: expected an integer from 1 to 1,000 (a median settles within a few "
+         "dozen), got 0"),
+        # 1e11 repeats ran until killed: every count flag of the benchmarks has a cap
+        (["--repeats", "100000000000"], "argument --repeats: expected an integer from 1 to 1,000 (a median settles "
+         "within a few dozen), got 100,000,000,000"),
+        (["--batch-sizes", "1,x"], "expected comma-separated integers such as 1,8; in '1,x', expected an integer "
+         "from 1 to 1,024, got 'x'"),
+        (["--contexts", "64,10000000"], "argument --contexts: expected comma-separated integers such as 1,8; in "
+         "'64,10000000', expected an integer from 1 to 65,536 (tokens per prompt), got 10,000,000"),
         (["--threads", "0"], "--threads: threads must be 'auto' or a positive integer, got 0"),
     ],
 )

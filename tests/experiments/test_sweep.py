@@ -20,6 +20,7 @@ from llm_lab.core.train.run import DataConfig, RunConfig, TokenizerSpec
 from llm_lab.experiments import sweep as sweep_module
 from llm_lab.experiments.stats import t_quantile, welch_t_test
 from llm_lab.experiments.sweep import (
+    MAX_GRID_VALUES,
     MAX_SEEDS,
     Setting,
     SweepPlan,
@@ -475,3 +476,10 @@ def test_seed_lists_and_grids_are_bounded_before_they_are_built():
     grid = {f"model.k{i}": list(range(10)) for i in range(5)}  # 100,000 combinations, never listed
     with pytest.raises(ValueError, match="the grid makes 100,000 settings; a sweep may have at most 10,000 runs"):
         grid_settings(grid)
+    # One axis of 5000 values (under MAX_RUNS) was accepted and ran for hours: an axis has its own cap, named.
+    grid_settings({"train.lr": [i / 1e4 for i in range(1, MAX_GRID_VALUES + 1)]})
+    with pytest.raises(ValueError, match=r"^grid train\.lr: 5,000 values; one grid axis may have at most 100 \(each"):
+        grid_settings({"train.lr": [i / 1e4 for i in range(1, 5001)]})
+    # The last seed of a list must be a seed too (train.seed near 2**63 plus --seeds 3 would overflow torch).
+    with pytest.raises(ValueError, match=r"^the last seed \(train\.seed 9223372036854775806 \+ --seeds 3 - 1\) must"):
+        seed_list(2**63 - 2, 3)

@@ -162,6 +162,27 @@ def test_a_port_in_use_is_one_line_and_exit_2(package_dir: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        # each was uvicorn's log lines and exit code 3, after the model had loaded
+        ("999.1.1.1", "8000", "--host 999.1.1.1: "),  # the resolver's words follow (they differ by system)
+        ("999.1.1.1", "0", "--host 999.1.1.1: "),  # any free port: the host still counts
+        ("a..b", "8000", "--host 'a..b' is not a host name: one of its dot-separated labels is empty or longer than "
+         "63 characters"),
+        ("192.0.2.1", "0", "cannot listen on 192.0.2.1 port 0: "),  # an address that is not this machine's
+    ],
+)
+def test_a_host_that_cannot_be_bound_is_one_line_before_the_model_loads(
+    package_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, host: str, port: str,
+    message: str
+) -> None:
+    monkeypatch.setattr("llm_lab.serve.create_app", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli_main(["serve", str(package_dir), "--host", host, "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"llm-lab: error: {message}") and err.count("\n") == 1
+
+
 def test_cli_refuses_a_missing_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["serve", str(tmp_path / "nope")]) == 2
     assert "no package or run directory at" in capsys.readouterr().err

@@ -40,8 +40,11 @@ def test_bad_json_names_the_file(tmp_path):
     path.write_text("{oops")
     with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):
         load_json_config(path, MiniGPTConfig)
-    with pytest.raises(ValueError, match=r"config file not found"):
+    with pytest.raises(FileNotFoundError, match=r"config file .*missing\.json does not exist; give a JSON file$"):
         load_json_config(tmp_path / "missing.json", MiniGPTConfig)
+    # a directory was "not found": what it is is said
+    with pytest.raises(ValueError, match=r"config file .* is a directory, not a file; give a JSON file$"):
+        load_json_config(tmp_path, MiniGPTConfig)
 
 
 def test_overrides_are_typed_and_checked():

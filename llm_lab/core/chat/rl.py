@@ -39,6 +39,7 @@ from llm_lab.core.model import MiniGPT
 from llm_lab.core.train.checkpoint import load_checkpoint
 from llm_lab.core.train.metrics import MetricsLog
 from llm_lab.utils.io import atomic_torch_save
+from llm_lab.utils.seeds import check_seed
 
 __all__ = ["RL_COLUMNS", "RL_STATE_FILE", "GRPOTrainer", "RLConfig"]
 
@@ -100,11 +101,12 @@ class RLConfig:
         self.make_task()  # an unknown task or setting is named here
         for name, low, high in (("prompts_per_step", 1, MAX_REPLIES_PER_STEP), ("samples_per_prompt", 2, 1024),
                                 ("max_new_tokens", 1, 1_000_000), ("max_steps", 1, MAX_STEPS),
-                                ("eval_interval", 1, MAX_STEPS), ("eval_prompts", 1, 100_000), ("seed", 0, 2**63 - 1)):
+                                ("eval_interval", 1, MAX_STEPS), ("eval_prompts", 1, 100_000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"rl.{name} must be an integer, got {value!r}")
             _bounded(name, value, low, high)
+        check_seed(self.seed, "rl.seed")
         if self.prompts_per_step * self.samples_per_prompt > MAX_REPLIES_PER_STEP:
             raise ValueError(
                 f"rl.prompts_per_step * rl.samples_per_prompt = {self.prompts_per_step * self.samples_per_prompt} "

@@ -17,6 +17,7 @@ task                prompt -> reference reply                   checked
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from llm_lab.utils.io import atomic_write
+from llm_lab.utils.json_input import loads_strict
 
 __all__ = [
     "TASKS",
@@ -34,6 +36,7 @@ __all__ = [
     "TaskExample",
     "TaskFile",
     "make_task",
+    "task_settings",
     "read_task_file",
     "synth_examples",
     "write_task_file",
@@ -175,10 +178,18 @@ def make_task(name: str, **settings: object) -> Task:
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks are {sorted(TASKS)}")
-    try:
-        return TASKS[name](**settings)
-    except TypeError as exc:  # an unknown keyword
-        raise ValueError(f"task {name!r}: {exc}") from None
+    known = task_settings(name)
+    unknown = [key for key in settings if key not in known]
+    if unknown:
+        valid = ", ".join(f"{key} (default {default!r})" for key, default in known.items()) or "none"
+        raise ValueError(f"task {name!r} has no setting {unknown[0]!r}; its settings are: {valid}")
+    return TASKS[name](**settings)
+
+
+def task_settings(name: str) -> dict[str, object]:
+    """The settings task ``name`` takes, each with its default (the keyword arguments of its constructor)."""
+    parameters = list(inspect.signature(TASKS[name].__init__).parameters.values())[1:]  # past self
+    return {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def synth_examples(task: Task, n: int, seed: int) -> Iterator[TaskExample]:
@@ -217,16 +228,20 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
         ValueError: a line that is not such a record, or records of different tasks (naming the line).
     """
     examples, names = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # lines decoded one by one, so a bad byte is named by its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text; a task file is JSON lines") from None
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = loads_strict(line, what=f"{path}, line {number}")  # deep nesting: a ValueError too
                 messages, target, name = record["messages"], record["target"], record["task"]
                 prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
                 reply = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
-            except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+            except (ValueError, KeyError, TypeError, StopIteration):
                 raise ValueError(
                     f"{path}, line {number}: not a task record (expected an object with 'messages' holding a user "
                     "turn, 'target' and 'task', as llm-lab data synth writes)"

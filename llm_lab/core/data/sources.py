@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import json
 import os
-import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, NamedTuple
 
 import regex
+
+from llm_lab.utils.paths import path_kind
 
 __all__ = [
     "COMPRESSIONS",
@@ -478,22 +479,12 @@ def _source_class(path: Path) -> type[DocumentSource]:
     return next((cls for cls in SOURCES.values() if last in cls.suffixes), TextFileSource)
 
 
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
 def _check_regular(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"input file not found: {path}") from None
-    for test, kind in _FILE_KINDS:
-        if test(mode):
-            raise ValueError(f"--input {path} is {kind}, not a regular file; give files, folders or globs")
+    kind = path_kind(path)
+    if kind is None:
+        raise FileNotFoundError(f"input file not found: {path}")
+    if kind not in ("a regular file", "a directory"):
+        raise ValueError(f"--input {path} is {kind}, not a regular file; give files, folders or globs")
 
 
 def _directory_files(directory: Path) -> list[Path]:

@@ -63,6 +63,7 @@ from llm_lab.core.decode.prompts import is_int, model_device, prepare_prompts
 from llm_lab.core.decode.row_text import RowText
 from llm_lab.core.decode.sampling import SamplingConfig
 from llm_lab.utils.modules import eval_mode
+from llm_lab.utils.seeds import check_seed
 from llm_lab.utils.threads import AUTO, Threads, settle_threads
 
 __all__ = [
@@ -220,8 +221,8 @@ class GenerationConfig:
             raise ValueError("pass either generator= or seed=, not both")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(self.generator).__name__}")
-        if self.seed is not None and not is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
         _stop_list(self.stop, self.tokenizer)
 
     @classmethod

@@ -74,15 +74,47 @@ def _meta_counts(config: MiniGPTConfig) -> tuple[int, int, int]:
     storage), so each variant's own modules decide their size; the embedding and head are counted here as
     ``MiniGPT`` lays them out (a test checks this against ``MiniGPT.num_parameters`` over the variant matrix).
     """
-    with torch.device("meta"):
-        block_params, block_buffers = _numel(Block(config, 0))
-        pos_params, pos_buffers = _numel(build_positional_encoding(config))
-        norm_params, norm_buffers = _numel(build_norm(config.norm, config.n_embd, config.norm_eps, config.bias))
+    _check_addressable(config)
+    try:
+        with torch.device("meta"):
+            block_params, block_buffers = _numel(Block(config, 0))
+            pos_params, pos_buffers = _numel(build_positional_encoding(config))
+            norm_params, norm_buffers = _numel(build_norm(config.norm, config.n_embd, config.norm_eps, config.bias))
+    except RuntimeError as e:  # torch's "Storage size calculation overflowed": one tensor past 2**63 bytes
+        raise ValueError(f"{_sizes(config)}: a tensor of this model is too large to describe ({e}); make the model "
+                         "smaller") from None
     embedding = config.vocab_size * config.n_embd
     head = 0 if config.tie_embeddings else embedding
     params = embedding + head + pos_params + norm_params + config.n_layer * block_params
     buffers = pos_buffers + norm_buffers + config.n_layer * block_buffers
     return params, buffers, block_params
+
+
+# Past this many bytes of weights (1 EiB) no machine holds the model, and torch cannot even describe its largest
+# tensor on the meta device (a tensor of 2**63 bytes overflows its size calculation): refused before building.
+_ADDRESSABLE_BYTES = 2**60
+
+
+def _sizes(config: MiniGPTConfig) -> str:
+    """``model.n_layer=1, model.n_embd=1000000000, ...``: the keys that decide a model's size, for a message."""
+    keys = ("n_layer", "n_embd", "mlp_hidden", "vocab_size", "context_length")
+    return ", ".join(f"model.{k}={getattr(config, k)}" for k in keys if getattr(config, k) is not None)
+
+
+def _check_addressable(config: MiniGPTConfig) -> None:
+    """Refuse, with the keys and a lower bound of the parameters, a config too large to build even on ``meta``.
+
+    Every block holds at least the query and output projections (``2 C^2``) and the MLP's two matrices
+    (``2 C H``), and the model a ``V x C`` token embedding: a lower bound, in Python integers, that cannot overflow.
+    """
+    C, H, V, L = config.n_embd, config.hidden_dim, config.vocab_size, config.n_layer
+    at_least = V * C + L * (2 * C * C + 2 * C * H)
+    if _FP32 * at_least > _ADDRESSABLE_BYTES:
+        raise ValueError(
+            f"{_sizes(config)} asks for at least {at_least:.3g} parameters ({format_bytes(_FP32 * at_least)} of "
+            "fp32 weights), more than any machine holds; make the model smaller (model.n_embd, model.n_layer, "
+            "model.mlp_hidden, model.vocab_size)"
+        )
 
 
 def count_parameters(config: MiniGPTConfig) -> int:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, get_args
 from llm_lab.core.train.loggers import validate_logger_names
 from llm_lab.core.train.optim import OPTIMIZERS
 from llm_lab.core.train.schedule import SCHEDULES
+from llm_lab.utils.seeds import check_seed
 from llm_lab.utils.threads import parse_threads
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -154,8 +155,7 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed)
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llm_lab.utils.csv_input import read_csv_file
 from llm_lab.utils.io import atomic_write_text
 
 __all__ = ["METRICS_COLUMNS", "MetricsLog", "read_metrics"]
@@ -39,9 +40,12 @@ def _format(value: Any) -> str:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a ``metrics.csv`` as dicts of strings (empty string where a value is absent)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """The rows of a ``metrics.csv`` as dicts of strings (empty string where a value is absent).
+
+    Raises:
+        ValueError: not UTF-8 CSV, or a row with more fields than the header (the file and the line are named).
+    """
+    return [row for _, row in read_csv_file(path)[1]]
 
 
 class MetricsLog:

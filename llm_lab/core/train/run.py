@@ -83,6 +83,7 @@ from llm_lab.utils.dirswap import (
 )
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.paths import check_input_file
 
 __all__ = [
     "RUN_FORMAT_VERSION",
@@ -205,6 +206,8 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
     ``tokenizer`` is the one the run must use (resume, fine-tuning) or ``None`` (a new run decides it).
     """
     T = config.model.context_length
+    if not data.is_dir():
+        check_input_file(data, "--data", "a text file or a prepared directory")  # missing, a FIFO, a device: said so
     if data.is_dir():
         train_ids, val_ids, meta = load_prepared(data)
         data_tokenizer = load_corpus_tokenizer(data, meta)
@@ -217,7 +220,7 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
             )
         source = {"path": str(data), "format": "prepared", "fingerprint": corpus_fingerprint(meta)}
         hint = f"prepare {data} from more text or lower model.context_length ({T})"
-    elif data.is_file():
+    else:
         text, digest = _read_text(data)
         if not text:
             raise ValueError(f"{data} is empty; give a text file with at least context_length + 1 = {T + 1} tokens")
@@ -234,8 +237,6 @@ def _load_corpus(config: RunConfig, data: Path, tokenizer: Any, origin: str) -> 
             f"use a longer corpus, lower model.context_length ({T}) or raise data.val_fraction "
             f"({config.data.val_fraction})"
         )
-    else:
-        raise FileNotFoundError(f"--data {data} does not exist (give a text file or a prepared directory)")
     source |= {
         "train_tokens": int(len(train_ids)),
         "val_tokens": int(len(val_ids)),

@@ -16,6 +16,7 @@ from llm_lab.core.train.checkpoint import RUN_FILE
 from llm_lab.core.train.config import TrainerConfig
 from llm_lab.utils.config_loader import apply_overrides, config_from_dict, config_to_dict, replace_config
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.paths import check_input_file
 
 RUN_FORMAT_VERSION = 1
 # Keys of run.json that describe where a run came from; they are recorded, not configured.
@@ -128,9 +129,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         """Read a run config JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
+        path = check_input_file(path, "config file", "a run config JSON file")  # a directory, a FIFO: said so
         return cls.from_dict(load_json_file(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:

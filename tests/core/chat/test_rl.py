@@ -107,6 +107,10 @@ def test_a_model_without_chat_rows_is_refused(template: ChatTemplate) -> None:
         ({"temperature": 0.0}, r"rl.temperature must be in \[0.001, 10\], got 0.0"),
         ({"max_steps": 10**9}, r"rl.max_steps must be in \[1, 1e\+06\]"),
         ({"eval_prompts": 1.5}, r"rl.eval_prompts must be an integer, got 1.5"),
+        # the seed range of every seed (llm_lab.utils.seeds), not "[0, 9.22337e+18]"
+        ({"seed": 2**70}, r"^rl.seed must be an integer from 0 to 2\*\*63 - 1 \(9223372036854775807\), got 1180591"),
+        ({"task_settings": {"letters": 2}}, r"^rl.task: task 'addition' has no setting 'letters'; its settings are: "
+         r"digits \(default 3\)$"),
     ],
 )
 def test_bad_configs_are_refused_by_name(settings: dict, message: str) -> None:

@@ -76,7 +76,9 @@ def test_the_same_seed_gives_the_same_examples_and_files_round_trip(tmp_path) ->
         ("addition", {"digits": 0}, r"digits must be an integer in \[1, 18\], got 0"),
         ("addition", {"digits": True}, r"digits must be an integer in \[1, 18\], got True"),
         ("reverse", {"min_length": 5, "max_length": 2}, r"max_length must be an integer in \[5, 64\], got 2"),
-        ("reverse", {"letters": 2}, r"task 'reverse': .*unexpected keyword argument 'letters'"),
+        # was Python's "__init__() got an unexpected keyword argument": the setting and the valid ones are named
+        ("reverse", {"letters": 2}, r"^task 'reverse' has no setting 'letters'; its settings are: min_length \(default "
+         r"3\), max_length \(default 6\)$"),
     ],
 )
 def test_bad_tasks_are_refused_by_name(name: str, settings: dict, message: str) -> None:
@@ -102,3 +104,19 @@ def test_a_file_that_is_not_a_task_file_is_named_with_its_line(tmp_path) -> None
         with pytest.raises(ValueError, match=rf"bad.jsonl, line 2: {message}"):
             read_task_file(path)
     assert TaskExample("p", "r", "t").messages()[1] == {"role": "assistant", "content": "r"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # was "'utf-8' codec can't decode byte 0xff in position 0", naming no file or line
+        (b'\n\xff\xfe\n', r"tasks\.jsonl, line 2: not UTF-8 text; a task file is JSON lines$"),
+        # 100,000 nested lists: json.loads raised RecursionError (a traceback)
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", r"tasks\.jsonl, line 1: not a task record"),
+    ],
+)
+def test_a_damaged_task_file_is_refused_by_line(tmp_path, content: bytes, message: str) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_task_file(path)

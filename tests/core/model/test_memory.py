@@ -95,3 +95,26 @@ def test_meta_device_builds_skip_the_check(monkeypatch):
     with torch.device("meta"):  # shapes only: nothing to refuse
         model = MiniGPT(dataclasses.replace(tiny_config("rope", "rmsnorm", "swiglu", "gqa"), n_layer=3))
     assert model.tok_emb.weight.is_meta
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        # n_embd 1e9: 6 x (2 x 1e18 + 2 x 4e18) = 6e19 parameters at least; the MLP's 1e9 x 4e9 weight alone
+        # overflowed torch's size calculation on the meta device
+        (dict(n_embd=10**9, n_head=2), r"^model\.n_layer=6, model\.n_embd=1000000000, model\.vocab_size=65, "
+         r"model\.context_length=256 asks for at least 6e\+19 parameters \(.* EiB of fp32 weights\), more than "
+         r"any machine holds; make the model smaller \(model\.n_embd"),
+        (dict(n_layer=10**18, n_embd=16, n_head=2), r"model\.n_layer=1000000000000000000, .* least 2\.56e\+21 param"),
+        (dict(mlp_hidden=10**17, n_embd=16, n_head=2), r"model\.mlp_hidden=100000000000000000, .* at least 1\.92e\+19"),
+        # a learned position table of 1e18 rows: below the lower bound, caught where torch describes the tensor
+        (dict(context_length=10**18, n_embd=16, n_head=2), r"model\.context_length=1000000000000000000: a tensor of "
+         r"this model is too large to describe \(Storage size calculation overflowed"),
+    ],
+)
+def test_a_config_too_large_to_describe_is_one_line_naming_its_sizes(kwargs, message):
+    config = MiniGPTConfig(**kwargs)
+    for build in (estimate_memory, MiniGPT):
+        with pytest.raises(ValueError, match=message) as exc:
+            build(config)  # was a RuntimeError traceback from torch.nn.Linear on the meta device
+        assert "\n" not in str(exc.value)
