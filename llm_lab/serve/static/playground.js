@@ -52,8 +52,9 @@ async function loadModel() {
 async function checkChat() {
   try {
     const info = await (await fetch("/tokenizer_info")).json();
-    if (info.chat_template) await updateChatRoom();
-    else showNoChat("its tokenizer has no chat tokens");
+    if (!info.chat_template) return showNoChat("its tokenizer has no chat tokens");
+    chat.available = true;
+    await updateChatRoom();
   } catch (error) {
     $("chat-error").textContent = "could not read /tokenizer_info: " + error;
   }
@@ -539,7 +540,7 @@ function showNoChat(message) {
 }
 
 async function updateChatRoom() {
-  if (chat.available === false) return;
+  if (chat.available !== true) return;  // not before /tokenizer_info said the model can chat (checkChat calls again)
   const pending = $("chat-input").value;
   const system = $("chat-system").value;
   let response;
