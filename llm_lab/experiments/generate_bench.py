@@ -164,8 +164,7 @@ def read_bandwidth(mib: int, repeats: int, device: torch.device) -> float:
 
 def _weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of linear weights (with scales and biases) that one decode step of the decode copy reads."""
-    products = [m for m in model.modules() if isinstance(m, DecodeLinear)]
-    return sum(b.nbytes for m in products for b in m.buffers(recurse=False))
+    return sum(m.nbytes for m in model.modules() if isinstance(m, DecodeLinear))
 
 
 def _weights_floor(
