@@ -75,6 +75,7 @@ __all__ = [
     "DECODE_DTYPES",
     "MIN_BLOCK_COLUMNS",
     "MIN_NEW_TOKENS",
+    "MIN_PARALLEL_WEIGHTS",
     "BFloat16Weights",
     "DecodeLinear",
     "DecodeWeights",
@@ -94,6 +95,13 @@ __all__ = [
 #: through the copy); twice that many steps leaves a clear gain. From batch 1 to 8 and for a 1024-token prefill the
 #: copy was never the slower one.
 MIN_NEW_TOKENS = 64
+
+#: An fbgemm int8 product of fewer weights than this runs on one thread however many torch has. fbgemm splits
+#: every product across all threads, and each split ends in a wait for the slowest thread: for the 0.1-0.6 M
+#: weights of a 6 x 384 model's layers that wait costs more than the split saves, and on a machine whose cores are
+#: busy with other work it cost 10 ms and more per product (2 threads, load about 12: the 24 layer products of one
+#: step took 38.6 ms split, 4.2 ms on one thread). The output head (19 M weights) is split.
+MIN_PARALLEL_WEIGHTS = 1 << 20
 
 #: With several threads a weight is cut into this many columns or more per block, one block per thread: a
 #: matrix-vector product runs on one thread, a batch of them (``bmm``) on all.
@@ -275,7 +283,8 @@ class FbgemmInt8Weights(Int8Weights):
 
     @classmethod
     def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
-        peak = flat.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(flat.dtype).tiny)  # (rows, 1)
+        peak = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True)  # (rows, 1): max |x|
+        peak = peak.clamp_min_(torch.finfo(flat.dtype).tiny)
         framed = torch.cat([flat / peak, layer.range_pins.expand(flat.shape[0], -1)], dim=1)  # (rows, in + 2)
         out = layer.fbgemm(framed).mul_(peak)  # (rows, out)
         if layer.packed_bias is None:
@@ -305,7 +314,21 @@ class _FbgemmMatrix:
         self.weights = q.numel()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ q.T`` for float rows ``x`` ``(rows, in)``, ``x`` quantised by fbgemm to 8 bits over its range."""
+        """``x @ q.T`` for float rows ``x`` ``(rows, in)``, ``x`` quantised by fbgemm to 8 bits over its range.
+
+        A product of fewer than :data:`MIN_PARALLEL_WEIGHTS` weights runs on one thread (the result is the same
+        on any number: the sums are integers).
+        """
+        threads = torch.get_num_threads()
+        if threads == 1 or self.weights >= MIN_PARALLEL_WEIGHTS:
+            return self._product(x)
+        torch.set_num_threads(1)
+        try:
+            return self._product(x)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         return torch.fbgemm_linear_int8_weight(x, self._shape, self._packed, self._column_sums, 1.0, 0, self._no_bias)
 
     def __deepcopy__(self, memo: dict) -> _FbgemmMatrix:

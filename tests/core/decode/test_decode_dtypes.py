@@ -107,6 +107,29 @@ def test_fbgemm_int8_rows_are_independent_and_never_saturate():
 
 
 @needs_fbgemm
+def test_fbgemm_int8_small_products_run_on_one_thread_with_the_same_result(monkeypatch):
+    product = DecodeLinear([nn.Linear(64, 32)], "int8")
+    x = torch.randn(4, 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen, real = [], type(product.fbgemm)._product
+
+        def spy(matrix, rows):
+            seen.append(torch.get_num_threads())
+            return real(matrix, rows)
+
+        monkeypatch.setattr(type(product.fbgemm), "_product", spy)
+        small = product(x)
+        monkeypatch.setattr(fast_linear, "MIN_PARALLEL_WEIGHTS", 1)
+        split = product(x)
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # the setting is put back
+        assert torch.equal(small, split)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_fbgemm
 def test_fbgemm_int8_copies_share_the_packed_matrix_and_refuse_pickling():
     product = DecodeLinear([nn.Linear(16, 8)], "int8")
     twin = copy.deepcopy(product)
