@@ -177,6 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--new-tokens", type=_TOKENS, default=None, help="tokens per completion (default 64)")
     serve.add_argument("--max-batch", type=_BATCH, default=None, help="--max-batch of the batching server (default 8)")
     serve.add_argument("--rounds", type=_REPEATS, default=None, help="alternating rounds, medians reported (default 3)")
+    serve.add_argument("--dtype", default=None, help="--dtype of both servers: fp32 (default), bf16, int8 or auto")
     serve.add_argument("--out", type=Path, default=DEFAULT_BENCH_DIR / "serve", help=_OUT_HELP)
     serve.set_defaults(func=_run_serve)
 
@@ -411,6 +412,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "new_tokens": args.new_tokens,
         "max_batch": args.max_batch,
         "rounds": args.rounds,
+        "dtype": args.dtype,
     }
     base = ServeBenchSettings.quick() if args.quick else ServeBenchSettings()
     # replace() validates again: a bad value is one line, before a model is built or a server started.

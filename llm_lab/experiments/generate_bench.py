@@ -5,10 +5,10 @@ very same fp32 weights. Ours decodes through a :func:`~llm_lab.core.decode.prepa
 (on a CPU), as a server does, in the decode dtype of the settings (``fp32``, ``bf16``, ``int8`` or ``auto``); HF
 always runs fp32. With fp32 both must give the same tokens; otherwise the share of greedy tokens that agree with
 HF's is reported, and a roofline for the dtype: the bytes of linear weights one decode step reads (the decode
-copy's buffers) against the memory read bandwidth measured in the same run with the same threads
-(:func:`read_bandwidth`, the sum of a buffer far larger than the caches), so ``bandwidth / bytes`` tokens/s is
-what a step that only streamed its weights would reach. Measured, each as the median of ``repeats`` runs, ours
-and theirs interleaved so that load from other processes hits both alike:
+copy's ``DecodeLinear.nbytes``: packed weights, scales, biases) against the memory read bandwidth measured in the
+same run with the same threads (:func:`read_bandwidth`, the sum of a buffer far larger than the caches), so
+``bandwidth / bytes`` tokens/s is what a step that only streamed its weights would reach. Measured, each as the
+median of ``repeats`` runs, ours and theirs interleaved so that load from other processes hits both alike:
 
 * greedy tokens per second (``batch * new_tokens / wall time``, prefill included) per batch size, HF with
   ``do_sample=False, use_cache=True`` and its default cache, next to "matmul-only" tokens/s: the model's
@@ -164,8 +164,7 @@ def read_bandwidth(mib: int, repeats: int, device: torch.device) -> float:
 
 def _weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of linear weights (with scales and biases) that one decode step of the decode copy reads."""
-    products = [m for m in model.modules() if isinstance(m, DecodeLinear)]
-    return sum(b.nbytes for m in products for b in m.buffers(recurse=False))
+    return sum(m.nbytes for m in model.modules() if isinstance(m, DecodeLinear))
 
 
 def _weights_floor(

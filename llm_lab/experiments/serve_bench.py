@@ -54,6 +54,7 @@ class ServeBenchSettings:
         prompt_chars: prompt length in characters (each request takes a different slice of the text).
         max_batch: ``--max-batch`` of the batching server.
         rounds: rounds of all scenarios, alternating (medians reported).
+        dtype: ``--dtype`` of both servers (the weights they decode with: ``fp32``, ``bf16``, ``int8``, ``auto``).
     """
 
     n_layer: int = 6
@@ -67,9 +68,15 @@ class ServeBenchSettings:
     max_batch: int = 8
     rounds: int = 3
     seed: int = 0
+    dtype: str = "fp32"
 
     def __post_init__(self) -> None:
+        from llm_lab.core.decode.fast_linear import resolve_decode_dtype
+
+        resolve_decode_dtype(self.dtype)  # an unknown name is a ValueError listing the choices
         for name, value in asdict(self).items():
+            if name == "dtype":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
@@ -113,13 +120,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(package: Path, max_batch: int, log: Path) -> Iterator[str]:
-    """``llm-lab serve PACKAGE --max-batch N`` in a subprocess; yields its base URL once ``/health`` answers."""
+def _server(package: Path, max_batch: int, log: Path, dtype: str = "fp32") -> Iterator[str]:
+    """``llm-lab serve PACKAGE --max-batch N --dtype D`` in a subprocess; yields its URL once ``/health`` answers."""
     import httpx
 
     port = _free_port()
     command = [sys.executable, "-m", "llm_lab", "serve", str(package), "--port", str(port),
-               "--max-batch", str(max_batch), "--log-level", "warning"]  # fmt: skip
+               "--max-batch", str(max_batch), "--dtype", dtype, "--log-level", "warning"]  # fmt: skip
     with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
@@ -226,7 +233,10 @@ def run_serve_benchmark(
     with tempfile.TemporaryDirectory(prefix="llm-lab-bench-serve-") as tmp:
         package = _save_package(settings, Path(tmp) / "model")
         log = Path(tmp) / "server.log"
-        with _server(package, settings.max_batch, log) as batching, _server(package, 1, log) as one_at_a_time:
+        with (
+            _server(package, settings.max_batch, log, settings.dtype) as batching,
+            _server(package, 1, log, settings.dtype) as one_at_a_time,
+        ):
             urls = {settings.max_batch: batching, 1: one_at_a_time}
             for url in urls.values():  # warm up both (first calls build the decode copy and allocate)
                 _run_load(url, ServeBenchSettings(**{**asdict(settings), "requests_per_client": 1}), 1, 0)

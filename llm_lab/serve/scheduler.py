@@ -23,7 +23,8 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
    request's logits, hence its greedy text, its sampled text for a seed and its log-probabilities, are bit for bit
    the same alone or in any batch on the same server (same ``max_batch`` and model). They are not bit for bit
    those of the library's :func:`~llm_lab.core.decode.generate`, which runs other shapes (equal up to rounding).
-   Idle slots cost little on a CPU, where a decode step is bound by reading the weights once.
+   Idle slots are not free: a lone client on an 8-slot server got 2.2x (int8) to 2.4x (fp32) fewer tokens/s than
+   on a 1-slot one (docs/how-to/serve-many.md); int8 makes their weight reads nearly free, not their attention.
 
 A model with a previous-token embedding (``bigram_embedding``) cannot use the slot cache (the model reads the
 previous token at a fixed column); its requests are decoded one at a time, in queue order, through the library's

@@ -19,17 +19,23 @@ def test_settings_are_checked_before_anything_runs() -> None:
         ServeBenchSettings(n_embd=100)
     with pytest.raises(ValueError, match=r"a 24-character prompt and 300 new tokens do not fit a context of 256"):
         dataclasses.replace(ServeBenchSettings(), new_tokens=300)
+    with pytest.raises(ValueError, match="unknown decode dtype 'fp8'; choose one of: auto, fp32, bf16, int8"):
+        ServeBenchSettings(dtype="fp8")
 
 
 def test_bad_flag_is_a_one_line_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["bench", "serve", "--clients", "0"]) == 2
     assert capsys.readouterr().err.strip() == "llm-lab: error: clients must be a positive integer, got 0"
+    assert cli_main(["bench", "serve", "--dtype", "int4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "llm-lab: error: unknown decode dtype 'int4'; choose one of: auto, fp32, bf16, int8"
+    )
 
 
 @pytest.mark.slow
 def test_quick_run_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Two real `llm-lab serve` subprocesses, 1 and 3 streamed clients: every request answered in full."""
-    assert cli_main(["bench", "serve", "--quick", "--out", str(tmp_path)]) == 0
+    """Two real `llm-lab serve --dtype int8` subprocesses, 1 and 3 streamed clients: every request answered in full."""
+    assert cli_main(["bench", "serve", "--quick", "--dtype", "int8", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| --max-batch 3 | 3       | 3        |" in printed
     rows = read_csv(tmp_path / "serve.csv")

@@ -43,21 +43,28 @@ step pays for. Each choice is a small class in :data:`DECODE_DTYPES`, the only l
 * ``bf16`` (:class:`BFloat16Weights`): weights rounded to bfloat16 (half the bytes), products through
   ``torch.nn.functional.linear`` in bfloat16. Fast only where the CPU has bfloat16 units (``avx512_bf16``,
   ``amx_bf16``); on an AVX2-only CPU torch converts every element and a step is slower than fp32.
-* ``int8`` (:class:`Int8Weights`): weight-only int8 with one scale per output channel (``absmax / 127``),
-  multiplied by torch's own ``torch.ops.aten._weight_int8pack_mm``, which dequantises inside the matmul on
-  AVX2 and AVX-512 alike (a quarter of the bytes). That kernel is fast for bfloat16 activations and several times
-  slower for float32 ones (measured here), so the input row is rounded to bfloat16 on the way in; the result comes
-  back as float32. ``torch._int_mm`` (int8 x int8) would quantise the activations too and was slower here, and the
-  ``torch.ao`` dynamic-quantisation operators are deprecated.
+* ``int8`` (:class:`Int8Weights`): weight-only int8 with one scale per output channel (``absmax / 127``), a
+  quarter of fp32's bytes. Two kernels that the installed torch provides multiply by it (no C extension of ours):
+  where torch has fbgemm (x86 CPUs with AVX2 or AVX-512), :class:`FbgemmInt8Weights`, fbgemm's integer
+  product (``torch.fbgemm_linear_int8_weight``), which rounds each input row to about 7 bits and computes in
+  integers; elsewhere ``torch.ops.aten._weight_int8pack_mm``, which dequantises inside the matmul and wants
+  bfloat16 inputs (several times slower with float32 ones), so the row is rounded to bfloat16 on the way in. On
+  the AVX2 development machine GPT-2's output head took 1.7 ms through fbgemm, 5.5 ms through
+  ``_weight_int8pack_mm`` and 3.7 ms in fp32 (one thread): without bfloat16 units the second is slower than fp32.
+  ``torch._int_mm`` (int8 x int8) was slower still, and the ``torch.ao`` dynamic-quantisation operators quantise
+  a whole batch over one range (a row's result would depend on its neighbours).
 
-``auto`` (:func:`resolve_decode_dtype`) picks ``int8`` on a CPU whose torch provides that kernel and ``fp32``
-anywhere else; it never picks ``bf16`` (its only gain is on CPUs with bfloat16 units, where int8 reads half as
-much again). Embeddings, norms and attention stay in float32 in every case: they read one row per token.
+``auto`` (:func:`resolve_decode_dtype`) picks ``int8`` on a CPU where one of those kernels beats fp32 (fbgemm, or
+``_weight_int8pack_mm`` on a CPU with bfloat16 units) and ``fp32`` anywhere else; it never picks ``bf16`` (its
+only gain is on CPUs with bfloat16 units, where int8 reads half as much again). Embeddings, norms and attention
+stay in float32 in every case: they read one row per token.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -68,11 +75,14 @@ __all__ = [
     "DECODE_DTYPES",
     "MIN_BLOCK_COLUMNS",
     "MIN_NEW_TOKENS",
+    "MIN_PARALLEL_WEIGHTS",
     "BFloat16Weights",
     "DecodeLinear",
     "DecodeWeights",
+    "FbgemmInt8Weights",
     "Float32Weights",
     "Int8Weights",
+    "fbgemm_int8_available",
     "is_decode_copy",
     "pays_to_prepare",
     "prepare_for_decode",
@@ -85,6 +95,13 @@ __all__ = [
 #: through the copy); twice that many steps leaves a clear gain. From batch 1 to 8 and for a 1024-token prefill the
 #: copy was never the slower one.
 MIN_NEW_TOKENS = 64
+
+#: An fbgemm int8 product of fewer weights than this runs on one thread however many torch has. fbgemm splits
+#: every product across all threads, and each split ends in a wait for the slowest thread: for the 0.1-0.6 M
+#: weights of a 6 x 384 model's layers that wait costs more than the split saves, and on a machine whose cores are
+#: busy with other work it cost 10 ms and more per product (2 threads, load about 12: the 24 layer products of one
+#: step took 38.6 ms split, 4.2 ms on one thread). The output head (19 M weights) is split.
+MIN_PARALLEL_WEIGHTS = 1 << 20
 
 #: With several threads a weight is cut into this many columns or more per block, one block per thread: a
 #: matrix-vector product runs on one thread, a batch of them (``bmm``) on all.
@@ -110,14 +127,27 @@ class DecodeWeights:
     bytes_per_weight: ClassVar[float]
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-        """The buffers to keep, from ``weight`` ``(out, in)`` and ``bias`` ``(out,)`` or ``None`` (both copies)."""
+    def implementation(cls, device: torch.device) -> type[DecodeWeights]:
+        """The class that packs and multiplies this dtype on ``device`` (itself, unless a faster kernel exists)."""
+        return cls
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, object]:
+        """What to keep, from ``weight`` ``(out, in)`` and ``bias`` ``(out,)`` or ``None`` (both copies).
+
+        Tensors (or ``None``) become buffers of the layer; anything else an attribute.
+        """
         raise NotImplementedError
 
     @classmethod
     def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
         """``flat @ W.T + b`` for ``flat`` ``(rows, in)``: ``(rows, out)`` in ``flat``'s dtype."""
         raise NotImplementedError
+
+    @classmethod
+    def nbytes(cls, layer: DecodeLinear) -> int:
+        """Bytes a product through ``layer`` reads: its weights, scales and biases (the roofline's numerator)."""
+        return sum(b.nbytes for b in layer.buffers(recurse=False))
 
 
 class Float32Weights(DecodeWeights):
@@ -131,7 +161,7 @@ class Float32Weights(DecodeWeights):
     bytes_per_weight = 4.0
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, object]:
         weight = weight.t()  # (in, total)
         total = weight.shape[1]
         parts = _split_count(total, weight.device)
@@ -166,7 +196,7 @@ class BFloat16Weights(DecodeWeights):
     bytes_per_weight = 2.0
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, object]:
         return {"packed_weight": weight.to(torch.bfloat16).contiguous(), "packed_bias": bias}
 
     @classmethod
@@ -178,19 +208,27 @@ class BFloat16Weights(DecodeWeights):
 class Int8Weights(DecodeWeights):
     """Weight-only int8: ``W ~ q * scale`` with one scale per output channel, ``q`` in ``[-127, 127]``.
 
-    ``scale = absmax(row) / 127`` is rounded to bfloat16 (the kernel's dtype) before ``q = round(W / scale)`` is
-    taken, so the stored pair is exactly what is multiplied. ``torch.ops.aten._weight_int8pack_mm(x, q, scale)``
-    computes ``x @ (q * scale).T`` without building the float matrix; ``x`` goes in as bfloat16 (see the module
-    docs), the bias is added in float32. ``packed_weight`` is ``q`` ``(out, in)`` int8, ``weight_scale`` ``(out,)``.
-    The kernel accumulates in float32 and returns bfloat16, so every product (the logits too) carries bfloat16's
-    rounding (8 significant bits) besides the weights'; the measured cost is in docs/how-to/low-precision-and-gguf.md.
+    The format of the ``int8`` decode dtype; :meth:`implementation` picks the kernel that multiplies by it here:
+    :class:`FbgemmInt8Weights` where torch has fbgemm (x86 CPUs with AVX2 or AVX-512), else this class, through
+    ``torch.ops.aten._weight_int8pack_mm``.
+
+    In this class ``scale = absmax(row) / 127`` is rounded to bfloat16 (the kernel's dtype) before
+    ``q = round(W / scale)`` is taken, so the stored pair is exactly what is multiplied.
+    ``torch.ops.aten._weight_int8pack_mm(x, q, scale)`` computes ``x @ (q * scale).T`` without building the float
+    matrix; ``x`` goes in as bfloat16 (see the module docs), the bias is added in float32. ``packed_weight`` is
+    ``q`` ``(out, in)`` int8, ``weight_scale`` ``(out,)``. The kernel accumulates in float32 and returns bfloat16,
+    so every product (the logits too) carries bfloat16's rounding (8 significant bits) besides the weights'.
     """
 
     name = "int8"
     bytes_per_weight = 1.0
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    def implementation(cls, device: torch.device) -> type[DecodeWeights]:
+        return FbgemmInt8Weights if device.type == "cpu" and fbgemm_int8_available() else cls
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, object]:
         weight = weight.float()
         scale = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
         q = torch.round(weight / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -203,6 +241,118 @@ class Int8Weights(DecodeWeights):
         return out if layer.packed_bias is None else out + layer.packed_bias
 
 
+#: The two extra input columns of :class:`FbgemmInt8Weights`: they pin the range fbgemm quantises each input to,
+#: ``[-1, 255 / 64 - 1]`` over the 256 levels of a byte, so a step is exactly 1/64, zero is level 64 and ``+-1`` (a
+#: row's peak, after dividing by it) are the levels 0 and 128.
+_RANGE_PINS = (-1.0, 255 / 64 - 1)
+
+
+class FbgemmInt8Weights(Int8Weights):
+    """The ``int8`` format multiplied by fbgemm's int8 matrix product (``torch.fbgemm_linear_int8_weight``).
+
+    fbgemm multiplies unsigned 8-bit inputs by signed 8-bit weights in integers, so it reads a quarter of fp32's
+    bytes and needs no bfloat16 units: on the AVX2 development machine GPT-2's output head (384 x 50257) took
+    1.7 ms against 5.5 ms through ``_weight_int8pack_mm`` and 3.7 ms in fp32. The operator quantises its input
+    itself, to 8 bits over the range of the whole input, which would make one row's result depend on the rows
+    beside it (and the server promises that it does not). So each row is divided by its own absolute maximum
+    before it goes in, two constant columns (:data:`_RANGE_PINS`, with zero weights) pin the range to
+    ``[-1, 2.98]`` for every row (steps of exactly 1/64), and the result is multiplied back by the row's maximum
+    and each channel's scale. That range also keeps every quantised input in ``[0, 128]``: on AVX2 fbgemm adds
+    products in pairs in 16-bit integers, and ``2 * 128 * 127`` fits where ``2 * 255 * 127`` would saturate. The
+    cost: an input row is rounded to 129 levels across its range (about 7 bits), the weights as in
+    :class:`Int8Weights` (``q`` in ``[-127, 127]``, ``scale = absmax / 127``, kept in float32). Rows are
+    independent and the integer sums are exact, so a row gives the same result alone or in any batch.
+
+    fbgemm keeps the packed matrix in an object of its own (``fbgemm``, see :class:`_FbgemmMatrix`), not in a
+    tensor: it is shared, never copied, by copies of the layer. torch marks these operators as deprecated; where
+    they are missing or fail (a torch built without fbgemm, a non-x86 CPU) :class:`Int8Weights` is used instead.
+    """
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, object]:
+        weight = weight.float()
+        scale = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)  # (out,)
+        q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+        framed = torch.cat([q, q.new_zeros(q.shape[0], len(_RANGE_PINS))], dim=1)  # (out, in + 2)
+        return {
+            "fbgemm": _FbgemmMatrix(framed),
+            "weight_scale": scale,
+            "packed_bias": bias,
+            "range_pins": torch.tensor(_RANGE_PINS),
+        }
+
+    @classmethod
+    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+        peak = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True)  # (rows, 1): max |x|
+        peak = peak.clamp_min_(torch.finfo(flat.dtype).tiny)
+        framed = torch.cat([flat / peak, layer.range_pins.expand(flat.shape[0], -1)], dim=1)  # (rows, in + 2)
+        out = layer.fbgemm(framed).mul_(peak)  # (rows, out)
+        if layer.packed_bias is None:
+            return out.mul_(layer.weight_scale)
+        return torch.addcmul(layer.packed_bias, out, layer.weight_scale)
+
+    @classmethod
+    def nbytes(cls, layer: DecodeLinear) -> int:
+        return layer.fbgemm.weights + super().nbytes(layer)
+
+
+class _FbgemmMatrix:
+    """An int8 ``(out, in)`` matrix packed by fbgemm, and its product with float rows (``fbgemm(x)``).
+
+    The packed matrix lives in memory fbgemm owns, behind a tensor that only carries its address (torch's
+    ``cpp_custom_type_hack``): copying that tensor would copy the address, not the matrix. So it is kept here,
+    and a deep copy of a decode copy shares it (it is never written after packing).
+    """
+
+    def __init__(self, q: torch.Tensor) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "deprecated": the fallback above covers a torch without it
+            self._packed = torch.fbgemm_pack_quantized_matrix(q)
+        self._column_sums = q.sum(dim=1, dtype=torch.int32)  # what fbgemm subtracts for the input's zero point
+        self._shape = torch.zeros((), dtype=torch.int8).expand(q.shape)  # the operator reads only the shape
+        self._no_bias = torch.zeros(q.shape[0])
+        self.weights = q.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ q.T`` for float rows ``x`` ``(rows, in)``, ``x`` quantised by fbgemm to 8 bits over its range.
+
+        A product of fewer than :data:`MIN_PARALLEL_WEIGHTS` weights runs on one thread (the result is the same
+        on any number: the sums are integers).
+        """
+        threads = torch.get_num_threads()
+        if threads == 1 or self.weights >= MIN_PARALLEL_WEIGHTS:
+            return self._product(x)
+        torch.set_num_threads(1)
+        try:
+            return self._product(x)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fbgemm_linear_int8_weight(x, self._shape, self._packed, self._column_sums, 1.0, 0, self._no_bias)
+
+    def __deepcopy__(self, memo: dict) -> _FbgemmMatrix:
+        return self
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("an fbgemm-packed int8 matrix cannot be pickled; save the model and prepare_for_decode again")
+
+
+@functools.cache
+def fbgemm_int8_available() -> bool:
+    """Whether torch's fbgemm int8 product runs here (a torch built with fbgemm, an x86 CPU with AVX2 or later)."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        probe = _FbgemmMatrix(torch.ones(4, 8, dtype=torch.int8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = probe(torch.ones(1, 8))
+    except (RuntimeError, AttributeError):
+        return False
+    return torch.allclose(out, torch.full((1, 4), 8.0))  # the kernel answers, and answers right
+
+
 #: The decode dtypes by name, the only list of them (CLI choices and ``prepare_for_decode(dtype=...)`` read it).
 DECODE_DTYPES: dict[str, type[DecodeWeights]] = {
     cls.name: cls for cls in (Float32Weights, BFloat16Weights, Int8Weights)
@@ -213,22 +363,30 @@ def _int8_kernel_available() -> bool:
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
+def _int8_beats_fp32() -> bool:
+    """Whether int8 decodes faster than fp32 on this CPU: with fbgemm, or with bfloat16 units for the other kernel."""
+    from llm_lab.core.train.precision import cpu_bf16_flags, has_bf16_matrix_units
+
+    return fbgemm_int8_available() or (_int8_kernel_available() and has_bf16_matrix_units(cpu_bf16_flags()))
+
+
 def resolve_decode_dtype(name: str, device: torch.device | str = "cpu") -> str:
     """The decode dtype to use for ``name`` (a key of :data:`DECODE_DTYPES` or ``"auto"``) on ``device``.
 
-    ``auto`` is ``int8`` on a CPU whose torch has the int8 kernel (AVX2 and AVX-512 CPUs alike) and ``fp32``
-    anywhere else. It never picks ``bf16``: without bfloat16 units (AVX2-only CPUs) a bfloat16 product is slower
-    than float32, and with them int8 still reads half the bytes.
+    ``auto`` is ``int8`` on a CPU where an int8 kernel beats fp32: fbgemm's (x86 CPUs with AVX2 or AVX-512,
+    :func:`fbgemm_int8_available`), or ``_weight_int8pack_mm`` on a CPU with bfloat16 units (``avx512_bf16``,
+    ``amx_bf16``); ``fp32`` anywhere else (a CPU with neither, another device). It never picks ``bf16``: without
+    bfloat16 units a bfloat16 product is slower than float32, and with them int8 still reads half the bytes.
 
     Raises:
         ValueError: an unknown name (the message lists the choices), or ``int8`` where torch lacks the kernel.
     """
     if name == "auto":
         on_cpu = torch.device(device).type == "cpu"
-        return "int8" if on_cpu and _int8_kernel_available() else "fp32"
+        return "int8" if on_cpu and _int8_beats_fp32() else "fp32"
     if name not in DECODE_DTYPES:
         raise ValueError(f"unknown decode dtype {name!r}; choose one of: auto, {', '.join(DECODE_DTYPES)}")
-    if name == "int8" and not _int8_kernel_available():
+    if name == "int8" and not (_int8_kernel_available() or fbgemm_int8_available()):
         raise ValueError("decode dtype int8 needs torch.ops.aten._weight_int8pack_mm, which this torch lacks")
     return name
 
@@ -260,7 +418,7 @@ class DecodeLinear(nn.Module):
             )
         if dtype not in DECODE_DTYPES:
             raise ValueError(f"unknown decode dtype {dtype!r}; choose one of: {', '.join(DECODE_DTYPES)}")
-        self.weights = DECODE_DTYPES[dtype]
+        self.weights = DECODE_DTYPES[dtype].implementation(layers[0].weight.device)
         self.in_features = layers[0].in_features
         self.sizes = tuple(layer.out_features for layer in layers)
         with torch.no_grad():
@@ -269,14 +427,22 @@ class DecodeLinear(nn.Module):
             buffers = self.weights.pack(weight, bias)
         # Not called weight/bias: code that reads a layer's ``weight`` expects float ``(out, in)`` and must fail
         # here, not compute with a transposed or quantised matrix.
-        for name, tensor in buffers.items():
-            self.register_buffer(name, None if tensor is None else tensor.detach(), persistent=False)
+        for name, value in buffers.items():
+            if value is None or isinstance(value, torch.Tensor):
+                self.register_buffer(name, None if value is None else value.detach(), persistent=False)
+            else:
+                setattr(self, name, value)
         self.train(False)
 
     @property
     def dtype(self) -> str:
         """The decode dtype's name (a key of :data:`DECODE_DTYPES`)."""
         return self.weights.name
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one product reads: the packed weights, their scales and the bias."""
+        return self.weights.nbytes(self)
 
     @property
     def parts(self) -> int:

@@ -260,12 +260,17 @@ class SlotKVCache(KVCache):
     def check_room(self, new_tokens: int) -> None:
         if new_tokens != 1:
             raise ValueError(f"a SlotKVCache takes one token per row and step, got {new_tokens}; prefill elsewhere")
-        if bool((self.lengths[self.active] >= self.max_len).any()):
+        if bool(((self.lengths >= self.max_len) & self.active).any()):
             raise ValueError(f"a slot of the KV cache is full (max_len {self.max_len})")
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write each row's one new key and value at its own column; return the whole buffers."""
-        self.check_room(k.shape[2])
+        """Write each row's one new key and value at its own column; return the whole buffers.
+
+        The room is checked once per forward pass (``check_room``, from the model's input checks), not again
+        for every layer: each check reads the lengths back, a pause per layer on a GPU.
+        """
+        if k.shape[2] != 1:
+            self.check_room(k.shape[2])
         if not self._keys:
             self._allocate(k.device, k.dtype)
         columns = self.lengths.clamp(max=self.max_len - 1)  # an idle row writes where nothing is read

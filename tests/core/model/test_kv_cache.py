@@ -145,6 +145,19 @@ def test_slot_cache_takes_one_token_per_step_and_refuses_a_previous_token_embedd
         SlotKVCache(bigram, 2)
 
 
+def test_a_full_slot_is_refused_by_the_step_before_any_layer_writes():
+    model = MiniGPT(CONFIG).eval()
+    cache = SlotKVCache(CONFIG, 2, max_len=4)
+    with torch.no_grad():
+        cache.write_row(1, _prefilled(model, [1, 2, 3]))
+        _slot_step(model, cache, [0, 4])  # slot 1's fourth position: the last column
+        keys = [k.clone() for k in cache._keys]
+        assert cache.lengths.tolist() == [0, 4]
+        with pytest.raises(ValueError, match=r"a slot of the KV cache is full \(max_len 4\)"):
+            _slot_step(model, cache, [0, 5])
+    assert all(torch.equal(k, before) for k, before in zip(cache._keys, keys, strict=True))  # nothing written
+
+
 def test_select_rows_continues_each_chosen_prefix_like_the_uncached_forward():
     """Two prefixes cached once; copies of rows [1, 1, 0] then take different next tokens, and each row's logits
     equal those of the whole sequence run without a cache."""
