@@ -62,7 +62,7 @@ def test_bench_step_quick_with_sft(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bench", "step", "--quick", "--rounds", "0"], "rounds must be a positive integer, got 0"),
+        (["bench", "step", "--quick", "--rounds", "0"], "argument --rounds: expected an integer from 1 to 1,000"),
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
         (["bench", "step", "--quick", "--optimizers", "sgd"], "unknown optimizer(s) ['sgd']; choose from: adamw, muon"),
