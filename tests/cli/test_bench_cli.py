@@ -62,7 +62,6 @@ def test_bench_step_quick_with_sft(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bench", "step", "--quick", "--rounds", "0"], "argument --rounds: expected an integer from 1 to 1,000"),
         (["bench", "attention", "--quick", "--dtypes", "float8"], "unknown dtype"),
         (["bench", "step", "--quick", "--precisions", "fp8"], "unknown precision"),
         (["bench", "step", "--quick", "--optimizers", "sgd"], "unknown optimizer(s) ['sgd']; choose from: adamw, muon"),
@@ -77,6 +76,16 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys, tmp_path, monkeypa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("llm-lab: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_count_out_of_range_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "step", "--quick", "--rounds", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.endswith(
+        "llm-lab bench step: error: argument --rounds: expected an integer from 1 to 1,000 (a median settles within "
+        "a few dozen), got 0\n"
+    )
 
 
 @pytest.mark.slow

@@ -24,8 +24,13 @@ def test_settings_are_checked_before_anything_runs() -> None:
 
 
 def test_bad_flag_is_a_one_line_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["bench", "serve", "--clients", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "llm-lab: error: clients must be a positive integer, got 0"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "serve", "--clients", "0"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "llm-lab bench serve: error: argument --clients: expected an integer from 1 to 256 (concurrent clients), "
+        "got 0\n"
+    )
     assert cli_main(["bench", "serve", "--dtype", "int4"]) == 2
     assert capsys.readouterr().err.strip() == (
         "llm-lab: error: unknown decode dtype 'int4'; choose one of: auto, fp32, bf16, int8"

@@ -129,8 +129,9 @@ def test_script_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "error: --data" in err and "missing.txt is not a file" in err and "Traceback" not in err
     data = tmp_path / "corpus.txt"
     data.write_text("abc" * 100)
-    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--repeats", "0"]) == 2
-    assert "error: repeats must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(data), "--out", str(tmp_path / "out"), "--repeats", "0"])
+    assert exc.value.code == 2 and "argument --repeats: expected an integer from 1 to 1,000" in capsys.readouterr().err
     assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--add", "fast=x.json"]) == 2
     assert "error: --add wants a new LABEL=CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written on a refusal
