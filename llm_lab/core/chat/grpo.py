@@ -2,7 +2,12 @@
 
 For each prompt, ``K`` replies are sampled and scored by the task's checker. A reply's advantage is its reward
 against its own group's: ``(r - mean(group)) / (std(group) + eps)``, so no value network is needed, and a group
-whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0).
+whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0). Such a group is left out
+of the loss altogether (:func:`mixed_groups`), its KL term too, and a step with no other group makes no optimiser
+step: with all-zero advantages the only gradient left would be the KL term's, a noisy pull that AdamW rescales to
+full-size steps, and its momentum keeps moving the weights for steps after the last real signal. Measured on the
+chat recipe, such signal-free steps *raised* the KL to the reference while nothing was learned, and cost accuracy
+on the skills RL never sampled (DAPO, Yu et al., 2025, drops these groups for the same reason).
 
 The loss, per reply token ``t`` (only the reply's tokens count, by ``mask``), averaged over each reply's tokens and
 then over the replies::
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GRPOLoss", "group_advantages", "grpo_loss"]
+__all__ = ["GRPOLoss", "group_advantages", "grpo_loss", "mixed_groups"]
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -42,6 +47,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)
     return (rewards - mean) / (std + eps)
+
+
+def mixed_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` booleans: which groups of ``rewards`` ``(P, K)`` hold different rewards, the only ones that teach.
+
+    Example: ``[[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]]`` gives ``[True, False, False]``.
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (prompts, replies), got {tuple(rewards.shape)}")
+    return (rewards != rewards[:, :1]).any(dim=1)
 
 
 @dataclass(frozen=True)

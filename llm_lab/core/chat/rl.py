@@ -5,9 +5,11 @@ One step (:meth:`GRPOTrainer.train_step`):
 1. draw ``prompts_per_step`` examples of the task (from the seed and the step number only);
 2. sample ``samples_per_prompt`` replies to each with the policy (temperature ``temperature``, until the turn end);
 3. reward each reply 1 if the task's checker accepts it, else 0;
-4. advantages: each reward against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`);
-5. one forward of the policy (with gradients) and of the frozen reference model over prompt + reply, the
-   log-probabilities of the reply's tokens (its turn end included: stopping is an action too);
+4. keep the groups whose replies scored differently (:func:`~llm_lab.core.chat.grpo.mixed_groups`; their share is
+   the ``mixed_groups`` metric); if there is none the step ends here, with no update; advantages: each reward
+   against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`);
+5. one forward of the policy (with gradients) and of the frozen reference model over the kept prompts + replies,
+   the log-probabilities of the reply's tokens (its turn end included: stopping is an action too);
 6. the GRPO loss (:func:`~llm_lab.core.chat.grpo.grpo_loss`), one clipped AdamW step.
 
 Every ``eval_interval`` steps, pass@1: the share of ``eval_prompts`` held-out prompts (drawn from another stream of the
@@ -31,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from llm_lab.core.chat.grpo import group_advantages, grpo_loss
+from llm_lab.core.chat.grpo import group_advantages, grpo_loss, mixed_groups
 from llm_lab.core.chat.reply import reply_ids, score_task
 from llm_lab.core.chat.tasks import Task, TaskExample, make_task
 from llm_lab.core.chat.template import ChatTemplate
@@ -46,6 +48,7 @@ RL_STATE_FILE = "rl_state.pt"
 RL_COLUMNS: tuple[str, ...] = (
     "step",
     "reward",
+    "mixed_groups",
     "pass_at_1",
     "loss",
     "kl",
@@ -192,7 +195,17 @@ class GRPOTrainer:
             [float(self.task.check(examples[i // c.samples_per_prompt], self.template.reply_text(r)))
              for i, r in enumerate(replies)]
         )
-        advantages = group_advantages(rewards.view(c.prompts_per_step, c.samples_per_prompt)).flatten()  # 4.
+        grouped = rewards.view(c.prompts_per_step, c.samples_per_prompt)
+        mixed = mixed_groups(grouped)  # 4.
+        row = {"step": step, "reward": float(rewards.mean()), "mixed_groups": float(mixed.float().mean()),
+               "reply_tokens": sum(len(r) for r in replies) / len(replies)}
+        if not bool(mixed.any()):  # nothing to learn: no loss, no optimiser step (see grpo.py)
+            self.step = step
+            return row
+        keep = mixed.repeat_interleave(c.samples_per_prompt).tolist()
+        advantages = group_advantages(grouped[mixed]).flatten()
+        prompts = [p for p, k in zip(prompts, keep, strict=True) if k]
+        replies = [r for r, k in zip(replies, keep, strict=True) if k]
 
         # 5. prompt + reply, right-padded: x = the ids but the last, targets the ids after, mask on the reply's.
         sequences = [p + r for p, r in zip(prompts, replies, strict=True)]
@@ -221,8 +234,7 @@ class GRPOTrainer:
         self.optimizer.step()
         self.model.eval()
         self.step = step
-        return {"step": step, "reward": float(rewards.mean()), "loss": out.loss.item(), "kl": out.kl,
-                "clipped_fraction": out.clipped_fraction, "reply_tokens": float(mask.sum()) / len(replies)}
+        return {**row, "loss": out.loss.item(), "kl": out.kl, "clipped_fraction": out.clipped_fraction}
 
     # ------------------------------------------------------------------------------------------------ the loop
 

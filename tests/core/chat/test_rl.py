@@ -61,6 +61,33 @@ def test_reward_rises_on_a_trivial_task(say_a: None, template: ChatTemplate, tmp
     logged = read_metrics(tmp_path / "metrics.csv")
     assert [r["step"] for r in logged] == [str(s) for s in range(13)]
     assert [r["step"] for r in logged if r["pass_at_1"]] == ["0", "4", "8", "12"]
+    assert all(0 <= float(r["mixed_groups"]) <= 1 for r in logged[1:])
+
+
+class AnyReply(Task):
+    """Every reply is right: every group scores 1, 1, ..., 1 and teaches nothing."""
+
+    name = "any_reply"
+    description = "any reply"
+
+    def example(self, rng: random.Random) -> TaskExample:
+        return TaskExample(rng.choice(["abc", "cab"]), "a", "a")
+
+    def check(self, example: TaskExample, reply: str) -> bool:
+        return True
+
+
+def test_a_step_without_a_mixed_group_changes_nothing(monkeypatch: pytest.MonkeyPatch, template: ChatTemplate) -> None:
+    """All-equal groups have no advantage; with the KL term alone (the policy away from its reference here), AdamW
+    would still move the weights and its momentum would carry that on: the step leaves model and optimizer alone."""
+    monkeypatch.setitem(TASKS, "any_reply", AnyReply)
+    trainer = GRPOTrainer(policy(template), template, config(task="any_reply", kl_coef=0.5),
+                          reference=policy(template, seed=3))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    row = trainer.train_step()
+    assert trainer.step == 1 and row["reward"] == 1.0 and row["mixed_groups"] == 0.0 and "loss" not in row
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.optimizer.state_dict()["state"] == {}
 
 
 def test_a_resumed_run_is_bitwise_the_straight_one(say_a: None, template: ChatTemplate, tmp_path) -> None:
