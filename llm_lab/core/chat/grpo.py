@@ -2,12 +2,9 @@
 
 For each prompt, ``K`` replies are sampled and scored by the task's checker. A reply's advantage is its reward
 against its own group's: ``(r - mean(group)) / (std(group) + eps)``, so no value network is needed, and a group
-whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0). Such a group is left out
-of the loss altogether (:func:`mixed_groups`), its KL term too, and a step with no other group makes no optimiser
-step: with all-zero advantages the only gradient left would be the KL term's, a noisy pull that AdamW rescales to
-full-size steps, and its momentum keeps moving the weights for steps after the last real signal. Measured on the
-chat recipe, such signal-free steps *raised* the KL to the reference while nothing was learned, and cost accuracy
-on the skills RL never sampled (DAPO, Yu et al., 2025, drops these groups for the same reason).
+whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0): only its KL term acts.
+:func:`mixed_groups` tells which groups have an advantage; their share (``mixed_groups`` in the RL metrics) is the
+first thing to watch: near 0, the task is too hard (or too easy) for the model and RL has nothing to learn from.
 
 The loss, per reply token ``t`` (only the reply's tokens count, by ``mask``), averaged over each reply's tokens and
 then over the replies::

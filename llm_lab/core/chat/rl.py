@@ -5,11 +5,11 @@ One step (:meth:`GRPOTrainer.train_step`):
 1. draw ``prompts_per_step`` examples of the task (from the seed and the step number only);
 2. sample ``samples_per_prompt`` replies to each with the policy (temperature ``temperature``, until the turn end);
 3. reward each reply 1 if the task's checker accepts it, else 0;
-4. keep the groups whose replies scored differently (:func:`~llm_lab.core.chat.grpo.mixed_groups`; their share is
-   the ``mixed_groups`` metric); if there is none the step ends here, with no update; advantages: each reward
-   against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`);
-5. one forward of the policy (with gradients) and of the frozen reference model over the kept prompts + replies,
-   the log-probabilities of the reply's tokens (its turn end included: stopping is an action too);
+4. advantages: each reward against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`); the
+   share of groups whose replies scored differently, the only ones with an advantage, is the ``mixed_groups``
+   metric (:func:`~llm_lab.core.chat.grpo.mixed_groups`);
+5. one forward of the policy (with gradients) and of the frozen reference model over prompt + reply, the
+   log-probabilities of the reply's tokens (its turn end included: stopping is an action too);
 6. the GRPO loss (:func:`~llm_lab.core.chat.grpo.grpo_loss`), one clipped AdamW step.
 
 Every ``eval_interval`` steps, pass@1: the share of ``eval_prompts`` held-out prompts (drawn from another stream of the
@@ -196,16 +196,10 @@ class GRPOTrainer:
              for i, r in enumerate(replies)]
         )
         grouped = rewards.view(c.prompts_per_step, c.samples_per_prompt)
-        mixed = mixed_groups(grouped)  # 4.
-        row = {"step": step, "reward": float(rewards.mean()), "mixed_groups": float(mixed.float().mean()),
+        advantages = group_advantages(grouped).flatten()  # 4.
+        mixed = float(mixed_groups(grouped).float().mean())
+        row = {"step": step, "reward": float(rewards.mean()), "mixed_groups": mixed,
                "reply_tokens": sum(len(r) for r in replies) / len(replies)}
-        if not bool(mixed.any()):  # nothing to learn: no loss, no optimiser step (see grpo.py)
-            self.step = step
-            return row
-        keep = mixed.repeat_interleave(c.samples_per_prompt).tolist()
-        advantages = group_advantages(grouped[mixed]).flatten()
-        prompts = [p for p, k in zip(prompts, keep, strict=True) if k]
-        replies = [r for r, k in zip(replies, keep, strict=True) if k]
 
         # 5. prompt + reply, right-padded: x = the ids but the last, targets the ids after, mask on the reply's.
         sequences = [p + r for p, r in zip(prompts, replies, strict=True)]
