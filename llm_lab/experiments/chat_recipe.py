@@ -8,8 +8,9 @@ The steps, each a library call the CLI also makes:
 3. **SFT**: ``llm-lab train --config sft.json --data sft.jsonl --init-from base`` (``data.format: "chat"``);
 4. **RL**: ``llm-lab rl --init-from sft --config rl.json`` once per seed of ``recipe.json``'s ``rl_seeds``;
 5. **report**: pass@1 of the base, SFT and RL models on every held-out file (``score_task_file``: greedy replies,
-   the task's checker), RL as mean +- sd over its seeds and its gain over SFT on the same questions (the gain
-   counts when it is larger than the seeds' sd), with the CPU seconds each step took:
+   the task's checker), RL as mean +- sd over its seeds and its gain over SFT on the same questions (a gain
+   counts when it is larger than both the seeds' sd and the questions' own standard error,
+   ``sqrt(p * (1 - p) / n)``), with the CPU seconds each step took:
    ``OUT/report.csv`` and ``OUT/report.md``.
 
 ``quick`` shrinks every budget (steps, examples, prompts) to check the plumbing in seconds.
