@@ -8,7 +8,9 @@ The steps, each a library call the CLI also makes:
 3. **SFT**: ``llm-lab train --config sft.json --data sft.jsonl --init-from base`` (``data.format: "chat"``);
 4. **RL**: ``llm-lab rl --init-from sft --config rl.json`` once per seed of ``recipe.json``'s ``rl_seeds``;
 5. **report**: pass@1 of the base, SFT and RL models on every held-out file (``score_task_file``: greedy replies,
-   the task's checker), RL as mean +- sd over its seeds, with the CPU seconds each step took:
+   the task's checker), RL as mean +- sd over its seeds and its gain over SFT on the same questions (a gain
+   counts when it is larger than both the seeds' sd and the questions' own standard error,
+   ``sqrt(p * (1 - p) / n)``), with the CPU seconds each step took:
    ``OUT/report.csv`` and ``OUT/report.md``.
 
 ``quick`` shrinks every budget (steps, examples, prompts) to check the plumbing in seconds.
@@ -137,11 +139,15 @@ def run_chat_recipe(
                         "wall_s": wall})
     result.rows += rl_rows
     summary: dict[str, Any] = {"model": f"rl mean +- sd ({len(rl_rows)} seeds)"}
+    gain: dict[str, Any] = {"model": "rl - sft (the gain; sd: the seeds')"}
+    sft_row = next(row for row in result.rows if row["model"] == "sft")
     for column in rl_rows[0]:
         if column.startswith("pass@1"):
             s = summarize([row[column] for row in rl_rows])
-            summary[column] = f"{s.mean:.3f} +- {s.std:.3f}" if s.std is not None else f"{s.mean:.3f}"
-    result.rows.append(summary)
+            spread = f" +- {s.std:.3f}" if s.std is not None else ""
+            summary[column] = f"{s.mean:.3f}{spread}"
+            gain[column] = f"{s.mean - sft_row[column]:+.3f}{spread}"
+    result.rows += [summary, gain]
 
     # 5. report
     columns = ["model", *[f"pass@1 {name}" for name in heldout], "cpu_s", "wall_s"]

@@ -17,8 +17,12 @@ def test_the_quick_recipe_writes_the_side_by_side_report(tmp_path, small_text) -
     result = run_chat_recipe(REPO_ROOT / "configs" / "chat_arithmetic", text, tmp_path / "out", quick=True)
     rows = read_csv(result.files["csv"])
     assert [r["model"] for r in rows] == ["base", "sft", "rl seed 0", "rl seed 1", "rl seed 2",
-                                         "rl mean +- sd (3 seeds)"]
+                                         "rl mean +- sd (3 seeds)", "rl - sft (the gain; sd: the seeds')"]
     assert all(0.0 <= float(r["pass@1 3-digit"]) <= 1.0 for r in rows[:5])
+    for column in ("pass@1 3-digit", "pass@1 4-digit"):
+        seeds = [float(r[column]) for r in rows[2:5]]
+        gain = sum(seeds) / 3 - float(rows[1][column])
+        assert rows[6][column].startswith(f"{gain:+.3f} +- ")
     assert (tmp_path / "out" / "sft" / "run.json").is_file()
     assert (tmp_path / "out" / "rl-seed2" / "rl_state.pt").is_file()
     with pytest.raises(ValueError, match="exists and is not empty"):

@@ -2,7 +2,9 @@
 
 For each prompt, ``K`` replies are sampled and scored by the task's checker. A reply's advantage is its reward
 against its own group's: ``(r - mean(group)) / (std(group) + eps)``, so no value network is needed, and a group
-whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0).
+whose replies all scored the same (all right or all wrong) teaches nothing (advantage 0): only its KL term acts.
+:func:`mixed_groups` tells which groups have an advantage; their share (``mixed_groups`` in the RL metrics) is the
+first thing to watch: near 0, the task is too hard (or too easy) for the model and RL has nothing to learn from.
 
 The loss, per reply token ``t`` (only the reply's tokens count, by ``mask``), averaged over each reply's tokens and
 then over the replies::
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GRPOLoss", "group_advantages", "grpo_loss"]
+__all__ = ["GRPOLoss", "group_advantages", "grpo_loss", "mixed_groups"]
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -42,6 +44,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)
     return (rewards - mean) / (std + eps)
+
+
+def mixed_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` booleans: which groups of ``rewards`` ``(P, K)`` hold different rewards, the only ones that teach.
+
+    Example: ``[[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]]`` gives ``[True, False, False]``.
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (prompts, replies), got {tuple(rewards.shape)}")
+    return (rewards != rewards[:, :1]).any(dim=1)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ One step (:meth:`GRPOTrainer.train_step`):
 1. draw ``prompts_per_step`` examples of the task (from the seed and the step number only);
 2. sample ``samples_per_prompt`` replies to each with the policy (temperature ``temperature``, until the turn end);
 3. reward each reply 1 if the task's checker accepts it, else 0;
-4. advantages: each reward against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`);
+4. advantages: each reward against its own prompt's group (:func:`~llm_lab.core.chat.grpo.group_advantages`); the
+   share of groups whose replies scored differently, the only ones with an advantage, is the ``mixed_groups``
+   metric (:func:`~llm_lab.core.chat.grpo.mixed_groups`);
 5. one forward of the policy (with gradients) and of the frozen reference model over prompt + reply, the
    log-probabilities of the reply's tokens (its turn end included: stopping is an action too);
 6. the GRPO loss (:func:`~llm_lab.core.chat.grpo.grpo_loss`), one clipped AdamW step.
@@ -31,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from llm_lab.core.chat.grpo import group_advantages, grpo_loss
+from llm_lab.core.chat.grpo import group_advantages, grpo_loss, mixed_groups
 from llm_lab.core.chat.reply import reply_ids, score_task
 from llm_lab.core.chat.tasks import Task, TaskExample, make_task
 from llm_lab.core.chat.template import ChatTemplate
@@ -47,6 +49,7 @@ RL_STATE_FILE = "rl_state.pt"
 RL_COLUMNS: tuple[str, ...] = (
     "step",
     "reward",
+    "mixed_groups",
     "pass_at_1",
     "loss",
     "kl",
@@ -194,7 +197,11 @@ class GRPOTrainer:
             [float(self.task.check(examples[i // c.samples_per_prompt], self.template.reply_text(r)))
              for i, r in enumerate(replies)]
         )
-        advantages = group_advantages(rewards.view(c.prompts_per_step, c.samples_per_prompt)).flatten()  # 4.
+        grouped = rewards.view(c.prompts_per_step, c.samples_per_prompt)
+        advantages = group_advantages(grouped).flatten()  # 4.
+        mixed = float(mixed_groups(grouped).float().mean())
+        row = {"step": step, "reward": float(rewards.mean()), "mixed_groups": mixed,
+               "reply_tokens": sum(len(r) for r in replies) / len(replies)}
 
         # 5. prompt + reply, right-padded: x = the ids but the last, targets the ids after, mask on the reply's.
         sequences = [p + r for p, r in zip(prompts, replies, strict=True)]
@@ -223,8 +230,7 @@ class GRPOTrainer:
         self.optimizer.step()
         self.model.eval()
         self.step = step
-        return {"step": step, "reward": float(rewards.mean()), "loss": out.loss.item(), "kl": out.kl,
-                "clipped_fraction": out.clipped_fraction, "reply_tokens": float(mask.sum()) / len(replies)}
+        return {**row, "loss": out.loss.item(), "kl": out.kl, "clipped_fraction": out.clipped_fraction}
 
     # ------------------------------------------------------------------------------------------------ the loop
 

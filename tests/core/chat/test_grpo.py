@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from llm_lab.core.chat.grpo import group_advantages, grpo_loss
+from llm_lab.core.chat.grpo import group_advantages, grpo_loss, mixed_groups
 
 
 def test_advantages_are_normalised_within_each_group() -> None:
@@ -15,6 +15,13 @@ def test_advantages_are_normalised_within_each_group() -> None:
     adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]), eps=0.0)
     torch.testing.assert_close(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]))
     assert torch.equal(group_advantages(torch.ones(1, 3)), torch.zeros(1, 3))
+
+
+def test_only_groups_whose_rewards_differ_are_mixed() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    assert mixed_groups(rewards).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match=r"rewards must be \(prompts, replies\), got \(4,\)"):
+        mixed_groups(torch.ones(4))
 
 
 def test_the_loss_on_a_constructed_batch_equals_the_hand_computed_value() -> None:

@@ -61,6 +61,33 @@ def test_reward_rises_on_a_trivial_task(say_a: None, template: ChatTemplate, tmp
     logged = read_metrics(tmp_path / "metrics.csv")
     assert [r["step"] for r in logged] == [str(s) for s in range(13)]
     assert [r["step"] for r in logged if r["pass_at_1"]] == ["0", "4", "8", "12"]
+    assert all(0 <= float(r["mixed_groups"]) <= 1 for r in logged[1:])
+
+
+class AnyReply(Task):
+    """Every reply is right: every group scores 1, 1, ..., 1 and teaches nothing."""
+
+    name = "any_reply"
+    description = "any reply"
+
+    def example(self, rng: random.Random) -> TaskExample:
+        return TaskExample(rng.choice(["abc", "cab"]), "a", "a")
+
+    def check(self, example: TaskExample, reply: str) -> bool:
+        return True
+
+
+def test_groups_without_an_advantage_leave_only_the_kl_term(monkeypatch: pytest.MonkeyPatch,
+                                                            template: ChatTemplate) -> None:
+    """All-equal groups: no mixed group, and the loss is the KL term alone (0 where the policy is its reference)."""
+    monkeypatch.setitem(TASKS, "any_reply", AnyReply)
+    same = GRPOTrainer(policy(template), template, config(task="any_reply", kl_coef=0.5))
+    row = same.train_step()
+    assert row["reward"] == 1.0 and row["mixed_groups"] == 0.0 and row["loss"] == 0.0
+    away = GRPOTrainer(policy(template), template, config(task="any_reply", kl_coef=0.5),
+                       reference=policy(template, seed=3))
+    row = away.train_step()
+    assert row["mixed_groups"] == 0.0 and row["kl"] > 0 and row["loss"] > 0  # the KL pull, nothing else
 
 
 def test_a_resumed_run_is_bitwise_the_straight_one(say_a: None, template: ChatTemplate, tmp_path) -> None:
