@@ -222,6 +222,7 @@ def output_directory(path: str | Path, command: str, option: str = "--out") -> I
     with staged_directory(target) as staged:
         check_output_directory(target, option)  # again, under the lock: nothing of someone else's came meanwhile
         yield StagedOutput(staged, target)
+        check_output_directory(target, option)  # and after the work: a file the user saved there meanwhile is kept
         files = [name for name in unexpected_files(staged, ()) if name != FOLDER_MARKER]
         atomic_write_text(
             staged / FOLDER_MARKER, json.dumps(marked_json(command, {"files": files}), indent=2) + "\n"

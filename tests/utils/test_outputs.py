@@ -117,6 +117,18 @@ def test_an_output_folder_is_marked_replaced_whole_and_a_users_folder_refused(tm
     assert (theirs / "thesis.tex").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_file_the_user_saves_in_the_folder_while_the_command_works_is_kept(tmp_path):
+    out = tmp_path / "out"
+    with output_directory(out, "inspect") as staged:
+        (staged.path / "a.csv").write_text("1\n")
+    refused = r"holds files llm-lab did not write there \(notes\.md\)"
+    with pytest.raises(ValueError, match=refused), output_directory(out, "inspect") as staged:
+        (staged.path / "b.csv").write_text("2\n")
+        (out / "notes.md").write_text("mine")  # a long command: the user writes into out meanwhile
+    assert (out / "notes.md").read_text() == "mine" and (out / "a.csv").read_text() == "1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the new results are discarded, not left beside
+
+
 def test_a_failed_write_leaves_the_old_folder(tmp_path):
     out = tmp_path / "out"
     with output_directory(out, "x") as staged:

@@ -91,8 +91,16 @@ class TiktokenEncoder(LlmLabEncoder):
     def __init__(self, tokenizer: Any, dtype: np.dtype) -> None:
         super().__init__(tokenizer, dtype)
         self._encoding = tokenizer.to_tiktoken()
-        # tiktoken 0.8+ hands the ids over as one buffer, without building a list of Python ints under the GIL
+        # tiktoken 0.8+ hands the ids over as one buffer, without building a list of Python ints under the GIL; but
+        # some versions (0.9) ignore allowed_special there and turn special-token text into the special id, so the
+        # buffer route is used only where it gives encode_ordinary's ids on text that holds every special token
         self._to_numpy = getattr(self._encoding, "encode_to_numpy", None)
+        if self._to_numpy is not None:
+            probe = "a " + " b ".join(self._encoding.special_tokens_set) + " c"
+            if self._to_numpy(probe, allowed_special=set(), disallowed_special=()).tolist() != (
+                self._encoding.encode_ordinary(probe)
+            ):
+                self._to_numpy = None
 
     @staticmethod
     def _has_lone_surrogates(text: str) -> bool:

@@ -104,10 +104,10 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 
 def usable_workers() -> int:
-    """The default ``workers``: the CPU cores this process may run on."""
+    """The default ``workers``: the CPU cores this process may run on (at most 256, the most ``workers`` takes)."""
     from llm_lab.utils.threads import usable_cpus
 
-    return max(1, len(usable_cpus()))
+    return max(1, min(256, len(usable_cpus())))
 
 
 def iter_text_chunks(path: str | Path, read_bytes: int = _READ_BYTES) -> Iterator[tuple[str, bytes]]:

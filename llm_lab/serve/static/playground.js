@@ -508,7 +508,7 @@ for (const id of ["inspect-layer", "inspect-head"]) {
 let mode = "complete";
 // messages: the finished turns (user, assistant, ...); available: null until the server has answered whether the
 // model has a chat template.
-const chat = { messages: [], available: null };
+const chat = { messages: [], available: null, roomRequest: 0 };
 let chatRoomTimer = null;
 
 function chatMessages(pending) {
@@ -541,6 +541,7 @@ function showNoChat(message) {
 
 async function updateChatRoom() {
   if (chat.available !== true) return;  // not before /tokenizer_info said the model can chat (checkChat calls again)
+  const request = ++chat.roomRequest;  // only the latest answer counts (a Clear may have come since)
   const pending = $("chat-input").value;
   const system = $("chat-system").value;
   let response;
@@ -559,6 +560,7 @@ async function updateChatRoom() {
     if (answer.error && answer.error.code === "not_a_chat_model") showNoChat(answer.error.message);
     return;  // a message the tokenizer refuses: Send shows the server's message
   }
+  if (request !== chat.roomRequest) return;  // a newer answer follows
   if (pending !== $("chat-input").value || system !== $("chat-system").value) return;  // a newer answer follows
   chat.available = true;
   $("chat-rendered").textContent = answer.rendered;
@@ -617,14 +619,14 @@ async function sendChat() {
       showStats(tokens, started, finishReason, "chat-stats");
     });
     chat.messages.push({ role: "user", content: text }, { role: "assistant", content: reply });
-    $("chat-input").value = "";
+    if ($("chat-input").value === text) $("chat-input").value = "";  // not what was typed since
   } catch (error) {
     if (error.name === "AbortError") {
       // What was shown is kept as the reply: the conversation goes on from the text the user saw.
       finishReason = "stopped";
       replyTurn.classList.add("stopped");
       chat.messages.push({ role: "user", content: text }, { role: "assistant", content: reply });
-      $("chat-input").value = "";
+      if ($("chat-input").value === text) $("chat-input").value = "";  // not what was typed since
     } else {
       // A refused message leaves the conversation as it was, and the message in the box to edit.
       userTurn.remove();

@@ -53,6 +53,20 @@ def test_tiktoken_without_its_numpy_route_gives_the_same_batch(bpe):
     assert with_buffer[0].dtype == np.uint16
 
 
+def test_a_tiktoken_whose_numpy_route_encodes_special_text_as_special_is_not_used(bpe, monkeypatch):
+    """tiktoken 0.9's encode_to_numpy ignores allowed_special and gives the special id for "<|endoftext|>" text;
+    the buffer route is probed once and left out where it differs from encode_ordinary."""
+    import tiktoken
+
+    def special_aware(self, text, *, allowed_special=(), disallowed_special=()):
+        return np.asarray(self.encode(text, allowed_special="all"), dtype=np.uint32)
+
+    monkeypatch.setattr(tiktoken.Encoding, "encode_to_numpy", special_aware)
+    fast = choose_encoder(bpe, np.dtype(np.uint16), "tiktoken")
+    assert fast._to_numpy is None
+    assert fast.encode_array("a <|endoftext|> b").tolist() == bpe.encode("a <|endoftext|> b")
+
+
 def test_encoders_and_the_choice(bpe):
     assert sorted(ENCODERS) == ["llm-lab", "tiktoken"]
     char = CharTokenizer.from_text("abc")
