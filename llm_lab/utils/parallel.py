@@ -8,6 +8,8 @@ Both need the same three things, kept here once:
   start at once and a script needs no ``__main__`` guard.
 - :func:`map_in_order`: submit tasks from a stream, at most ``window`` at a time (memory stays bounded whatever
   the stream's length), and yield their results in the order the tasks came.
+- :func:`alongside`: run one side job (saving a tokenizer while the encoders work) in a thread beside the block,
+  its exception raised at the block's end.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import contextlib
 import multiprocessing
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["map_in_order", "worker_processes"]
+__all__ = ["alongside", "map_in_order", "worker_processes"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,3 +72,29 @@ def map_in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], windo
             yield in_flight.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def alongside(job: Callable[[], None]) -> Iterator[None]:
+    """Run ``job()`` in a thread while the ``with`` block runs; wait for it at the block's end and raise what it
+    raised there (the block's own exception wins).
+
+    For side work beside encoders that release the GIL: done inline it would hold the GIL and stop the block
+    from handing them work; in a thread it only takes turns with the block.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:  # handed to the block's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="llm-lab-alongside")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llm_lab.utils.parallel import map_in_order, worker_processes
+from llm_lab.utils.parallel import alongside, map_in_order, worker_processes
 
 _offset = 0
 
@@ -71,3 +71,28 @@ def test_an_error_in_a_task_reaches_the_caller_and_the_pool_stops():
         list(map_in_order(pool, fail_on_five, range(10), window=2))
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(fail_on_five, 1)
+
+
+def test_alongside_runs_the_job_in_another_thread_and_waits_for_it():
+    seen: list[str] = []
+    started = threading.Event()
+
+    def job() -> None:
+        started.wait(5)  # the block runs while the job waits: they really are side by side
+        time.sleep(0.05)
+        seen.append(threading.current_thread().name)
+
+    with alongside(job):
+        started.set()
+        assert seen == []
+    assert seen == ["llm-lab-alongside"]  # finished before the block's end returned
+
+
+def test_alongside_raises_the_jobs_error_at_the_end_and_the_blocks_own_error_wins():
+    def broken() -> None:
+        raise OSError("disk full while saving")
+
+    with pytest.raises(OSError, match="disk full while saving"), alongside(broken):
+        pass
+    with pytest.raises(KeyError, match="the block's"), alongside(broken):
+        raise KeyError("the block's")

@@ -67,6 +67,7 @@ from llm_lab.utils.dirswap import (
 )
 from llm_lab.utils.io import atomic_write_json
 from llm_lab.utils.json_input import load_json_file
+from llm_lab.utils.parallel import alongside
 
 __all__ = [
     "CORPUS_KIND",
@@ -320,8 +321,8 @@ def _tokenise_inputs(
 ) -> tuple[list[dict[str, Any]], int, str]:
     """Step 3: stream every source's documents through the encoder into ``writer`` (ids back to back, in order).
 
-    ``while_encoding`` is called once, after the first batch is written, while the parallel encoders work on the
-    next ones (work done there costs no time of its own on an idle core).
+    ``while_encoding`` runs once, in a thread beside the encoding (:func:`llm_lab.utils.parallel.alongside`), once
+    the encoder is chosen: done inline it would hold the GIL and leave the encoders without work until it ended.
 
     Returns:
         ``(sources, eot_tokens, encoder name)``; each source's summary with its token count.
@@ -333,15 +334,15 @@ def _tokenise_inputs(
     with bar:
         batches = _batches(sources, options["read_bytes"], _cuts_anywhere(tokenizer), owners, bar)
         first = next(batches, None)
-        sample = "".join(text for text, _ in first or [])[:65536]
+        # 16 KiB checked against the reference encoder (pure Python, before any work starts: kept short)
+        sample = "".join(text for text, _ in first or [])[:16384]
         encoder = choose_encoder(tokenizer, writer.dtype, options["encoder"], sample)
         stream = itertools.chain([first] if first is not None else [], batches)
-        for k, (ids, counts) in enumerate(encode_batches(stream, encoder, options["workers"])):
-            writer.write(ids)
-            for index, count in zip(owners.pop(0), counts, strict=True):
-                tokens[index] += count
-            if k == 0:
-                while_encoding()
+        with alongside(while_encoding):
+            for ids, counts in encode_batches(stream, encoder, options["workers"]):
+                writer.write(ids)
+                for index, count in zip(owners.pop(0), counts, strict=True):
+                    tokens[index] += count
     if writer.total == 0:
         raise ValueError("the corpus is empty: the inputs hold no text")
     summaries = [source.summary() | {"tokens": n} for source, n in zip(sources, tokens, strict=True)]

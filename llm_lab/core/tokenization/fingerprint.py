@@ -15,10 +15,9 @@ from typing import Any
 __all__ = ["tokenizer_fingerprint"]
 
 
-def _update(digest: Any, *parts: bytes) -> None:
+def _update(stream: list[bytes], *parts: bytes) -> None:
     for part in parts:  # length-prefixed, so no two different sequences hash the same stream
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
+        stream += (len(part).to_bytes(8, "little"), part)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:
@@ -31,14 +30,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     decode_bytes = getattr(tokenizer, "decode_bytes", None)
     if decode_bytes is None:
         return None
-    digest = hashlib.sha256()
-    _update(digest, type(tokenizer).__name__.encode(), f"{tokenizer.vocab_size} {tokenizer.eot_token_id}".encode())
+    stream: list[bytes] = []  # hashed in one call at the end: the same digest as part by part, several times faster
+    _update(stream, type(tokenizer).__name__.encode(), f"{tokenizer.vocab_size} {tokenizer.eot_token_id}".encode())
     for i in range(tokenizer.vocab_size):
-        _update(digest, decode_bytes([i]))
+        _update(stream, decode_bytes([i]))
     for left, right in getattr(tokenizer, "merges", ()):
-        _update(digest, bytes(left), bytes(right))
-    _update(digest, str(getattr(tokenizer, "pattern", "")).encode())
-    _update(digest, repr(getattr(tokenizer, "unk_token_id", None)).encode())
+        _update(stream, bytes(left), bytes(right))
+    _update(stream, str(getattr(tokenizer, "pattern", "")).encode())
+    _update(stream, repr(getattr(tokenizer, "unk_token_id", None)).encode())
     specials = dict(getattr(tokenizer, "special_tokens", {}) or {})
-    _update(digest, json.dumps(sorted(specials.items())).encode())
-    return digest.hexdigest()
+    _update(stream, json.dumps(sorted(specials.items())).encode())
+    return hashlib.sha256(b"".join(stream)).hexdigest()
