@@ -222,8 +222,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = commands.add_parser(
         "eval", help="lm-eval tasks: ours in process vs the harness's hf backend (same export), and the server route"
     )
-    ev.add_argument("package", metavar="PACKAGE", help="a GPT-2- or Llama-family package (export-hf must take it)")
-    ev.add_argument("--tasks", required=True, metavar="T1,T2", help="harness tasks, comma-separated")
+    ev.add_argument("package", metavar="PACKAGE", nargs="?", default=None,
+                    help="a GPT-2- or Llama-family package (export-hf must take it); default: a generated model with "
+                         "two generated local tasks (HellaSwag- and wikitext-shaped), no download")
+    ev.add_argument("--tasks", default=None, metavar="T1,T2", help="harness tasks, comma-separated (with PACKAGE)")
     ev.add_argument("--include-path", type=Path, default=None, metavar="DIR", help="a folder of task YAML files")
     ev.add_argument("--limit", type=bounded_int(1_000_000, "documents per task"), default=None,
                     help="at most N documents per task")
@@ -435,8 +437,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         ) from None
 
     settings = EvalBenchSettings(
-        package=Path(args.package),
-        tasks=tuple(name.strip() for name in args.tasks.split(",") if name.strip()),
+        package=None if args.package is None else Path(args.package),
+        tasks=tuple(name.strip() for name in (args.tasks or "").split(",") if name.strip()),
         include_path=args.include_path,
         limit=args.limit,
         batch_size=args.batch_size,

@@ -111,7 +111,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     if args.output_path is not None:  # before the model is loaded: a file of yours is refused first
         check_output_file(args.output_path, "--output-path")
     lm = LabLM.from_package(
-        args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16
+        args.package, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size or 16, dtype=args.dtype
     )
     results = evaluate_tasks(lm, tasks, include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot)
     print(make_table(results))

@@ -84,12 +84,25 @@ class LabLM(TemplateLM):
 
     @classmethod
     def from_package(
-        cls, path: str | Path, *, checkpoint: str | None = None, device: str | None = None, batch_size: int = 16
+        cls,
+        path: str | Path,
+        *,
+        checkpoint: str | None = None,
+        device: str | None = None,
+        batch_size: int = 16,
+        dtype: str = "fp32",
     ) -> LabLM:
-        """Load a package or run directory (see :func:`~llm_lab.core.package.io.load_package_or_run`)."""
+        """Load a package or run directory (see :func:`~llm_lab.core.package.io.load_package_or_run`); a ``dtype``
+        other than fp32 (bf16, int8, auto) runs its decode copy (:func:`~llm_lab.core.decode.prepare_for_decode`),
+        whose weights are rounded to that dtype: scores move by about as much as its bits per byte do."""
+        from llm_lab.core.decode import prepare_for_decode
+        from llm_lab.core.decode.fast_linear import resolve_decode_dtype
         from llm_lab.core.package.io import load_package_or_run
 
+        resolve_decode_dtype(dtype)  # an unknown name is refused before the model loads
         _, tokenizer, model = load_package_or_run(path, checkpoint=checkpoint, device=device)
+        if dtype != "fp32":
+            model = prepare_for_decode(model, dtype)
         return cls(model, tokenizer, batch_size=batch_size)
 
     @property
@@ -140,9 +153,15 @@ class LabLM(TemplateLM):
         return context, continuation
 
     def _loglikelihood_tokens(
-        self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+        self,
+        requests: list[tuple[Any, list[int], list[int]]],
+        disable_tqdm: bool = False,
+        *,
+        greedy: bool = True,
+        **kwargs: Any,
     ) -> list[tuple[float, bool]]:
-        """``(sum of the continuation's log-probabilities, is it the greedy continuation)`` per request."""
+        """``(sum of the continuation's log-probabilities, is it the greedy continuation)`` per request; with
+        ``greedy=False`` (rolling windows, which need only the sum) the second is always False and costs nothing."""
         fitted = [self._fit(list(ctx), list(cont)) for _, ctx, cont in requests]
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, (ctx, _) in enumerate(fitted):
@@ -166,7 +185,7 @@ class LabLM(TemplateLM):
                 fits = batch and len(fitted[batch[0][0]][0]) + max(longest, member_longest) - 1 <= self.max_length
                 if batch and (not members or len(batch) == self.batch_size or not fits):
                     contexts = [fitted[m[0]][0] for m in batch]
-                    scores = self._score_shared(contexts, [[fitted[i][1] for i in m] for m in batch])
+                    scores = self._score_shared(contexts, [[fitted[i][1] for i in m] for m in batch], greedy)
                     for m, group_scores in zip(batch, scores, strict=True):
                         for i, score in zip(m, group_scores, strict=True):
                             results[i] = score
@@ -177,7 +196,7 @@ class LabLM(TemplateLM):
                     longest = max(longest, member_longest)
             for start in range(0, len(single), self.batch_size):
                 chunk = single[start : start + self.batch_size]
-                for i, score in zip(chunk, self._score_batch([fitted[i] for i in chunk]), strict=True):
+                for i, score in zip(chunk, self._score_batch([fitted[i] for i in chunk], greedy), strict=True):
                     results[i] = score
                 progress.update(len(chunk))
         progress.close()
@@ -191,7 +210,7 @@ class LabLM(TemplateLM):
             self.truncated = 0
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]], greedy: bool) -> list[tuple[float, bool]]:
         """Score unrelated requests in one left-padded forward, the output head only over the continuations."""
         inputs = [(ctx + cont)[:-1] for ctx, cont in pairs]
         width = max(len(x) for x in inputs)
@@ -206,10 +225,10 @@ class LabLM(TemplateLM):
             ids.to(self.device), attention_mask=mask.to(self.device) if padded else None, logits_to_keep=keep
         )  # (B, keep, V): the last `keep` positions of every row
         logp = torch.log_softmax(logits.float(), dim=-1)
-        return [_score(logp[row, keep - len(cont) :], cont) for row, (_, cont) in enumerate(pairs)]
+        return [_score(logp[row, keep - len(cont) :], cont, greedy) for row, (_, cont) in enumerate(pairs)]
 
     def _score_shared(
-        self, contexts: list[list[int]], continuations: list[list[list[int]]]
+        self, contexts: list[list[int]], continuations: list[list[list[int]]], greedy: bool
     ) -> list[list[tuple[float, bool]]]:
         """Score several continuations of each of several contexts: the contexts once, as one left-padded batch
         whose keys and values are cached, then every continuation on a copy of its context's cache, ``batch_size``
@@ -253,11 +272,12 @@ class LabLM(TemplateLM):
                 )
                 rest_logp = torch.log_softmax(logits.float(), dim=-1)  # (rows, chunk_longest - 1, V)
             for k, r in enumerate(rows):
-                cont = flat[r]
-                logp = first_logp[owners[r] : owners[r] + 1]
-                if rest_logp is not None:
-                    logp = torch.cat([logp, rest_logp[k, : len(cont) - 1]])
-                flat_scores[r] = _score(logp[: len(cont)], cont)
+                cont, g = flat[r], owners[r]
+                total, is_greedy = _score(first_logp[g : g + 1], cont[:1], greedy)
+                if rest_logp is not None and len(cont) > 1:  # the rest of the continuation, where it lies (no copy)
+                    rest_total, rest_greedy = _score(rest_logp[k, : len(cont) - 1], cont[1:], greedy)
+                    total, is_greedy = total + rest_total, is_greedy and rest_greedy
+                flat_scores[r] = (total, is_greedy)
         scores: list[list[tuple[float, bool]]] = [[] for _ in contexts]
         for owner, score in zip(owners, flat_scores, strict=True):
             scores[owner].append(score)  # type: ignore[arg-type]
@@ -278,7 +298,8 @@ class LabLM(TemplateLM):
                 windows.append((None, ctx, cont))
                 owner.append(index)
         totals = [0.0] * len(requests)
-        for index, (logprob, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm), strict=True):
+        scores = self._loglikelihood_tokens(windows, disable_tqdm, greedy=False)
+        for index, (logprob, _) in zip(owner, scores, strict=True):
             totals[index] += logprob
         return totals
 
@@ -329,11 +350,12 @@ class LabLM(TemplateLM):
         return out  # type: ignore[return-value]
 
 
-def _score(logp: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
-    """``(sum of log p(token), greedy?)`` from ``(len(continuation), V)`` log-probabilities."""
+def _score(logp: torch.Tensor, continuation: list[int], greedy: bool) -> tuple[float, bool]:
+    """``(sum of log p(token), greedy?)`` from ``(len(continuation), V)`` log-probabilities; ``greedy=False``
+    skips the arg-max (and answers False)."""
     target = torch.tensor(continuation, device=logp.device)
     total = float(logp.gather(-1, target[:, None]).sum())
-    return total, bool((logp.argmax(dim=-1) == target).all())
+    return total, greedy and bool((logp.argmax(dim=-1) == target).all())
 
 
 def _new_cache(model: nn.Module, batch_size: int, max_len: int) -> Any:

@@ -33,7 +33,9 @@ import torch
 
 from llm_lab.experiments.tables import markdown_table, write_csv
 
-__all__ = ["ServeBenchSettings", "format_serve_table", "run_serve_benchmark", "write_serve_results"]
+__all__ = [
+    "ServeBenchSettings", "format_serve_table", "run_serve_benchmark", "serve_subprocess", "write_serve_results"
+]
 
 _TEXT = (
     "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You are all "
@@ -120,13 +122,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(package: Path, max_batch: int, log: Path, dtype: str = "fp32") -> Iterator[str]:
-    """``llm-lab serve PACKAGE --max-batch N --dtype D`` in a subprocess; yields its URL once ``/health`` answers."""
+def serve_subprocess(
+    package: Path, log: Path, *, max_batch: int = 8, dtype: str = "fp32", extra: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """``llm-lab serve PACKAGE --max-batch N --dtype D [extra...]`` in a subprocess (clients and server then do not
+    share one interpreter's lock, as with a real server); yields its URL once ``/health`` answers, and stops it."""
     import httpx
 
     port = _free_port()
     command = [sys.executable, "-m", "llm_lab", "serve", str(package), "--port", str(port),
-               "--max-batch", str(max_batch), "--dtype", dtype, "--log-level", "warning"]  # fmt: skip
+               "--max-batch", str(max_batch), "--dtype", dtype, "--log-level", "warning", *extra]  # fmt: skip
     with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
@@ -234,8 +239,8 @@ def run_serve_benchmark(
         package = _save_package(settings, Path(tmp) / "model")
         log = Path(tmp) / "server.log"
         with (
-            _server(package, settings.max_batch, log, settings.dtype) as batching,
-            _server(package, 1, log, settings.dtype) as one_at_a_time,
+            serve_subprocess(package, log, max_batch=settings.max_batch, dtype=settings.dtype) as batching,
+            serve_subprocess(package, log, max_batch=1, dtype=settings.dtype) as one_at_a_time,
         ):
             urls = {settings.max_batch: batching, 1: one_at_a_time}
             for url in urls.values():  # warm up both (first calls build the decode copy and allocate)

@@ -125,3 +125,38 @@ def test_without_the_harness_the_extra_is_named(monkeypatch, capsys, tmp_path):
     assert main(["eval", str(tmp_path), "--tasks", "hellaswag"]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert 'lm-evaluation-harness (lm_eval is missing): pip install "foundry-llm[eval]"' in line
+
+
+def test_dtype_scores_the_tasks_with_the_decode_copy(tmp_path):
+    """``--dtype int8`` with ``--tasks`` runs the int8 decode copy (it was silently fp32): the log-likelihoods are
+    those of ``prepare_for_decode(model, "int8")``, close to fp32's but not equal; an unknown dtype is one line."""
+    from lm_eval.api.instance import Instance
+
+    from llm_lab.core.decode import prepare_for_decode
+    from llm_lab.core.harness import LabLM
+
+    tok = bpe_tokenizer()
+    package, model = make_package(tmp_path / "pkg", tok)
+    requests = [
+        Instance(request_type="loglikelihood", doc={}, arguments=(doc["ctx"], choice), idx=i)
+        for i, doc in enumerate(MC_DOCS)
+        for choice in doc["choices"]
+    ]
+    fp32 = [score for score, _ in LabLM.from_package(package).loglikelihood(requests, disable_tqdm=True)]
+    int8 = [score for score, _ in LabLM.from_package(package, dtype="int8").loglikelihood(requests, disable_tqdm=True)]
+    copy = LabLM(prepare_for_decode(model, "int8"), tok).loglikelihood(requests, disable_tqdm=True)
+    assert int8 == [score for score, _ in copy]
+    assert int8 != fp32 and max(abs(a - b) for a, b in zip(int8, fp32, strict=True)) < 0.05
+    with pytest.raises(ValueError, match="unknown decode dtype 'int4'; choose one of: auto, fp32, bf16, int8"):
+        LabLM.from_package(package, dtype="int4")
+
+
+def test_dtype_reaches_the_cli_tasks_route(capsys, tmp_path):
+    package, _ = make_package(tmp_path / "pkg", bpe_tokenizer())
+    tasks = write_tasks(tmp_path / "tasks")
+    assert main(["eval", str(package), "--tasks", "tiny_mc", "--include-path", str(tasks), "--dtype", "int4"]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        "llm-lab: error: unknown decode dtype 'int4'; choose one of: auto, fp32, bf16, int8"
+    )
+    assert main(["eval", str(package), "--tasks", "tiny_mc", "--include-path", str(tasks), "--dtype", "int8"]) == 0
+    assert "tiny_mc" in capsys.readouterr().out
