@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llm_lab.cli.sample import add_dtype_argument, decode_model, positive_int
+from llm_lab.cli.sample import add_dtype_argument, positive_int
 from llm_lab.utils.paths import check_input_file
 from llm_lab.utils.words import plural
 
@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{option.replace('_', '-')} does not apply to --data; leave it out{hint}")
     data = check_input_file(args.data, "--data", "a UTF-8 text file")  # a directory, a FIFO, a device: said so
     from llm_lab.core.data.prepare import read_text_file
+    from llm_lab.core.decode import model_in_dtype
     from llm_lab.core.evaluation import evaluate_text
 
     text = read_text_file(data)  # exactly as `data prepare` reads it: CRLF stays CRLF
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _, tokenizer, model = load_package_or_run(args.package, checkpoint=args.checkpoint, device=args.device)
     result = evaluate_text(
-        decode_model(model, args.dtype),
+        model_in_dtype(model, args.dtype),
         tokenizer,
         text,
         context_length=args.context_length,

@@ -61,15 +61,6 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def decode_model(model: Any, dtype: str) -> Any:
-    """``model`` for ``--dtype fp32`` (generation prepares its own copy when that pays), else its decode copy."""
-    if dtype == "fp32":
-        return model
-    from llm_lab.core.decode import prepare_for_decode
-
-    return prepare_for_decode(model, dtype)
-
-
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, on_first_use: bool = False) -> None:
     """The sampling flags shared by ``llm-lab sample`` and the sampling scripts.
 
@@ -187,7 +178,9 @@ def _run(args: argparse.Namespace) -> int:
     from llm_lab.core.package.io import load_package_or_run
 
     _, tokenizer, model = load_package_or_run(args.path, checkpoint=args.checkpoint, device=args.device)
-    return sample_and_print(args, tokenizer, decode_model(model, args.dtype))
+    from llm_lab.core.decode import model_in_dtype
+
+    return sample_and_print(args, tokenizer, model_in_dtype(model, args.dtype))
 
 
 def check_max_new_tokens(max_new_tokens: int, config: Any, prompt_length: int) -> None:

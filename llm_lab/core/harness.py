@@ -95,15 +95,13 @@ class LabLM(TemplateLM):
         """Load a package or run directory (see :func:`~llm_lab.core.package.io.load_package_or_run`); a ``dtype``
         other than fp32 (bf16, int8, auto) runs its decode copy (:func:`~llm_lab.core.decode.prepare_for_decode`),
         whose weights are rounded to that dtype: scores move by about as much as its bits per byte do."""
-        from llm_lab.core.decode import prepare_for_decode
+        from llm_lab.core.decode import model_in_dtype
         from llm_lab.core.decode.fast_linear import resolve_decode_dtype
         from llm_lab.core.package.io import load_package_or_run
 
         resolve_decode_dtype(dtype)  # an unknown name is refused before the model loads
         _, tokenizer, model = load_package_or_run(path, checkpoint=checkpoint, device=device)
-        if dtype != "fp32":
-            model = prepare_for_decode(model, dtype)
-        return cls(model, tokenizer, batch_size=batch_size)
+        return cls(model_in_dtype(model, dtype), tokenizer, batch_size=batch_size)
 
     @property
     def device(self) -> torch.device:

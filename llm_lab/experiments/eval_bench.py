@@ -28,9 +28,12 @@ timed; generation goes through the decode loop, which ``llm-lab bench generate``
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,10 @@ import torch
 from llm_lab.experiments.serve_bench import serve_subprocess
 from llm_lab.experiments.tables import markdown_table
 
-__all__ = ["EvalBenchSettings", "build_generated_setup", "format_eval_bench", "run_eval_bench"]
+__all__ = [
+    "GENERATED_TASKS", "EvalBenchSettings", "build_generated_setup", "format_eval_bench", "run_eval_bench",
+    "task_requests",
+]
 
 SCORED_TYPES = ("loglikelihood", "loglikelihood_rolling")
 
@@ -88,12 +94,26 @@ def task_requests(tasks: tuple[str, ...], include_path: Path | None, limit: int 
     from llm_lab.core.harness import task_manager
 
     requests = []
-    for task in task_manager(tasks, include_path).load(list(tasks))["tasks"].values():  # every leaf task
+    for task in _leaf_tasks(task_manager(tasks, include_path), list(tasks)):
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         requests.extend(r for r in task.instances if r.request_type in SCORED_TYPES)
     if not requests:
         raise ValueError(f"{', '.join(tasks)}: no loglikelihood or loglikelihood_rolling requests to time")
     return requests
+
+
+def _leaf_tasks(manager: Any, names: list[str]) -> list[Any]:
+    """Every task ``names`` stands for (groups opened): through ``TaskManager.load`` where the harness has it (it
+    came after 0.4.9.2, this project's lowest), else the older ``get_task_dict`` tree."""
+    if hasattr(manager, "load"):
+        return list(manager.load(names)["tasks"].values())
+    from lm_eval.tasks import get_task_dict
+
+    def walk(tree: dict) -> Iterator[Any]:
+        for value in tree.values():
+            yield from walk(value) if isinstance(value, dict) else (value,)
+
+    return list(walk(get_task_dict(names, manager)))
 
 
 GENERATED_TASKS = ("bench_mc", "bench_ppl")
@@ -102,9 +122,6 @@ GENERATED_TASKS = ("bench_mc", "bench_ppl")
 def build_generated_setup(work: Path, seed: int = 0) -> tuple[Path, Path]:
     """Write the generated package and the two local tasks (see the module docs) under ``work``; return
     ``(package, task folder)``. Deterministic for a ``seed``."""
-    import json
-    import random
-
     from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
     from llm_lab.core.package.io import save_model_package
     from llm_lab.core.tokenization import SubwordTokenizer
@@ -126,7 +143,7 @@ def build_generated_setup(work: Path, seed: int = 0) -> tuple[Path, Path]:
                  for _ in range(100)]
     texts = [{"text": cut(2000)} for _ in range(20)]
     folder = work / "tasks"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for name, docs, body in (
         ("bench_mc", questions, 'output_type: multiple_choice\ndoc_to_text: "{{ctx}}"\ndoc_to_choice: "{{choices}}"\n'
          "doc_to_target: label\nmetric_list:\n  - metric: acc\n"),

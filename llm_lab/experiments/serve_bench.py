@@ -139,12 +139,12 @@ def serve_subprocess(
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"llm-lab serve exited with code {process.returncode}; see {log}")
+                raise RuntimeError(f"llm-lab serve exited with code {process.returncode}: {_last_line(log)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llm-lab serve did not answer within 120 s; see {log}")
+                raise RuntimeError(f"llm-lab serve did not answer within 120 s: {_last_line(log)}")
             time.sleep(0.2)
         yield url
     finally:
@@ -154,6 +154,15 @@ def serve_subprocess(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _last_line(log: Path) -> str:
+    """The server log's last line (the log may live in a folder removed as the error propagates), and where it is."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return f"{lines[-1] if lines else 'nothing logged'} (log: {log})"
 
 
 def _one_request(client: Any, url: str, prompt: str, new_tokens: int) -> tuple[float, int]:

@@ -8,8 +8,8 @@ Both need the same three things, kept here once:
   start at once and a script needs no ``__main__`` guard.
 - :func:`map_in_order`: submit tasks from a stream, at most ``window`` at a time (memory stays bounded whatever
   the stream's length), and yield their results in the order the tasks came.
-- :func:`alongside`: run one side job (saving a tokenizer while the encoders work) in a thread beside the block,
-  its exception raised at the block's end.
+- :func:`alongside`: run one side job (saving a tokenizer while the encoders work) in a thread beside the block;
+  its exception is raised by the ``check`` the block calls as it goes, or at the block's end.
 """
 
 from __future__ import annotations
@@ -75,26 +75,39 @@ def map_in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], windo
 
 
 @contextlib.contextmanager
-def alongside(job: Callable[[], None]) -> Iterator[None]:
-    """Run ``job()`` in a thread while the ``with`` block runs; wait for it at the block's end and raise what it
-    raised there (the block's own exception wins).
+def alongside(job: Callable[[], None]) -> Iterator[Callable[[], None]]:
+    """Run ``job()`` in a thread while the ``with`` block runs; yield ``check``, which raises the job's exception
+    once it has failed (call it as the block goes, so a failure stops the work early). At the block's end wait for
+    the job, even through Ctrl+C (it may be writing where the caller cleans up next), and raise what it raised
+    (the block's own exception wins).
 
     For side work beside encoders that release the GIL: done inline it would hold the GIL and stop the block
-    from handing them work; in a thread it only takes turns with the block.
+    from handing them work; in a thread it only takes turns with the block. Start it after any worker processes
+    are forked, not before (a process forked while another thread works inherits that thread's locks).
     """
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
             job()
-        except BaseException as exc:  # handed to the block's thread below
+        except BaseException as exc:  # handed to the block's thread by check() or at the end
             failure.append(exc)
+
+    def check() -> None:
+        if failure:
+            raise failure[0]
 
     thread = threading.Thread(target=run, name="llm-lab-alongside")
     thread.start()
     try:
-        yield
+        yield check
     finally:
-        thread.join()
-    if failure:
-        raise failure[0]
+        interrupted = False
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:  # a second Ctrl+C: still wait (a few ms), then pass it on
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+    check()

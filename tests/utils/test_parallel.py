@@ -96,3 +96,16 @@ def test_alongside_raises_the_jobs_error_at_the_end_and_the_blocks_own_error_win
         pass
     with pytest.raises(KeyError, match="the block's"), alongside(broken):
         raise KeyError("the block's")
+
+
+def test_alongside_check_stops_the_block_once_the_job_failed():
+    def broken() -> None:
+        raise OSError("disk full while saving")
+
+    done = []
+    with pytest.raises(OSError, match="disk full while saving"), alongside(broken) as check:
+        for step in range(1000):
+            time.sleep(0.002)
+            check()  # raises within a step or two of the failure, not after all 1000
+            done.append(step)
+    assert len(done) < 1000

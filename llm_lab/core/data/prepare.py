@@ -321,8 +321,9 @@ def _tokenise_inputs(
 ) -> tuple[list[dict[str, Any]], int, str]:
     """Step 3: stream every source's documents through the encoder into ``writer`` (ids back to back, in order).
 
-    ``while_encoding`` runs once, in a thread beside the encoding (:func:`llm_lab.utils.parallel.alongside`), once
-    the encoder is chosen: done inline it would hold the GIL and leave the encoders without work until it ended.
+    ``while_encoding`` runs once, in a thread beside the encoding (:func:`llm_lab.utils.parallel.alongside`), from
+    the first batch written (worker processes, if any, are forked by then): done inline it would hold the GIL and
+    leave the encoders without work until it ended. Its failure stops the encoding at the next batch.
 
     Returns:
         ``(sources, eot_tokens, encoder name)``; each source's summary with its token count.
@@ -338,11 +339,15 @@ def _tokenise_inputs(
         sample = "".join(text for text, _ in first or [])[:16384]
         encoder = choose_encoder(tokenizer, writer.dtype, options["encoder"], sample)
         stream = itertools.chain([first] if first is not None else [], batches)
-        with alongside(while_encoding):
+        with contextlib.ExitStack() as beside:
+            check = None
             for ids, counts in encode_batches(stream, encoder, options["workers"]):
                 writer.write(ids)
                 for index, count in zip(owners.pop(0), counts, strict=True):
                     tokens[index] += count
+                if check is None:
+                    check = beside.enter_context(alongside(while_encoding))
+                check()
     if writer.total == 0:
         raise ValueError("the corpus is empty: the inputs hold no text")
     summaries = [source.summary() | {"tokens": n} for source, n in zip(sources, tokens, strict=True)]

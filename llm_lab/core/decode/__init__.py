@@ -1,8 +1,9 @@
 """Decoding: sampling settings (``SamplingConfig``) and logits processors, KV-cached generation (``generate``,
 ``stream``, ``generate_text``, with their settings as one ``GenerationConfig``), a decode-only copy for speed
-(``prepare_for_decode``) and log-probabilities (``score_tokens``, ``TokenLogprob``)."""
+(``prepare_for_decode``; ``model_in_dtype`` keeps fp32 as it is) and log-probabilities (``score_tokens``,
+``TokenLogprob``)."""
 
-from llm_lab.core.decode.fast_linear import prepare_for_decode
+from llm_lab.core.decode.fast_linear import model_in_dtype, prepare_for_decode
 from llm_lab.core.decode.generate import (
     GenerationConfig,
     GenerationOutput,
@@ -35,6 +36,7 @@ __all__ = [
     "generate",
     "generate_text",
     "min_p_filter",
+    "model_in_dtype",
     "prepare_for_decode",
     "process_logits",
     "register_processor",

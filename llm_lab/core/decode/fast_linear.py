@@ -84,6 +84,7 @@ __all__ = [
     "Int8Weights",
     "fbgemm_int8_available",
     "is_decode_copy",
+    "model_in_dtype",
     "pays_to_prepare",
     "prepare_for_decode",
     "resolve_decode_dtype",
@@ -488,6 +489,16 @@ def _fusions(model: nn.Module) -> dict[nn.Module, tuple[str, ...]]:
         ):
             found[module] = tuple(names)
     return found
+
+
+def model_in_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """``model`` itself for ``"fp32"`` (exact: scoring and evaluation run the weights as trained; generation
+    prepares its own fp32 copy when that pays), else its decode copy in ``dtype`` (:func:`prepare_for_decode`).
+
+    Raises:
+        ValueError: an unknown ``dtype`` (see :func:`resolve_decode_dtype`).
+    """
+    return model if dtype == "fp32" else prepare_for_decode(model, dtype)
 
 
 def prepare_for_decode(model: nn.Module, dtype: str = "fp32") -> nn.Module:

@@ -71,15 +71,9 @@ def unicode_to_bytes() -> dict[str, int]:
     return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
-@functools.cache
-def _byte_spelling() -> dict[int, str]:
-    """``str.translate``'s table from a Latin-1 character (one per byte) to its GPT-2 spelling."""
-    return dict(bytes_to_unicode())
-
-
 def token_to_unicode(data: bytes) -> str:
     """A token's bytes spelled in GPT-2's byte-to-unicode alphabet (as ``vocab.json`` and ``merges.txt`` hold it)."""
-    return data.decode("latin-1").translate(_byte_spelling())  # one character per byte, mapped in C
+    return data.decode("latin-1").translate(bytes_to_unicode())  # one character per byte (its ordinal), mapped in C
 
 
 def token_from_unicode(token: str, where: str) -> bytes:
