@@ -322,8 +322,9 @@ def _tokenise_inputs(
     """Step 3: stream every source's documents through the encoder into ``writer`` (ids back to back, in order).
 
     ``while_encoding`` runs once, in a thread beside the encoding (:func:`llm_lab.utils.parallel.alongside`), from
-    the first batch written (worker processes, if any, are forked by then): done inline it would hold the GIL and
-    leave the encoders without work until it ended. Its failure stops the encoding at the next batch.
+    the start, or from the first batch written when the encoders are worker processes (they are forked by then):
+    done inline it would hold the GIL and leave the encoders without work until it ended. Its failure stops the
+    encoding at the next batch.
 
     Returns:
         ``(sources, eot_tokens, encoder name)``; each source's summary with its token count.
@@ -335,12 +336,15 @@ def _tokenise_inputs(
     with bar:
         batches = _batches(sources, options["read_bytes"], _cuts_anywhere(tokenizer), owners, bar)
         first = next(batches, None)
-        # 16 KiB checked against the reference encoder (pure Python, before any work starts: kept short)
-        sample = "".join(text for text, _ in first or [])[:16384]
+        # 4 KiB checked against the reference encoder (pure Python, before any work starts: kept short; that
+        # tiktoken's merges are ours is checked on the tokenizer itself, see TiktokenEncoder.applies_to)
+        sample = "".join(text for text, _ in first or [])[:4096]
         encoder = choose_encoder(tokenizer, writer.dtype, options["encoder"], sample)
         stream = itertools.chain([first] if first is not None else [], batches)
         with contextlib.ExitStack() as beside:
-            check = None
+            # Encoders in threads (tiktoken) or none: start at once. Worker processes: once they are forked.
+            forks = not encoder.releases_gil and options["workers"] > 1
+            check = None if forks else beside.enter_context(alongside(while_encoding))
             for ids, counts in encode_batches(stream, encoder, options["workers"]):
                 writer.write(ids)
                 for index, count in zip(owners.pop(0), counts, strict=True):
