@@ -199,12 +199,21 @@ def run_process(command: Sequence[str], timeout_s: float, log_path: Path, cwd: P
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+                                   preexec_fn=_sigint_answered if os.name == "posix" else None)  # fmt: skip
         try:
             return process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _end_group(process)
             return None
+
+
+def _sigint_answered() -> None:
+    """In the stage's process, before it runs: SIGINT back to its default and unblocked. A check started in the
+    background of a script (``nohup llm-lab gpu-check ... &``) inherits SIGINT ignored, and a stage that ignored it
+    could not be ended gently (:func:`_end_group`) and would lose its test results to SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _end_group(process: subprocess.Popen) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -165,7 +166,12 @@ def test_a_stage_ended_for_time_takes_its_children_with_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tests_stage_ended_for_its_time_keeps_the_results_of_the_tests_that_ran(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_tests_stage_ended_for_its_time_keeps_the_results_of_the_tests_that_ran(tmp_path, sigint):
+    """Also when the check itself runs with SIGINT ignored (started with ``&`` from a script): the stage gets it
+    back, so it can still be ended gently and write its results (the conftest restores this process's handler)."""
+    if sigint == "ignored":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     (tmp_path / "test_sample.py").write_text(
         "import time\n\ndef test_quick():\n    pass\n\ndef test_slow():\n    time.sleep(120)\n"
     )
