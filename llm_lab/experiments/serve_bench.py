@@ -123,15 +123,17 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def serve_subprocess(
-    package: Path, log: Path, *, max_batch: int = 8, dtype: str = "fp32", extra: tuple[str, ...] = ()
+    package: Path, log: Path, *, max_batch: int | None = None, dtype: str = "fp32", extra: tuple[str, ...] = ()
 ) -> Iterator[str]:
-    """``llm-lab serve PACKAGE --max-batch N --dtype D [extra...]`` in a subprocess (clients and server then do not
-    share one interpreter's lock, as with a real server); yields its URL once ``/health`` answers, and stops it."""
+    """``llm-lab serve PACKAGE [--max-batch N] --dtype D [extra...]`` in a subprocess (clients and server then do
+    not share one interpreter's lock, as with a real server; no ``max_batch``: the server's own default); yields its
+    URL once ``/health`` answers, and stops it."""
     import httpx
 
     port = _free_port()
-    command = [sys.executable, "-m", "llm_lab", "serve", str(package), "--port", str(port),
-               "--max-batch", str(max_batch), "--dtype", dtype, "--log-level", "warning", *extra]  # fmt: skip
+    batch = () if max_batch is None else ("--max-batch", str(max_batch))
+    command = [sys.executable, "-m", "llm_lab", "serve", str(package), "--port", str(port), *batch,
+               "--dtype", dtype, "--log-level", "warning", *extra]  # fmt: skip
     with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
