@@ -39,7 +39,10 @@ def test_quick_benchmark_prints_the_tables_and_writes_json(tmp_path):
         # Same weights, both greedy: the two implementations must produce the same tokens.
         assert row["same_tokens"] is True
         assert row["ours_tokens_per_second"] > 0 and row["hf_tokens_per_second"] > 0
-        assert row["matmul_only_tokens_per_second"] > 0
+        assert row["matmul_only_tokens_per_second"] > 0 and row["kernels_only_tokens_per_second"] > 0
+        assert row["kernels_roofline_fraction"] == pytest.approx(
+            row["kernels_only_tokens_per_second"] / row["batch"] / results["roofline"]["tokens_per_second"]
+        )
         assert row["ratio"] == pytest.approx(row["ours_tokens_per_second"] / row["hf_tokens_per_second"])
     assert [row["context"] for row in results["per_token"]] == [8, 64]
     assert results["per_token"][0]["ours_vs_shortest"] == 1.0

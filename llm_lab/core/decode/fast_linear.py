@@ -65,7 +65,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -121,7 +121,9 @@ class DecodeWeights:
 
     A subclass names itself (``name``, the key in :data:`DECODE_DTYPES`), says how many bytes a weight takes
     (``bytes_per_weight``, what a weight-read-bound step reads) and implements :meth:`pack` (once, from the stacked
-    ``(out, in)`` weights) and :meth:`matmul` (every step). Adding a dtype is one class here and one registry entry.
+    ``(out, in)`` weights) and the three parts of a product (every step): :meth:`prepare` puts the input rows in the
+    form the kernel takes, :meth:`kernel` is the one call that reads the weights, :meth:`finish` turns its result
+    into ``flat @ W.T + b``. Adding a dtype is one class here and one registry entry.
     """
 
     name: ClassVar[str]
@@ -143,7 +145,30 @@ class DecodeWeights:
     @classmethod
     def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
         """``flat @ W.T + b`` for ``flat`` ``(rows, in)``: ``(rows, out)`` in ``flat``'s dtype."""
+        x, state = cls.prepare(layer, flat)
+        return cls.finish(layer, cls.kernel(layer, x), flat, state)
+
+    @classmethod
+    def prepare(cls, layer: DecodeLinear, flat: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """The kernel's input made from ``flat`` ``(rows, in)``, and what :meth:`finish` needs besides (or None)."""
+        return flat, None
+
+    @classmethod
+    def kernel(cls, layer: DecodeLinear, x: torch.Tensor) -> torch.Tensor:
+        """The product itself, on the input :meth:`prepare` made: the one call that reads the packed weights."""
         raise NotImplementedError
+
+    @classmethod
+    def finish(cls, layer: DecodeLinear, out: torch.Tensor, flat: torch.Tensor, state: object) -> torch.Tensor:
+        """``(rows, out)`` in ``flat``'s dtype, with the bias, from the kernel's result ``out``."""
+        return out
+
+    @classmethod
+    def kernel_call(cls, layer: DecodeLinear, flat: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The kernel alone on ``flat`` prepared once, as a call without arguments: what a product costs without
+        the operators around it, the ceiling that ``llm-lab bench generate`` reports (not a way to decode)."""
+        x, _ = cls.prepare(layer, flat)
+        return functools.partial(cls.kernel, layer, x)
 
     @classmethod
     def nbytes(cls, layer: DecodeLinear) -> int:
@@ -178,16 +203,41 @@ class Float32Weights(DecodeWeights):
         return {"packed_weight": blocks, "packed_bias": bias}
 
     @classmethod
-    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+    def prepare(cls, layer: DecodeLinear, flat: torch.Tensor) -> tuple[torch.Tensor, object]:
+        weight = layer.packed_weight
+        if weight.dim() == 2:
+            return flat, None
+        return flat.expand(weight.shape[0], *flat.shape), None  # (parts, rows, in): one block per thread
+
+    @classmethod
+    def kernel(cls, layer: DecodeLinear, x: torch.Tensor) -> torch.Tensor:
         weight, bias = layer.packed_weight, layer.packed_bias
         if weight.dim() == 2:  # (in, total)
-            return flat @ weight if bias is None else torch.addmm(bias, flat, weight)  # (rows, total)
-        stacked = flat.expand(weight.shape[0], *flat.shape)  # (parts, rows, in): one block per thread
-        out = torch.bmm(stacked, weight) if bias is None else torch.baddbmm(bias, stacked, weight)
+            return x @ weight if bias is None else torch.addmm(bias, x, weight)  # (rows, total)
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)  # (parts, rows, width)
+
+    @classmethod
+    def finish(cls, layer: DecodeLinear, out: torch.Tensor, flat: torch.Tensor, state: object) -> torch.Tensor:
+        if out.dim() == 2:
+            return out
         return out.transpose(0, 1).reshape(flat.shape[0], -1)[:, : sum(layer.sizes)]  # (rows, total)
 
 
-class BFloat16Weights(DecodeWeights):
+class _BFloat16Rows(DecodeWeights):
+    """A kernel that takes the input rows in bfloat16 and returns bfloat16: rows rounded on the way in, the result
+    turned back to the input's dtype and the float32 bias added on the way out."""
+
+    @classmethod
+    def prepare(cls, layer: DecodeLinear, flat: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return flat.to(torch.bfloat16), None
+
+    @classmethod
+    def finish(cls, layer: DecodeLinear, out: torch.Tensor, flat: torch.Tensor, state: object) -> torch.Tensor:
+        out = out.to(flat.dtype)
+        return out if layer.packed_bias is None else out + layer.packed_bias
+
+
+class BFloat16Weights(_BFloat16Rows):
     """Weights rounded to bfloat16, ``(out, in)`` as ``F.linear`` wants them; the input row is rounded too.
 
     The bias stays float32 and is added to the float32 result. Fast only on CPUs with bfloat16 units.
@@ -201,12 +251,11 @@ class BFloat16Weights(DecodeWeights):
         return {"packed_weight": weight.to(torch.bfloat16).contiguous(), "packed_bias": bias}
 
     @classmethod
-    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.linear(flat.to(torch.bfloat16), layer.packed_weight).to(flat.dtype)
-        return out if layer.packed_bias is None else out + layer.packed_bias
+    def kernel(cls, layer: DecodeLinear, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, layer.packed_weight)
 
 
-class Int8Weights(DecodeWeights):
+class Int8Weights(_BFloat16Rows):
     """Weight-only int8: ``W ~ q * scale`` with one scale per output channel, ``q`` in ``[-127, 127]``.
 
     The format of the ``int8`` decode dtype; :meth:`implementation` picks the kernel that multiplies by it here:
@@ -236,10 +285,8 @@ class Int8Weights(DecodeWeights):
         return {"packed_weight": q.contiguous(), "packed_bias": bias, "weight_scale": scale}
 
     @classmethod
-    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
-        x = flat.to(torch.bfloat16)
-        out = torch.ops.aten._weight_int8pack_mm(x, layer.packed_weight, layer.weight_scale).to(flat.dtype)
-        return out if layer.packed_bias is None else out + layer.packed_bias
+    def kernel(cls, layer: DecodeLinear, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, layer.packed_weight, layer.weight_scale)
 
 
 #: The two extra input columns of :class:`FbgemmInt8Weights`: they pin the range fbgemm quantises each input to,
@@ -283,11 +330,19 @@ class FbgemmInt8Weights(Int8Weights):
         }
 
     @classmethod
-    def matmul(cls, layer: DecodeLinear, flat: torch.Tensor) -> torch.Tensor:
+    def prepare(cls, layer: DecodeLinear, flat: torch.Tensor) -> tuple[torch.Tensor, object]:
         peak = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True)  # (rows, 1): max |x|
         peak = peak.clamp_min_(torch.finfo(flat.dtype).tiny)
         framed = torch.cat([flat / peak, layer.range_pins.expand(flat.shape[0], -1)], dim=1)  # (rows, in + 2)
-        out = layer.fbgemm(framed).mul_(peak)  # (rows, out)
+        return framed, peak
+
+    @classmethod
+    def kernel(cls, layer: DecodeLinear, x: torch.Tensor) -> torch.Tensor:
+        return layer.fbgemm(x)  # (rows, out)
+
+    @classmethod
+    def finish(cls, layer: DecodeLinear, out: torch.Tensor, flat: torch.Tensor, state: object) -> torch.Tensor:
+        out = out.mul_(state)  # times each row's peak
         if layer.packed_bias is None:
             return out.mul_(layer.weight_scale)
         return torch.addcmul(layer.packed_bias, out, layer.weight_scale)

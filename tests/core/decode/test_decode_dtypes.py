@@ -179,6 +179,31 @@ def test_low_precision_copy_is_close_to_fp32_and_fuses_the_same_products(variant
     torch.testing.assert_close(step, got[:, 7:], rtol=2e-2, atol=2e-2 * scale.item())
 
 
+@pytest.mark.parametrize("kernel", ["fp32", "fp32-blocks", "bf16", "fbgemm", "int8pack"])
+def test_kernel_call_is_the_product_s_own_kernel_call(kernel, monkeypatch):
+    # `llm-lab bench generate` times kernel_call as the kernels' ceiling: it must be the very call a product makes,
+    # on the input the product prepares, so that finishing its result gives the product's answer bit for bit.
+    if kernel == "int8pack":
+        monkeypatch.setattr(fast_linear, "fbgemm_int8_available", lambda: False)
+    elif kernel == "fbgemm" and not fbgemm_int8_available():
+        pytest.skip("torch has no fbgemm on this CPU")
+    dtype = {"fp32-blocks": "fp32", "fbgemm": "int8", "int8pack": "int8"}.get(kernel, kernel)
+    torch.manual_seed(0)
+    layers = [nn.Linear(256, 200), nn.Linear(256, 120)]
+    with monkeypatch.context() as m:
+        m.setattr(torch, "get_num_threads", lambda: 2 if kernel == "fp32-blocks" else 1)
+        product = DecodeLinear(layers, dtype)
+    assert product.parts == (2 if kernel == "fp32-blocks" else 1)
+    weights = product.weights
+    flat = torch.randn(3, 256)
+    with torch.inference_mode():
+        _, state = weights.prepare(product, flat)
+        got = weights.finish(product, weights.kernel_call(product, flat)(), flat, state)
+        want = torch.cat(product(flat), dim=1)
+    assert got.shape == (3, 320)
+    assert torch.equal(got, want)
+
+
 def test_auto_picks_int8_on_a_cpu_and_never_bf16():
     # This test machine's CPU: fbgemm where torch has it (x86), else the other kernel only with bf16 units.
     fast_int8 = fbgemm_int8_available() or has_bf16_matrix_units(cpu_bf16_flags())
