@@ -17,14 +17,18 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
 4. One decode step for all slots at once: one token per row, each at its own position, through
    :class:`~llm_lab.core.model.kv_cache.SlotKVCache`. Each group then samples its rows from their logits with its
    own sampler and generator, reports text and log-probabilities, and leaves the batch when all its rows ended.
-5. Exactness. The decode step always runs the full ``(slots, 1)`` batch over all ``context`` cache columns, busy
-   or idle: a matrix product rounds a row differently depending on how many rows it has, and a softmax depending
-   on how many columns, so only fixed shapes make a row's arithmetic independent of the other rows. With them a
-   request's logits, hence its greedy text, its sampled text for a seed and its log-probabilities, are bit for bit
-   the same alone or in any batch on the same server (same ``max_batch`` and model). They are not bit for bit
-   those of the library's :func:`~llm_lab.core.decode.generate`, which runs other shapes (equal up to rounding).
-   Idle slots are not free: a lone client on an 8-slot server got 2.2x (int8) to 2.4x (fp32) fewer tokens/s than
-   on a 1-slot one (docs/how-to/serve-many.md); int8 makes their weight reads nearly free, not their attention.
+5. Exactness. The decode step always runs over all ``context`` cache columns, and over all ``(slots, 1)`` rows,
+   busy or idle: a matrix product rounds a row differently depending on how many rows it has, and a softmax
+   depending on how many columns, so only fixed shapes make a row's arithmetic independent of the other rows.
+   With them a request's logits, hence its greedy text, its sampled text for a seed and its log-probabilities,
+   are bit for bit the same alone or in any batch on the same server (same ``max_batch`` and model). They are not
+   bit for bit those of the library's :func:`~llm_lab.core.decode.generate`, which runs other shapes (equal up to
+   rounding). One exception, for the rows only: a decode copy that computes each row alone
+   (:func:`~llm_lab.core.decode.fast_linear.rows_independent`: ``int8`` through fbgemm on a CPU) runs only the
+   slots up to the highest busy one (slots are handed out lowest first), through
+   :meth:`~llm_lab.core.model.kv_cache.SlotKVCache.first_rows`; its rows come out the same in any number. Idle
+   slots are otherwise not free: a lone client on an 8-slot fp32 server gets about 2.4x fewer tokens/s than on a
+   1-slot one (docs/how-to/serve-many.md).
 
 A model with a previous-token embedding (``bigram_embedding``) cannot use the slot cache (the model reads the
 previous token at a fixed column); its requests are decoded one at a time, in queue order, through the library's
@@ -46,6 +50,7 @@ from typing import Any
 
 import torch
 
+from llm_lab.core.decode.fast_linear import rows_independent
 from llm_lab.core.decode.logprobs import step_logprobs, to_token_logprobs
 from llm_lab.core.decode.row_text import RowText
 from llm_lab.core.decode.sampler import Sampler, check_next_token_scores
@@ -239,6 +244,8 @@ class BatchScheduler:
                 f"the KV cache of one sequence of {context} positions needs {per_slot} bytes, more than the batch "
                 f"memory limit of {limits.memory_bytes} bytes; raise --batch-memory-mb"
             )
+        # A step may run only the busy slots when the model computes each row alone (see the module docs, 5).
+        self.rows_independent = rows_independent(model)
         self.cache: SlotKVCache | None = None
         if self.batched:
             self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device)
@@ -448,13 +455,16 @@ class BatchScheduler:
             self._release(group)
 
     def _decode_step(self) -> None:
-        """One token for every decoding row, the whole fixed-shape batch at once."""
+        """One token for every decoding row: the whole fixed-shape batch at once, or its first ``rows`` slots."""
         started = time.perf_counter()
         decoding = [g for g in self._running if not g.prefilling]
-        tokens = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+        rows = self.slots
+        if self.rows_independent:  # up to the highest decoding slot (the module docs, 5)
+            rows = 1 + max(slot for group in decoding for slot in group.slots)
+        tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
         for group in decoding:
             tokens[group.slots, 0] = group.next_tokens
-        cache = self.cache
+        cache = self.cache.first_rows(rows)
         positions = cache.lengths[:, None].clamp(max=self.context - 1)
         logits, _ = self.model(
             tokens,
@@ -464,7 +474,7 @@ class BatchScheduler:
             logits_to_keep=1,
             check_id_range=False,
         )
-        logits = logits[:, -1]  # (slots, V)
+        logits = logits[:, -1]  # (rows, V)
         for group in decoding:
             self._take(group, logits[group.slots])
         elapsed = time.perf_counter() - started

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from serve_helpers import serve_in_thread
 
+from llm_lab.core.decode.fast_linear import fbgemm_int8_available
+from llm_lab.core.model.kv_cache import SlotKVCache
 from llm_lab.core.package.io import load_model_package
 from llm_lab.serve import create_app
 from llm_lab.serve.scheduler import BatchLimits, BatchScheduler
@@ -73,16 +75,29 @@ def _logprobs(answer: dict[str, Any]) -> list[list[float]]:
     return rows
 
 
-def test_batched_requests_get_what_they_get_alone(slowed: Any) -> None:
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_batched_requests_get_what_they_get_alone(slowed: Any, dtype: str) -> None:
     """Six different requests, first one at a time, then all at once, one of them joining a batch mid-way.
 
     Mixed prompt lengths and max_tokens, a stop string, greedy and seeded sampling, n=2, logprobs, streamed and not:
-    every answer is the same in the batch as alone (texts exactly; log-probabilities within 1e-5).
+    every answer is the same in the batch as alone (texts exactly; log-probabilities within 1e-5). In fp32 every
+    decode step runs all 8 slots; in int8 (fbgemm: each row computed alone) only the slots up to the highest busy
+    one, so a request alone decodes in 1 row and in the batch beside others.
     """
+    if dtype == "int8" and not fbgemm_int8_available():
+        pytest.skip("torch has no fbgemm on this CPU")
     loaded, _ = slowed
-    with serve_in_thread(create_app(loaded, batch=BatchLimits(max_batch=8))) as server:
+    with serve_in_thread(create_app(loaded, batch=BatchLimits(max_batch=8), decode_dtype=dtype)) as server:
         url = f"{server.base_url}/v1/completions"
         scheduler: BatchScheduler = server.server.config.app.state.scheduler  # type: ignore[attr-defined]
+        assert scheduler.rows_independent == (dtype == "int8")
+        step_rows: list[int] = []  # the rows of each decode step (a pass through the slot cache; prefill is not)
+
+        def record(_module: Any, args: tuple, kwargs: dict) -> None:
+            if isinstance(kwargs.get("past_key_values"), SlotKVCache):
+                step_rows.append(args[0].shape[0])
+
+        scheduler.model.register_forward_pre_hook(record, with_kwargs=True)
         free_text = _post(server.base_url, {"prompt": "to be", "max_tokens": 12, "temperature": 0})["choices"][0]
         stop = free_text["text"][5:7]  # a stop string that greedy decoding really reaches
         requests = [
@@ -103,6 +118,8 @@ def test_batched_requests_get_what_they_get_alone(slowed: Any) -> None:
         assert alone[2]["choices"][0]["finish_reason"] == "stop"
         assert alone[2]["choices"][0]["text"] == free_text["text"][: free_text["text"].index(stop)]
         assert scheduler.peak_busy <= 2  # one request at a time so far
+        alone_rows, step_rows[:] = set(step_rows), []
+        assert alone_rows == ({8} if dtype == "fp32" else {1, 2})  # n=2 and two prompts hold two slots
 
         async def together(client: httpx.AsyncClient) -> list[dict[str, Any]]:
             first = asyncio.ensure_future(_streamed(client, url, requests[0]))
@@ -117,6 +134,7 @@ def test_batched_requests_get_what_they_get_alone(slowed: Any) -> None:
 
         batched = asyncio.run(_in_client(together))
         assert scheduler.peak_busy >= 5  # they really ran side by side
+        assert max(step_rows) >= 5 if dtype == "int8" else set(step_rows) == {8}
     for one, other in zip(alone, batched, strict=True):
         assert _summary(other) == _summary(one)
         for got, want in zip(_logprobs(other), _logprobs(one), strict=True):

@@ -230,7 +230,9 @@ class SlotKVCache(KVCache):
     Why the whole buffer, always: floating-point sums depend on the shapes they run in (a matrix product of 8 rows
     rounds a row differently than one of 1 row; a softmax over 40 columns differently than over 12). With a fixed
     batch width and a fixed number of columns, a row's values sit at the same places whatever the other rows
-    hold, so a row's logits are bit-for-bit the same alone or beside any others (``tests/core/model``).
+    hold, so a row's logits are bit-for-bit the same alone or beside any others (``tests/core/model``). A model
+    whose every operation computes a row alone (an int8 decode copy through fbgemm) can run fewer rows: a step
+    through :meth:`first_rows` runs only the first slots, over the same columns.
 
     Only one-token steps run through it; a prompt is prefilled into a plain :class:`KVCache` and copied in with
     :meth:`write_row`. Models with a previous-token embedding (``bigram_embedding``) are not supported: the model
@@ -312,6 +314,29 @@ class SlotKVCache(KVCache):
         self.positions[row, :n] = source.positions[source_row, :n]
         self.lengths[row] = n
         self.active[row] = True
+
+    def first_rows(self, n: int) -> SlotKVCache:
+        """Slots ``[0, n)`` as a cache of their own that shares this one's buffers: a step through it reads and
+        writes these slots here. For a decode step of a model whose rows are computed alone (the server runs only
+        the slots up to the highest busy one then, see ``llm_lab/serve/scheduler.py``).
+
+        Raises:
+            ValueError: ``n`` outside ``[1, batch_size]``, or nothing written yet (the buffers to share do not exist).
+        """
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"first_rows takes 1 to {self.batch_size} rows, got {n}")
+        if not self._keys:
+            raise ValueError("first_rows needs the buffers, allocated by the first write_row or step")
+        if n == self.batch_size:
+            return self
+        view = SlotKVCache.__new__(SlotKVCache)
+        view.__dict__.update(self.__dict__)
+        view.batch_size = n
+        view._keys = [k[:n] for k in self._keys]
+        view._values = [v[:n] for v in self._values]
+        view.positions = self.positions[:n]
+        view.lengths, view.active, view._rows = self.lengths[:n], self.active[:n], self._rows[:n]
+        return view
 
     def free_row(self, row: int) -> None:
         """Empty slot ``row`` (its buffers are kept; nothing in them is read again)."""

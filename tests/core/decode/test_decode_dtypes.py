@@ -22,6 +22,7 @@ from llm_lab.core.decode.fast_linear import (
 )
 from llm_lab.core.evaluation import evaluate_text
 from llm_lab.core.model.gpt import MiniGPT, MiniGPTConfig
+from llm_lab.core.model.kv_cache import KVCache, SlotKVCache
 from llm_lab.core.tokenization import CharTokenizer
 from llm_lab.core.train import precision
 from llm_lab.core.train.precision import cpu_bf16_flags, has_bf16_matrix_units
@@ -202,6 +203,36 @@ def test_kernel_call_is_the_product_s_own_kernel_call(kernel, monkeypatch):
         want = torch.cat(product(flat), dim=1)
     assert got.shape == (3, 320)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_int8_copy_computes_each_row_alone_in_any_number_of_rows(variant):
+    # The server runs only its busy slots for such a copy (SlotKVCache.first_rows): a row's logits must not depend
+    # on how many rows run beside it. fp32 makes no such promise (the BLAS rounds by the number of rows).
+    if not fbgemm_int8_available():
+        pytest.skip("torch has no fbgemm on this CPU")
+    model = tiny(variant)
+    assert not fast_linear.rows_independent(model) and not fast_linear.rows_independent(prepare_for_decode(model))
+    fast = prepare_for_decode(model, "int8")
+    assert fast_linear.rows_independent(fast)
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [6, 5], [3, 5, 8, 9, 7, 9, 3, 2, 3, 8], [2, 7]]
+    with torch.inference_mode():
+        cache = SlotKVCache(fast.config, 4, max_len=32)
+        for slot, prompt in enumerate(prompts):
+            prefill = KVCache(fast.config, 1, max_len=len(prompt))
+            fast(torch.tensor([prompt]), past_key_values=prefill)
+            cache.write_row(slot, prefill)
+        tokens = torch.tensor([[7], [1], [0], [4]])
+
+        def step(rows: int) -> torch.Tensor:
+            view = copy.deepcopy(cache).first_rows(rows)  # each step from the same state
+            logits, _ = fast(tokens[:rows], attention_mask=view.step_mask(), past_key_values=view,
+                             position_ids=view.lengths[:, None], logits_to_keep=1)  # fmt: skip
+            return logits[:, -1]
+
+        every = step(4)
+        for rows in (1, 2, 3):
+            assert torch.equal(step(rows), every[:rows])
 
 
 def test_auto_picks_int8_on_a_cpu_and_never_bf16():

@@ -184,3 +184,27 @@ def test_select_rows_needs_a_filled_cache_and_row_indices():
         model(torch.tensor([[1, 2], [3, 4]]), past_key_values=cache)
     with pytest.raises(ValueError, match="rows must be a non-empty 1-D tensor"):
         cache.select_rows(torch.tensor([[0]]))
+
+
+def test_first_rows_is_a_view_a_step_through_it_writes_the_shared_slots():
+    torch.manual_seed(0)
+    model = MiniGPT(CONFIG).eval()
+    cache = SlotKVCache(CONFIG, 3, max_len=8)
+    with pytest.raises(ValueError, match="first_rows needs the buffers, allocated by the first write_row or step"):
+        cache.first_rows(1)
+    with torch.no_grad():
+        cache.write_row(0, _prefilled(model, [1, 2, 3]))
+        cache.write_row(2, _prefilled(model, [4, 5]))
+        assert cache.first_rows(3) is cache
+        for n in (0, 4):
+            with pytest.raises(ValueError, match=rf"first_rows takes 1 to 3 rows, got {n}"):
+                cache.first_rows(n)
+        before = [k.clone() for k in cache._keys]
+        prefix = cache.first_rows(2)  # slot 0 busy, slot 1 idle
+        assert prefix.batch_size == 2 and prefix.lengths.tolist() == [3, 0]
+        _slot_step(model, prefix, [7, 0])
+    assert cache.lengths.tolist() == [4, 0, 2]  # slot 0 moved on through the view, slot 2 (outside it) did not
+    assert cache.positions[0, 3] == 3
+    for layer, old in zip(cache._keys, before, strict=True):
+        assert not torch.equal(layer[0, :, 3], old[0, :, 3])  # the new key is in the shared buffer
+        assert torch.equal(layer[2], old[2])
