@@ -203,8 +203,9 @@ def _weights_floor(
 def _kernels_floor(fast: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
     """Seconds per decoding step spent in the decode copy's kernels alone: each product's kernel once, called bare
     on a random ``(batch, in_features)`` input prepared beforehand (no module call, no rounding or framing of the
-    input, no rescaling of the output). Below :func:`_weights_floor`, which runs the same products through the
-    layers; the gap between the two is the cost of the operators around each kernel."""
+    input, no rescaling of the output). :func:`_weights_floor` runs the same products through the layers (for
+    fp32, also ``nn.Linear``'s own layout, and the faster counts); the gap between the two is the cost of the
+    operators around each kernel."""
     products = [m for m in fast.modules() if isinstance(m, DecodeLinear)]
     with torch.inference_mode():
         calls = [p.weights.kernel_call(p, torch.randn(batch, p.in_features, device=device)) for p in products]

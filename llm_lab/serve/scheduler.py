@@ -14,9 +14,10 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
    rows by one chunk per turn, never by a whole long prompt. When the prompt is read, its cache is copied into
    the group's slots and its first tokens are sampled. (The alternative, mixing prompt tokens into the decode
    step's batch as vLLM does, would change the shapes a decode step runs in, and with them its rounding: see 5.)
-4. One decode step for all slots at once: one token per row, each at its own position, through
-   :class:`~llm_lab.core.model.kv_cache.SlotKVCache`. Each group then samples its rows from their logits with its
-   own sampler and generator, reports text and log-probabilities, and leaves the batch when all its rows ended.
+4. One decode step for all slots at once (or the first ones, see 5): one token per row, each at its own position,
+   through :class:`~llm_lab.core.model.kv_cache.SlotKVCache`. Each group then samples its rows from their logits
+   with its own sampler and generator, reports text and log-probabilities, and leaves the batch when all its rows
+   ended.
 5. Exactness. The decode step always runs over all ``context`` cache columns, and over all ``(slots, 1)`` rows,
    busy or idle: a matrix product rounds a row differently depending on how many rows it has, and a softmax
    depending on how many columns, so only fixed shapes make a row's arithmetic independent of the other rows.
@@ -24,9 +25,10 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
    are bit for bit the same alone or in any batch on the same server (same ``max_batch`` and model). They are not
    bit for bit those of the library's :func:`~llm_lab.core.decode.generate`, which runs other shapes (equal up to
    rounding). One exception, for the rows only: a decode copy that computes each row alone
-   (:func:`~llm_lab.core.decode.fast_linear.rows_independent`: ``int8`` through fbgemm on a CPU) runs only the
-   slots up to the highest busy one (slots are handed out lowest first), through
-   :meth:`~llm_lab.core.model.kv_cache.SlotKVCache.first_rows`; its rows come out the same in any number. Idle
+   (:func:`~llm_lab.core.decode.fast_linear.rows_independent`: ``int8`` through fbgemm on a CPU, activation
+   widths a multiple of 32 and small enough for the slots) runs only the slots up to the highest busy one (slots
+   are handed out lowest first), through :meth:`~llm_lab.core.model.kv_cache.SlotKVCache.first_rows`; its rows
+   come out the same in any number. Idle
    slots are otherwise not free: a lone client on an 8-slot fp32 server gets about 2.4x fewer tokens/s than on a
    1-slot one (docs/how-to/serve-many.md).
 
@@ -245,7 +247,7 @@ class BatchScheduler:
                 f"memory limit of {limits.memory_bytes} bytes; raise --batch-memory-mb"
             )
         # A step may run only the busy slots when the model computes each row alone (see the module docs, 5).
-        self.rows_independent = rows_independent(model)
+        self.rows_independent = rows_independent(model, self.slots)
         self.cache: SlotKVCache | None = None
         if self.batched:
             self.cache = SlotKVCache(config, self.slots, max_len=context, device=self.device)

@@ -73,9 +73,11 @@ from torch import nn
 
 __all__ = [
     "DECODE_DTYPES",
+    "ELEMENTWISE_GRAIN",
     "MIN_BLOCK_COLUMNS",
     "MIN_NEW_TOKENS",
     "MIN_PARALLEL_WEIGHTS",
+    "VECTOR_STEP",
     "BFloat16Weights",
     "DecodeLinear",
     "DecodeWeights",
@@ -638,18 +640,42 @@ def prepare_for_decode(model: nn.Module, dtype: str = "fp32") -> nn.Module:
     return decode.eval()
 
 
-def rows_independent(model: nn.Module) -> bool:
-    """Whether a decode step of ``model`` gives each row the same result bit for bit whatever rows run beside it.
+#: torch runs an elementwise operator on one thread below this many elements (``at::internal::GRAIN_SIZE``) and
+#: splits it across its threads from there on, each share ending where the thread count puts it.
+ELEMENTWISE_GRAIN = 32768
 
-    True for a decode copy whose every product declares :attr:`DecodeWeights.rows_independent` (``int8`` through
-    fbgemm), on a CPU: its norms, attention (per row and head) and elementwise operators compute a row alone there
-    (a test checks a whole step, GPT-2 and Llama variants). False for anything else, a model with no decode
-    product included. The server runs a decode step over only its busy slots when this holds.
+#: torch's vector loop for an elementwise operator takes up to this many floats a step (two AVX-512 vectors) and
+#: computes the elements left over one at a time.
+VECTOR_STEP = 32
+
+
+def rows_independent(model: nn.Module, rows: int) -> bool:
+    """Whether a decode step of ``model`` over up to ``rows`` rows gives each row the same result bit for bit
+    whatever rows run beside it.
+
+    The products must promise it: a decode copy whose every product declares
+    :attr:`DecodeWeights.rows_independent` (``int8`` through fbgemm), on a CPU. The rest of a step must too: norms
+    and attention compute a row (and head) alone, but an activation with a transcendental function (tanh GELU,
+    SiLU) computes the elements past its last full vector step, and the edges of each thread's share, with scalar
+    code that rounds differently from the vector code; where those fall depends on the number of rows. They fall
+    on no row's values when every activation width (the width of some product's input) is a multiple of
+    :data:`VECTOR_STEP` and ``rows`` of the widest stay under :data:`ELEMENTWISE_GRAIN`, so this requires both.
+    Measured: tanh GELU and SiLU rows differed with the number of rows at width 344 (1 to 3 threads) and at width
+    4096 with 3 threads and 5 to 8 rows, never at widths of 352, 384 and 1536 under the grain; whole int8 steps
+    of GPT-2 and Llama copies are checked by a test. False for anything else, a model with no decode product
+    included. The server runs a decode step over only its busy slots when this holds.
     """
     products = [m for m in model.modules() if isinstance(m, DecodeLinear)]
-    linears = any(type(m) is nn.Linear for m in model.modules())
-    on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
-    return bool(products) and not linears and on_cpu and all(p.weights.rows_independent for p in products)
+    if not products or any(isinstance(m, nn.Linear) for m in model.modules()):
+        return False
+    if not all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return False
+    widths = [p.in_features for p in products]
+    return (
+        all(p.weights.rows_independent for p in products)
+        and all(width % VECTOR_STEP == 0 for width in widths)
+        and rows * max(widths) < ELEMENTWISE_GRAIN
+    )
 
 
 def is_decode_copy(model: nn.Module) -> bool:

@@ -325,10 +325,10 @@ class SlotKVCache(KVCache):
         """
         if not 1 <= n <= self.batch_size:
             raise ValueError(f"first_rows takes 1 to {self.batch_size} rows, got {n}")
-        if not self._keys:
-            raise ValueError("first_rows needs the buffers, allocated by the first write_row or step")
         if n == self.batch_size:
             return self
+        if not self._keys:
+            raise ValueError("first_rows needs the buffers, allocated by the first write_row or step")
         view = SlotKVCache.__new__(SlotKVCache)
         view.__dict__.update(self.__dict__)
         view.batch_size = n

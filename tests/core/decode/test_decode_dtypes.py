@@ -211,10 +211,18 @@ def test_an_int8_copy_computes_each_row_alone_in_any_number_of_rows(variant):
     # on how many rows run beside it. fp32 makes no such promise (the BLAS rounds by the number of rows).
     if not fbgemm_int8_available():
         pytest.skip("torch has no fbgemm on this CPU")
-    model = tiny(variant)
-    assert not fast_linear.rows_independent(model) and not fast_linear.rows_independent(prepare_for_decode(model))
+    model = tiny(variant)  # activations 32 and 128 (or 96 for SwiGLU) wide: multiples of VECTOR_STEP
+    assert not fast_linear.rows_independent(model, 4)
+    assert not fast_linear.rows_independent(prepare_for_decode(model), 4)
     fast = prepare_for_decode(model, "int8")
-    assert fast_linear.rows_independent(fast)
+    assert fast_linear.rows_independent(fast, 4)
+    # Past torch's elementwise grain the activations are split across threads wherever the thread count puts it.
+    widest = max(m.in_features for m in fast.modules() if isinstance(m, DecodeLinear))
+    assert not fast_linear.rows_independent(fast, fast_linear.ELEMENTWISE_GRAIN // widest)
+    # A width that is not a multiple of the vector step leaves elements to the scalar code, rounding otherwise.
+    torch.manual_seed(0)
+    odd = MiniGPT(MiniGPTConfig(vocab_size=61, context_length=32, n_layer=1, n_head=2, n_embd=36, **VARIANTS[variant]))
+    assert not fast_linear.rows_independent(prepare_for_decode(odd.eval(), "int8"), 4)
     prompts = [[3, 1, 4, 1, 5, 9, 2], [6, 5], [3, 5, 8, 9, 7, 9, 3, 2, 3, 8], [2, 7]]
     with torch.inference_mode():
         cache = SlotKVCache(fast.config, 4, max_len=32)
