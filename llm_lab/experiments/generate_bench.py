@@ -171,7 +171,7 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def _weights_floor(
-    model: torch.nn.Module, batch: int, repeats: int, device: torch.device, dtype: str = "fp32"
+    model: torch.nn.Module, fast: torch.nn.Module, batch: int, repeats: int, device: torch.device, dtype: str = "fp32"
 ) -> float:
     """Seconds per decoding step spent in the model's linear layers alone (the unavoidable matmuls).
 
@@ -179,7 +179,8 @@ def _weights_floor(
     in both weight layouts (``nn.Linear``'s own and the decode copy's of
     :func:`~llm_lab.core.decode.fast_linear.prepare_for_decode`, fused groups as one product), and the faster
     total counts: a practical lower bound on the time per token step with these fp32 weights on this machine. For
-    another decode dtype only the decode copy in that dtype is timed.
+    another decode dtype only the decode copy in that dtype is timed. ``fast`` is ``model``'s decode copy in
+    ``dtype`` (made once per benchmark run, shared with :func:`_kernels_floor`).
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, device=device) for m in layers}
@@ -189,7 +190,7 @@ def _weights_floor(
             for m in layers:
                 torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
 
-    products = [m for m in prepare_for_decode(model, dtype).modules() if isinstance(m, DecodeLinear)]
+    products = [m for m in fast.modules() if isinstance(m, DecodeLinear)]
 
     def run_decode() -> None:
         with torch.inference_mode():
@@ -286,7 +287,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             agree.append((a[:, s.prompt_len :] == b[:, s.prompt_len :]).float().mean().item())
         tokens = batch * s.new_tokens
         ours_tps, hf_tps = tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
-        floor_tps = batch / _weights_floor(ours, batch, s.repeats, device, dtype)
+        floor_tps = batch / _weights_floor(ours, prepared, batch, s.repeats, device, dtype)
         kernels_tps = batch / _kernels_floor(prepared, batch, s.repeats, device)
         results["throughput"].append(
             {
