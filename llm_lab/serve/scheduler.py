@@ -28,9 +28,8 @@ callback. Each turn of the loop (:meth:`BatchScheduler._turn`):
    (:func:`~llm_lab.core.decode.fast_linear.rows_independent`: ``int8`` through fbgemm on a CPU, activation
    widths a multiple of 32 and small enough for the slots) runs only the slots up to the highest busy one (slots
    are handed out lowest first), through :meth:`~llm_lab.core.model.kv_cache.SlotKVCache.first_rows`; its rows
-   come out the same in any number. Idle
-   slots are otherwise not free: a lone client on an 8-slot fp32 server gets about 2.4x fewer tokens/s than on a
-   1-slot one (docs/how-to/serve-many.md).
+   come out the same in any number. Idle slots are otherwise not free: a lone client on an 8-slot fp32 server
+   gets about 2.4x fewer tokens/s than on a 1-slot one (docs/how-to/serve-many.md).
 
 A model with a previous-token embedding (``bigram_embedding``) cannot use the slot cache (the model reads the
 previous token at a fixed column); its requests are decoded one at a time, in queue order, through the library's
